@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`. Both set up first.
+PY := .venv/bin/python
+DATA := data
+
+.PHONY: setup demo smoke test bench clean
+
+setup:
+	@bash tools/setup.sh
+
+# Main job: write the Fashion-MNIST default (train + val) and read it back through an FFCV loader.
+demo: setup
+	$(PY) write_dataset.py --data.out_dir=$(DATA)
+	$(PY) -m fkd_ffcv.inspect $(DATA)/fashion_mnist_train.beton --read
+	$(PY) -m fkd_ffcv.inspect $(DATA)/fashion_mnist_val.beton --read
+
+# The demo path on a small subset (CI runs this next to the tests).
+smoke: setup
+	$(PY) write_dataset.py --data.out_dir=build/smoke --data.subset=2000
+	$(PY) -m fkd_ffcv.inspect build/smoke/fashion_mnist_train.beton --read
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/writer.py
+
+clean:
+	rm -rf build $(DATA) .pytest_cache
