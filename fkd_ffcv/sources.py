@@ -51,7 +51,7 @@ def load_rgb(path, max_resolution: Optional[int] = None,
 
     - greyscale, CMYK, YCbCr, palette and 1-bit images are converted to RGB;
     - transparency (RGBA, LA, palette with a transparent colour) is composited over white;
-    - 16-bit images are scaled to 8 bits (value / 257);
+    - 16-bit images keep their top 8 bits;
     - EXIF orientation is ignored, as torchvision's ImageFolder loader does, so boxes stay in
       the stored pixel grid;
     - with `max_resolution`, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
@@ -97,9 +97,9 @@ def load_rgb(path, max_resolution: Optional[int] = None,
 def _to_rgb(im: Image.Image) -> np.ndarray:
     mode = im.mode
     if mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
-        # 16-bit greyscale (Pillow gives 'I' for some PNGs): scale the 16-bit range to 8 bits.
-        grey = np.asarray(im).astype(np.float32)
-        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        # 16-bit greyscale (Pillow gives 'I' for some PNGs): keep the top 8 bits, as Pillow
+        # itself does for 16-bit RGB.
+        grey = (np.clip(np.asarray(im), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
     if mode == 'F':
         raise BadSample("floating-point images are not supported (mode F)")

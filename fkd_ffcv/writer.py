@@ -292,7 +292,8 @@ def _worker(wid, results, tmp, layout, fields, source, allocator, next_chunk, ch
         results.close()
         results.join_thread()
     except BaseException as e:
-        text = str(e) if isinstance(e, (BadSample, WriteError)) else traceback.format_exc()
+        text = str(e) if isinstance(e, (BadSample, WriteError)) else \
+            f"{type(e).__name__}: {e}\n{traceback.format_exc()}"  # the error first, then where
         results.put(('error', wid, (int(current[wid]), text.rstrip())))
         results.close()
         results.join_thread()

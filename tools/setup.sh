@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="pkg-config libturbojpeg0-dev libopencv-dev dataset-fashion-mnist"
+# endless-sky-data: real photos for the benchmarks (30 MB)
+APT_PACKAGES="pkg-config libturbojpeg0-dev libopencv-dev dataset-fashion-mnist endless-sky-data"
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 

@@ -1,0 +1,54 @@
+"""Shared test data: small image trees made here, and betons written once per session."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smooth_image(seed: int, height: int, width: int) -> np.ndarray:
+    """A deterministic photo-like uint8 RGB image (smooth, so JPEG error stays small)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        fy, fx, phase = rng.uniform(0.02, 0.15, 2).tolist() + [rng.uniform(0, 6.28)]
+        channels.append(127 + 100 * np.sin(fy * y + fx * x + phase))
+    return np.clip(np.stack(channels, axis=2), 0, 255).astype(np.uint8)
+
+
+def save(path: Path, pixels: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **kwargs)
+    return path
+
+
+@pytest.fixture(scope='session')
+def image_tree(tmp_path_factory):
+    """root/{train,val}/<class>/... with 48x64 PNG images, a nested folder, a non-ASCII class
+    and file name, and a text file that must be ignored. Returns (root, classes, expected) with
+    expected[split] = [(relative path, label, pixels)] in ImageFolder order."""
+    root = tmp_path_factory.mktemp('tree')
+    classes = ['bird', 'cat', 'émigré']
+    expected = {'train': [], 'val': []}
+    seed = 0
+    for split, per_class in (('train', 4), ('val', 2)):
+        for label, name in enumerate(classes):
+            names = [f'img{i}.png' for i in range(per_class)]
+            if split == 'train' and label == 2:
+                names[-1] = 'ñandú.png'
+            if split == 'train' and label == 0:
+                names[-1] = 'sub/deep.png'
+            for fname in sorted(names):
+                seed += 1
+                pixels = smooth_image(seed, 48, 64)
+                save(root / split / name / fname, pixels)
+                expected[split].append((f'{split}/{name}/{fname}', label, pixels))
+    (root / 'train' / 'cat' / 'notes.txt').write_text('not an image')
+    for split in expected:  # ImageFolder order: sorted walk, files sorted within each folder
+        expected[split].sort(key=lambda item: (item[1], os.path.dirname(item[0]).count('/'),
+                                               item[0]))
+    return root, classes, expected
