@@ -16,11 +16,11 @@ from ffcv.fields import (BytesField, Field, FloatField, IntField, JSONField, NDA
 from ffcv.fields.base import ARG_TYPE
 from ffcv.types import TYPE_ID_HANDLER
 
+from .defaults import SMART_THRESHOLD, WRITE_MODES
+
 IMAGE_FIELD, LABEL_FIELD, PATH_FIELD = 'image', 'label', 'path'
 MAX_NAME_LENGTH = 16  # FieldDescType['name'] is 16 bytes
 CUSTOM_TYPE_ID = 255
-# RGBImageField's write modes: 'smart' stores raw pixels unless they exceed smart_threshold bytes.
-WRITE_MODES = ('raw', 'jpg', 'smart', 'proportion')
 
 # Metadata columns that hold a file offset, per stock field class. `None` means the whole
 # (scalar) metadata value is the offset; an empty tuple means the field stores no bytes outside
@@ -38,7 +38,7 @@ _POINTER_COLUMNS = {
 
 def image_fields(write_mode: str = 'smart', max_resolution: Optional[int] = None,
                  jpeg_quality: int = 90, compress_probability: float = 0.5,
-                 smart_threshold: Optional[int] = None) -> Dict[str, Field]:
+                 smart_threshold: int = SMART_THRESHOLD) -> Dict[str, Field]:
     """The fields of an image classification beton: pixels, class index, source path."""
     if write_mode not in WRITE_MODES:
         raise ValueError(f"write_mode must be one of {WRITE_MODES}, not {write_mode!r}")

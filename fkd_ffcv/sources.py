@@ -21,11 +21,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .defaults import MAX_PIXELS
 from .writer import BadSample
 
 # torchvision.datasets.folder.IMG_EXTENSIONS: the same files are taken as images.
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
-DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb limit (2 x MAX_IMAGE_PIXELS)
 
 
 def subset_indices(n: int, subset: int) -> np.ndarray:
@@ -46,7 +46,7 @@ def subset_indices(n: int, subset: int) -> np.ndarray:
 
 
 def load_rgb(path, max_resolution: Optional[int] = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+             max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as uint8 HxWx3 RGB, or raise BadSample saying why it cannot be.
 
     - greyscale, CMYK, YCbCr, palette and 1-bit images are converted to RGB;
@@ -145,7 +145,7 @@ class ImageFolderSource:
     """
 
     def __init__(self, root, split: str, max_resolution: Optional[int] = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, subset: int = -1):
+                 max_pixels: int = MAX_PIXELS, subset: int = -1):
         self.root = Path(root)
         self.split = split
         self.max_resolution = max_resolution

@@ -32,11 +32,10 @@ from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderT
 from ffcv.writer import MAX_PAGE_SIZE, MIN_PAGE_SIZE
 from tqdm import tqdm
 
+from .defaults import ON_ERROR, PAGE_SIZE
 from .beton import MANIFEST_FORMAT, Beton, manifest_path
 from .fields import CUSTOM_TYPE_ID, PATH_FIELD, VerbatimField, check_field_names, descriptor_of
 
-DEFAULT_PAGE_SIZE = 8 * 1024 * 1024
-ON_ERROR = ('fail', 'skip')
 
 
 class BadSample(Exception):
@@ -61,7 +60,7 @@ def describe(source, index: int) -> str:
 
 
 def write_beton(path, fields: Mapping[str, Field], source, *, num_workers: int = -1,
-                chunk_size: int = 100, page_size: int = DEFAULT_PAGE_SIZE,
+                chunk_size: int = 100, page_size: int = PAGE_SIZE,
                 on_error: str = 'fail', manifest: Optional[dict] = None,
                 progress: bool = True) -> WriteReport:
     """Write every sample of `source` to the beton `path` (see the module docstring).

@@ -1,0 +1,10 @@
+"""Choices and defaults shared by the package and its command lines.
+
+Kept free of heavy imports: importing ffcv costs seconds (numba compiles a typed dict at import),
+so the scripts validate their options against this module before loading the rest.
+"""
+WRITE_MODES = ('raw', 'jpg', 'smart', 'proportion')  # RGBImageField's write modes
+SMART_THRESHOLD = 224 * 224 * 3  # 'smart': JPEG when raw pixels would take more bytes than this
+ON_ERROR = ('fail', 'skip')      # what the writer does with an unusable input file
+PAGE_SIZE = 8 * 1024 * 1024      # FFCV page: power of two, 2 MiB <= page < 4 GiB
+MAX_PIXELS = 178_956_970         # Pillow's decompression-bomb limit (2 x MAX_IMAGE_PIXELS)
