@@ -84,6 +84,7 @@ def write_beton(path, fields: Mapping[str, Field], source, *, num_workers: int =
     num_workers = min(num_workers, -(-num_samples // chunk_size))
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_partials(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     started = time.perf_counter()
     try:
@@ -102,6 +103,14 @@ def write_beton(path, fields: Mapping[str, Field], source, *, num_workers: int =
                 leftover.unlink()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _remove_abandoned_partials(path: Path) -> None:
+    """Delete partial outputs for `path` left by writers that were killed (their pid is gone)."""
+    for partial in path.parent.glob(f".{path.name}.partial-*"):
+        pid = partial.name.rsplit('-', 1)[-1].split('.')[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            partial.unlink(missing_ok=True)
 
 
 @dataclass

@@ -237,3 +237,13 @@ def test_stale_manifest_is_detected(raw_beton, tmp_path):
     manifest_path(other).write_text(manifest_path(path).read_text())
     with pytest.raises(ValueError, match='fingerprints differ'):
         Beton(other).manifest
+
+
+def test_partial_files_of_killed_writers_are_cleaned_up(tmp_path):
+    dead = tmp_path / '.x.beton.partial-999999999'
+    dead.write_bytes(b'left by a writer killed with SIGKILL')
+    (tmp_path / '.x.beton.partial-999999999.json').write_text('{}')
+    alive = tmp_path / f'.x.beton.partial-{os.getppid()}'  # a running process: not touched
+    alive.write_bytes(b'another writer at work')
+    write_beton(tmp_path / 'x.beton', image_fields('raw'), FaultySource(None), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, 'x.beton', 'x.beton.json']

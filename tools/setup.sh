@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # endless-sky-data: real photos for the benchmarks (30 MB)
-APT_PACKAGES="pkg-config libturbojpeg0-dev libopencv-dev dataset-fashion-mnist endless-sky-data"
+APT_PACKAGES=${APT_PACKAGES:-"pkg-config libturbojpeg0-dev libopencv-dev dataset-fashion-mnist endless-sky-data"}
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 
