@@ -18,10 +18,12 @@ from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 from ffcv.fields import Field
+from ffcv.fields.rgb_image import IMAGE_MODES
+from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 from ffcv.types import HeaderType
 
-from .fields import PATH_FIELD, Descriptor, VerbatimValue, pointer_columns
+from .fields import IMAGE_FIELD, PATH_FIELD, Descriptor, VerbatimValue, pointer_columns
 
 MANIFEST_FORMAT = 'fkd-ffcv manifest 1'
 
@@ -88,6 +90,18 @@ class Beton:
             ptr = record[0] if column is None else record[column][0]
             blobs[column] = self.read(int(ptr))
         return VerbatimValue(record, blobs)
+
+    def image(self, index: int, name: str = IMAGE_FIELD) -> np.ndarray:
+        """Sample `index`'s stored image as uint8 (H, W, 3), decoded by FFCV's own JPEG
+        decoder (libjpeg-turbo), so it equals what FFCV's loaders decode."""
+        meta = self.field_metadata(name)[index]
+        height, width = int(meta['height']), int(meta['width'])
+        data = self.read(int(meta['data_ptr']))
+        if meta['mode'] == IMAGE_MODES['raw']:
+            return np.array(data).reshape(height, width, 3)
+        pixels = np.empty((height, width, 3), np.uint8)
+        imdecode(data, pixels, height, width, height, width, 0, 0, 1, 1, False, False)
+        return pixels
 
     def paths(self) -> List[str]:
         """Each sample's source path (relative to the data set root), in sample order."""

@@ -19,6 +19,9 @@ from ffcv.types import TYPE_ID_HANDLER
 from .defaults import SMART_THRESHOLD, WRITE_MODES
 
 IMAGE_FIELD, LABEL_FIELD, PATH_FIELD = 'image', 'label', 'path'
+# FKD crop records, N per image (see crops.py and soft_labels.py for their meaning).
+BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD = 'fkd_boxes', 'fkd_flags', 'fkd_classes', 'fkd_codes'
+RECORD_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)
 MAX_NAME_LENGTH = 16  # FieldDescType['name'] is 16 bytes
 CUSTOM_TYPE_ID = 255
 
@@ -55,6 +58,17 @@ def image_fields(write_mode: str = 'smart', max_resolution: Optional[int] = None
                                    smart_threshold=smart_threshold),
         LABEL_FIELD: IntField(),
         PATH_FIELD: BytesField(),
+    }
+
+
+def soft_label_fields(num_records: int, k: int) -> Dict[str, Field]:
+    """N crop records per image: box int16 (N, 4), flags uint8 (N,) (bit 0: flip), top-k class
+    indices int16 (N, k), probability codes uint8 (N, k): 9 + 3k bytes per record."""
+    return {
+        BOXES_FIELD: NDArrayField(np.dtype('<i2'), (num_records, 4)),
+        FLAGS_FIELD: NDArrayField(np.dtype('u1'), (num_records,)),
+        CLASSES_FIELD: NDArrayField(np.dtype('<i2'), (num_records, k)),
+        CODES_FIELD: NDArrayField(np.dtype('u1'), (num_records, k)),
     }
 
 

