@@ -144,18 +144,18 @@ def import_fkd_labels(src, dst, root, *, label_type: Optional[str] = None,
     root = Path(root)
     rels = beton.paths()
     files = [fkd_label_path(root, rel) for rel in rels]
-    present = {p for p in root.rglob('*.tar')} if root.is_dir() else set()
+    present = set(root.rglob('*.tar')) if root.is_dir() else set()
     if not present:
-        hint = ''
-        if root.is_dir():
-            splits = {Path(r).parts[0] for r in rels[:1]}
-            nested = [d for d in root.iterdir() if d.is_dir() and any((d / s).is_dir()
-                                                                      for s in splits)]
-            if nested:
-                hint = f"; did you mean {nested[0]}?"
-        raise FileNotFoundError(f"{root}: no FKD soft-label files (*.tar){hint}")
+        raise FileNotFoundError(f"{root}: no FKD soft-label files (*.tar)")
     missing = [str(f) for f in files if f not in present]
     extra = sorted(str(p) for p in present - set(files))
+    if len(missing) == len(files):
+        split = Path(rels[0]).parts[0]
+        nested = sorted(str(p.parent) for p in root.glob(f'*/{split}') if p.is_dir())
+        raise FileNotFoundError(f"{root}: none of the {len(files)} samples has its soft-label "
+                                f"file there (e.g. {missing[0]})"
+                                + (f"; did you mean {nested[0]}?" if nested else
+                                   "; is it the tree of another data set?"))
     if missing and on_error == 'fail':
         raise FileNotFoundError(f"{len(missing)} of {len(files)} samples have no soft-label "
                                 f"file under {root}, e.g. {missing[0]} (on_error=skip drops "

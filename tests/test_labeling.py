@@ -65,7 +65,7 @@ def test_records_are_the_seeded_crops_labelled_by_the_teacher(images, labelled, 
         assert np.array_equal(rec['fkd_classes'], order.numpy())
         got = decode_probs(torch.from_numpy(rec['fkd_codes']),
                            torch.from_numpy(rec['fkd_flags'] & FLAG_P1_STORED > 0))
-        assert torch.allclose(got, top, rtol=0.03, atol=1e-6)
+        assert torch.allclose(got, top, rtol=0.06, atol=1e-6)  # see test_fkd_import
     assert Beton(images).paths() == beton.paths()  # images copied, order kept
 
 
