@@ -1,13 +1,18 @@
-"""Write an image data set to FFCV betons (later issues add soft labels from a teacher).
+"""Write an image data set to FFCV betons, and FKD crop records with soft labels into them.
 
     python write_dataset.py                      # the Fashion-MNIST default, train + val, in data/
     python write_dataset.py --data.source=folder --data.root=/data/imagenet \
         --data.out_dir=/data/betons --write.write_mode=proportion
+    python write_dataset.py --labels.beton=data/x_train.beton --labels.teacher=torchvision:resnet50:rn50.pt
+    python write_dataset.py --labels.beton=data/x_train.beton --labels.import_root=/data/FKD_soft_label/train/..
 
 Each split becomes `<out_dir>/<name>_<split>.beton` plus its manifest `<...>.beton.json`
-(class names, source, options, skipped inputs). Options: `--help`, or a YAML file with
-`--config-file`.
+(class names, source, options, skipped inputs). With `--labels.teacher` or
+`--labels.import_root`, the train split (or `--labels.beton`) gets N crop records per image.
+Labelling under `torchrun` splits the images over the ranks. Options: `--help`, or a YAML file
+with `--config-file`.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +59,86 @@ Section('write', 'how images are stored and how the writer behaves').params(
 )
 
 
-def main(data: dict, write: dict) -> None:
+Section('labels', 'FKD crop records: from a teacher, or imported from FKD\'s released files').params(
+    beton=Param(str, 'label this existing beton instead of writing images', default=''),
+    out=Param(str, 'output beton (default: replace the labelled one)', default=''),
+    teacher=Param(str, 'teacher spec(s), comma-separated for an ensemble: '
+                  'torchvision:<arch>:<ckpt>, torchscript:<file>, <module>:<function>',
+                  default=''),
+    import_root=Param(str, 'FKD soft-label tree (<root>/<split>/<class>/<stem>.tar)',
+                      default=''),
+    num_records=Param(And(int, InRange(min=0)), 'crop records per image (import: 0 = all)',
+                      default=500),
+    label_type=Param(str, 'hard, smoothing, marginal_smoothing_k<K>, marginal_renorm_k<K>, '
+                     'full (default: marginal_smoothing_k5; import: the files\' type)',
+                     default=''),
+    temperature=Param(And(float, InRange(min=1e-6)), 'softmax temperature', default=1.0),
+    scale_min=Param(And(float, InRange(0, 1)), 'RandomResizedCrop scale (0: FKD default, '
+                    'larger for images of 64 px or less)', default=0.0),
+    scale_max=Param(And(float, InRange(0, 1)), 'RandomResizedCrop scale upper bound',
+                    default=0.0),
+    seed=Param(int, 'crop sampling seed', default=0),
+    input_size=Param(And(int, InRange(min=0)), 'teacher input side (0: the teacher\'s)',
+                     default=0),
+    interpolation=Param(str, 'bilinear, bicubic or area (default: the teacher\'s)', default=''),
+    batch_size=Param(And(int, InRange(min=1)), 'crops per teacher forward', default=256),
+    chunk_images=Param(And(int, InRange(min=1)), 'images per resumable work item', default=64),
+    work_dir=Param(str, 'folder for resumable work (default: <out>.work)', default=''),
+    device=Param(str, 'auto, cpu, cuda or cuda:<n>', default='auto'),
+)
+
+
+def label(labels: dict, write: dict, beton: Path) -> None:
+    """Add crop records to `beton` (from a teacher or FKD files), as `labels` says."""
+    import os
+    import torch
+    out = Path(labels['out'] or beton)
+    options = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
+                   page_size=write['page_size'])
+    if labels['import_root']:
+        from fkd_ffcv.fkd_import import import_fkd_labels
+        report = import_fkd_labels(beton, out, labels['import_root'],
+                                   label_type=labels['label_type'] or None,
+                                   num_records=labels['num_records'] or None,
+                                   on_error=write['on_error'], **options)
+        print(f"imported FKD soft labels into {out}: {report.num_samples} images; top-1 of "
+              f"the records agrees with the hard label for {report.top1_agreement:.1%}")
+        if report.extra_files:
+            print(f"  {len(report.extra_files)} file(s) match no sample, e.g. "
+                  f"{report.extra_files[0]}")
+        for path, why in report.skipped[:20]:
+            print(f"  skipped {path}: {why}")
+        return
+    from fkd_ffcv.labeling import LabelingSettings, label_beton
+    from fkd_ffcv.teachers import Teacher
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    device = labels['device']
+    if device == 'auto':
+        device = (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available()
+                  else 'cpu')
+    teacher = Teacher(labels['teacher'], device=device, temperature=labels['temperature'],
+                      input_size=labels['input_size'] or None,
+                      interpolation=labels['interpolation'] or None)
+    scale = (labels['scale_min'], labels['scale_max']) if labels['scale_max'] else None
+    settings = LabelingSettings(num_records=labels['num_records'],
+                                label_type=labels['label_type'] or 'marginal_smoothing_k5',
+                                scale=scale,
+                                seed=labels['seed'], chunk_images=labels['chunk_images'],
+                                batch_size=labels['batch_size'])
+    work = labels['work_dir'] or f"{out}.work"
+    report = label_beton(beton, out, teacher, settings, work, rank=rank, world_size=world,
+                         **options)
+    if report is not None:
+        print(f"labelled {out}: {report.num_samples} images x {settings.num_records} crop "
+              f"records ({settings.label_type}) by {labels['teacher']} in {work}")
+
+
+def main(data: dict, write: dict, labels: dict) -> None:
+    if labels['beton']:
+        return label(labels, write, Path(labels['beton']))
+    if (labels['teacher'] or labels['import_root']) and int(os.environ.get('WORLD_SIZE', 1)) > 1:
+        raise ValueError("under torchrun, write the images first, then label them with "
+                         "--labels.beton")
     fashion = data['source'] == 'fashion-mnist'
     root = data['root'] or (FASHION_MNIST_DIR if fashion else '')
     if not root:
@@ -89,12 +173,14 @@ def main(data: dict, write: dict) -> None:
             print(f"skipped {len(report.skipped)} unusable input(s) (listed in {out}.json):")
             for path, why in report.skipped[:20]:
                 print(f"  {path}: {why}")
+        if split == 'train' and (labels['teacher'] or labels['import_root']):
+            label(labels, write, out)
 
 
 if __name__ == '__main__':
     config = load_config(__doc__.splitlines()[0])
     try:
-        main(section(config, 'data'), section(config, 'write'))
-    except (RuntimeError, OSError, ValueError) as e:  # WriteError is a RuntimeError
+        main(*(section(config, name) for name in ('data', 'write', 'labels')))
+    except (RuntimeError, OSError, ValueError, ImportError) as e:  # WriteError: RuntimeError
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -91,6 +91,12 @@ class Beton:
             blobs[column] = self.read(int(ptr))
         return VerbatimValue(record, blobs)
 
+    def array(self, name: str, index: int) -> np.ndarray:
+        """Sample `index` of an NDArrayField, as stored (a read-only view)."""
+        field = self.fields[name]
+        return self.read(int(self.field_metadata(name)[index])).view(field.dtype).reshape(
+            field.shape)
+
     def image(self, index: int, name: str = IMAGE_FIELD) -> np.ndarray:
         """Sample `index`'s stored image as uint8 (H, W, 3), decoded by FFCV's own JPEG
         decoder (libjpeg-turbo), so it equals what FFCV's loaders decode."""

@@ -18,8 +18,8 @@ import torch
 
 from .beton import Beton
 from .crops import BOX_UNITS
-from .fields import LABEL_FIELD, soft_label_fields
-from .soft_labels import FLAG_FLIP, FLAG_P1_STORED, LabelSpec, encode_probs
+from .fields import soft_label_fields
+from .soft_labels import FLAG_FLIP, FLAG_P1_STORED, LabelSpec, encode_probs, top1_agreement
 from .writer import BadSample, WriteReport, copy_beton
 
 _reconstruct = np._core.multiarray._reconstruct
@@ -117,20 +117,6 @@ class FKDValues:
             raise BadSample(f"{self.files[i]}: {e}") from None
 
 
-def top1_agreement(beton: Beton) -> float:
-    """Share of crop records whose stored top-1 class is the sample's hard label."""
-    from .fields import CLASSES_FIELD
-    labels = np.asarray(beton.field_metadata(LABEL_FIELD))
-    hits = total = 0
-    ptrs = beton.field_metadata(CLASSES_FIELD)
-    n, k = beton.fields[CLASSES_FIELD].shape
-    for i, ptr in enumerate(ptrs):
-        top = beton.read(int(ptr)).view('<i2').reshape(n, k)[:, 0]
-        hits += int((top == labels[i]).sum())
-        total += n
-    return hits / max(total, 1)
-
-
 def import_fkd_labels(src, dst, root, *, label_type: Optional[str] = None,
                       num_records: Optional[int] = None, on_error: str = 'fail',
                       **write_options) -> WriteReport:
@@ -172,5 +158,5 @@ def import_fkd_labels(src, dst, root, *, label_type: Optional[str] = None,
                         FKDValues(files, spec, n), on_error=on_error,
                         manifest_updates={'soft_labels': info}, **write_options)
     report.extra_files = extra
-    report.top1_agreement = top1_agreement(Beton(dst))
+    report.top1_agreement = top1_agreement(Beton(dst))[0]
     return report

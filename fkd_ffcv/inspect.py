@@ -1,7 +1,9 @@
 """`python -m fkd_ffcv.inspect <beton> [--read]`: what a beton holds, and whether it reads back.
 
-Prints the fields, sample and class counts, the source and write options from the manifest and
-any skipped inputs; `--read` streams every image through an FFCV loader, checks the labels
+Prints the fields, sample and class counts, the source and write options from the manifest, any
+skipped inputs, and for crop records: records per image, label type, teacher(s), bytes per
+record, the teacher's top-1 agreement with the hard labels, and (with `--epochs`) whether a run
+would reuse records. `--read` streams every image through an FFCV loader, checks the labels
 against the stored ones and reports images/s.
 """
 from __future__ import annotations
@@ -15,10 +17,36 @@ import numpy as np
 from ffcv.fields.rgb_image import IMAGE_MODES
 
 from .beton import Beton
-from .fields import IMAGE_FIELD, LABEL_FIELD
+from ffcv.types import ALLOC_TABLE_TYPE
+
+from .fields import CLASSES_FIELD, IMAGE_FIELD, LABEL_FIELD, RECORD_FIELDS
+from .soft_labels import top1_agreement
 
 
-def describe(beton: Beton) -> str:
+def describe_soft_labels(beton: Beton, info: dict, epochs: int) -> list:
+    n = info['num_records']
+    per_image = sum(beton.fields[name].element_size for name in RECORD_FIELDS)
+    # each per-image field also costs a metadata pointer and an allocation-table row
+    overhead = len(RECORD_FIELDS) * (8 + ALLOC_TABLE_TYPE.itemsize)
+    agreement, looked_at = top1_agreement(beton)
+    lines = [f"  crop records: {n} per image, {info['label_type']} of {info['num_classes']} "
+             f"classes, {per_image / n:.1f} B per record ({(per_image + overhead) / n:.1f} B "
+             f"with per-image overhead)"]
+    if info['source'] == 'teacher':
+        t = info['teacher']
+        lines.append(f"  teacher: {' + '.join(t['specs'])} at {t['input_size']} px "
+                     f"({t['interpolation']}), T = {t['temperature']}")
+    else:
+        lines.append(f"  imported from FKD files under {info['root']}")
+    lines.append(f"  teacher top-1 = hard label for {agreement:.1%} of the records "
+                 f"({looked_at} images looked at)")
+    if epochs > n:
+        lines.append(f"  warning: {epochs} epochs draw {epochs} crops per image but there are "
+                     f"{n} records: each is reused about {epochs / n:.1f} times")
+    return lines
+
+
+def describe(beton: Beton, epochs: int = 0) -> str:
     lines = [f"{beton.path}: {beton.num_samples} samples, "
              f"{beton.path.stat().st_size / 2**20:.1f} MiB, page size {beton.page_size >> 20} MiB"]
     for name in beton.field_names:
@@ -41,6 +69,8 @@ def describe(beton: Beton) -> str:
         lines.append(f"  source: {manifest['source']}")
     if 'write_options' in manifest:
         lines.append(f"  write options: {manifest['write_options']}")
+    if 'soft_labels' in manifest and CLASSES_FIELD in beton.fields:
+        lines += describe_soft_labels(beton, manifest['soft_labels'], epochs)
     skipped = manifest.get('skipped', [])
     if skipped:
         lines.append(f"  {len(skipped)} input(s) skipped:")
@@ -89,10 +119,12 @@ def main(argv=None) -> int:
     parser.add_argument('--ratio', type=float, default=224 / 256,
                         help='centre crop side / shorter image side (1 = whole square image)')
     parser.add_argument('--workers', type=int, default=-1, help='loader threads (-1: all cores)')
+    parser.add_argument('--epochs', type=int, default=0,
+                        help='warn if a run of this many epochs would reuse crop records')
     args = parser.parse_args(argv)
     try:
         beton = Beton(args.beton)
-        print(describe(beton))
+        print(describe(beton, args.epochs))
         if args.read:
             print(read_back(beton, args.batch_size, args.resolution, args.ratio, args.workers))
     except (OSError, ValueError, KeyError, RuntimeError) as e:

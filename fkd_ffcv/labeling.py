@@ -5,13 +5,14 @@ sample index), cut each crop as the teacher wants it, run the teacher in batches
 compressed top-k. Work is split into chunks of images, each saved atomically in a work folder,
 so a run resumes where it stopped, and ranks (`torchrun`, or RANK/WORLD_SIZE by hand) label
 disjoint chunks. Once every chunk exists, rank 0 merges: it copies the beton (images byte for
-byte) with the record fields added. The folder records what is being computed; a rerun with
-other settings refuses it rather than mixing records.
+byte) with the record fields added, then deletes the work folder. The folder records what is
+being computed; a rerun with other settings refuses it rather than mixing records.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import deque
 from itertools import islice
@@ -195,10 +196,12 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
             'num_records': settings.num_records, 'source': 'teacher',
             'teacher': teacher.describe(), 'settings': asdict(settings),
             'bytes_per_record': 9 + spec.record_bytes}
-    return copy_beton(beton.path, dst, soft_label_fields(settings.num_records, spec.k),
-                      ChunkValues(folder, len(beton), settings.chunk_images),
-                      manifest_updates={'soft_labels': info}, progress=progress,
-                      **write_options)
+    report = copy_beton(beton.path, dst, soft_label_fields(settings.num_records, spec.k),
+                        ChunkValues(folder, len(beton), settings.chunk_images),
+                        manifest_updates={'soft_labels': info}, progress=progress,
+                        **write_options)
+    shutil.rmtree(folder.path)  # everything it held is in dst now
+    return report
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn, items, depth: int = 2):

@@ -113,9 +113,19 @@ def compress(probs: torch.Tensor, spec: LabelSpec):
     return indices.to(torch.int16), codes, p1_stored
 
 
-def top1(classes) -> torch.Tensor:
-    """The teacher's top-1 class of each record (records store classes in descending order)."""
-    return torch.as_tensor(classes)[..., 0].long()
+def top1_agreement(beton, max_images: int = 2000):
+    """(share of crop records whose stored top-1 is the image's hard label, images looked at),
+    over up to `max_images` images spread evenly over the beton. A foreign or misaligned label
+    set shows as an agreement near chance."""
+    from .fields import CLASSES_FIELD, LABEL_FIELD
+    labels = beton.field_metadata(LABEL_FIELD)
+    picked = np.unique(np.linspace(0, len(beton) - 1, min(max_images, len(beton))).astype(int))
+    hits = total = 0
+    for i in picked:
+        top = beton.array(CLASSES_FIELD, i)[:, 0]  # classes are stored in descending order
+        hits += int((top == labels[i]).sum())
+        total += len(top)
+    return hits / max(total, 1), len(picked)
 
 
 # --------------------------------------------------------------------------------------------

@@ -78,3 +78,21 @@ def test_inspect_refuses_a_non_beton(tmp_path, capsys):
     assert 'error:' in capsys.readouterr().err
     assert inspect.main([str(tmp_path / 'missing.beton')]) == 1
     assert 'no such beton file' in capsys.readouterr().err
+
+
+def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
+    import torch
+    import torchvision
+    out, _ = fashion_dir
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / 't.pt')
+    result = run('write_dataset.py', f'--labels.beton={out / "fashion_mnist_val.beton"}',
+                 f'--labels.out={tmp_path / "val_fkd.beton"}',
+                 f'--labels.teacher=torchvision:resnet18:{tmp_path / "t.pt"}',
+                 '--labels.input_size=32', '--labels.num_records=4',
+                 '--labels.label_type=marginal_renorm_k3')
+    assert result.returncode == 0, result.stderr
+    assert 'labelled' in result.stdout and '300 images x 4 crop records' in result.stdout
+    assert inspect.main([str(tmp_path / 'val_fkd.beton'), '--epochs=16']) == 0
+    shown = capsys.readouterr().out
+    assert '4 per image, marginal_renorm_k3 of 10 classes, 18.0 B per record' in shown
+    assert 'each is reused about 4.0 times' in shown

@@ -19,8 +19,7 @@ SETTINGS = LabelingSettings(num_records=6, label_type='marginal_smoothing_k2', c
 
 
 def records(beton, i):
-    return {name: np.array(beton.read(int(beton.field_metadata(name)[i])).view(
-        beton.fields[name].dtype).reshape(beton.fields[name].shape)) for name in RECORD_FIELDS}
+    return {name: np.array(beton.array(name, i)) for name in RECORD_FIELDS}
 
 
 @pytest.fixture(scope='module')
@@ -89,6 +88,7 @@ def test_resume_after_interruption_gives_the_same_beton(images, teacher, labelle
     monkeypatch.setattr(labeling, '_chunk_records', real)
     label_beton(images, tmp_path / 'out.beton', teacher, SETTINGS, tmp_path / 'work',
                 progress=False)
+    assert not (tmp_path / 'work').exists()  # merged, so the work folder is gone
     resumed, reference = Beton(tmp_path / 'out.beton'), Beton(labelled[0])
     for i in range(len(reference)):
         for name, value in records(reference, i).items():
