@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .beton import Beton
 from .crops import RATIO, cut_crops, sample_records
-from .fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, soft_label_fields
+from .fields import IMAGE_FIELD, BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, soft_label_fields
 from .soft_labels import FLAG_FLIP, FLAG_P1_STORED, LabelSpec, compress
 from .teachers import Teacher
 from .writer import WriteReport, copy_beton
@@ -157,6 +157,9 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
 
     Returns the write report on the rank that merged, None on the others."""
     beton = Beton(src)
+    if IMAGE_FIELD not in beton.fields:
+        raise ValueError(f"{beton.path} has no {IMAGE_FIELD!r} field to label (fields: "
+                         f"{', '.join(beton.field_names)})")
     classes = beton.classes
     if teacher.num_classes != len(classes):
         raise ValueError(f"the teacher predicts {teacher.num_classes} classes; {beton.path} has "

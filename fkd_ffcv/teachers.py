@@ -137,7 +137,8 @@ class Teacher:
     """One model or an ensemble; `probs` maps uint8 crops to averaged softmax(logits / T)."""
 
     def __init__(self, specs: Sequence[str], device='cpu', temperature: float = 1.0,
-                 input_size: Optional[int] = None, interpolation: Optional[str] = None):
+                 input_size: Optional[int] = None, interpolation: Optional[str] = None,
+                 cpu_threads: int = -1):
         if isinstance(specs, str):
             specs = [s for s in specs.split(',') if s]
         if not specs:
@@ -147,6 +148,11 @@ class Teacher:
         self.specs: List[str] = list(specs)
         self.device = torch.device(device)
         self.temperature = temperature
+        if self.device.type == 'cpu':
+            # Importing ffcv sets torch to one thread (ffcv.pipeline.compiler); a CPU teacher
+            # wants every core.
+            torch.set_num_threads(cpu_threads if cpu_threads > 0 else
+                                  len(os.sched_getaffinity(0)))
         members = [load_member(spec) for spec in self.specs]
         overrides = {k: v for k, v in (('input_size', input_size),
                                        ('interpolation', interpolation)) if v}

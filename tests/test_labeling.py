@@ -124,6 +124,11 @@ def test_bad_inputs_get_clear_errors(images, teacher, tmp_path):
                     SETTINGS, tmp_path / 'work3', progress=False)
     with pytest.raises(ValueError, match='does not fit torchvision resnet34'):
         Teacher(f'torchvision:resnet34:{tmp_path}/r5.pt')
+    from fkd_ffcv.writer import copy_beton
+    copy_beton(images, tmp_path / 'labels_only.beton', keep=['label', 'path'], progress=False)
+    with pytest.raises(ValueError, match="has no 'image' field"):
+        label_beton(tmp_path / 'labels_only.beton', tmp_path / 'e.beton', teacher, SETTINGS,
+                    tmp_path / 'work5', progress=False)
     with pytest.raises(ValueError, match='k must be in'):
         label_beton(images, tmp_path / 'd.beton', teacher,
                     LabelingSettings(num_records=2, label_type='marginal_smoothing_k5'),

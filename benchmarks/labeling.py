@@ -1,0 +1,115 @@
+"""Soft-label generation: throughput against the teacher's bare forward, bytes per record, KL.
+
+    python benchmarks/labeling.py [--images 32] [--records 16] [--repeats 3] [--device cpu]
+
+Real photos (the endless-sky-data landscapes, stored at 500 px longest side, JPEG 90) labelled
+by the real ImageNet teacher EfficientNet-Lite0 at 224 px. In the same run:
+
+- bare forward: the teacher on the same crops, already cut and in memory (crops/s);
+- generation: `label_beton` end to end (decode once per image, draw records, cut and resize
+  crops in a prefetch thread, teacher forward, compress, write chunks, merge into a beton);
+- the data path's cost: 1 - generation / bare forward;
+- stored form: bytes per record, and the mean KL between the recovery from the stored records
+  and the recovery from fp32 top-k of the same teacher outputs, per label type.
+"""
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fkd_ffcv.beton import Beton  # noqa: E402
+from fkd_ffcv.crops import cut_crops, sample_records  # noqa: E402
+from fkd_ffcv.fields import image_fields  # noqa: E402
+from fkd_ffcv.labeling import LabelingSettings, label_beton  # noqa: E402
+from fkd_ffcv.soft_labels import (LabelSpec, compress, decode_probs, kl_divergence,  # noqa: E402
+                                  recover)
+from fkd_ffcv.sources import ImageFolderSource  # noqa: E402
+from fkd_ffcv.teachers import Teacher  # noqa: E402
+from fkd_ffcv.writer import write_beton  # noqa: E402
+
+LANDSCAPES = Path('/usr/share/games/endless-sky/images/land')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--images', type=int, default=32)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--records', type=int, default=16)
+    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix='fkd-bench-labels-'))
+    try:
+        photos = sorted(LANDSCAPES.glob('*.jpg'))[:args.images]
+        if len(photos) < args.images:
+            sys.exit(f"need {args.images} photos in {LANDSCAPES}: apt-get install endless-sky-data")
+        for p in photos:  # one class folder: the teacher's classes are ImageNet's
+            (work / 'photos' / 'train' / 'land').mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, work / 'photos' / 'train' / 'land' / p.name)
+        images = work / 'images.beton'
+        write_beton(images, image_fields('jpg', max_resolution=500),
+                    ImageFolderSource(work / 'photos', 'train', max_resolution=500),
+                    manifest={'classes': [f'imagenet{i}' for i in range(1000)]}, progress=False)
+        teacher = Teacher('fkd_ffcv.teachers:efficientnet_lite0', device=args.device)
+        settings = LabelingSettings(num_records=args.records, chunk_images=16,
+                                    batch_size=args.batch_size)
+
+        # The same crops, cut in advance: what the teacher alone costs.
+        beton = Beton(images)
+        crops = []
+        for i in range(len(beton)):
+            pixels = beton.image(i)
+            boxes, flips = sample_records(0, i, *pixels.shape[:2], args.records)
+            crops.append(cut_crops(pixels, boxes, flips, 224, 'bicubic'))
+        crops = np.concatenate(crops)
+        teacher.probs(crops[:args.batch_size])  # warm-up
+        bare_runs, full_runs = [], []
+        for repeat in range(args.repeats):  # interleaved, so load drift hits both alike
+            start = time.perf_counter()
+            probs = torch.cat([teacher.probs(crops[s:s + args.batch_size])
+                               for s in range(0, len(crops), args.batch_size)])
+            bare_runs.append(len(crops) / (time.perf_counter() - start))
+            start = time.perf_counter()
+            label_beton(images, work / 'labelled.beton', teacher, settings, work / 'chunks',
+                        progress=False)
+            full_runs.append(len(crops) / (time.perf_counter() - start))
+        bare, full = statistics.median(bare_runs), statistics.median(full_runs)
+
+        print(f"{args.images} photos x {args.records} records = {len(crops)} crops at 224 px, "
+              f"EfficientNet-Lite0 on {args.device}, batch {args.batch_size}, median of "
+              f"{args.repeats} interleaved runs; "
+              f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+              f"ffcv {version('ffcv')}, {torch.get_num_threads()} torch threads")
+        print(f"\n| path | crops/s | images/s |\n|---|---|---|")
+        print(f"| teacher forward alone (crops in memory) | {bare:,.1f} | "
+              f"{bare / args.records:,.1f} |")
+        print(f"| label_beton end to end | {full:,.1f} | {full / args.records:,.1f} |")
+        print(f"\ndata path cost: {1 - full / bare:.1%} of the bare forward's throughput")
+
+        print(f"\n| label type | bytes per record | mean KL vs fp32 top-k (nats) | max |\n"
+              f"|---|---|---|---|")
+        for name in ('hard', 'smoothing', 'marginal_smoothing_k5', 'marginal_renorm_k5',
+                     'marginal_smoothing_k10'):
+            spec = LabelSpec.parse(name, 1000)
+            values, indices = torch.topk(probs, spec.k, dim=1)
+            classes, codes, p1_stored = compress(probs, spec)
+            kl = kl_divergence(recover(indices, values, spec),
+                               recover(classes, decode_probs(codes, p1_stored), spec))
+            print(f"| {name} | {9 + spec.record_bytes} | {kl.mean():.2e} | {kl.max():.2e} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
