@@ -54,8 +54,8 @@ Section('write', 'how images are stored and how the writer behaves').params(
                     default=defaults.PAGE_SIZE),
     on_error=Param(OneOf(defaults.ON_ERROR), 'unusable input file: fail, or skip it and '
                    'list it', default='fail'),
-    max_pixels=Param(And(int, InRange(min=1)), 'refuse images with more pixels',
-                     default=defaults.MAX_PIXELS),
+    max_pixels=Param(And(int, InRange(1, defaults.MAX_PIXELS)), 'refuse images with more '
+                     'pixels (at most Pillow\'s own limit)', default=defaults.MAX_PIXELS),
 )
 
 

@@ -7,4 +7,4 @@ WRITE_MODES = ('raw', 'jpg', 'smart', 'proportion')  # RGBImageField's write mod
 SMART_THRESHOLD = 224 * 224 * 3  # 'smart': JPEG when raw pixels would take more bytes than this
 ON_ERROR = ('fail', 'skip')      # what the writer does with an unusable input file
 PAGE_SIZE = 8 * 1024 * 1024      # FFCV page: power of two, 2 MiB <= page < 4 GiB
-MAX_PIXELS = 178_956_970         # Pillow's decompression-bomb limit (2 x MAX_IMAGE_PIXELS)
+MAX_PIXELS = 178_956_970         # refuse larger images; Pillow's own hard limit as well

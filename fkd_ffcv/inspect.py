@@ -51,13 +51,18 @@ def describe(beton: Beton, epochs: int = 0) -> str:
              f"{beton.path.stat().st_size / 2**20:.1f} MiB, page size {beton.page_size >> 20} MiB"]
     for name in beton.field_names:
         lines.append(f"  field {name!r}: {type(beton.fields[name]).__name__}")
-    manifest = beton.manifest
+    try:
+        manifest = beton.manifest
+    except FileNotFoundError as e:  # a beton written by plain FFCV, say
+        manifest = {}
+        lines.append(f"  ({e})")
     classes = manifest.get('classes', [])
     if LABEL_FIELD in beton.fields:
         counts = Counter(beton.field_metadata(LABEL_FIELD).tolist())
-        per_class = [counts.get(i, 0) for i in range(len(classes))]
-        lines.append(f"  {len(classes)} classes ({', '.join(classes[:5])}"
-                     f"{', ...' if len(classes) > 5 else ''}); images per class: "
+        per_class = [counts.get(i, 0) for i in range(len(classes))] or list(counts.values())
+        names = f" ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})" \
+            if classes else ''
+        lines.append(f"  {len(classes) or len(counts)} classes{names}; images per class: "
                      f"min {min(per_class, default=0)}, max {max(per_class, default=0)}")
     if IMAGE_FIELD in beton.fields:
         meta = beton.field_metadata(IMAGE_FIELD)

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 
 from .defaults import MAX_PIXELS
+
+MAX_SIDE = 65535  # FFCV stores image sides as uint16
 from .writer import BadSample
 
 # torchvision.datasets.folder.IMG_EXTENSIONS: the same files are taken as images.
@@ -50,8 +52,9 @@ def load_rgb(path, max_resolution: Optional[int] = None,
     """Read an image file as uint8 HxWx3 RGB, or raise BadSample saying why it cannot be.
 
     - greyscale, CMYK, YCbCr, palette and 1-bit images are converted to RGB;
-    - transparency (RGBA, LA, palette with a transparent colour) is composited over white;
-    - 16-bit images keep their top 8 bits;
+    - transparency (RGBA, LA, a transparent palette entry or colour) is composited over white;
+    - 16-bit images keep their top 8 bits; 32-bit integer images are clipped to 0..255, as
+      Pillow's (and so torchvision's) conversion does;
     - EXIF orientation is ignored, as torchvision's ImageFolder loader does, so boxes stay in
       the stored pixel grid;
     - with `max_resolution`, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
@@ -73,11 +76,15 @@ def load_rgb(path, max_resolution: Optional[int] = None,
         raise BadSample("empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            # The size check below is the limit; Pillow's warning at half its own limit is noise.
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > max_pixels:
                     raise BadSample(f"{im.width}x{im.height} pixels is over the limit of "
                                     f"{max_pixels} (max_pixels)")
+                if not max_resolution and max(im.size) > MAX_SIDE:
+                    raise BadSample(f"{im.width}x{im.height}: FFCV stores sides up to "
+                                    f"{MAX_SIDE} px; set max_resolution")
                 if max_resolution and im.format == 'JPEG':
                     scale = max_resolution / max(im.size)
                     if scale < 1:
@@ -88,25 +95,21 @@ def load_rgb(path, max_resolution: Optional[int] = None,
         raise
     except PermissionError as e:
         raise BadSample(f"not readable: {e.strerror}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         # Pillow reports unknown formats, truncation and corrupt data as these.
         raise BadSample(f"cannot decode: {type(e).__name__}: {e}") from None
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
     mode = im.mode
-    if mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
-        # 16-bit greyscale (Pillow gives 'I' for some PNGs): keep the top 8 bits, as Pillow
-        # itself does for 16-bit RGB.
-        grey = (np.clip(np.asarray(im), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+    if mode in ('I;16', 'I;16L', 'I;16B', 'I;16N'):
+        # 16-bit greyscale: keep the top 8 bits, as Pillow itself does for 16-bit RGB.
+        grey = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
     if mode == 'F':
         raise BadSample("floating-point images are not supported (mode F)")
-    if mode == 'P':
-        im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
-    elif mode in ('L', '1') and 'transparency' in im.info:
-        im = im.convert('RGBA')
+    if mode in ('P', 'L', '1', 'RGB') and 'transparency' in im.info:
+        im = im.convert('RGBA')  # a transparent colour or palette entry
     if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
         rgba = im.convert('RGBA')
         white = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
@@ -124,12 +127,11 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def find_classes(directory) -> List[str]:
-    """Class folder names in torchvision's ImageFolder order (sorted, hidden ones skipped)."""
+    """Class folder names as torchvision's ImageFolder finds them (every folder, sorted)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such directory")
-    classes = sorted(e.name for e in os.scandir(directory)
-                     if e.is_dir() and not e.name.startswith('.'))
+    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir())
     if not classes:
         raise FileNotFoundError(f"{directory}: no class folders (expected <class>/<image>)")
     return classes
@@ -164,8 +166,12 @@ class ImageFolderSource:
             class_dir = split_dir / name
             found = 0
             if class_dir.is_dir():
-                for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-                    dirnames.sort()
+                unreadable = []
+                walk = sorted(os.walk(class_dir, followlinks=True, onerror=unreadable.append))
+                if unreadable:
+                    raise OSError(f"cannot list {unreadable[0].filename}: "
+                                  f"{unreadable[0].strerror} ({len(unreadable)} folder(s))")
+                for dirpath, _, filenames in walk:  # torchvision's order: by folder path
                     for fname in sorted(filenames):
                         if fname.lower().endswith(IMG_EXTENSIONS):
                             rel = os.path.relpath(os.path.join(dirpath, fname), self.root)

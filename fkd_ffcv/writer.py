@@ -18,21 +18,33 @@ import ctypes
 import json
 import multiprocessing as mp
 import os
+import pickle
 import queue
+import signal
+import socket
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
-from ffcv.fields import BytesField, Field, IntField, NDArrayField, RGBImageField
+import torch
+from ffcv.fields import (BytesField, Field, IntField, JSONField, NDArrayField, RGBImageField,
+                         TorchTensorField)
 from ffcv.memory_allocator import MemoryAllocator
 from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType
-from ffcv.writer import MAX_PAGE_SIZE, MIN_PAGE_SIZE
+from ffcv.utils import align_to_page
+from ffcv.writer import MIN_PAGE_SIZE
 from tqdm import tqdm
 
 from .defaults import ON_ERROR, PAGE_SIZE
+
+# Linux writes at most 2 GiB - 4 KiB per write() and FFCV's allocator ignores short writes.
+MAX_PAGE = 2 ** 30
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGHUP}
 from .beton import MANIFEST_FORMAT, Beton, manifest_path
 from .fields import CUSTOM_TYPE_ID, PATH_FIELD, RECORD_FIELDS, VerbatimField, check_field_names, descriptor_of
 
@@ -73,9 +85,11 @@ def write_beton(path, fields: Mapping[str, Field], source, *, num_workers: int =
     check_field_names(fields)
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
-    if page_size & (page_size - 1) or not MIN_PAGE_SIZE <= page_size < MAX_PAGE_SIZE:
-        raise ValueError(f"page_size must be a power of two in [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}),"
-                         f" not {page_size}")
+    if page_size & (page_size - 1) or not MIN_PAGE_SIZE <= page_size <= MAX_PAGE:
+        raise ValueError(f"page_size must be a power of two in [{MIN_PAGE_SIZE}, {MAX_PAGE}], "
+                         f"not {page_size}")
+    if path.is_dir():
+        raise WriteError(f"{path} is a directory")
     num_samples = len(source)
     if num_samples == 0:
         raise WriteError(f"{path}: the source has no samples to write")
@@ -85,30 +99,57 @@ def write_beton(path, fields: Mapping[str, Field], source, *, num_workers: int =
 
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_partials(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.partial-{socket.gethostname()}-{os.getpid()}")
     started = time.perf_counter()
     try:
-        layout = _Layout.create(tmp, fields, num_samples, page_size)
-        allocations, skipped = _run_workers(tmp, layout, fields, source, num_workers,
-                                            chunk_size, on_error, progress, path.name)
-        kept = layout.finish(tmp, allocations, [ix for ix, _ in skipped])
-        if kept == 0:
-            raise WriteError(f"{path}: every one of the {num_samples} samples was skipped; "
-                             f"first: {describe(source, skipped[0][0])}: {skipped[0][1]}")
-        report = WriteReport(path, kept, [(describe(source, ix), why) for ix, why in skipped])
-        _publish(tmp, path, fields, report, manifest or {})
+        with _terminate_as_exception():
+            layout = _Layout.create(tmp, fields, num_samples, page_size)
+            allocations, skipped, pages = _run_workers(tmp, layout, fields, source,
+                                                       num_workers, chunk_size, on_error,
+                                                       progress, path.name)
+            try:
+                kept = layout.finish(tmp, allocations, [ix for ix, _ in skipped], pages)
+                if kept:
+                    report = WriteReport(path, kept, [(describe(source, ix), why)
+                                                      for ix, why in skipped])
+                    _publish(tmp, path, fields, report, manifest or {})
+            except (OSError, ValueError) as e:
+                raise WriteError(f"{path}: {e}") from e
+            if kept == 0:
+                raise WriteError(f"{path}: every one of the {num_samples} samples was skipped;"
+                                 f" first: {describe(source, skipped[0][0])}: {skipped[0][1]}")
     finally:
-        for leftover in (tmp, manifest_path(tmp)):
-            if leftover.exists():
-                leftover.unlink()
+        for leftover in path.parent.glob(f"{tmp.name}*"):
+            leftover.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
     return report
 
 
+@contextmanager
+def _terminate_as_exception():
+    """Turn SIGTERM/SIGHUP into an exception while writing, so that cleanup runs (workers
+    stopped, partial file removed) when the writer is killed politely."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise WriteError(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _remove_abandoned_partials(path: Path) -> None:
-    """Delete partial outputs for `path` left by writers that were killed (their pid is gone)."""
-    for partial in path.parent.glob(f".{path.name}.partial-*"):
-        pid = partial.name.rsplit('-', 1)[-1].split('.')[0]
+    """Delete partial outputs for `path` that writers on this host left when killed (their
+    process is gone). Partials of other hosts sharing the folder are left alone."""
+    prefix = f".{path.name}.partial-{socket.gethostname()}-"
+    for partial in path.parent.glob(f"{prefix}*"):
+        pid = partial.name[len(prefix):].split('.')[0]
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
             partial.unlink(missing_ok=True)
 
@@ -151,8 +192,13 @@ class _Layout:
         return np.memmap(tmp, dtype=self.metadata_dtype, mode='r+', offset=self.metadata_start,
                          shape=(self.num_samples,))
 
-    def finish(self, tmp: Path, allocations, skipped: List[int]) -> int:
+    def finish(self, tmp: Path, allocations, skipped: List[int], pages: int) -> int:
         """Drop skipped samples, append the allocation table, write the header. Returns kept."""
+        expected = (align_to_page(self.data_start, self.page_size) + pages * self.page_size
+                    if pages else self.data_start)
+        if tmp.stat().st_size != expected:
+            raise WriteError(f"{tmp}: {tmp.stat().st_size} B written where {pages} pages make "
+                             f"{expected} B (a short write: disk full?)")
         table = np.array(allocations, dtype=ALLOC_TABLE_TYPE).reshape(-1)
         metadata = np.array(self.metadata(tmp))
         keep = np.ones(self.num_samples, dtype=bool)
@@ -216,18 +262,26 @@ def _publish(tmp: Path, path: Path, fields, report: WriteReport, extra: dict) ->
 
 def _run_workers(tmp, layout, fields, source, num_workers, chunk_size, on_error, progress,
                  label):
+    """Run the worker processes; returns (allocations, skipped, pages written)."""
     ctx = mp.get_context('fork')  # workers inherit the source (open files, memmaps) as is
-    results = ctx.Queue()
+    results = ctx.Queue()  # small messages only: a worker killed mid-send cannot wedge get()
     next_chunk = ctx.Value(ctypes.c_int64, 0)
-    done = ctx.Value(ctypes.c_uint64, 0)
-    current = ctx.Array(ctypes.c_int64, [-1] * num_workers)
+    done = ctx.RawArray(ctypes.c_uint64, num_workers)      # one writer per slot: no lock that
+    current = ctx.RawArray(ctypes.c_int64, [-1] * num_workers)  # a dying worker could hold
     allocator = MemoryAllocator(str(tmp), layout.data_start, layout.page_size)
     workers = [ctx.Process(target=_worker, daemon=True,
-                           args=(wid, results, tmp, layout, fields, source, allocator, next_chunk,
-                                 chunk_size, done, current, on_error))
+                           args=(wid, os.getpid(), results, tmp, layout, fields, source,
+                                 allocator, next_chunk, chunk_size, done, current, on_error))
                for wid in range(num_workers)]
-    for w in workers:
-        w.start()
+    # Workers start with SIGTERM/SIGHUP blocked and unblock them once their handlers are the
+    # default again: a stop signal in between is then neither lost nor run by the main
+    # process's handler in the child.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for w in workers:
+            w.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     allocations, skipped, finished, gone_since = [], [], set(), {}
     bar = tqdm(total=layout.num_samples, unit='img', desc=f"writing {label}",
@@ -243,8 +297,10 @@ def _run_workers(tmp, layout, fields, source, num_workers, chunk_size, on_error,
                     index, text = payload
                     where = describe(source, index) if index >= 0 else f"writer worker {wid}"
                     raise WriteError(f"{where}: {text}")
-                allocations.extend(payload[0])
-                skipped.extend(payload[1])
+                with open(_result_file(tmp, wid), 'rb') as f:
+                    worker_allocations, worker_skipped = pickle.load(f)
+                allocations.extend(worker_allocations)
+                skipped.extend(worker_skipped)
                 finished.add(wid)
             now = time.monotonic()
             for wid, w in enumerate(workers):
@@ -256,56 +312,89 @@ def _run_workers(tmp, layout, fields, source, num_workers, chunk_size, on_error,
                     where = describe(source, index) if index >= 0 else "outside any sample"
                     raise WriteError(f"writer worker {wid} died (exit code {w.exitcode}) while "
                                      f"writing {where}")
-            bar.update(done.value - bar.n)
+            bar.update(sum(done) - bar.n)
     finally:
         bar.close()
         for w in workers:
             if w.is_alive():
                 w.terminate()
         for w in workers:
-            w.join(timeout=5)
+            w.join(timeout=2)
             if w.is_alive():
                 w.kill()
                 w.join()
     skipped.sort()
-    return allocations, skipped
+    return allocations, skipped, allocator.next_page_allocated.value
 
 
-def _worker(wid, results, tmp, layout, fields, source, allocator, next_chunk, chunk_size, done,
-            current, on_error):
+def _result_file(tmp: Path, wid: int) -> Path:
+    return tmp.with_name(f"{tmp.name}.worker-{wid}")
+
+
+def _worker(wid, parent, results, tmp, layout, fields, source, allocator, next_chunk,
+            chunk_size, done, current, on_error):
+    for sig in STOP_SIGNALS:  # not the main process's handler (forked)
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _die_with_parent(parent)
     try:
         metadata = layout.metadata(tmp)
         columns = [metadata[name] for name in metadata.dtype.names]
         skipped = []
         with allocator:
-            while True:
-                with next_chunk.get_lock():
-                    start = next_chunk.value * chunk_size
-                    next_chunk.value += 1
-                if start >= layout.num_samples:
-                    break
-                for index in range(start, min(start + chunk_size, layout.num_samples)):
-                    current[wid] = index
-                    try:
-                        _write_sample(index, source, fields, columns, allocator, layout.page_size)
-                    except BadSample as e:
-                        if on_error == 'fail':
-                            raise
-                        skipped.append((index, str(e)))
-                    with done.get_lock():
-                        done.value += 1
-            current[wid] = -1
+            try:
+                while True:
+                    with next_chunk.get_lock():
+                        start = next_chunk.value * chunk_size
+                        next_chunk.value += 1
+                    if start >= layout.num_samples:
+                        break
+                    for index in range(start, min(start + chunk_size, layout.num_samples)):
+                        current[wid] = index
+                        try:
+                            _write_sample(index, source, fields, columns, allocator,
+                                          layout.page_size)
+                        except BadSample as e:
+                            if on_error == 'fail':
+                                raise
+                            skipped.append((index, str(e)))
+                        done[wid] += 1
+                current[wid] = -1
+            except BaseException as e:
+                _report_and_exit(results, wid, current[wid], e)  # never flushes its page
         metadata.flush()
-        results.put(('ok', wid, (allocator.allocations, skipped)))
+        result = _result_file(tmp, wid)
+        partial = result.with_name(result.name + '.tmp')
+        with open(partial, 'wb') as f:
+            pickle.dump((allocator.allocations, skipped), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, result)
+        results.put(('ok', wid, None))
         results.close()
         results.join_thread()
     except BaseException as e:
-        text = str(e) if isinstance(e, (BadSample, WriteError)) else \
-            f"{type(e).__name__}: {e}\n{traceback.format_exc()}"  # the error first, then where
-        results.put(('error', wid, (int(current[wid]), text.rstrip())))
-        results.close()
-        results.join_thread()
-        os._exit(1)  # skip flushing pages: the main process discards this file
+        _report_and_exit(results, wid, current[wid], e)
+
+
+def _report_and_exit(results, wid, index, error):
+    text = str(error) if isinstance(error, (BadSample, WriteError)) else \
+        f"{type(error).__name__}: {error}\n{traceback.format_exc()}"  # the error first
+    if len(text) > 3000:  # one pipe write of at most PIPE_BUF bytes is atomic
+        text = text[:1400] + "\n...\n" + text[-1400:]
+    results.put(('error', wid, (int(index), text.rstrip())))
+    results.close()
+    results.join_thread()
+    os._exit(1)  # skip flushing pages and every other exit handler: the main process cleans up
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker if the main process dies (even by SIGKILL)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
 
 
 def _write_sample(index, source, fields, columns, allocator, page_size):
@@ -330,14 +419,19 @@ def _write_sample(index, source, fields, columns, allocator, page_size):
             return
         except MemoryError:  # the sample did not fit in the page: FFCV's allocator moved on
             if attempt == 1:
-                raise
+                raise WriteError(f"the sample's fields together need more than one page "
+                                 f"({page_size} B): raise page_size") from None
 
 
 def _check_value(name: str, fld: Field, value) -> None:
     """Reject values FFCV's fields would store wrongly or not at all."""
-    if isinstance(fld, VerbatimField):
-        return
-    if isinstance(fld, NDArrayField):
+    if isinstance(fld, (VerbatimField, JSONField)):
+        return  # JSONField encodes any JSON-serialisable value and says so when it cannot
+    if isinstance(fld, TorchTensorField):
+        if not torch.is_tensor(value) or value.numpy().dtype != fld.dtype \
+                or tuple(value.shape) != tuple(fld.shape):
+            raise WriteError(f"field {name!r} expects a {fld.dtype} tensor {tuple(fld.shape)}")
+    elif isinstance(fld, NDArrayField):
         if not isinstance(value, np.ndarray) or value.dtype != fld.dtype \
                 or value.shape != tuple(fld.shape):
             got = (f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray)
@@ -353,6 +447,9 @@ def _check_value(name: str, fld: Field, value) -> None:
             got = (f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray)
                    else type(value).__name__)
             raise WriteError(f"field {name!r} expects uint8 HxWx3 pixels, got {got}")
+        if fld.max_resolution is None and max(value.shape[:2]) > 65535:
+            raise WriteError(f"field {name!r}: FFCV stores sides up to 65535 px, got "
+                             f"{value.shape[1]}x{value.shape[0]}; set max_resolution")
     elif isinstance(fld, IntField):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise WriteError(f"field {name!r} expects an int, got {type(value).__name__}")
@@ -423,5 +520,6 @@ def copy_beton(src, dst, add_fields: Optional[Mapping[str, Field]] = None, value
     extra.update(manifest_updates or {})
     extra['derived_from'] = {'beton': str(Path(src)), 'fingerprint': beton.fingerprint(),
                              'added_fields': list(add_fields)}
+    write_options.setdefault('page_size', max(beton.page_size, PAGE_SIZE))
     return write_beton(dst, fields, _CopySource(beton, keep, values), manifest=extra,
                        **write_options)

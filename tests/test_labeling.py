@@ -108,12 +108,14 @@ def test_ranks_label_disjoint_chunks_and_rank_zero_merges(images, teacher, label
 
 
 def test_bad_inputs_get_clear_errors(images, teacher, tmp_path):
+    label_beton(images, tmp_path / 'a.beton', teacher, SETTINGS, tmp_path / 'work',
+                rank=1, world_size=2, progress=False)  # leaves its chunk, merges nothing
     with pytest.raises(ValueError, match='holds records of another labelling run'):
-        label_beton(images, tmp_path / 'a.beton', teacher, SETTINGS, tmp_path / 'work',
-                    progress=False)
         label_beton(images, tmp_path / 'a.beton', teacher,
                     LabelingSettings(num_records=7, label_type='marginal_smoothing_k2'),
                     tmp_path / 'work', progress=False)
+    label_beton(images, tmp_path / 'a.beton', teacher, SETTINGS, tmp_path / 'work',
+                progress=False)
     with pytest.raises(ValueError, match='already holds crop records'):
         label_beton(tmp_path / 'a.beton', tmp_path / 'b.beton', teacher, SETTINGS,
                     tmp_path / 'work2', progress=False)

@@ -165,3 +165,32 @@ def test_idx_reader_rejects_bad_files(tmp_path):
         read_idx(tmp_path / 'junk')
     with pytest.raises(FileNotFoundError, match='dataset-fashion-mnist'):
         FashionMNISTSource('train', root=tmp_path)
+
+
+def test_thirty_two_bit_and_transparent_colour_images(tmp_path):
+    Image.fromarray(np.full((4, 4), 200, np.int32), mode='I').save(tmp_path / 'i.tif')
+    assert (load_rgb(tmp_path / 'i.tif') == 200).all()  # as Pillow's own conversion gives
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[0, 0] = (10, 20, 30)
+    Image.fromarray(rgb).save(tmp_path / 't.png', transparency=(0, 0, 0))
+    got = load_rgb(tmp_path / 't.png')
+    assert np.array_equal(got[0, 0], [10, 20, 30]) and (got[1:, 1:] == 255).all()
+
+
+def test_hidden_class_folders_count_as_torchvision_counts_them(tmp_path):
+    for name in ('.hidden', 'a'):
+        save(tmp_path / 'train' / name / 'x.png', smooth_image(8, 4, 4))
+    assert ImageFolderSource(tmp_path, 'train').classes == ['.hidden', 'a']
+
+
+def test_unlistable_folder_is_an_error(tmp_path, monkeypatch):
+    save(tmp_path / 'train' / 'a' / 'x.png', smooth_image(8, 4, 4))
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kwargs):
+        onerror(PermissionError(13, 'Permission denied', str(top)))
+        return real_walk(top, **kwargs)
+
+    monkeypatch.setattr(os, 'walk', walk)
+    with pytest.raises(OSError, match='cannot list .*/train/a: Permission denied'):
+        ImageFolderSource(tmp_path, 'train')

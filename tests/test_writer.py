@@ -1,17 +1,21 @@
 """The beton writer: round trips through FFCV's own loader, bad input, worker faults, atomicity."""
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import cv2
 import numpy as np
 import pytest
-from ffcv.fields import IntField, NDArrayField
+import torch
+from ffcv.fields import BytesField, IntField, JSONField, NDArrayField, TorchTensorField
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 
-from conftest import save, smooth_image
+from conftest import REPO, save, smooth_image
 from fkd_ffcv.beton import Beton, manifest_path
 from fkd_ffcv.fields import image_fields
 from fkd_ffcv.sources import ImageFolderSource
@@ -240,10 +244,102 @@ def test_stale_manifest_is_detected(raw_beton, tmp_path):
 
 
 def test_partial_files_of_killed_writers_are_cleaned_up(tmp_path):
-    dead = tmp_path / '.x.beton.partial-999999999'
+    host = socket.gethostname()
+    dead = tmp_path / f'.x.beton.partial-{host}-999999999'
     dead.write_bytes(b'left by a writer killed with SIGKILL')
-    (tmp_path / '.x.beton.partial-999999999.json').write_text('{}')
-    alive = tmp_path / f'.x.beton.partial-{os.getppid()}'  # a running process: not touched
+    (tmp_path / f'.x.beton.partial-{host}-999999999.json').write_text('{}')
+    alive = tmp_path / f'.x.beton.partial-{host}-{os.getppid()}'  # running: not touched
     alive.write_bytes(b'another writer at work')
+    elsewhere = tmp_path / '.x.beton.partial-otherhost-999999999'  # maybe alive elsewhere
+    elsewhere.write_bytes(b'a writer on another machine sharing the folder')
     write_beton(tmp_path / 'x.beton', image_fields('raw'), FaultySource(None), progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, 'x.beton', 'x.beton.json']
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [alive.name, elsewhere.name, 'x.beton', 'x.beton.json'])
+
+
+class SlowSource(FaultySource):
+    """Sample 0 is unusable; every other sample takes 0.3 s."""
+
+    def __init__(self):
+        super().__init__('bad', at=0, n=60)
+
+    def __getitem__(self, i):
+        if i:
+            time.sleep(0.3)
+        return super().__getitem__(i)
+
+
+def test_fail_fast_does_not_wait_for_the_other_workers(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(WriteError, match='item-0: unusable'):
+        write_beton(tmp_path / 'x.beton', image_fields('raw'), SlowSource(), num_workers=2,
+                    chunk_size=30, progress=False)
+    assert time.monotonic() - started < 5  # the other worker's chunk takes 9 s
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path[:0] = [{tests!r}, {repo!r}]
+from test_writer import SlowSource
+from fkd_ffcv.fields import image_fields
+from fkd_ffcv.writer import write_beton
+write_beton({out!r}, image_fields('raw'), SlowSource(), num_workers=2, chunk_size=1,
+            on_error='skip', progress=False)
+"""
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_writer_stops_its_workers(tmp_path, sig):
+    import psutil
+    script = KILL_SCRIPT.format(tests=str(REPO / 'tests'), repo=str(REPO),
+                                out=str(tmp_path / 'x.beton'))
+    proc = subprocess.Popen([sys.executable, '-c', script], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    workers = []
+    while len(workers) < 2 and time.monotonic() < deadline:  # both writer workers at work
+        time.sleep(0.2)
+        workers = psutil.Process(proc.pid).children()
+    assert len(workers) == 2
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    if sig == signal.SIGTERM:  # a polite stop cleans up after itself
+        assert b'stopped by signal SIGTERM' in proc.stderr.read()
+        assert not list(tmp_path.iterdir())
+
+
+def test_limits_of_the_format(tmp_path):
+    with pytest.raises(ValueError, match='page_size must be a power of two'):
+        write_beton(tmp_path / 'x.beton', image_fields('raw'), FaultySource(None),
+                    page_size=2 ** 31)
+
+    class TwoHalves:
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            half = np.zeros(int(0.6 * 2 ** 21), np.uint8)
+            return half, half
+
+    with pytest.raises(WriteError, match='together need more than one page'):
+        write_beton(tmp_path / 'x.beton', {'a': BytesField(), 'b': BytesField()}, TwoHalves(),
+                    page_size=2 ** 21, progress=False)
+
+
+def test_json_and_tensor_fields_are_writable(tmp_path):
+    class Mixed:
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {'i': i, 'name': f'n{i}'}, torch.full((2, 2), float(i))
+
+    path = tmp_path / 'mixed.beton'
+    write_beton(path, {'meta': JSONField(), 't': TorchTensorField(torch.float32, (2, 2))},
+                Mixed(), progress=False)
+    beton = Beton(path)
+    assert beton.array('t', 2).tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert JSONField.unpack(np.array(beton.read(int(beton.field_metadata('meta')[1]['ptr'])))
+                            ) == {'i': 1, 'name': 'n1'}

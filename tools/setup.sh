@@ -4,22 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# endless-sky-data: real photos for the benchmarks (30 MB)
-APT_PACKAGES=${APT_PACKAGES:-"pkg-config libturbojpeg0-dev libopencv-dev dataset-fashion-mnist endless-sky-data"}
+APT_PACKAGES=${APT_PACKAGES:-"pkg-config libturbojpeg0-dev libopencv-dev dataset-fashion-mnist"}
+# Real photos for the benchmarks (30 MB): installed when possible, not required.
+APT_OPTIONAL=${APT_OPTIONAL:-"endless-sky-data"}
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 
-missing=""
-for pkg in $APT_PACKAGES; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
-done
-if [ -n "$missing" ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "setup: installing system packages:$missing"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-    else
-        cat >&2 <<MSG
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+missing=""; optional=""
+for pkg in $APT_PACKAGES; do installed "$pkg" || missing="$missing $pkg"; done
+for pkg in $APT_OPTIONAL; do installed "$pkg" || optional="$optional $pkg"; done
+if [ -n "$missing$optional" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing system packages:$missing$optional"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing $optional >/dev/null
+elif [ -n "$missing" ]; then
+    cat >&2 <<MSG
 setup: missing system packages:$missing
   Debian/Ubuntu (as root):  apt-get update && apt-get install -y$missing
   conda (no root):          conda install -c conda-forge pkg-config libjpeg-turbo opencv
@@ -27,8 +27,9 @@ setup: missing system packages:$missing
                              of Fashion-MNIST in /usr/share/datasets/fashion-mnist/)
 Install them and run this again.
 MSG
-        exit 1
-    fi
+    exit 1
+elif [ -n "$optional" ]; then
+    echo "setup: note: the benchmarks need$optional (apt-get install -y$optional)" >&2
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
