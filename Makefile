@@ -24,6 +24,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/writer.py
+	$(PY) benchmarks/labeling.py
 
 clean:
 	rm -rf build $(DATA) .pytest_cache
