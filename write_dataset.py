@@ -116,9 +116,11 @@ def label(labels: dict, write: dict, beton: Path) -> None:
     if device == 'auto':
         device = (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available()
                   else 'cpu')
+    ranks_here = int(os.environ.get('LOCAL_WORLD_SIZE', 1))  # share the cores on the CPU
     teacher = Teacher(labels['teacher'], device=device, temperature=labels['temperature'],
                       input_size=labels['input_size'] or None,
-                      interpolation=labels['interpolation'] or None)
+                      interpolation=labels['interpolation'] or None,
+                      cpu_threads=max(1, len(os.sched_getaffinity(0)) // ranks_here))
     scale = (labels['scale_min'], labels['scale_max']) if labels['scale_max'] else None
     settings = LabelingSettings(num_records=labels['num_records'],
                                 label_type=labels['label_type'] or 'marginal_smoothing_k5',

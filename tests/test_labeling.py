@@ -181,3 +181,23 @@ def test_real_imagenet_teacher_efficientnet_lite0(tmp_path):
         with torch.no_grad():
             logits = model((x - 0.5) / 0.5)
         assert np.array_equal(rec['fkd_classes'][:, 0], logits.argmax(1).numpy())
+
+
+def test_torchscript_teachers_and_ensembles(teacher, tmp_path):
+    torch.manual_seed(1)
+    other = torchvision.models.resnet18(num_classes=3).eval()
+    torch.jit.trace(other, torch.zeros(1, 3, 32, 32)).save(str(tmp_path / 'other.pt'))
+    scripted = Teacher(f'torchscript:{tmp_path}/other.pt', input_size=32)
+    crops = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    ensemble = Teacher(teacher.specs + scripted.specs, input_size=32)
+    assert ensemble.num_classes == 3
+    expected = (teacher.probs(crops) + scripted.probs(crops)) / 2
+    assert torch.allclose(ensemble.probs(crops), expected, atol=1e-6)
+    with pytest.raises(ValueError, match='want different crops'):
+        Teacher([f'torchscript:{tmp_path}/other.pt', 'test_labeling:small_input_model'])
+    with pytest.raises(ValueError, match="(?i)no module named 'nowhere'"):
+        Teacher('nowhere:model')
+
+
+def small_input_model():
+    return NaNModel(), {'input_size': 64, 'interpolation': 'area'}
