@@ -91,14 +91,14 @@ def main():
               f"{args.repeats} interleaved runs; "
               f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
               f"ffcv {version('ffcv')}, {torch.get_num_threads()} torch threads")
-        print(f"\n| path | crops/s | images/s |\n|---|---|---|")
+        print("\n| path | crops/s | images/s |\n|---|---|---|")
         print(f"| teacher forward alone (crops in memory) | {bare:,.1f} | "
               f"{bare / args.records:,.1f} |")
         print(f"| label_beton end to end | {full:,.1f} | {full / args.records:,.1f} |")
         print(f"\ndata path cost: {1 - full / bare:.1%} of the bare forward's throughput")
 
-        print(f"\n| label type | bytes per record | mean KL vs fp32 top-k (nats) | max |\n"
-              f"|---|---|---|---|")
+        print("\n| label type | bytes per record | mean KL vs fp32 top-k (nats) | max |\n"
+              "|---|---|---|---|")
         for name in ('hard', 'smoothing', 'marginal_smoothing_k5', 'marginal_renorm_k5',
                      'marginal_smoothing_k10'):
             spec = LabelSpec.parse(name, 1000)

@@ -52,3 +52,20 @@ def image_tree(tmp_path_factory):
         expected[split].sort(key=lambda item: (item[1], os.path.dirname(item[0]).count('/'),
                                                item[0]))
     return root, classes, expected
+
+
+def write_tree(image_tree, path, write_mode, **options):
+    """Write the train split of `image_tree` to `path` with images stored as `write_mode`."""
+    from fkd_ffcv.fields import image_fields
+    from fkd_ffcv.sources import ImageFolderSource
+    from fkd_ffcv.writer import write_beton
+    root, classes, _ = image_tree
+    return write_beton(path, image_fields(write_mode), ImageFolderSource(root, 'train'),
+                       manifest={'classes': classes}, progress=False, **options)
+
+
+@pytest.fixture(scope='session')
+def raw_tree_beton(image_tree, tmp_path_factory):
+    """(path, write report) of the train split stored raw, by two workers in small chunks."""
+    path = tmp_path_factory.mktemp('raw') / 'train.beton'
+    return path, write_tree(image_tree, path, 'raw', num_workers=2, chunk_size=3)

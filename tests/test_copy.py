@@ -6,18 +6,16 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.fields.ndarray import NDArrayDecoder
 from ffcv.loader import Loader, OrderOption
 
+from conftest import write_tree
 from fkd_ffcv.beton import Beton
-from fkd_ffcv.fields import image_fields
-from fkd_ffcv.sources import ImageFolderSource
-from fkd_ffcv.writer import copy_beton, write_beton
+from fkd_ffcv.writer import copy_beton
 
 
 @pytest.fixture(scope='module')
 def jpeg_beton(image_tree, tmp_path_factory):
-    root, classes, _ = image_tree
+    """Half the images JPEG, half raw (write mode 'proportion')."""
     path = tmp_path_factory.mktemp('copy') / 'src.beton'
-    write_beton(path, image_fields('proportion', compress_probability=0.5),
-                ImageFolderSource(root, 'train'), manifest={'classes': classes}, progress=False)
+    write_tree(image_tree, path, 'proportion')
     return path
 
 

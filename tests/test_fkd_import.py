@@ -8,22 +8,17 @@ import torch
 
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import BOX_UNITS
-from fkd_ffcv.fields import RECORD_FIELDS, image_fields
+from fkd_ffcv.fields import RECORD_FIELDS
 from fkd_ffcv.fkd_import import fkd_label_path, import_fkd_labels, read_fkd_file
 from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
-from fkd_ffcv.sources import ImageFolderSource
-from fkd_ffcv.writer import BadSample, WriteError, write_beton
+from fkd_ffcv.writer import BadSample, WriteError
 
 N, K = 10, 2
 
 
 @pytest.fixture(scope='module')
-def images(image_tree, tmp_path_factory):
-    root, classes, _ = image_tree
-    path = tmp_path_factory.mktemp('import') / 'images.beton'
-    write_beton(path, image_fields('raw'), ImageFolderSource(root, 'train'),
-                manifest={'classes': classes}, progress=False)
-    return path
+def images(raw_tree_beton):
+    return raw_tree_beton[0]
 
 
 def fkd_state(label, rng, agree=True, kind='marginal'):

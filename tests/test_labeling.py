@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import write_tree
 from fkd_ffcv import labeling
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import cut_crops, sample_records
@@ -24,10 +25,8 @@ def records(beton, i):
 
 @pytest.fixture(scope='module')
 def images(image_tree, tmp_path_factory):
-    root, classes, _ = image_tree
     path = tmp_path_factory.mktemp('label') / 'images.beton'
-    write_beton(path, image_fields('jpg'), ImageFolderSource(root, 'train'),
-                manifest={'classes': classes}, progress=False)
+    write_tree(image_tree, path, 'jpg')
     return path
 
 

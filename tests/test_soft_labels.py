@@ -1,5 +1,4 @@
 """Soft-label math: label types, stored form, recovery formulas, loss."""
-import numpy as np
 import pytest
 import torch
 

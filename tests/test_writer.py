@@ -35,18 +35,8 @@ def no_partial_files(directory):
     return not [p for p in os.listdir(directory) if '.partial-' in p]
 
 
-@pytest.fixture(scope='module')
-def raw_beton(image_tree, tmp_path_factory):
-    root, classes, _ = image_tree
-    path = tmp_path_factory.mktemp('raw') / 'train.beton'
-    report = write_beton(path, image_fields('raw'), ImageFolderSource(root, 'train'),
-                         num_workers=2, chunk_size=3, manifest={'classes': classes},
-                         progress=False)
-    return path, report
-
-
-def test_round_trip_through_ffcv_loader_is_exact(raw_beton, image_tree):
-    path, report = raw_beton
+def test_round_trip_through_ffcv_loader_is_exact(raw_tree_beton, image_tree):
+    path, report = raw_tree_beton
     _, classes, expected = image_tree
     assert report.num_samples == len(expected['train']) and not report.skipped
     loader = Loader(str(path), batch_size=5, num_workers=2, order=OrderOption.SEQUENTIAL,
@@ -233,8 +223,8 @@ def test_many_pages_and_workers_round_trip(tmp_path):
         assert (stored_pixels(beton, i) == i % 251).all()
 
 
-def test_stale_manifest_is_detected(raw_beton, tmp_path):
-    path, _ = raw_beton
+def test_stale_manifest_is_detected(raw_tree_beton, tmp_path):
+    path, _ = raw_tree_beton
     other = tmp_path / 'other.beton'
     write_beton(other, image_fields('raw'), FaultySource(None), progress=False,
                 manifest={'classes': ['x']})
