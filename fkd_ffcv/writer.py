@@ -4,8 +4,8 @@ The file layout is FFCV's own (header, field descriptors, one metadata row per s
 pages, allocation table), written with FFCV's page allocator so any FFCV `Loader` reads it. What
 this module changes is the control around it: FFCV's `DatasetWriter` polls forever when a worker
 dies, and writes straight to the final name. Here a worker's failure stops the write within a
-second or so with the failing sample's name, and the output is renamed into place only once the
-beton and its manifest are complete.
+second or so with the failing sample's name, the workers die with the main process, and the
+output is renamed into place only once the beton and its manifest are complete.
 
 A source is any object with `len(source)`, `source[i] -> tuple` (one value per field, in field
 order) and optionally `source.describe(i) -> str` naming sample i in messages (a file path).
@@ -40,14 +40,14 @@ from ffcv.utils import align_to_page
 from ffcv.writer import MIN_PAGE_SIZE
 from tqdm import tqdm
 
+from .beton import MANIFEST_FORMAT, Beton, manifest_path
 from .defaults import ON_ERROR, PAGE_SIZE
+from .fields import (CUSTOM_TYPE_ID, PATH_FIELD, RECORD_FIELDS, VerbatimField,
+                     check_field_names, descriptor_of)
 
 # Linux writes at most 2 GiB - 4 KiB per write() and FFCV's allocator ignores short writes.
 MAX_PAGE = 2 ** 30
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGHUP}
-from .beton import MANIFEST_FORMAT, Beton, manifest_path
-from .fields import CUSTOM_TYPE_ID, PATH_FIELD, RECORD_FIELDS, VerbatimField, check_field_names, descriptor_of
-
 
 
 class BadSample(Exception):
@@ -119,7 +119,7 @@ def write_beton(path, fields: Mapping[str, Field], source, *, num_workers: int =
                 raise WriteError(f"{path}: every one of the {num_samples} samples was skipped;"
                                  f" first: {describe(source, skipped[0][0])}: {skipped[0][1]}")
     finally:
-        for leftover in path.parent.glob(f"{tmp.name}*"):
+        for leftover in _starting_with(path.parent, tmp.name):  # partial, manifest, results
             leftover.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
     return report
@@ -148,10 +148,15 @@ def _remove_abandoned_partials(path: Path) -> None:
     """Delete partial outputs for `path` that writers on this host left when killed (their
     process is gone). Partials of other hosts sharing the folder are left alone."""
     prefix = f".{path.name}.partial-{socket.gethostname()}-"
-    for partial in path.parent.glob(f"{prefix}*"):
+    for partial in _starting_with(path.parent, prefix):
         pid = partial.name[len(prefix):].split('.')[0]
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
             partial.unlink(missing_ok=True)
+
+
+def _starting_with(directory: Path, prefix: str) -> List[Path]:
+    """Files in `directory` whose names start with `prefix` (no glob: names may hold '[')."""
+    return [directory / name for name in os.listdir(directory) if name.startswith(prefix)]
 
 
 @dataclass
