@@ -19,7 +19,7 @@ import torch
 from .beton import Beton
 from .crops import BOX_UNITS
 from .fields import soft_label_fields
-from .soft_labels import FLAG_FLIP, FLAG_P1_STORED, LabelSpec, encode_probs, top1_agreement
+from .soft_labels import LabelSpec, encode_probs, record_flags, top1_agreement
 from .writer import BadSample, WriteReport, copy_beton
 
 _reconstruct = np._core.multiarray._reconstruct
@@ -96,7 +96,7 @@ def to_records(coords, flips, labels, spec: LabelSpec, n: int):
     probs = np.take_along_axis(probs, order, 1)
     indices = np.take_along_axis(indices, order, 1)
     codes, p1_stored = encode_probs(torch.from_numpy(probs))
-    flags = flips.astype(np.uint8) * FLAG_FLIP | p1_stored.numpy().astype(np.uint8) * FLAG_P1_STORED
+    flags = record_flags(flips, p1_stored.numpy())
     boxes = np.round(coords * BOX_UNITS).astype(np.int16)
     return boxes, flags, indices.astype(np.int16), codes.numpy()
 

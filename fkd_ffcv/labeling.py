@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .beton import Beton
 from .crops import RATIO, cut_crops, sample_records
 from .fields import IMAGE_FIELD, BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, soft_label_fields
-from .soft_labels import FLAG_FLIP, FLAG_P1_STORED, LabelSpec, compress
+from .soft_labels import LabelSpec, compress, record_flags
 from .teachers import Teacher
 from .writer import WriteReport, copy_beton
 
@@ -124,9 +124,9 @@ def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: La
 
     batch = np.empty((settings.batch_size, size, size, 3), np.uint8)
     outputs, fill = [], 0
-    for slot, (boxes, flips, crops) in enumerate(_prefetch(pool, prepare, indices)):
-        rows[slot]['boxes'] = boxes
-        rows[slot]['flags'] = flips.astype(np.uint8) * FLAG_FLIP
+    flips = np.zeros((len(indices), n), bool)
+    for slot, (boxes, image_flips, crops) in enumerate(_prefetch(pool, prepare, indices)):
+        rows[slot]['boxes'], flips[slot] = boxes, image_flips
         pos = 0
         while pos < n:  # batches span images, so few records per image still fill them
             take = min(settings.batch_size - fill, n - pos)
@@ -146,7 +146,7 @@ def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: La
     classes, codes, p1_stored = compress(probs, spec)
     rows['classes'] = classes.numpy().reshape(len(indices), n, spec.k)
     rows['codes'] = codes.numpy().reshape(len(indices), n, spec.k)
-    rows['flags'] |= p1_stored.numpy().reshape(len(indices), n).astype(np.uint8) * FLAG_P1_STORED
+    rows['flags'] = record_flags(flips, p1_stored.numpy().reshape(len(indices), n))
     return rows
 
 

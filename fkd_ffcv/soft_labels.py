@@ -100,6 +100,12 @@ def decode_probs(codes, p1_stored) -> torch.Tensor:
     return torch.cat([p1[..., None], small[..., 1:]], dim=-1)
 
 
+def record_flags(flips, p1_stored) -> np.ndarray:
+    """A record's flags byte from its flip and its probability coding (bool arrays)."""
+    return (np.asarray(flips, np.uint8) * FLAG_FLIP) | (np.asarray(p1_stored, np.uint8)
+                                                         * FLAG_P1_STORED)
+
+
 def compress(probs: torch.Tensor, spec: LabelSpec):
     """Teacher probabilities (M, C) -> stored form: class indices int16 (M, k), codes uint8
     (M, k) and p1_stored bool (M,) (kept in the record's flags)."""
