@@ -2,12 +2,70 @@
 from __future__ import annotations
 
 import os
+from queue import Full
 
+import ffcv.loader
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
-from ffcv.loader import Loader, OrderOption
+from ffcv.loader import OrderOption
+from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
+
+
+class LoaderError(RuntimeError):
+    """A loader's worker thread failed; the cause is chained."""
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _CheckedEpochIterator(EpochIterator):
+    """FFCV's epoch iterator, but an exception in its thread reaches the consumer.
+
+    FFCV's thread ends silently on any error but StopIteration (a pipeline that fails to
+    compile, say: numba cannot compile float16 arrays), and the consumer then waits forever on
+    its queue."""
+
+    def run(self):
+        try:
+            super().run()
+        except BaseException as e:  # the consumer re-raises it
+            while not self.terminate_event.is_set():
+                try:
+                    self.output_queue.put(_Failure(e), timeout=0.5)
+                    return
+                except Full:
+                    pass
+
+    def __next__(self):
+        result = self.output_queue.get()
+        if isinstance(result, _Failure):
+            self.close()
+            raise LoaderError(f"{self.loader.fname}: the loader's thread failed: "
+                              f"{type(result.error).__name__}: {result.error}") from result.error
+        if result is None:
+            self.close()
+            raise StopIteration()
+        slot, batch = result
+        if torch.cuda.is_available():
+            self.current_stream.wait_stream(self.cuda_streams[slot])
+        return batch
+
+
+class Loader(ffcv.loader.Loader):
+    """`ffcv.loader.Loader` whose iteration raises LoaderError instead of hanging when its
+    worker thread fails."""
+
+    def __iter__(self):
+        ffcv.loader.loader.Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return _CheckedEpochIterator(self, order[:len(self) * self.batch_size])
 
 from .beton import Beton
 from .fields import IMAGE_FIELD, LABEL_FIELD

@@ -1,0 +1,43 @@
+"""Loaders: in-order evaluation reads, and worker-thread failures that raise instead of hang."""
+import time
+
+import numpy as np
+import pytest
+from ffcv.fields import NDArrayField
+from ffcv.fields.ndarray import NDArrayDecoder
+from ffcv.loader import OrderOption
+
+from fkd_ffcv.beton import Beton
+from fkd_ffcv.loaders import Loader, LoaderError, eval_loader
+from fkd_ffcv.writer import write_beton
+
+
+def test_eval_loader_reads_every_sample_once_in_order(raw_tree_beton, image_tree):
+    path, _ = raw_tree_beton
+    _, _, expected = image_tree
+    loader = eval_loader(path, batch_size=5, resolution=48, ratio=1.0, num_workers=2)
+    images, labels = zip(*[(im.clone(), lab.clone()) for im, lab in loader])
+    assert [len(lab) for lab in labels] == [5, 5, 2]  # the last, short batch is kept
+    assert np.concatenate(labels).tolist() == [label for _, label, _ in expected['train']]
+    assert images[0].shape == (5, 3, 48, 48) and images[0].is_contiguous(
+        memory_format=__import__('torch').channels_last)
+    assert len(Beton(path)) == 12
+
+
+def test_a_failing_loader_thread_raises_instead_of_hanging(tmp_path):
+    class Halves:
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return (np.full(3, i, np.float16),)
+
+    path = tmp_path / 'f16.beton'  # numba cannot compile float16 arrays (design notes)
+    write_beton(path, {'x': NDArrayField(np.dtype('float16'), (3,))}, Halves(), progress=False)
+    loader = Loader(str(path), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines={'x': [NDArrayDecoder()]})
+    started = time.monotonic()
+    with pytest.raises(LoaderError, match="f16.beton: the loader's thread failed"):
+        for _ in loader:
+            pass
+    assert time.monotonic() - started < 60
