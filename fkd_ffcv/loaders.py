@@ -89,3 +89,55 @@ def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float
     pipelines.update({IMAGE_FIELD: image_pipeline, LABEL_FIELD: label_pipeline})
     return Loader(str(path), batch_size=batch_size, num_workers=num_workers,
                   order=OrderOption.SEQUENTIAL, drop_last=False, pipelines=pipelines)
+
+
+class FKDLoader:
+    """Batches of B*K crops with their soft labels: each of B images is decoded once and its K
+    records for the current pass are replayed (see decoders.py).
+
+    Iterating yields (images uint8 (B*K, 3, S, S) channels-last, classes int64 (B*K, k),
+    probabilities float32 (B*K, k), hard labels int64 (B*K,)); crops of one image are adjacent.
+    Each iteration is one pass; `set_resolution` before a pass changes S without recompiling.
+    """
+
+    def __init__(self, path, batch_size: int, num_crops: int, resolution: int = 224,
+                 seed: int = 0, num_workers: int = -1, order=OrderOption.RANDOM,
+                 distributed: bool = False, drop_last: bool = True):
+        from ffcv.pipeline import PipelineSpec
+        from .decoders import MultiCropDecoder, RecordLabelDecoder
+        from .fields import CLASSES_FIELD
+        if batch_size % num_crops:
+            raise ValueError(f"batch_size counts crops: {batch_size} is not a multiple of "
+                             f"num_crops {num_crops}")
+        beton = Beton(path)
+        self.num_crops = num_crops
+        self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
+        self.labels = RecordLabelDecoder(beton, num_crops, seed)
+        pipelines = {name: None for name in beton.field_names}
+        pipelines.update({
+            IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images, transforms=[ToTensor()]),
+            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze()],
+            'soft_labels': PipelineSpec(CLASSES_FIELD, decoder=self.labels,
+                                        transforms=[ToTensor()]),
+        })
+        self.loader = Loader(str(path), batch_size=batch_size // num_crops,
+                             num_workers=num_workers, order=order, seed=seed,
+                             distributed=distributed, drop_last=drop_last,
+                             pipelines=pipelines)
+        self.passes = 0
+
+    def set_resolution(self, resolution: int) -> None:
+        self.images.output_size = resolution
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        self.images.pass_index = self.labels.pass_index = self.passes
+        self.passes += 1
+        k = self.num_crops
+        for images, hard, soft in self.loader:
+            b, _, s = images.shape[:3]
+            images = images.reshape(b * k, s, s, 3).permute(0, 3, 1, 2)
+            soft = soft.reshape(b * k, 2, -1)
+            yield images, soft[:, 0].long(), soft[:, 1], hard.long().repeat_interleave(k)

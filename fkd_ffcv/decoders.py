@@ -1,0 +1,208 @@
+"""Numba-compiled FFCV decoders that replay FKD crop records.
+
+`MultiCropDecoder` decodes each image once and cuts K recorded crops from it (box, resize,
+flip), one (K, S, S, 3) uint8 array per image; `RecordLabelDecoder` gives the same K records'
+top-k classes and probabilities. Both pick the records of pass p with `record_index`, a
+function of (seed, pass, sample, slot) only, so the two pipelines agree without talking.
+
+Runtime state without recompiling: FFCV compiles a pipeline once, and values captured by the
+compiled code are frozen then; but it re-declares every operation's memory at the start of each
+pass and hands the buffers to the compiled code. So the output side S is the output buffer's
+shape, and the pass number travels as the shape of a small tag buffer, (1 + p // 256,
+1 + p % 256) per sample.
+
+Cross-field reads: a decoder only sees its own field's metadata, so the decoders capture the
+per-sample file offsets of the record fields they read (8 B per image per field) and read the
+records through FFCV's memory reader.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numba as nb
+import numpy as np
+from ffcv.fields.rgb_image import IMAGE_MODES
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.operation import Operation
+
+from .crops import BOX_UNITS
+from .soft_labels import FLAG_FLIP, FLAG_P1_STORED, LOG_STEP, PROB_CODES
+
+
+@nb.njit(cache=False)
+def _mix(x):
+    """splitmix64 finaliser: a well-spread 64-bit hash of x."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@nb.njit(cache=False)
+def record_index(seed, pass_index, sample, slot, n, k):
+    """Record used by `sample` in slot `slot` of pass `pass_index` (K = k crops per pass).
+
+    Draw t = pass * k + slot belongs to cycle t // n; within a cycle the records are visited in
+    the order of a bijection a * pos + b (mod n), a coprime to n, seeded by (seed, cycle,
+    sample): every record once per cycle, a different order each cycle."""
+    t = pass_index * k + slot
+    cycle, pos = t // n, t % n
+    h = _mix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + _mix(
+        np.uint64(cycle) * np.uint64(0xD1B54A32D192ED03) + np.uint64(sample)))
+    if n == 1:
+        return 0
+    a = np.int64(h % np.uint64(n - 1)) + 1
+    while _gcd(a, n) != 1:
+        a = a % (n - 1) + 1
+    b = np.int64((h >> np.uint64(32)) % np.uint64(n))
+    return (a * pos + b) % n
+
+
+@nb.njit(cache=False)
+def _gcd(a, b):
+    while b:
+        a, b = b, a % b
+    return a
+
+
+@nb.njit(cache=False)
+def _box_pixels(qi, qj, qh, qw, height, width):
+    """crops.box_pixels, in numba (the same integer formula)."""
+    half = BOX_UNITS // 2
+    i = (qi * height + half) // BOX_UNITS
+    j = (qj * width + half) // BOX_UNITS
+    h = max(1, (qh * height + half) // BOX_UNITS)
+    w = max(1, (qw * width + half) // BOX_UNITS)
+    return min(i, height - h), min(j, width - w), h, w
+
+
+def pass_tag_shape(pass_index: int):
+    return (1 + pass_index // 256, 1 + pass_index % 256)
+
+
+class _RecordReader(Operation):
+    """Shared plumbing: record-field offsets, pass number, record counts."""
+
+    def __init__(self, beton, num_crops: int, seed: int):
+        super().__init__()
+        from .fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
+        if CLASSES_FIELD not in beton.fields:
+            raise ValueError(f"{beton.path} has no crop records (write them with "
+                             f"write_dataset.py --labels.*)")
+        self.num_records, self.k = beton.fields[CLASSES_FIELD].shape
+        if not 1 <= num_crops:
+            raise ValueError(f"num_crops must be positive, not {num_crops}")
+        self.num_crops, self.seed = num_crops, seed
+        self.ptrs = {name: np.ascontiguousarray(beton.field_metadata(name), dtype=np.uint64)
+                     for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)}
+        self.pass_index = 0
+
+    def tag_query(self):
+        return AllocationQuery(pass_tag_shape(self.pass_index), np.dtype('u1'))
+
+
+class MultiCropDecoder(_RecordReader):
+    """Image field -> (K, S, S, 3) uint8 per image: the K records of this pass replayed on the
+    decoded stored image (crop, INTER_AREA resize with FFCV's resize_crop, then mirror)."""
+
+    def __init__(self, beton, num_crops: int, output_size: int, seed: int = 0):
+        super().__init__(beton, num_crops, seed)
+        self.output_size = output_size
+
+    def declare_state_and_memory(self, previous_state):
+        self.max_height = np.uint64(self.metadata['height'].max())
+        self.max_width = np.uint64(self.metadata['width'].max())
+        shape = (self.num_crops, self.output_size, self.output_size, 3)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('u1')),
+                (AllocationQuery(shape, np.dtype('u1')),
+                 AllocationQuery((self.max_height * self.max_width * np.uint64(3),),
+                                 np.dtype('u1')),
+                 self.tag_query()))
+
+    def generate_code(self):
+        from .fields import BOXES_FIELD, FLAGS_FIELD
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        jpg = IMAGE_MODES['jpg']
+        box_ptrs, flag_ptrs = self.ptrs[BOXES_FIELD], self.ptrs[FLAGS_FIELD]
+        n, k_crops, seed = self.num_records, self.num_crops, self.seed
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage, tag = my_storage
+            pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
+            for dst in my_range(len(batch_indices)):
+                sample = batch_indices[dst]
+                field = metadata[sample]
+                data = mem_read(field['data_ptr'], storage_state)
+                height, width = np.uint32(field['height']), np.uint32(field['width'])
+                if field['mode'] == jpg:
+                    pixels = temp_storage[dst]
+                    imdecode_c(data, pixels, height, width, height, width, 0, 0, 1, 1,
+                               False, False)
+                    pixels = pixels.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                else:
+                    pixels = data.reshape(height, width, 3)
+                boxes = mem_read(box_ptrs[sample], storage_state).view(np.int16)
+                flags = mem_read(flag_ptrs[sample], storage_state)
+                for slot in range(k_crops):
+                    r = record_index(seed, pass_index, sample, slot, n, k_crops)
+                    i, j, h, w = _box_pixels(np.int64(boxes[4 * r]), np.int64(boxes[4 * r + 1]),
+                                             np.int64(boxes[4 * r + 2]),
+                                             np.int64(boxes[4 * r + 3]),
+                                             np.int64(height), np.int64(width))
+                    out = destination[dst, slot]
+                    resize_crop_c(pixels, i, i + h, j, j + w, out)
+                    if flags[r] & FLAG_FLIP:
+                        out[:] = out[:, ::-1].copy()
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class RecordLabelDecoder(_RecordReader):
+    """Class-indices field -> (K, 2, k) float32 per image: row 0 the top-k classes, row 1 their
+    probabilities, for the same K records MultiCropDecoder cut (same seed and pass)."""
+
+    def declare_state_and_memory(self, previous_state):
+        shape = (self.num_crops, 2, self.k)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('<f4')),
+                (AllocationQuery(shape, np.dtype('<f4')), self.tag_query()))
+
+    def generate_code(self):
+        from .fields import CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        class_ptrs = self.ptrs[CLASSES_FIELD]
+        code_ptrs, flag_ptrs = self.ptrs[CODES_FIELD], self.ptrs[FLAGS_FIELD]
+        n, k_crops, k, seed = self.num_records, self.num_crops, self.k, self.seed
+        step, top = np.float32(LOG_STEP), PROB_CODES
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, tag = my_storage
+            pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
+            for dst in my_range(len(batch_indices)):
+                sample = batch_indices[dst]
+                classes = mem_read(class_ptrs[sample], storage_state).view(np.int16)
+                codes = mem_read(code_ptrs[sample], storage_state)
+                flags = mem_read(flag_ptrs[sample], storage_state)
+                for slot in range(k_crops):
+                    r = record_index(seed, pass_index, sample, slot, n, k_crops)
+                    total = np.float32(0)
+                    for c in range(k):  # soft_labels.decode_probs, in numba
+                        code = codes[r * k + c]
+                        value = np.float32(0) if code == 0 else \
+                            np.float32(np.exp((np.float32(code) - top) * step))
+                        destination[dst, slot, 0, c] = classes[r * k + c]
+                        destination[dst, slot, 1, c] = value
+                        total += value
+                    derived = max(np.float32(0), np.float32(1) - total)
+                    if not flags[r] & FLAG_P1_STORED:
+                        destination[dst, slot, 1, 0] = derived
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode

@@ -1,0 +1,82 @@
+"""Multi-crop replay of recorded crops, and the soft labels that go with them."""
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fkd_ffcv.beton import Beton
+from fkd_ffcv.crops import box_pixels
+from fkd_ffcv.decoders import record_index
+from fkd_ffcv.fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
+from fkd_ffcv.labeling import LabelingSettings, label_beton
+from fkd_ffcv.loaders import FKDLoader, OrderOption
+from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
+from fkd_ffcv.teachers import Teacher
+
+N, K = 6, 2
+
+
+@pytest.mark.parametrize('n, k', [(6, 2), (5, 2), (500, 4), (1, 1), (7, 7)])
+def test_every_record_once_per_cycle(n, k):
+    for sample in (0, 3, 12345):
+        draws = [record_index(0, p, sample, s, n, k) for p in range(2 * n) for s in range(k)]
+        for cycle in range(len(draws) // n):
+            assert sorted(draws[cycle * n:(cycle + 1) * n]) == list(range(n))
+    first = [record_index(0, 0, 1, s, 500, 4) for s in range(4)]
+    assert first != [record_index(1, 0, 1, s, 500, 4) for s in range(4)]  # the seed matters
+
+
+@pytest.fixture(scope='module')
+def labelled(raw_tree_beton, tmp_path_factory):
+    torch.manual_seed(0)
+    import torchvision
+    out = tmp_path_factory.mktemp('fkd')
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), out / 't.pt')
+    teacher = Teacher(f'torchvision:resnet18:{out}/t.pt', input_size=32)
+    label_beton(raw_tree_beton[0], out / 'fkd.beton', teacher,
+                LabelingSettings(num_records=N, label_type='marginal_smoothing_k2'),
+                out / 'work', progress=False)
+    return out / 'fkd.beton'
+
+
+def reference(beton, sample, record, size):
+    """The crop the teacher saw, resized with INTER_AREA as the loader does."""
+    pixels = beton.image(sample)
+    i, j, h, w = box_pixels(beton.array(BOXES_FIELD, sample)[record], *pixels.shape[:2])
+    crop = cv2.resize(pixels[i:i + h, j:j + w], (size, size), interpolation=cv2.INTER_AREA)
+    return crop[:, ::-1] if beton.array(FLAGS_FIELD, sample)[record] & FLAG_FLIP else crop
+
+
+def test_crops_and_labels_replay_the_records(labelled):
+    beton = Beton(labelled)
+    loader = FKDLoader(labelled, batch_size=4 * K, num_crops=K, resolution=24, num_workers=2,
+                       order=OrderOption.SEQUENTIAL, drop_last=False)
+    for p, size in enumerate((24, 16)):  # progressive resizing between passes
+        loader.set_resolution(size)
+        batches = list(loader)
+        images = torch.cat([b[0] for b in batches])
+        classes = torch.cat([b[1] for b in batches])
+        probs = torch.cat([b[2] for b in batches])
+        hard = torch.cat([b[3] for b in batches])
+        assert images.shape == (len(beton) * K, 3, size, size)
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        assert hard.tolist() == np.repeat(beton.field_metadata('label'), K).tolist()
+        for sample in range(len(beton)):
+            for slot in range(K):
+                r = record_index(0, p, sample, slot, N, K)
+                row = sample * K + slot
+                got = images[row].permute(1, 2, 0).numpy()
+                assert np.abs(got.astype(int) - reference(beton, sample, r, size)).max() <= 1
+                assert classes[row].tolist() == beton.array(CLASSES_FIELD, sample)[r].tolist()
+                stored = decode_probs(torch.from_numpy(beton.array(CODES_FIELD, sample)[r:r + 1]),
+                                      torch.tensor([bool(beton.array(FLAGS_FIELD, sample)[r]
+                                                         & FLAG_P1_STORED)]))
+                assert torch.allclose(probs[row], stored[0], atol=1e-6)
+    assert math.isclose(loader.passes, 2)
+
+
+def test_batch_size_counts_crops(labelled):
+    with pytest.raises(ValueError, match='not a multiple of num_crops'):
+        FKDLoader(labelled, batch_size=7, num_crops=2)
