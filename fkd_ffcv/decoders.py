@@ -77,6 +77,18 @@ def _box_pixels(qi, qj, qh, qw, height, width):
     return min(i, height - h), min(j, width - w), h, w
 
 
+@nb.njit(cache=False)
+def _mirror(image):
+    """Flip an (H, W, C) image left-right in place (no temporary copy)."""
+    width = image.shape[1]
+    for row in range(image.shape[0]):
+        for col in range(width // 2):
+            for c in range(image.shape[2]):
+                left = image[row, col, c]
+                image[row, col, c] = image[row, width - 1 - col, c]
+                image[row, width - 1 - col, c] = left
+
+
 def pass_tag_shape(pass_index: int):
     return (1 + pass_index // 256, 1 + pass_index % 256)
 
@@ -156,7 +168,7 @@ class MultiCropDecoder(_RecordReader):
                     out = destination[dst, slot]
                     resize_crop_c(pixels, i, i + h, j, j + w, out)
                     if flags[r] & FLAG_FLIP:
-                        out[:] = out[:, ::-1].copy()
+                        _mirror(out)
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

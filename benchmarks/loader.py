@@ -1,0 +1,195 @@
+"""Data-path throughput: the multi-crop FKD loader against stock FFCV, the original FKD data
+path and the machine's ceiling, all on the same photos in one run.
+
+    python benchmarks/loader.py [--records 32] [--workers 2]
+
+Photos: the endless-sky-data landscapes in four variants (as benchmarks/writer.py makes them),
+stored at 500 px longest side, JPEG quality 90; 224 px output, uint8. Crop records are drawn
+as for generation with random soft labels (a loader's speed does not depend on their values).
+
+- fkd_ffcv FKDLoader, K = 1, 2, 4, 8 crops per decoded image;
+- stock FFCV: RandomResizedCropRGBImageDecoder + RandomHorizontalFlip, one crop per image;
+- the original FKD path: PIL decode of a JPEG file, one soft-label file per image
+  (torch.load), per-crop torchvision resized_crop (bilinear) and flip, torch DataLoader with
+  one worker process per core, K = 1 and 4;
+- ceiling = cores / (t_decode / K + t_crop_resize): single-thread full-size libjpeg-turbo
+  decode (FFCV's decoder) and one crop + INTER_AREA resize (the loader's), measured here.
+"""
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from writer import make_photo_tree  # noqa: E402
+from fkd_ffcv.beton import Beton  # noqa: E402
+from fkd_ffcv.crops import box_pixels, sample_records  # noqa: E402
+from fkd_ffcv.fields import image_fields, soft_label_fields  # noqa: E402
+from fkd_ffcv.loaders import FKDLoader, OrderOption  # noqa: E402
+from fkd_ffcv.sources import ImageFolderSource  # noqa: E402
+from fkd_ffcv.writer import copy_beton, write_beton  # noqa: E402
+
+SIZE = 224
+IMAGES_PER_BATCH = 64  # every path decodes this many images per batch
+
+
+class RandomRecords:
+    """Crop records as generation draws them, with random top-5 labels of 1000 classes."""
+
+    def __init__(self, beton, n):
+        self.sizes = [(int(m['height']), int(m['width'])) for m in beton.field_metadata('image')]
+        self.n = n
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, i):
+        boxes, flips = sample_records(0, i, *self.sizes[i], self.n)
+        rng = np.random.default_rng(i)
+        return (boxes, flips.astype(np.uint8),
+                rng.integers(0, 1000, (self.n, 5)).astype(np.int16),
+                rng.integers(0, 256, (self.n, 5)).astype(np.uint8))
+
+
+def crops_per_second(make_iter, crops_per_pass, repeats):
+    next(iter(make_iter()))  # compile / start workers
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in make_iter():
+            pass
+        rates.append(crops_per_pass / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+class OriginalFKD(torch.utils.data.Dataset):
+    """FKD's data path: PIL image + per-image soft-label file + per-crop resized_crop."""
+
+    def __init__(self, files, labels, k):
+        self.files, self.labels, self.k = files, labels, k
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        import torchvision.transforms.functional as F
+        image = Image.open(self.files[i]).convert('RGB')
+        coords, flips, labels = torch.load(self.labels[i], weights_only=True)
+        picks = torch.randperm(len(coords))[:self.k]
+        crops = []
+        for r in picks.tolist():
+            t, l, h, w = (coords[r] * torch.tensor([image.height, image.width] * 2)).tolist()
+            crop = F.resized_crop(image, int(t), int(l), max(1, int(h)), max(1, int(w)),
+                                  [SIZE, SIZE], antialias=True)
+            if flips[r]:
+                crop = F.hflip(crop)
+            crops.append(F.pil_to_tensor(crop))
+        return torch.stack(crops), labels[picks]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--records', type=int, default=32)
+    parser.add_argument('--workers', type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument('--repeats', type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix='fkd-bench-loader-'))
+    try:
+        n_images = make_photo_tree(work / 'photos')
+        images = work / 'images.beton'
+        write_beton(images, image_fields('jpg', max_resolution=500),
+                    ImageFolderSource(work / 'photos', 'train', max_resolution=500),
+                    manifest={'classes': [str(i) for i in range(1000)]}, progress=False)
+        beton = Beton(images)
+        labelled = work / 'fkd.beton'
+        copy_beton(images, labelled, soft_label_fields(args.records, 5),
+                   RandomRecords(beton, args.records), progress=False,
+                   manifest_updates={'soft_labels': {'num_records': args.records}})
+        rows = {}
+
+        for k in (1, 2, 4, 8):
+            loader = FKDLoader(labelled, batch_size=IMAGES_PER_BATCH * k, num_crops=k,
+                               resolution=SIZE, num_workers=args.workers,
+                               order=OrderOption.RANDOM)
+            rows[f'fkd_ffcv FKDLoader, K={k}'] = crops_per_second(
+                lambda: iter(loader), len(loader) * IMAGES_PER_BATCH * k, args.repeats)
+
+        from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+        from ffcv.loader import Loader
+        from ffcv.transforms import RandomHorizontalFlip, ToTensor
+        stock = Loader(str(images), batch_size=IMAGES_PER_BATCH, num_workers=args.workers,
+                       order=OrderOption.RANDOM,
+                       pipelines={'image': [RandomResizedCropRGBImageDecoder((SIZE, SIZE)),
+                                            RandomHorizontalFlip(), ToTensor()],
+                                  'label': None, 'path': None})
+        rows['stock FFCV RandomResizedCrop + flip, 1 crop per image'] = crops_per_second(
+            lambda: iter(stock), len(stock) * IMAGES_PER_BATCH, args.repeats)
+
+        # The original path reads JPEG files of the same stored images and .tar label files.
+        files, label_files = [], []
+        for i in range(len(beton)):
+            files.append(work / 'jpg' / f'{i}.jpg')
+            label_files.append(work / 'jpg' / f'{i}.tar')
+            files[-1].parent.mkdir(exist_ok=True)
+            cv2.imwrite(str(files[-1]), beton.image(i)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            boxes, flips, classes, codes = RandomRecords(beton, args.records)[i]
+            torch.save([torch.from_numpy(boxes / 32767.0), torch.from_numpy(flips.astype(bool)),
+                        torch.rand(args.records, 2, 5)], label_files[-1])
+        for k in (1, 4):
+            data = torch.utils.data.DataLoader(OriginalFKD(files, label_files, k),
+                                               batch_size=IMAGES_PER_BATCH, shuffle=True,
+                                               num_workers=args.workers,
+                                               persistent_workers=True)
+            rows[f'original FKD path (PIL, label files, DataLoader), K={k}'] = crops_per_second(
+                lambda: iter(data), len(files) * k, args.repeats)
+
+        decode_s = []
+        for i in range(len(beton)):
+            start = time.perf_counter()
+            beton.image(i)
+            decode_s.append(time.perf_counter() - start)
+        t_decode = statistics.mean(decode_s)
+        pixels = beton.image(0)
+        boxes, _ = sample_records(0, 0, *pixels.shape[:2], 200)
+        start = time.perf_counter()
+        for box in boxes:
+            i, j, h, w = box_pixels(box, *pixels.shape[:2])
+            cv2.resize(pixels[i:i + h, j:j + w], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        t_resize = (time.perf_counter() - start) / len(boxes)
+        cores = len(os.sched_getaffinity(0))
+        ceiling = {k: cores / (t_decode / k + t_resize) for k in (1, 2, 4, 8)}
+
+        print(f"{n_images} photos at <= 500 px (JPEG 90), {SIZE} px crops, {args.records} records "
+              f"per image, {args.workers} loader threads/processes, median of {args.repeats} "
+              f"passes; {platform.machine()}, {cores} cores, Python {platform.python_version()}, "
+              f"ffcv {version('ffcv')}, numba {version('numba')}, torch {torch.__version__}")
+        print(f"single-thread decode {t_decode * 1e3:.2f} ms/image, crop+resize "
+              f"{t_resize * 1e3:.2f} ms/crop")
+        print("\n| data path | crops/s | vs ceiling (same K) | vs original FKD path (same K) |"
+              "\n|---|---|---|---|")
+        original = {1: rows['original FKD path (PIL, label files, DataLoader), K=1'],
+                    4: rows['original FKD path (PIL, label files, DataLoader), K=4']}
+        for name, rate in rows.items():
+            k = int(name.rsplit('K=', 1)[1]) if 'K=' in name else 1
+            vs_original = f"{rate / original[k]:.2f}x" if k in original else ''
+            print(f"| {name} | {rate:,.0f} | {rate / ceiling[k]:.0%} | {vs_original} |")
+        for k, c in ceiling.items():
+            print(f"| ceiling, K={k} | {c:,.0f} | 100% | |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
