@@ -152,8 +152,9 @@ class MultiCropDecoder(_RecordReader):
                 height, width = np.uint32(field['height']), np.uint32(field['width'])
                 if field['mode'] == jpg:
                     pixels = temp_storage[dst]
-                    imdecode_c(data, pixels, height, width, height, width, 0, 0, 1, 1,
-                               False, False)
+                    if imdecode_c(data, pixels, height, width, height, width, 0, 0, 1, 1,
+                                  False, False) != 0:
+                        raise ValueError("a stored JPEG image could not be decoded (corrupt?)")
                     pixels = pixels.reshape(-1)[:3 * height * width].reshape(height, width, 3)
                 else:
                     pixels = data.reshape(height, width, 3)

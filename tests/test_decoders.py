@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_tree
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import box_pixels
 from fkd_ffcv.decoders import record_index
@@ -29,13 +30,15 @@ def test_every_record_once_per_cycle(n, k):
 
 
 @pytest.fixture(scope='module')
-def labelled(raw_tree_beton, tmp_path_factory):
-    torch.manual_seed(0)
+def labelled(image_tree, tmp_path_factory):
+    """The image tree stored as JPEG, labelled with N records per image."""
     import torchvision
+    torch.manual_seed(0)
     out = tmp_path_factory.mktemp('fkd')
+    write_tree(image_tree, out / 'images.beton', 'jpg')
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), out / 't.pt')
     teacher = Teacher(f'torchvision:resnet18:{out}/t.pt', input_size=32)
-    label_beton(raw_tree_beton[0], out / 'fkd.beton', teacher,
+    label_beton(out / 'images.beton', out / 'fkd.beton', teacher,
                 LabelingSettings(num_records=N, label_type='marginal_smoothing_k2'),
                 out / 'work', progress=False)
     return out / 'fkd.beton'
@@ -80,3 +83,22 @@ def test_crops_and_labels_replay_the_records(labelled):
 def test_batch_size_counts_crops(labelled):
     with pytest.raises(ValueError, match='not a multiple of num_crops'):
         FKDLoader(labelled, batch_size=7, num_crops=2)
+
+
+def test_a_corrupt_stored_image_raises(labelled, tmp_path):
+    import shutil
+    from fkd_ffcv.loaders import LoaderError
+    # A copy of the labelled beton with garbage over one stored JPEG's bytes.
+    jpeg = tmp_path / 'jpeg.beton'
+    shutil.copy(labelled, jpeg)
+    shutil.copy(str(labelled) + '.json', str(jpeg) + '.json')
+    beton = Beton(jpeg)
+    meta = beton.field_metadata('image')[5]
+    assert meta['mode'] == 0, 'this test needs JPEG-stored images'
+    with open(jpeg, 'r+b') as f:
+        f.seek(int(meta['data_ptr']) + 20)
+        f.write(bytes(range(256)) * 4)
+    loader = FKDLoader(jpeg, batch_size=4 * K, num_crops=K, resolution=16, num_workers=1,
+                       order=OrderOption.SEQUENTIAL)
+    with pytest.raises(LoaderError, match='could not be decoded'):
+        list(loader)
