@@ -1,9 +1,12 @@
-"""Numba-compiled FFCV decoders that replay FKD crop records.
+"""Numba-compiled FFCV decoders that replay FKD crop records, and a seeded random crop.
 
 `MultiCropDecoder` decodes each image once and cuts K recorded crops from it (box, resize,
 flip), one (K, S, S, 3) uint8 array per image; `RecordLabelDecoder` gives the same K records'
 top-k classes and probabilities. Both pick the records of pass p with `record_index`, a
 function of (seed, pass, sample, slot) only, so the two pipelines agree without talking.
+`SeededRandomResizedCropDecoder` is the plain (hard-label) training crop: torchvision's
+RandomResizedCrop and a flip drawn from (seed, pass, sample), so runs and resumes repeat
+(FFCV's own draws from numba's unseeded generator).
 
 Runtime state without recompiling: FFCV compiles a pipeline once, and values captured by the
 compiled code are frozen then; but it re-declares every operation's memory at the start of each
@@ -87,6 +90,47 @@ def _mirror(image):
                 left = image[row, col, c]
                 image[row, col, c] = image[row, width - 1 - col, c]
                 image[row, width - 1 - col, c] = left
+
+
+@nb.njit(cache=False)
+def _uniform(state):
+    """(next state, uniform float in [0, 1)) of a splitmix64 stream."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    return state, np.float64(_mix(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@nb.njit(cache=False)
+def seeded_crop(seed, pass_index, sample, height, width, scale_lo, scale_hi, ratio_lo,
+                ratio_hi):
+    """(i, j, h, w, flip) of sample's random crop in this pass: torchvision's RandomResizedCrop
+    (10 tries, then a centre crop clipped to the ratio range) and a flip with p = 1/2."""
+    state = _mix(np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + _mix(
+        np.uint64(pass_index) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(sample)))
+    area = height * width
+    log_lo, log_hi = np.log(ratio_lo), np.log(ratio_hi)
+    for _ in range(10):
+        state, u = _uniform(state)
+        target = area * (scale_lo + (scale_hi - scale_lo) * u)
+        state, u = _uniform(state)
+        aspect = np.exp(log_lo + (log_hi - log_lo) * u)
+        w = np.int64(np.round(np.sqrt(target * aspect)))
+        h = np.int64(np.round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            state, u = _uniform(state)
+            i = np.int64(u * (height - h + 1))
+            state, u = _uniform(state)
+            j = np.int64(u * (width - w + 1))
+            state, u = _uniform(state)
+            return i, j, h, w, u < 0.5
+    in_ratio = width / height
+    if in_ratio < ratio_lo:
+        w, h = width, np.int64(np.round(width / ratio_lo))
+    elif in_ratio > ratio_hi:
+        h, w = height, np.int64(np.round(height * ratio_hi))
+    else:
+        w, h = width, height
+    state, u = _uniform(state)
+    return (height - h) // 2, (width - w) // 2, h, w, u < 0.5
 
 
 def pass_tag_shape(pass_index: int):
@@ -215,6 +259,62 @@ class RecordLabelDecoder(_RecordReader):
                     derived = max(np.float32(0), np.float32(1) - total)
                     if not flags[r] & FLAG_P1_STORED:
                         destination[dst, slot, 1, 0] = derived
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class SeededRandomResizedCropDecoder(Operation):
+    """Image field -> (S, S, 3) uint8: a RandomResizedCrop and flip drawn from (seed, pass,
+    sample), resized with INTER_AREA; S and the pass change at run time as above."""
+
+    def __init__(self, output_size: int, seed: int = 0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        super().__init__()
+        self.output_size, self.seed, self.scale, self.ratio = output_size, seed, scale, ratio
+        self.pass_index = 0
+
+    def declare_state_and_memory(self, previous_state):
+        self.max_height = np.uint64(self.metadata['height'].max())
+        self.max_width = np.uint64(self.metadata['width'].max())
+        shape = (self.output_size, self.output_size, 3)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('u1')),
+                (AllocationQuery(shape, np.dtype('u1')),
+                 AllocationQuery((self.max_height * self.max_width * np.uint64(3),),
+                                 np.dtype('u1')),
+                 AllocationQuery(pass_tag_shape(self.pass_index), np.dtype('u1'))))
+
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        jpg = IMAGE_MODES['jpg']
+        seed = self.seed
+        (scale_lo, scale_hi), (ratio_lo, ratio_hi) = self.scale, self.ratio
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage, tag = my_storage
+            pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
+            for dst in my_range(len(batch_indices)):
+                sample = batch_indices[dst]
+                field = metadata[sample]
+                data = mem_read(field['data_ptr'], storage_state)
+                height, width = np.uint32(field['height']), np.uint32(field['width'])
+                if field['mode'] == jpg:
+                    pixels = temp_storage[dst]
+                    if imdecode_c(data, pixels, height, width, height, width, 0, 0, 1, 1,
+                                  False, False) != 0:
+                        raise ValueError("a stored JPEG image could not be decoded (corrupt?)")
+                    pixels = pixels.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                else:
+                    pixels = data.reshape(height, width, 3)
+                i, j, h, w, flip = seeded_crop(seed, pass_index, sample, np.int64(height),
+                                               np.int64(width), scale_lo, scale_hi, ratio_lo,
+                                               ratio_hi)
+                resize_crop_c(pixels, i, i + h, j, j + w, destination[dst])
+                if flip:
+                    _mirror(destination[dst])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

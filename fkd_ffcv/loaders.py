@@ -5,6 +5,7 @@ import os
 from queue import Full
 
 import ffcv.loader
+import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
@@ -72,9 +73,13 @@ from .fields import IMAGE_FIELD, LABEL_FIELD
 
 
 def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float = 224 / 256,
-                num_workers: int = -1, device: str = 'cpu') -> Loader:
+                num_workers: int = -1, device: str = 'cpu', rank: int = 0,
+                world_size: int = 1) -> Loader:
     """Every sample once, in order: centre crop of side `ratio` x the shorter side, resized to
-    `resolution`, as (N, 3, H, W) channels-last uint8, and int64 labels."""
+    `resolution`, as (N, 3, H, W) channels-last uint8, and int64 labels.
+
+    With world_size > 1, rank r reads samples r, r + world_size, ...: together the ranks read
+    each sample exactly once (FFCV's distributed mode pads the last batch with repeats)."""
     if num_workers < 1:
         num_workers = len(os.sched_getaffinity(0))
     device = torch.device(device)
@@ -87,11 +92,29 @@ def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float
         label_pipeline.append(ToDevice(device, non_blocking=True))
     pipelines = {name: None for name in Beton(path).field_names}  # other fields: not decoded
     pipelines.update({IMAGE_FIELD: image_pipeline, LABEL_FIELD: label_pipeline})
+    indices = np.arange(rank, len(Beton(path)), world_size) if world_size > 1 else None
     return Loader(str(path), batch_size=batch_size, num_workers=num_workers,
-                  order=OrderOption.SEQUENTIAL, drop_last=False, pipelines=pipelines)
+                  order=OrderOption.SEQUENTIAL, drop_last=False, pipelines=pipelines,
+                  indices=indices)
 
 
-class FKDLoader:
+class _PassLoader:
+    """An FFCV loader whose decoders learn the pass number before each pass (decoders.py)."""
+
+    def __init__(self, loader: Loader, decoders):
+        self.loader, self.decoders, self.passes = loader, decoders, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def _next_pass(self):
+        for decoder in self.decoders:
+            decoder.pass_index = self.passes
+        self.passes += 1
+        return self.loader
+
+
+class FKDLoader(_PassLoader):
     """Batches of B*K crops with their soft labels: each of B images is decoded once and its K
     records for the current pass are replayed (see decoders.py).
 
@@ -112,32 +135,53 @@ class FKDLoader:
         beton = Beton(path)
         self.num_crops = num_crops
         self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
-        self.labels = RecordLabelDecoder(beton, num_crops, seed)
+        labels = RecordLabelDecoder(beton, num_crops, seed)
         pipelines = {name: None for name in beton.field_names}
         pipelines.update({
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images, transforms=[ToTensor()]),
             LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze()],
-            'soft_labels': PipelineSpec(CLASSES_FIELD, decoder=self.labels,
-                                        transforms=[ToTensor()]),
+            'soft_labels': PipelineSpec(CLASSES_FIELD, decoder=labels, transforms=[ToTensor()]),
         })
-        self.loader = Loader(str(path), batch_size=batch_size // num_crops,
-                             num_workers=num_workers, order=order, seed=seed,
-                             distributed=distributed, drop_last=drop_last,
-                             pipelines=pipelines)
-        self.passes = 0
+        super().__init__(Loader(str(path), batch_size=batch_size // num_crops,
+                                num_workers=num_workers, order=order, seed=seed,
+                                distributed=distributed, drop_last=drop_last,
+                                pipelines=pipelines), [self.images, labels])
 
     def set_resolution(self, resolution: int) -> None:
         self.images.output_size = resolution
 
-    def __len__(self):
-        return len(self.loader)
-
     def __iter__(self):
-        self.images.pass_index = self.labels.pass_index = self.passes
-        self.passes += 1
         k = self.num_crops
-        for images, hard, soft in self.loader:
+        for images, hard, soft in self._next_pass():
             b, _, s = images.shape[:3]
             images = images.reshape(b * k, s, s, 3).permute(0, 3, 1, 2)
             soft = soft.reshape(b * k, 2, -1)
             yield images, soft[:, 0].long(), soft[:, 1], hard.long().repeat_interleave(k)
+
+
+class PlainLoader(_PassLoader):
+    """Hard-label training batches: a seeded RandomResizedCrop and flip per image and pass,
+    (images uint8 (B, 3, S, S) channels-last, labels int64 (B,)); reproducible from `seed`."""
+
+    def __init__(self, path, batch_size: int, resolution: int = 224, seed: int = 0,
+                 num_workers: int = -1, order=OrderOption.RANDOM, distributed: bool = False,
+                 drop_last: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        from ffcv.pipeline import PipelineSpec
+        from .decoders import SeededRandomResizedCropDecoder
+        self.images = SeededRandomResizedCropDecoder(resolution, seed, scale, ratio)
+        pipelines = {name: None for name in Beton(path).field_names}
+        pipelines.update({
+            IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
+                                      transforms=[ToTensor(), ToTorchImage(channels_last=True)]),
+            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze()],
+        })
+        super().__init__(Loader(str(path), batch_size=batch_size, num_workers=num_workers,
+                                order=order, seed=seed, distributed=distributed,
+                                drop_last=drop_last, pipelines=pipelines), [self.images])
+
+    def set_resolution(self, resolution: int) -> None:
+        self.images.output_size = resolution
+
+    def __iter__(self):
+        for images, labels in self._next_pass():
+            yield images, labels.long()

@@ -102,3 +102,14 @@ def test_a_corrupt_stored_image_raises(labelled, tmp_path):
                        order=OrderOption.SEQUENTIAL)
     with pytest.raises(LoaderError, match='could not be decoded'):
         list(loader)
+
+
+def test_same_seed_same_batches_in_random_order(labelled):
+    def run(seed):
+        loader = FKDLoader(labelled, batch_size=4 * K, num_crops=K, resolution=16, seed=seed,
+                           num_workers=2)
+        return [torch.cat([b[0] for b in loader]) for _ in range(2)]
+
+    a, b, c = run(3), run(3), run(4)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
