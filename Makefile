@@ -25,6 +25,8 @@ test: setup
 bench: setup
 	$(PY) benchmarks/writer.py
 	$(PY) benchmarks/labeling.py
+	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/loss.py
 
 clean:
 	rm -rf build $(DATA) .pytest_cache
