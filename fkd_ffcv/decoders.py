@@ -2,7 +2,7 @@
 
 `MultiCropDecoder` decodes each image once and cuts K recorded crops from it (box, resize,
 flip), one (K, S, S, 3) uint8 array per image; `RecordLabelDecoder` gives the same K records'
-top-k classes and probabilities. Both pick the records of pass p with `record_index`, a
+stored labels (classes, probability codes, flags). Both pick the records of pass p with `record_index`, a
 function of (seed, pass, sample, slot) only, so the two pipelines agree without talking.
 `SeededRandomResizedCropDecoder` is the plain (hard-label) training crop: torchvision's
 RandomResizedCrop and a flip drawn from (seed, pass, sample), so runs and resumes repeat
@@ -31,7 +31,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
 from .crops import BOX_UNITS
-from .soft_labels import FLAG_FLIP, FLAG_P1_STORED, LOG_STEP, PROB_CODES
+from .soft_labels import FLAG_FLIP
 
 
 @nb.njit(cache=False)
@@ -221,13 +221,15 @@ class MultiCropDecoder(_RecordReader):
 
 
 class RecordLabelDecoder(_RecordReader):
-    """Class-indices field -> (K, 2, k) float32 per image: row 0 the top-k classes, row 1 their
-    probabilities, for the same K records MultiCropDecoder cut (same seed and pass)."""
+    """Class-indices field -> (K, 2k + 1) int16 per image for the same K records that
+    MultiCropDecoder cut (same seed and pass): the top-k classes, the k probability codes and
+    the flags byte, as stored. soft_labels.decode_probs turns the codes into probabilities on
+    the training device (one implementation of the coding)."""
 
     def declare_state_and_memory(self, previous_state):
-        shape = (self.num_crops, 2, self.k)
-        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('<f4')),
-                (AllocationQuery(shape, np.dtype('<f4')), self.tag_query()))
+        shape = (self.num_crops, 2 * self.k + 1)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('<i2')),
+                (AllocationQuery(shape, np.dtype('<i2')), self.tag_query()))
 
     def generate_code(self):
         from .fields import CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
@@ -236,7 +238,6 @@ class RecordLabelDecoder(_RecordReader):
         class_ptrs = self.ptrs[CLASSES_FIELD]
         code_ptrs, flag_ptrs = self.ptrs[CODES_FIELD], self.ptrs[FLAGS_FIELD]
         n, k_crops, k, seed = self.num_records, self.num_crops, self.k, self.seed
-        step, top = np.float32(LOG_STEP), PROB_CODES
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, tag = my_storage
@@ -248,17 +249,10 @@ class RecordLabelDecoder(_RecordReader):
                 flags = mem_read(flag_ptrs[sample], storage_state)
                 for slot in range(k_crops):
                     r = record_index(seed, pass_index, sample, slot, n, k_crops)
-                    total = np.float32(0)
-                    for c in range(k):  # soft_labels.decode_probs, in numba
-                        code = codes[r * k + c]
-                        value = np.float32(0) if code == 0 else \
-                            np.float32(np.exp((np.float32(code) - top) * step))
-                        destination[dst, slot, 0, c] = classes[r * k + c]
-                        destination[dst, slot, 1, c] = value
-                        total += value
-                    derived = max(np.float32(0), np.float32(1) - total)
-                    if not flags[r] & FLAG_P1_STORED:
-                        destination[dst, slot, 1, 0] = derived
+                    for c in range(k):
+                        destination[dst, slot, c] = classes[r * k + c]
+                        destination[dst, slot, k + c] = codes[r * k + c]
+                    destination[dst, slot, 2 * k] = flags[r]
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

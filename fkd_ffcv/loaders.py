@@ -119,13 +119,15 @@ class FKDLoader(_PassLoader):
     records for the current pass are replayed (see decoders.py).
 
     Iterating yields (images uint8 (B*K, 3, S, S) channels-last, classes int64 (B*K, k),
-    probabilities float32 (B*K, k), hard labels int64 (B*K,)); crops of one image are adjacent.
-    Each iteration is one pass; `set_resolution` before a pass changes S without recompiling.
+    probabilities float32 (B*K, k), hard labels int64 (B*K,)) on `device`; crops of one image
+    are adjacent. The probabilities are decoded from their stored codes on `device`, batched,
+    by soft_labels.decode_probs. Each iteration is one pass; `set_resolution` before a pass
+    changes S without recompiling.
     """
 
     def __init__(self, path, batch_size: int, num_crops: int, resolution: int = 224,
                  seed: int = 0, num_workers: int = -1, order=OrderOption.RANDOM,
-                 distributed: bool = False, drop_last: bool = True):
+                 distributed: bool = False, drop_last: bool = True, device='cpu'):
         from ffcv.pipeline import PipelineSpec
         from .decoders import MultiCropDecoder, RecordLabelDecoder
         from .fields import CLASSES_FIELD
@@ -133,7 +135,7 @@ class FKDLoader(_PassLoader):
             raise ValueError(f"batch_size counts crops: {batch_size} is not a multiple of "
                              f"num_crops {num_crops}")
         beton = Beton(path)
-        self.num_crops = num_crops
+        self.num_crops, self.device = num_crops, torch.device(device)
         self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
         labels = RecordLabelDecoder(beton, num_crops, seed)
         pipelines = {name: None for name in beton.field_names}
@@ -151,12 +153,17 @@ class FKDLoader(_PassLoader):
         self.images.output_size = resolution
 
     def __iter__(self):
-        k = self.num_crops
-        for images, hard, soft in self._next_pass():
+        from .soft_labels import FLAG_P1_STORED, decode_probs
+        k, move = self.num_crops, dict(device=self.device, non_blocking=True)
+        for images, hard, stored in self._next_pass():
             b, _, s = images.shape[:3]
-            images = images.reshape(b * k, s, s, 3).permute(0, 3, 1, 2)
-            soft = soft.reshape(b * k, 2, -1)
-            yield images, soft[:, 0].long(), soft[:, 1], hard.long().repeat_interleave(k)
+            images = images.reshape(b * k, s, s, 3).permute(0, 3, 1, 2).to(**move)
+            stored = stored.reshape(b * k, -1).to(**move)
+            top = (stored.shape[1] - 1) // 2
+            codes = stored[:, top:2 * top].to(torch.uint8)
+            probs = decode_probs(codes, (stored[:, -1] & FLAG_P1_STORED) != 0)
+            yield (images, stored[:, :top].long(), probs,
+                   hard.to(**move).long().repeat_interleave(k))
 
 
 class PlainLoader(_PassLoader):

@@ -4,7 +4,6 @@ Writes, per rank, the hard labels and a checksum of every crop it received."""
 import json
 import sys
 
-import torch
 import torch.distributed as dist
 
 from fkd_ffcv.loaders import FKDLoader, OrderOption
