@@ -133,6 +133,15 @@ def seeded_crop(seed, pass_index, sample, height, width, scale_lo, scale_hi, rat
     return (height - h) // 2, (width - w) // 2, h, w, u < 0.5
 
 
+@nb.njit(cache=False)
+def _raise_if_failed(failed):
+    """Raise for images that did not decode. Kept out of the parallel loop: a raise inside a
+    prange loop makes numba run the whole loop on one thread."""
+    for i in range(failed.shape[0]):
+        if failed[i, 0]:
+            raise ValueError("a stored JPEG image could not be decoded (corrupt?)")
+
+
 def pass_tag_shape(pass_index: int):
     return (1 + pass_index // 256, 1 + pass_index % 256)
 
@@ -174,6 +183,7 @@ class MultiCropDecoder(_RecordReader):
                 (AllocationQuery(shape, np.dtype('u1')),
                  AllocationQuery((self.max_height * self.max_width * np.uint64(3),),
                                  np.dtype('u1')),
+                 AllocationQuery((1,), np.dtype('u1')),  # per-image decode failure flag
                  self.tag_query()))
 
     def generate_code(self):
@@ -187,18 +197,20 @@ class MultiCropDecoder(_RecordReader):
         n, k_crops, seed = self.num_records, self.num_crops, self.seed
 
         def decode(batch_indices, my_storage, metadata, storage_state):
-            destination, temp_storage, tag = my_storage
+            destination, temp_storage, failed, tag = my_storage
             pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
                 field = metadata[sample]
                 data = mem_read(field['data_ptr'], storage_state)
                 height, width = np.uint32(field['height']), np.uint32(field['width'])
+                failed[dst, 0] = 0
                 if field['mode'] == jpg:
                     pixels = temp_storage[dst]
                     if imdecode_c(data, pixels, height, width, height, width, 0, 0, 1, 1,
                                   False, False) != 0:
-                        raise ValueError("a stored JPEG image could not be decoded (corrupt?)")
+                        failed[dst, 0] = 1
+                        continue
                     pixels = pixels.reshape(-1)[:3 * height * width].reshape(height, width, 3)
                 else:
                     pixels = data.reshape(height, width, 3)
@@ -214,6 +226,7 @@ class MultiCropDecoder(_RecordReader):
                     resize_crop_c(pixels, i, i + h, j, j + w, out)
                     if flags[r] & FLAG_FLIP:
                         _mirror(out)
+            _raise_if_failed(failed[:len(batch_indices)])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True
@@ -276,6 +289,7 @@ class SeededRandomResizedCropDecoder(Operation):
                 (AllocationQuery(shape, np.dtype('u1')),
                  AllocationQuery((self.max_height * self.max_width * np.uint64(3),),
                                  np.dtype('u1')),
+                 AllocationQuery((1,), np.dtype('u1')),  # per-image decode failure flag
                  AllocationQuery(pass_tag_shape(self.pass_index), np.dtype('u1'))))
 
     def generate_code(self):
@@ -288,18 +302,20 @@ class SeededRandomResizedCropDecoder(Operation):
         (scale_lo, scale_hi), (ratio_lo, ratio_hi) = self.scale, self.ratio
 
         def decode(batch_indices, my_storage, metadata, storage_state):
-            destination, temp_storage, tag = my_storage
+            destination, temp_storage, failed, tag = my_storage
             pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
                 field = metadata[sample]
                 data = mem_read(field['data_ptr'], storage_state)
                 height, width = np.uint32(field['height']), np.uint32(field['width'])
+                failed[dst, 0] = 0
                 if field['mode'] == jpg:
                     pixels = temp_storage[dst]
                     if imdecode_c(data, pixels, height, width, height, width, 0, 0, 1, 1,
                                   False, False) != 0:
-                        raise ValueError("a stored JPEG image could not be decoded (corrupt?)")
+                        failed[dst, 0] = 1
+                        continue
                     pixels = pixels.reshape(-1)[:3 * height * width].reshape(height, width, 3)
                 else:
                     pixels = data.reshape(height, width, 3)
@@ -309,6 +325,7 @@ class SeededRandomResizedCropDecoder(Operation):
                 resize_crop_c(pixels, i, i + h, j, j + w, destination[dst])
                 if flip:
                     _mirror(destination[dst])
+            _raise_if_failed(failed[:len(batch_indices)])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True
