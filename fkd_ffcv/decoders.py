@@ -133,6 +133,25 @@ def seeded_crop(seed, pass_index, sample, height, width, scale_lo, scale_hi, rat
     return (height - h) // 2, (width - w) // 2, h, w, u < 0.5
 
 
+def _stored_image_reader(memory_read):
+    """A compiled (image metadata row, decode buffer, storage state) -> (pixels (H, W, 3),
+    decoded ok): JPEGs are decoded by FFCV's libjpeg-turbo call into the buffer, raw images
+    are read in place."""
+    imdecode_c = Compiler.compile(imdecode)
+    jpg = IMAGE_MODES['jpg']
+
+    def read(field, temp, storage_state):
+        data = memory_read(field['data_ptr'], storage_state)
+        height, width = np.uint32(field['height']), np.uint32(field['width'])
+        if field['mode'] == jpg:
+            ok = imdecode_c(data, temp, height, width, height, width, 0, 0, 1, 1, False,
+                            False) == 0
+            return temp.reshape(-1)[:3 * height * width].reshape(height, width, 3), ok
+        return data.reshape(height, width, 3), True
+
+    return Compiler.compile(read)
+
+
 @nb.njit(cache=False)
 def _raise_if_failed(failed):
     """Raise for images that did not decode. Kept out of the parallel loop: a raise inside a
@@ -190,9 +209,8 @@ class MultiCropDecoder(_RecordReader):
         from .fields import BOXES_FIELD, FLAGS_FIELD
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
+        read_image = _stored_image_reader(mem_read)
         resize_crop_c = Compiler.compile(resize_crop)
-        jpg = IMAGE_MODES['jpg']
         box_ptrs, flag_ptrs = self.ptrs[BOXES_FIELD], self.ptrs[FLAGS_FIELD]
         n, k_crops, seed = self.num_records, self.num_crops, self.seed
 
@@ -201,19 +219,11 @@ class MultiCropDecoder(_RecordReader):
             pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
-                field = metadata[sample]
-                data = mem_read(field['data_ptr'], storage_state)
-                height, width = np.uint32(field['height']), np.uint32(field['width'])
-                failed[dst, 0] = 0
-                if field['mode'] == jpg:
-                    pixels = temp_storage[dst]
-                    if imdecode_c(data, pixels, height, width, height, width, 0, 0, 1, 1,
-                                  False, False) != 0:
-                        failed[dst, 0] = 1
-                        continue
-                    pixels = pixels.reshape(-1)[:3 * height * width].reshape(height, width, 3)
-                else:
-                    pixels = data.reshape(height, width, 3)
+                pixels, ok = read_image(metadata[sample], temp_storage[dst], storage_state)
+                failed[dst, 0] = not ok
+                if not ok:
+                    continue
+                height, width = pixels.shape[0], pixels.shape[1]
                 boxes = mem_read(box_ptrs[sample], storage_state).view(np.int16)
                 flags = mem_read(flag_ptrs[sample], storage_state)
                 for slot in range(k_crops):
@@ -293,11 +303,9 @@ class SeededRandomResizedCropDecoder(Operation):
                  AllocationQuery(pass_tag_shape(self.pass_index), np.dtype('u1'))))
 
     def generate_code(self):
-        mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
+        read_image = _stored_image_reader(self.memory_read)
         resize_crop_c = Compiler.compile(resize_crop)
-        jpg = IMAGE_MODES['jpg']
         seed = self.seed
         (scale_lo, scale_hi), (ratio_lo, ratio_hi) = self.scale, self.ratio
 
@@ -306,19 +314,11 @@ class SeededRandomResizedCropDecoder(Operation):
             pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
-                field = metadata[sample]
-                data = mem_read(field['data_ptr'], storage_state)
-                height, width = np.uint32(field['height']), np.uint32(field['width'])
-                failed[dst, 0] = 0
-                if field['mode'] == jpg:
-                    pixels = temp_storage[dst]
-                    if imdecode_c(data, pixels, height, width, height, width, 0, 0, 1, 1,
-                                  False, False) != 0:
-                        failed[dst, 0] = 1
-                        continue
-                    pixels = pixels.reshape(-1)[:3 * height * width].reshape(height, width, 3)
-                else:
-                    pixels = data.reshape(height, width, 3)
+                pixels, ok = read_image(metadata[sample], temp_storage[dst], storage_state)
+                failed[dst, 0] = not ok
+                if not ok:
+                    continue
+                height, width = pixels.shape[0], pixels.shape[1]
                 i, j, h, w, flip = seeded_crop(seed, pass_index, sample, np.int64(height),
                                                np.int64(width), scale_lo, scale_hi, ratio_lo,
                                                ratio_hi)
