@@ -4,9 +4,9 @@
 flip), one (K, S, S, 3) uint8 array per image; `RecordLabelDecoder` gives the same K records'
 stored labels (classes, probability codes, flags). Both pick the records of pass p with `record_index`, a
 function of (seed, pass, sample, slot) only, so the two pipelines agree without talking.
-`SeededRandomResizedCropDecoder` is the plain (hard-label) training crop: torchvision's
-RandomResizedCrop and a flip drawn from (seed, pass, sample), so runs and resumes repeat
-(FFCV's own draws from numba's unseeded generator).
+`SeededRandomResizedCropDecoder` is the plain (hard-label) training crop: `crops.seeded_crop`
+(torchvision's RandomResizedCrop and a flip) drawn from (seed, pass, sample), so runs and
+resumes repeat (FFCV's own draws from numba's unseeded generator).
 
 Runtime state without recompiling: FFCV compiles a pipeline once, and values captured by the
 compiled code are frozen then; but it re-declares every operation's memory at the start of each
@@ -30,16 +30,8 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
-from .crops import BOX_UNITS
+from .crops import BOX_UNITS, mix64, seeded_crop
 from .soft_labels import FLAG_FLIP
-
-
-@nb.njit(cache=False)
-def _mix(x):
-    """splitmix64 finaliser: a well-spread 64-bit hash of x."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 @nb.njit(cache=False)
@@ -51,7 +43,7 @@ def record_index(seed, pass_index, sample, slot, n, k):
     sample): every record once per cycle, a different order each cycle."""
     t = pass_index * k + slot
     cycle, pos = t // n, t % n
-    h = _mix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + _mix(
+    h = mix64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + mix64(
         np.uint64(cycle) * np.uint64(0xD1B54A32D192ED03) + np.uint64(sample)))
     if n == 1:
         return 0
@@ -90,47 +82,6 @@ def _mirror(image):
                 left = image[row, col, c]
                 image[row, col, c] = image[row, width - 1 - col, c]
                 image[row, width - 1 - col, c] = left
-
-
-@nb.njit(cache=False)
-def _uniform(state):
-    """(next state, uniform float in [0, 1)) of a splitmix64 stream."""
-    state = state + np.uint64(0x9E3779B97F4A7C15)
-    return state, np.float64(_mix(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-
-@nb.njit(cache=False)
-def seeded_crop(seed, pass_index, sample, height, width, scale_lo, scale_hi, ratio_lo,
-                ratio_hi):
-    """(i, j, h, w, flip) of sample's random crop in this pass: torchvision's RandomResizedCrop
-    (10 tries, then a centre crop clipped to the ratio range) and a flip with p = 1/2."""
-    state = _mix(np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + _mix(
-        np.uint64(pass_index) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(sample)))
-    area = height * width
-    log_lo, log_hi = np.log(ratio_lo), np.log(ratio_hi)
-    for _ in range(10):
-        state, u = _uniform(state)
-        target = area * (scale_lo + (scale_hi - scale_lo) * u)
-        state, u = _uniform(state)
-        aspect = np.exp(log_lo + (log_hi - log_lo) * u)
-        w = np.int64(np.round(np.sqrt(target * aspect)))
-        h = np.int64(np.round(np.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            state, u = _uniform(state)
-            i = np.int64(u * (height - h + 1))
-            state, u = _uniform(state)
-            j = np.int64(u * (width - w + 1))
-            state, u = _uniform(state)
-            return i, j, h, w, u < 0.5
-    in_ratio = width / height
-    if in_ratio < ratio_lo:
-        w, h = width, np.int64(np.round(width / ratio_lo))
-    elif in_ratio > ratio_hi:
-        h, w = height, np.int64(np.round(height * ratio_hi))
-    else:
-        w, h = width, height
-    state, u = _uniform(state)
-    return (height - h) // 2, (width - w) // 2, h, w, u < 0.5
 
 
 def _stored_image_reader(memory_read):

@@ -57,7 +57,7 @@ def test_eval_shards_cover_every_sample_exactly_once(raw_tree_beton):
 def test_plain_loader_crops_are_seeded_and_replayable(raw_tree_beton):
     import cv2
     import torch
-    from fkd_ffcv.decoders import seeded_crop
+    from fkd_ffcv.crops import seeded_crop
     from fkd_ffcv.loaders import PlainLoader
     path, _ = raw_tree_beton
     beton = Beton(path)
