@@ -112,8 +112,22 @@ def _raise_if_failed(failed):
             raise ValueError("a stored JPEG image could not be decoded (corrupt?)")
 
 
-def pass_tag_shape(pass_index: int):
-    return (1 + pass_index // 256, 1 + pass_index % 256)
+def pass_tag_query(pass_index: int) -> AllocationQuery:
+    """The tag buffer whose shape, (1 + p // 256, 1 + p % 256) per sample, carries pass p."""
+    return AllocationQuery((1 + pass_index // 256, 1 + pass_index % 256), np.dtype('u1'))
+
+
+@nb.njit(cache=False)
+def pass_of(tag):
+    """The pass number carried by a batch of tag buffers (see pass_tag_query)."""
+    return (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
+
+
+def image_decode_queries(metadata):
+    """Per image: a buffer for the largest stored image, decoded, and a decode-failure flag."""
+    largest = np.uint64(metadata['height'].max()) * np.uint64(metadata['width'].max())
+    return (AllocationQuery((largest * np.uint64(3),), np.dtype('u1')),
+            AllocationQuery((1,), np.dtype('u1')))
 
 
 class _RecordReader(Operation):
@@ -133,9 +147,6 @@ class _RecordReader(Operation):
                      for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)}
         self.pass_index = 0
 
-    def tag_query(self):
-        return AllocationQuery(pass_tag_shape(self.pass_index), np.dtype('u1'))
-
 
 class MultiCropDecoder(_RecordReader):
     """Image field -> (K, S, S, 3) uint8 per image: the K records of this pass replayed on the
@@ -146,15 +157,10 @@ class MultiCropDecoder(_RecordReader):
         self.output_size = output_size
 
     def declare_state_and_memory(self, previous_state):
-        self.max_height = np.uint64(self.metadata['height'].max())
-        self.max_width = np.uint64(self.metadata['width'].max())
         shape = (self.num_crops, self.output_size, self.output_size, 3)
         return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('u1')),
-                (AllocationQuery(shape, np.dtype('u1')),
-                 AllocationQuery((self.max_height * self.max_width * np.uint64(3),),
-                                 np.dtype('u1')),
-                 AllocationQuery((1,), np.dtype('u1')),  # per-image decode failure flag
-                 self.tag_query()))
+                (AllocationQuery(shape, np.dtype('u1')), *image_decode_queries(self.metadata),
+                 pass_tag_query(self.pass_index)))
 
     def generate_code(self):
         from .fields import BOXES_FIELD, FLAGS_FIELD
@@ -167,7 +173,7 @@ class MultiCropDecoder(_RecordReader):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage, failed, tag = my_storage
-            pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
+            pass_index = pass_of(tag)
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
                 pixels, ok = read_image(metadata[sample], temp_storage[dst], storage_state)
@@ -203,7 +209,7 @@ class RecordLabelDecoder(_RecordReader):
     def declare_state_and_memory(self, previous_state):
         shape = (self.num_crops, 2 * self.k + 1)
         return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('<i2')),
-                (AllocationQuery(shape, np.dtype('<i2')), self.tag_query()))
+                (AllocationQuery(shape, np.dtype('<i2')), pass_tag_query(self.pass_index)))
 
     def generate_code(self):
         from .fields import CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
@@ -215,7 +221,7 @@ class RecordLabelDecoder(_RecordReader):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, tag = my_storage
-            pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
+            pass_index = pass_of(tag)
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
                 classes = mem_read(class_ptrs[sample], storage_state).view(np.int16)
@@ -243,15 +249,10 @@ class SeededRandomResizedCropDecoder(Operation):
         self.pass_index = 0
 
     def declare_state_and_memory(self, previous_state):
-        self.max_height = np.uint64(self.metadata['height'].max())
-        self.max_width = np.uint64(self.metadata['width'].max())
         shape = (self.output_size, self.output_size, 3)
         return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('u1')),
-                (AllocationQuery(shape, np.dtype('u1')),
-                 AllocationQuery((self.max_height * self.max_width * np.uint64(3),),
-                                 np.dtype('u1')),
-                 AllocationQuery((1,), np.dtype('u1')),  # per-image decode failure flag
-                 AllocationQuery(pass_tag_shape(self.pass_index), np.dtype('u1'))))
+                (AllocationQuery(shape, np.dtype('u1')), *image_decode_queries(self.metadata),
+                 pass_tag_query(self.pass_index)))
 
     def generate_code(self):
         my_range = Compiler.get_iterator()
@@ -262,7 +263,7 @@ class SeededRandomResizedCropDecoder(Operation):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage, failed, tag = my_storage
-            pass_index = (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
+            pass_index = pass_of(tag)
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
                 pixels, ok = read_image(metadata[sample], temp_storage[dst], storage_state)

@@ -72,6 +72,12 @@ from .beton import Beton
 from .fields import IMAGE_FIELD, LABEL_FIELD
 
 
+def only(path, pipelines: dict) -> dict:
+    """`pipelines`, plus None for every other field of the beton (FFCV would decode those with
+    their default pipelines)."""
+    return {**{name: None for name in Beton(path).field_names}, **pipelines}
+
+
 def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float = 224 / 256,
                 num_workers: int = -1, device: str = 'cpu', rank: int = 0,
                 world_size: int = 1) -> Loader:
@@ -90,8 +96,7 @@ def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float
         from ffcv.transforms import ToDevice
         image_pipeline.append(ToDevice(device, non_blocking=True))
         label_pipeline.append(ToDevice(device, non_blocking=True))
-    pipelines = {name: None for name in Beton(path).field_names}  # other fields: not decoded
-    pipelines.update({IMAGE_FIELD: image_pipeline, LABEL_FIELD: label_pipeline})
+    pipelines = only(path, {IMAGE_FIELD: image_pipeline, LABEL_FIELD: label_pipeline})
     indices = np.arange(rank, len(Beton(path)), world_size) if world_size > 1 else None
     return Loader(str(path), batch_size=batch_size, num_workers=num_workers,
                   order=OrderOption.SEQUENTIAL, drop_last=False, pipelines=pipelines,
@@ -138,8 +143,7 @@ class FKDLoader(_PassLoader):
         self.num_crops, self.device = num_crops, torch.device(device)
         self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
         labels = RecordLabelDecoder(beton, num_crops, seed)
-        pipelines = {name: None for name in beton.field_names}
-        pipelines.update({
+        pipelines = only(path, {
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images, transforms=[ToTensor()]),
             LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze()],
             'soft_labels': PipelineSpec(CLASSES_FIELD, decoder=labels, transforms=[ToTensor()]),
@@ -176,8 +180,7 @@ class PlainLoader(_PassLoader):
         from ffcv.pipeline import PipelineSpec
         from .decoders import SeededRandomResizedCropDecoder
         self.images = SeededRandomResizedCropDecoder(resolution, seed, scale, ratio)
-        pipelines = {name: None for name in Beton(path).field_names}
-        pipelines.update({
+        pipelines = only(path, {
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
                                       transforms=[ToTensor(), ToTorchImage(channels_last=True)]),
             LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze()],
