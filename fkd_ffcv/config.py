@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from argparse import ArgumentParser
+from typing import Optional
 
 from fastargs import get_current_config
 from fastargs.validation import Checker
@@ -26,8 +27,11 @@ class Flag(Checker):
         return "true or false"
 
 
-def load_config(description: str):
-    """Collect `--config-file` YAML/JSON and `--section.key=value` options; exit 2 on errors."""
+def load_config(description: str, aliases: Optional[dict] = None):
+    """Collect `--config-file` YAML/JSON and `--section.key=value` options; exit 2 on errors.
+    `aliases` maps short flags to options, e.g. {'--resume': '--training.resume=true'}."""
+    if aliases:
+        sys.argv[1:] = [aliases.get(arg, arg) for arg in sys.argv[1:]]
     config = get_current_config()
     parser = ArgumentParser(description=description)
     config.augment_argparse(parser)

@@ -112,6 +112,12 @@ class _PassLoader:
     def __len__(self):
         return len(self.loader)
 
+    def start_at(self, pass_index: int) -> None:
+        """Make the next iteration pass `pass_index` (its order, records and crops), as an
+        uninterrupted run would have it: how a resumed run continues."""
+        self.passes = pass_index
+        self.loader.next_epoch = pass_index
+
     def _next_pass(self):
         for decoder in self.decoders:
             decoder.pass_index = self.passes

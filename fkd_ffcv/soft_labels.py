@@ -169,6 +169,14 @@ def soft_cross_entropy(logits: torch.Tensor, classes, probs, spec: LabelSpec,
     return loss.mean()
 
 
+def dense_cross_entropy(logits: torch.Tensor, q: torch.Tensor,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """Mean over crops of -sum_c q_c log softmax(logits / T)_c for a dense target q (N, C):
+    online distillation, where the teacher's full distribution is at hand."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(q.float() * logp).sum(-1).mean()
+
+
 def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) per row, in nats, treating 0 log 0 as 0."""
     p, q = p.double(), q.double()

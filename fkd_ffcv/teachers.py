@@ -7,6 +7,8 @@ A teacher is named by a spec string:
   class count is read from the checkpoint). Without a checkpoint the weights are random, which
   only tests can want;
 - `torchscript:<file>`: a TorchScript module;
+- `checkpoint:<file>`: weights exported by the trainer (`final_weights.pt`), which record
+  their architecture, class count and preprocessing;
 - `<module>:<function>`: a Python entry point returning a model, or (model, preprocessing dict)
   with keys input_size, mean, std, interpolation. `fkd_ffcv.teachers:efficientnet_lite0` is one.
 
@@ -105,6 +107,21 @@ def _torchvision_model(arch: str, checkpoint: Optional[str]) -> torch.nn.Module:
     return model
 
 
+def _exported_model(path: str) -> Tuple[torch.nn.Module, Preprocess]:
+    from .models import build_model
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    saved = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(saved, dict) or 'arch' not in saved or 'model' not in saved:
+        raise ValueError(f"{path} is not a trainer export (final_weights.pt); use "
+                         f"torchvision:<arch>:{path} for plain state dicts")
+    arch = dict(saved['arch'])
+    model = build_model(arch.pop('arch'), saved['num_classes'], **arch)
+    model.load_state_dict(saved['model'])
+    return model, Preprocess(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in saved['preprocess'].items()})
+
+
 def load_member(spec: str) -> Tuple[torch.nn.Module, Preprocess]:
     """One teacher from its spec string (module docstring)."""
     kind, _, rest = spec.partition(':')
@@ -112,6 +129,8 @@ def load_member(spec: str) -> Tuple[torch.nn.Module, Preprocess]:
     if kind == 'torchvision':
         arch, _, checkpoint = rest.partition(':')
         model = _torchvision_model(arch, checkpoint or None)
+    elif kind == 'checkpoint':
+        model, preprocess = _exported_model(rest)
     elif kind == 'torchscript':
         if not os.path.isfile(rest):
             raise FileNotFoundError(f"{rest}: no such TorchScript file")
@@ -179,11 +198,23 @@ class Teacher:
                 'interpolation': self.interpolation, 'temperature': self.temperature,
                 'normalisation': [{'mean': p.mean, 'std': p.std} for p in self.preprocess]}
 
-    @torch.no_grad()
     def probs(self, crops: np.ndarray) -> torch.Tensor:
         """uint8 crops (B, S, S, 3) -> float32 probabilities (B, C) on the CPU."""
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+        return self.forward(x.permute(0, 3, 1, 2)).cpu()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) on the teacher's device -> float32 probabilities (B, C)
+        there; images of another size are resized to the teacher's input size first (online
+        distillation feeds it the student's crops)."""
+        x = images.float().contiguous(memory_format=torch.channels_last)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            mode = self.interpolation  # bilinear, bicubic or area: torch's names too
+            x = torch.nn.functional.interpolate(
+                x, size=(self.input_size, self.input_size), mode=mode,
+                **({} if mode == 'area' else {'align_corners': False, 'antialias': True}))
+            x = x.clamp(0, 255)
         total = None
         for model, (mean, std) in zip(self.models, self._norm):
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -191,4 +222,4 @@ class Teacher:
                 logits = model((x - mean) / std)
             p = torch.softmax(logits.float() / self.temperature, dim=-1)
             total = p if total is None else total + p
-        return (total / len(self.models)).cpu()
+        return total / len(self.models)

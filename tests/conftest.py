@@ -69,3 +69,20 @@ def raw_tree_beton(image_tree, tmp_path_factory):
     """(path, write report) of the train split stored raw, by two workers in small chunks."""
     path = tmp_path_factory.mktemp('raw') / 'train.beton'
     return path, write_tree(image_tree, path, 'raw', num_workers=2, chunk_size=3)
+
+
+@pytest.fixture(scope='session')
+def fashion_betons(tmp_path_factory):
+    """(train, val) betons of a Fashion-MNIST subset at 32 px: 600 and 300 images, raw."""
+    from fkd_ffcv.fields import image_fields
+    from fkd_ffcv.sources import FashionMNISTSource
+    from fkd_ffcv.writer import write_beton
+    folder = tmp_path_factory.mktemp('fashion')
+    paths = []
+    for split, n in (('train', 600), ('val', 300)):
+        source = FashionMNISTSource(split, 32, subset=n)
+        path = folder / f'{split}.beton'
+        write_beton(path, image_fields('raw'), source, manifest={'classes': source.classes},
+                    progress=False)
+        paths.append(path)
+    return tuple(paths)

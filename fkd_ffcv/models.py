@@ -1,0 +1,213 @@
+"""Student models: torchvision ResNets, a small ResNet family for 32 px inputs, and a ViT whose
+position embeddings follow the input size; plus BlurPool and the export of plain weights.
+
+`build_model(arch, num_classes, ...)` is the one constructor the trainer calls. Exported
+weights (`export_state_dict`) carry no BlurPool, DDP or torch.compile names, so a torchvision
+architecture's export loads into the plain torchvision model.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
+VIT_PRESETS = {  # width, depth, heads, patch size
+    'deit_tiny': (192, 12, 3, 16),
+    'deit_small': (384, 12, 6, 16),
+}
+ARCHS = TORCHVISION_ARCHS + ('small_resnet', 'vit') + tuple(VIT_PRESETS)
+
+
+class BlurPoolConv2d(nn.Module):
+    """A [1 2 1] x [1 2 1] low-pass filter in front of a strided convolution (Zhang, 2019;
+    ffcv-imagenet's `use_blurpool`). The filter is a non-persistent buffer, so the wrapped
+    convolution's weights keep their meaning and export strips the wrapper by name."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (taps[:, None] * taps[None, :]) / 16
+        self.register_buffer('blur', kernel.expand(conv.in_channels, 1, 3, 3).clone(),
+                             persistent=False)
+
+    def forward(self, x):
+        x = F.conv2d(x, self.blur.to(x.dtype), padding=1, groups=self.conv.in_channels)
+        return self.conv(x)
+
+
+def add_blurpool(model: nn.Module) -> nn.Module:
+    """Wrap every strided convolution with at least 16 input channels (ffcv-imagenet's rule)."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Conv2d) and max(child.stride) > 1 and child.in_channels >= 16:
+            setattr(model, name, BlurPoolConv2d(child))
+        else:
+            add_blurpool(child)
+    return model
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet: 3x3 stem at full resolution, three stages of `depth` basic blocks
+    with width, 2 x width and 4 x width channels (strides 1, 2, 2). Width 16, depth 3 is
+    He et al.'s ResNet-20; width 16, depth 1 trains at hundreds of crops/s on two CPU cores."""
+
+    def __init__(self, num_classes: int, width: int = 16, depth: int = 2):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        stages, channels = [], width
+        for i, out in enumerate((width, 2 * width, 4 * width)):
+            stride = 1 if i == 0 else 2
+            blocks = []
+            for b in range(depth):
+                down = None
+                if b == 0 and (stride != 1 or channels != out):
+                    down = nn.Sequential(nn.Conv2d(channels, out, 1, stride, bias=False),
+                                         nn.BatchNorm2d(out))
+                blocks.append(BasicBlock(channels, out, stride if b == 0 else 1, down))
+                channels = out
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch per sample with probability `p`."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, heads: int, drop_path: float, mlp_ratio: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
+                                 nn.Linear(mlp_ratio * width, width))
+        self.drop_path = DropPath(drop_path)
+
+    def attention(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attention(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT / DeiT with a class token. Position embeddings are learnt for a grid of
+    `image_size / patch_size` patches and resized bicubically to any other grid, so progressive
+    resizing and validation at another resolution work."""
+
+    def __init__(self, num_classes: int, image_size: int = 224, patch_size: int = 16,
+                 width: int = 192, depth: int = 12, heads: int = 3, drop_path: float = 0.1):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"ViT width {width} is not a multiple of its {heads} heads")
+        if image_size % patch_size:
+            raise ValueError(f"ViT image size {image_size} is not a multiple of patch size "
+                             f"{patch_size}")
+        self.patch_size = patch_size
+        self.patches = nn.Conv2d(3, width, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        grid = image_size // patch_size
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, width))
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.Sequential(*[_Block(width, heads, r) for r in rates])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def position_embedding(self, rows: int, cols: int) -> torch.Tensor:
+        cls, grid = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        side = math.isqrt(grid.shape[1])
+        if (rows, cols) == (side, side):
+            return self.pos_embed
+        grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(rows, cols), mode='bicubic', align_corners=False)
+        return torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
+
+    def forward(self, x):
+        if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
+            raise ValueError(f"input {tuple(x.shape[-2:])} is not a multiple of the ViT's "
+                             f"{self.patch_size} px patches")
+        x = self.patches(x)
+        rows, cols = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.blocks(x + self.position_embedding(rows, cols))
+        return self.head(self.norm(x)[:, 0])
+
+
+def build_model(arch: str, num_classes: int, *, small_input: bool = False, width: int = 16,
+                depth: int = 2, heads: int = 3, patch_size: int = 4, image_size: int = 224,
+                drop_path: float = 0.0, blurpool: bool = False) -> nn.Module:
+    """A freshly initialised student. `small_input` gives a torchvision ResNet a CIFAR stem
+    (3x3 stride-1 convolution, no max-pool) for inputs of about 32 px; `width`, `depth`,
+    `heads` and `patch_size` size `small_resnet` and `vit`; `image_size` is the side the ViT's
+    position embeddings are learnt for."""
+    if arch in TORCHVISION_ARCHS:
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        if small_input:
+            model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            model.maxpool = nn.Identity()
+    elif arch == 'small_resnet':
+        model = SmallResNet(num_classes, width, depth)
+    elif arch == 'vit' or arch in VIT_PRESETS:
+        if arch in VIT_PRESETS:
+            width, depth, heads, patch_size = VIT_PRESETS[arch]
+        model = VisionTransformer(num_classes, image_size, patch_size, width, depth, heads,
+                                  drop_path)
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    return add_blurpool(model) if blurpool else model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, '_orig_mod'):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def export_state_dict(model: nn.Module) -> dict:
+    """Weights under the plain architecture's names: no DDP, compile or BlurPool wrappers."""
+    model = unwrap(model)
+    wrapped = [name for name, m in model.named_modules() if isinstance(m, BlurPoolConv2d)]
+    state = {}
+    for key, value in model.state_dict().items():
+        for name in wrapped:
+            if key.startswith(name + '.conv.'):
+                key = name + '.' + key[len(name) + len('.conv.'):]
+                break
+        state[key] = value.detach().clone()
+    return state

@@ -1,0 +1,69 @@
+"""Student models: shapes, ViT position embeddings at other sizes, BlurPool, plain exports."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from fkd_ffcv.models import BlurPoolConv2d, build_model, export_state_dict, unwrap
+
+
+@pytest.mark.parametrize('arch, options, side', [
+    ('small_resnet', dict(width=8, depth=2), 32),
+    ('resnet18', dict(small_input=True), 32),
+    ('resnet18', dict(blurpool=True), 64),
+    ('vit', dict(width=32, depth=2, heads=2, patch_size=4, image_size=32, drop_path=0.1), 32),
+])
+def test_models_give_one_logit_per_class(arch, options, side):
+    model = build_model(arch, 7, **options).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, side, side).contiguous(memory_format=torch.channels_last)
+    assert model(x).shape == (2, 7)
+
+
+def test_vit_position_embeddings_follow_the_input_size():
+    torch.manual_seed(0)
+    model = build_model('vit', 5, width=32, depth=1, heads=2, patch_size=4,
+                        image_size=32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    # at its own size the learnt embedding is used as is; other sizes interpolate it
+    assert model.position_embedding(8, 8) is model.pos_embed
+    assert model.position_embedding(12, 10).shape == (1, 1 + 12 * 10, 32)
+    assert model(torch.randn(2, 3, 48, 40)).shape == (2, 5)
+    assert torch.allclose(model(x), model(x))
+    with pytest.raises(ValueError, match='multiple'):
+        model(torch.randn(1, 3, 30, 30))
+
+
+def test_drop_path_is_off_in_eval_and_random_in_training():
+    torch.manual_seed(0)
+    model = build_model('vit', 3, width=16, depth=4, heads=2, patch_size=8, image_size=32,
+                        drop_path=0.5)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_blurpool_wraps_strided_convolutions_and_exports_plain_names():
+    model = build_model('resnet18', 10, blurpool=True)
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, BlurPoolConv2d)]
+    # stride-2 convolutions with >= 16 input channels: 3 stage entries + 3 downsamples
+    # (conv1 sees 3 channels and is left alone)
+    assert len(wrapped) == 6 and 'conv1' not in wrapped
+    plain = torchvision.models.resnet18(num_classes=10)
+    plain.load_state_dict(export_state_dict(model))  # strict: every name matches
+    exported = export_state_dict(model)
+    assert torch.equal(exported['layer2.0.conv1.weight'], model.layer2[0].conv1.conv.weight)
+
+
+def test_export_strips_compile_and_ddp_wrappers():
+    model = build_model('small_resnet', 4, width=4, depth=1)
+    wrapper = nn.Module()
+    wrapper._orig_mod = model  # what torch.compile's wrapper holds
+    assert unwrap(wrapper) is model
+    assert export_state_dict(wrapper).keys() == model.state_dict().keys()
+
+
+def test_unknown_architecture_is_named():
+    with pytest.raises(ValueError, match="'resnet5'"):
+        build_model('resnet5', 10)

@@ -1,0 +1,248 @@
+"""The trainer end to end on a Fashion-MNIST subset: plain, FKD (labels from the plain run's
+export) and online KD runs, resume, eval-only, DDP, and the faults the trainer must name."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+from fkd_ffcv.labeling import LabelingSettings, label_beton
+from fkd_ffcv.teachers import Teacher
+from fkd_ffcv.training import Trainer, TrainingError, options
+
+METRICS = ('loss', 'train_top1', 'lr', 'top1', 'top5', 'val_loss')
+
+
+def run_options(betons, folder, **overrides):
+    train, val = betons
+    base = {'data.train_dataset': str(train), 'data.val_dataset': str(val),
+            'data.num_workers': 2, 'data.crop_scale_min': 0.35,
+            'model.arch': 'small_resnet', 'model.width': 8, 'model.depth': 1,
+            'model.blurpool': False, 'training.batch_size': 64, 'training.epochs': 2,
+            'training.precision': 'fp32', 'lr.lr': 0.2, 'lr.peak_epoch': 0.5,
+            'validation.resolution': 32, 'validation.ratio': 1.0,
+            'validation.batch_size': 100, 'validation.every_passes': 1,
+            'resolution.min_res': 32, 'resolution.max_res': 32,
+            'logging.folder': str(folder), 'logging.progress': False}
+    return options({**base, **{k.replace('__', '.'): v for k, v in overrides.items()}})
+
+
+def metrics(history):
+    return [{k: line.get(k) for k in METRICS} for line in history]
+
+
+def read_log(folder):
+    return [json.loads(line) for line in (folder / 'log.jsonl').read_text().splitlines()]
+
+
+@pytest.fixture(scope='module')
+def plain_run(fashion_betons, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('plain') / 'run'
+    trainer = Trainer(run_options(fashion_betons, folder, training__mode='plain',
+                                  training__epochs=3, training__batch_size=32,
+                                  training__weight_decay=5e-4))
+    return folder, trainer.run(), trainer.history
+
+
+@pytest.fixture(scope='module')
+def labelled(fashion_betons, plain_run, tmp_path_factory):
+    """The train subset with 4 crop records per image, labelled by the plain run's export."""
+    out = tmp_path_factory.mktemp('fkd') / 'train_fkd.beton'
+    teacher = Teacher(f"checkpoint:{plain_run[0] / 'final_weights.pt'}")
+    settings = LabelingSettings(num_records=4, label_type='marginal_smoothing_k3',
+                                chunk_images=200, batch_size=256)
+    label_beton(fashion_betons[0], out, teacher, settings, out.with_suffix('.work'),
+                progress=False)
+    return out, fashion_betons[1]
+
+
+@pytest.fixture(scope='module')
+def fkd_options(labelled, tmp_path_factory):
+    def make(folder, **overrides):
+        return run_options(labelled, folder, **{'training__mode': 'fkd',
+                                                 'training__epochs': 4, 'fkd__num_crops': 2,
+                                                 **overrides})
+    return make
+
+
+@pytest.fixture(scope='module')
+def fkd_run(fkd_options, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('fkd_run') / 'run'
+    trainer = Trainer(fkd_options(folder))
+    return folder, trainer.run(), trainer.history
+
+
+def test_plain_run_learns_and_writes_its_folder(plain_run, fashion_betons):
+    folder, summary, history = plain_run
+    assert [line['epoch'] for line in history] == [1, 2, 3]
+    assert history[-1]['loss'] < history[0]['loss']
+    # 10 classes: chance is 0.1. Accuracy stays low after 57 steps at a high learning rate
+    # (BatchNorm's running statistics lag the weights); the demo trains for longer.
+    assert summary['top1'] > 0.2
+    assert read_log(folder) == history
+    assert json.loads((folder / 'config.json').read_text())['training']['mode'] == 'plain'
+    assert {'checkpoint.pt', 'final_weights.pt', 'summary.json'} <= {
+        p.name for p in folder.iterdir()}
+    assert not [p for p in folder.iterdir() if p.name.startswith('.')]  # no partial files
+
+
+def test_fkd_run_replays_soft_labels_and_learns(fkd_run, labelled):
+    folder, summary, history = fkd_run
+    assert [line['epoch'] for line in history] == [1, 2, 3, 4]
+    assert 'top1' in history[1] and 'top1' not in history[0]  # validation ends each pass
+    assert history[-1]['loss'] < history[0]['loss']
+    assert summary['num_crops'] == 2 and summary['top1'] > 0.2
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(fkd_run, fkd_options, tmp_path,
+                                                     monkeypatch):
+    folder = tmp_path / 'run'
+    trainer = Trainer(fkd_options(folder))
+    real_step = Trainer.train_step
+
+    def failing_step(self, batch, step, totals):
+        if step == self.steps_per_pass + 12:  # past the first epoch of pass 2
+            raise KeyboardInterrupt
+        return real_step(self, batch, step, totals)
+
+    monkeypatch.setattr(Trainer, 'train_step', failing_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    monkeypatch.setattr(Trainer, 'train_step', real_step)
+    assert torch.load(folder / 'checkpoint.pt', weights_only=False)['passes_done'] == 1
+    assert len(read_log(folder)) == 3  # pass 2's first epoch was logged before the fault
+
+    resumed = Trainer(fkd_options(folder, training__resume=True))
+    resumed.run()
+    assert metrics(resumed.history) == metrics(fkd_run[2])  # bit for bit: same threads
+    assert metrics(read_log(folder)) == metrics(fkd_run[2])
+
+
+def test_eval_only_matches_the_final_log_line(fkd_run, fkd_options):
+    folder, summary, _ = fkd_run
+    for checkpoint in ('checkpoint.pt', 'final_weights.pt'):
+        result = Trainer(fkd_options(folder, training__eval_only=True,
+                                     training__checkpoint=str(folder / checkpoint))).run()
+        assert result['top1'] == summary['top1'] and result['top5'] == summary['top5']
+
+
+def test_online_kd_with_mixing_and_weight_averaging(labelled, plain_run, tmp_path):
+    teacher = f"checkpoint:{plain_run[0] / 'final_weights.pt'}"
+    trainer = Trainer(run_options(labelled, tmp_path / 'run', training__mode='online_kd',
+                                  fkd__teacher=teacher, training__mixup_alpha=0.2,
+                                  training__cutmix_alpha=1.0, training__ema_epochs=0.5))
+    summary = trainer.run()
+    assert trainer.history[-1]['loss'] < trainer.history[0]['loss']
+    assert summary['top1'] > 0.2
+    # the export holds the averaged weights, which are what was evaluated
+    state = torch.load(tmp_path / 'run' / 'final_weights.pt', weights_only=True)['model']
+    assert all(torch.equal(state[k], v) for k, v in trainer.ema.state_dict().items())
+
+
+def test_two_process_gloo_ddp_run(labelled, tmp_path):
+    folder = tmp_path / 'ddp'
+    train, val = labelled
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+         '--master_port=29531', str(REPO / 'train_imagenet.py'),
+         f'--data.train_dataset={train}', f'--data.val_dataset={val}',
+         '--data.num_workers=1', '--model.arch=small_resnet', '--model.width=8',
+         '--model.depth=1', '--model.blurpool=false', '--training.mode=fkd',
+         '--fkd.num_crops=2', '--training.epochs=2', '--training.batch_size=64',
+         '--training.precision=fp32', '--validation.resolution=32', '--validation.ratio=1',
+         '--resolution.min_res=32', '--resolution.max_res=32', '--logging.progress=false',
+         f'--logging.folder={folder}'],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = read_log(folder)
+    assert [line['epoch'] for line in log] == [1, 2]
+    assert log[-1]['val_images'] == 300  # every validation image once over both ranks
+    assert result.stdout.count('fkd small_resnet: 2 epochs') == 1  # rank 0 reports
+
+
+def test_bad_inputs_are_named(fashion_betons, labelled, fkd_options, plain_run, image_tree,
+                              raw_tree_beton, tmp_path):
+    def fails(opts, *words):
+        with pytest.raises(TrainingError) as e:
+            Trainer(opts).run()
+        for word in words:
+            assert word in str(e.value)
+
+    fails(run_options(fashion_betons, tmp_path / 'a', training__mode='fkd'),
+          'has none', 'fields')
+    fails(run_options((raw_tree_beton[0], fashion_betons[1]), tmp_path / 'b',
+                      training__mode='plain'), 'classes')
+    fails(run_options(fashion_betons, tmp_path / 'c', training__mode='plain',
+                      model__num_classes=5), 'num_classes=5', '10 classes')
+    fails(fkd_options(tmp_path / 'd', training__epochs=3), 'multiple of --fkd.num_crops=2')
+    fails(run_options(fashion_betons, tmp_path / 'e', training__mode='plain', model__arch='vit',
+                      model__patch_size=5, model__width=16, model__heads=2,
+                      model__image_size=30), 'does not accept 32 x 32')
+    fails(run_options(fashion_betons, tmp_path / 'f', training__mode='online_kd',
+                      fkd__teacher='torchvision:resnet18'), 'predicts 1000 classes')
+    fails(run_options(fashion_betons, tmp_path / 'g', training__mode='online_kd'),
+          '--fkd.teacher')
+    fails(fkd_options(plain_run[0], training__mode='plain', training__epochs=3),
+          'already holds a run', '--resume')
+    fails(fkd_options(tmp_path / 'h', training__resume=True), 'nothing to resume')
+    fails(fkd_options(plain_run[0], training__resume=True), 'options differ',
+          'training.mode')
+    fails(fkd_options(tmp_path / 'i', data__train_dataset=str(tmp_path / 'missing.beton')),
+          'missing.beton')
+    with pytest.raises(ValueError, match='unknown option'):
+        options({'training.epoch': 3})
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fkd_options, tmp_path,
+                                                           monkeypatch):
+    folder = tmp_path / 'run'
+    trainer = Trainer(fkd_options(folder))
+    real_pass = Trainer.train_pass
+
+    def diverging_pass(self, p):
+        if p == 1:
+            self.o['lr']['lr'] = 1e30
+        return real_pass(self, p)
+
+    monkeypatch.setattr(Trainer, 'train_pass', diverging_pass)
+    with pytest.raises(TrainingError, match='NaN or infinite in epoch 3'):
+        trainer.run()
+    state = torch.load(folder / 'checkpoint.pt', weights_only=False)
+    assert state['passes_done'] == 1
+    assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
+
+
+def test_kill_mid_pass_then_resume_from_the_command_line(labelled, tmp_path):
+    folder = tmp_path / 'run'
+    train, val = labelled
+    command = [sys.executable, str(REPO / 'train_imagenet.py'),
+               f'--data.train_dataset={train}', f'--data.val_dataset={val}',
+               '--model.arch=small_resnet', '--model.width=8', '--model.depth=1',
+               '--training.mode=fkd', '--fkd.num_crops=2', '--training.epochs=6',
+               '--training.batch_size=32', '--training.precision=fp32',
+               '--validation.resolution=32', '--validation.ratio=1',
+               '--resolution.min_res=32', '--resolution.max_res=32',
+               '--logging.progress=false', f'--logging.folder={folder}']
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    deadline = time.monotonic() + 240
+    while not (folder / 'checkpoint.pt').exists() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the second pass
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = torch.load(folder / 'checkpoint.pt', weights_only=False)['passes_done']
+    assert done in (1, 2)
+
+    result = subprocess.run(command + ['--resume'], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line['epoch'] for line in read_log(folder)] == [1, 2, 3, 4, 5, 6]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and 'already holds a run' in again.stderr
