@@ -3,7 +3,9 @@ position embeddings follow the input size; plus BlurPool and the export of plain
 
 `build_model(arch, num_classes, ...)` is the one constructor the trainer calls. Exported
 weights (`export_state_dict`) carry no BlurPool, DDP or torch.compile names, so a torchvision
-architecture's export loads into the plain torchvision model.
+architecture's export loads into the plain torchvision model. `save_weights` / `load_weights`
+keep them in a file that also records how to rebuild and feed the model (a trainer's
+`final_weights.pt`, the `checkpoint:<file>` teacher spec).
 """
 from __future__ import annotations
 
@@ -211,3 +213,29 @@ def export_state_dict(model: nn.Module) -> dict:
                 break
         state[key] = value.detach().clone()
     return state
+
+
+def save_weights(path, model: nn.Module, arch: dict, classes, preprocess: dict,
+                 **extra) -> None:
+    """Write plain weights with their architecture options (build_model's keywords, 'arch'
+    included), class names and input preprocessing (input_size, interpolation, mean, std),
+    atomically. Under 'model' is a plain state dict, so tools that only know torchvision
+    (`torch.load(f)['model']`) read it too."""
+    from .files import atomic_write
+    arch = {**arch, 'blurpool': False}  # export_state_dict removed the wrappers
+    saved = {'model': export_state_dict(model), 'arch': arch, 'num_classes': len(classes),
+             'classes': list(classes), 'preprocess': preprocess, **extra}
+    atomic_write(path, lambda f: torch.save(saved, f))
+
+
+def load_weights(path) -> tuple:
+    """(model in eval mode, preprocess dict, class names) from a `save_weights` file."""
+    saved = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(saved, dict) or not {'arch', 'model', 'preprocess'} <= saved.keys():
+        raise ValueError(f"{path} was not written by save_weights (a trainer's "
+                         f"final_weights.pt); for a plain state dict use "
+                         f"torchvision:<arch>:{path}")
+    arch = dict(saved['arch'])
+    model = build_model(arch.pop('arch'), saved['num_classes'], **arch)
+    model.load_state_dict(saved['model'])
+    return model.eval(), saved['preprocess'], saved['classes']

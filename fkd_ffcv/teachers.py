@@ -108,18 +108,12 @@ def _torchvision_model(arch: str, checkpoint: Optional[str]) -> torch.nn.Module:
 
 
 def _exported_model(path: str) -> Tuple[torch.nn.Module, Preprocess]:
-    from .models import build_model
+    from .models import load_weights
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    saved = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(saved, dict) or 'arch' not in saved or 'model' not in saved:
-        raise ValueError(f"{path} is not a trainer export (final_weights.pt); use "
-                         f"torchvision:<arch>:{path} for plain state dicts")
-    arch = dict(saved['arch'])
-    model = build_model(arch.pop('arch'), saved['num_classes'], **arch)
-    model.load_state_dict(saved['model'])
+    model, preprocess, _ = load_weights(path)
     return model, Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                for k, v in saved['preprocess'].items()})
+                                for k, v in preprocess.items()})
 
 
 def load_member(spec: str) -> Tuple[torch.nn.Module, Preprocess]:

@@ -30,7 +30,8 @@ from fastargs import Param, Section
 from fastargs.validation import And, InRange, OneOf
 
 from .config import Flag
-from .models import ARCHS, build_model, export_state_dict, unwrap
+from .files import atomic_write
+from .models import ARCHS, build_model, save_weights, unwrap
 from .schedules import LR_SCHEDULES, ema_decay, lr_factor, resolution
 from .soft_labels import dense_cross_entropy
 
@@ -170,18 +171,11 @@ class TrainingError(RuntimeError):
 
 
 def _atomic_save(obj, path: Path) -> None:
-    partial = path.with_name(f'.{path.name}.partial-{os.getpid()}')
-    with open(partial, 'wb') as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    partial = path.with_name(f'.{path.name}.partial-{os.getpid()}')
-    partial.write_text(text)
-    os.replace(partial, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class Trainer:
@@ -617,17 +611,16 @@ class Trainer:
         return state['passes_done']
 
     def export(self) -> Path:
-        """Plain weights with what a teacher or a user needs to rebuild the model."""
+        """Plain weights (averaged, if averaging) with what a teacher or a user needs to
+        rebuild and feed the model (models.save_weights)."""
         path = self.folder / 'final_weights.pt'
-        model = self.ema if self.ema is not None else self.model
         v = self.o['validation']
-        _atomic_save({'model': export_state_dict(model), 'arch': self.model_options(),
-                      'num_classes': self.num_classes, 'classes': self.classes,
-                      'preprocess': {'input_size': self.resolution_at(self.passes - 1),
-                                     'interpolation': 'area', 'mean': list(IMAGENET_MEAN),
-                                     'std': list(IMAGENET_STD)},
-                      'validation': {'resolution': v['resolution'], 'ratio': v['ratio']}},
-                     path)
+        save_weights(path, self.ema if self.ema is not None else self.model,
+                     self.model_options(), self.classes,
+                     {'input_size': self.resolution_at(self.passes - 1),
+                      'interpolation': 'area', 'mean': list(IMAGENET_MEAN),
+                      'std': list(IMAGENET_STD)},
+                     validation={'resolution': v['resolution'], 'ratio': v['ratio']})
         return path
 
     def log(self, line: dict) -> None:
@@ -717,14 +710,14 @@ class Trainer:
         if classes != state['classes']:
             raise TrainingError(f"{path} was trained on {len(state['classes'])} classes; "
                                 f"{data['val_dataset']} has {len(classes)} (or other names)")
-        exported = 'arch' in state
-        arch = dict(state['arch'] if exported else state['model_options'])
-        if exported:
-            arch['blurpool'] = False  # exports carry the plain architecture's names
         self.num_classes, self.classes = len(classes), classes
-        self.model = build_model(num_classes=self.num_classes, **arch).to(
-            self.device, memory_format=torch.channels_last)
-        self.model.load_state_dict(state['ema'] if state.get('ema') else state['model'])
+        if 'arch' in state:  # final_weights.pt
+            from .models import load_weights
+            self.model = load_weights(path)[0]
+        else:
+            self.model = build_model(num_classes=self.num_classes, **state['model_options'])
+            self.model.load_state_dict(state['ema'] if state.get('ema') else state['model'])
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.ema = None
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
                                       v['ratio'], data['num_workers'], str(self.device),
