@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from queue import Full
 
 import ffcv.loader
@@ -12,6 +13,25 @@ from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import OrderOption
 from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
+
+
+def _drop_numba_finalizer_noise(unraisable, previous=sys.unraisablehook):
+    """When a compiled FFCV pipeline is garbage-collected, numba's dispatcher finalizer raises
+    KeyError and Python prints 'Exception ignored' tracebacks (harmless: the memory is freed
+    anyway). A process that builds several loaders (trainer runs, benchmarks, tests) would
+    print one per collected pipeline; drop exactly those, pass everything else on."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if (isinstance(unraisable.exc_value, KeyError) and tb is not None
+            and tb.tb_frame.f_code.co_name == 'finalizer'
+            and tb.tb_frame.f_code.co_filename.endswith(os.path.join('numba', 'core',
+                                                                     'dispatcher.py'))):
+        return
+    previous(unraisable)
+
+
+sys.unraisablehook = _drop_numba_finalizer_noise
 
 
 class LoaderError(RuntimeError):
