@@ -92,6 +92,14 @@ from .beton import Beton
 from .fields import IMAGE_FIELD, LABEL_FIELD
 
 
+def _to_device(device) -> list:
+    """FFCV's ToDevice for CUDA (copies on the loader's own stream from pinned buffers, in step
+    with FFCV's buffer reuse), nothing for the CPU."""
+    from ffcv.transforms import ToDevice
+    device = torch.device(device)
+    return [ToDevice(device, non_blocking=True)] if device.type == 'cuda' else []
+
+
 def only(path, pipelines: dict) -> dict:
     """`pipelines`, plus None for every other field of the beton (FFCV would decode those with
     their default pipelines)."""
@@ -110,12 +118,8 @@ def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float
         num_workers = len(os.sched_getaffinity(0))
     device = torch.device(device)
     image_pipeline = [CenterCropRGBImageDecoder((resolution, resolution), ratio), ToTensor(),
-                      ToTorchImage(channels_last=True)]
-    label_pipeline = [IntDecoder(), ToTensor(), Squeeze()]
-    if device.type == 'cuda':
-        from ffcv.transforms import ToDevice
-        image_pipeline.append(ToDevice(device, non_blocking=True))
-        label_pipeline.append(ToDevice(device, non_blocking=True))
+                      *_to_device(device), ToTorchImage(channels_last=True)]
+    label_pipeline = [IntDecoder(), ToTensor(), Squeeze(), *_to_device(device)]
     pipelines = only(path, {IMAGE_FIELD: image_pipeline, LABEL_FIELD: label_pipeline})
     indices = np.arange(rank, len(Beton(path)), world_size) if world_size > 1 else None
     return Loader(str(path), batch_size=batch_size, num_workers=num_workers,
@@ -169,10 +173,13 @@ class FKDLoader(_PassLoader):
         self.num_crops, self.device = num_crops, torch.device(device)
         self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
         labels = RecordLabelDecoder(beton, num_crops, seed)
+        to_device = _to_device(self.device)
         pipelines = only(path, {
-            IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images, transforms=[ToTensor()]),
-            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze()],
-            'soft_labels': PipelineSpec(CLASSES_FIELD, decoder=labels, transforms=[ToTensor()]),
+            IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
+                                      transforms=[ToTensor(), *to_device]),
+            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze(), *to_device],
+            'soft_labels': PipelineSpec(CLASSES_FIELD, decoder=labels,
+                                        transforms=[ToTensor(), *to_device]),
         })
         super().__init__(Loader(str(path), batch_size=batch_size // num_crops,
                                 num_workers=num_workers, order=order, seed=seed,
@@ -184,32 +191,35 @@ class FKDLoader(_PassLoader):
 
     def __iter__(self):
         from .soft_labels import FLAG_P1_STORED, decode_probs
-        k, move = self.num_crops, dict(device=self.device, non_blocking=True)
-        for images, hard, stored in self._next_pass():
+        k = self.num_crops
+        for images, hard, stored in self._next_pass():  # on the device already (ToDevice)
             b, _, s = images.shape[:3]
-            images = images.reshape(b * k, s, s, 3).permute(0, 3, 1, 2).to(**move)
-            stored = stored.reshape(b * k, -1).to(**move)
+            images = images.reshape(b * k, s, s, 3).permute(0, 3, 1, 2)
+            stored = stored.reshape(b * k, -1)
             top = (stored.shape[1] - 1) // 2
             codes = stored[:, top:2 * top].to(torch.uint8)
             probs = decode_probs(codes, (stored[:, -1] & FLAG_P1_STORED) != 0)
-            yield (images, stored[:, :top].long(), probs,
-                   hard.to(**move).long().repeat_interleave(k))
+            yield images, stored[:, :top].long(), probs, hard.long().repeat_interleave(k)
 
 
 class PlainLoader(_PassLoader):
     """Hard-label training batches: a seeded RandomResizedCrop and flip per image and pass,
-    (images uint8 (B, 3, S, S) channels-last, labels int64 (B,)); reproducible from `seed`."""
+    (images uint8 (B, 3, S, S) channels-last, labels int64 (B,)) on `device`; reproducible
+    from `seed`."""
 
     def __init__(self, path, batch_size: int, resolution: int = 224, seed: int = 0,
                  num_workers: int = -1, order=OrderOption.RANDOM, distributed: bool = False,
-                 drop_last: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+                 drop_last: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 device='cpu'):
         from ffcv.pipeline import PipelineSpec
         from .decoders import SeededRandomResizedCropDecoder
         self.images = SeededRandomResizedCropDecoder(resolution, seed, scale, ratio)
+        to_device = _to_device(device)
         pipelines = only(path, {
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
-                                      transforms=[ToTensor(), ToTorchImage(channels_last=True)]),
-            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze()],
+                                      transforms=[ToTensor(), *to_device,
+                                                  ToTorchImage(channels_last=True)]),
+            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze(), *to_device],
         })
         super().__init__(Loader(str(path), batch_size=batch_size, num_workers=num_workers,
                                 order=order, seed=seed, distributed=distributed,

@@ -335,7 +335,8 @@ class Trainer:
         else:
             self.train_loader = PlainLoader(data['train_dataset'], t['batch_size'],
                                             scale=(data['crop_scale_min'],
-                                                   data['crop_scale_max']), **common)
+                                                   data['crop_scale_max']),
+                                            device=self.device, **common)
         self.steps_per_pass = len(self.train_loader)
         if self.steps_per_pass == 0:
             raise TrainingError(f"{data['train_dataset']} has fewer images "
@@ -414,7 +415,9 @@ class Trainer:
         rng = np.random.default_rng([t['seed'], self.rank, step])
         kind, alpha = alphas[rng.integers(len(alphas))]
         lam = float(rng.beta(alpha, alpha))
-        perm = torch.from_numpy(rng.permutation(images.shape[0])).to(images.device)
+        generator = torch.Generator(device=images.device)
+        generator.manual_seed(int(rng.integers(2 ** 62)))  # on the device: no copy, no sync
+        perm = torch.randperm(images.shape[0], generator=generator, device=images.device)
         if kind == 'mixup':
             return lam * images + (1 - lam) * images[perm], perm, lam
         h, w = images.shape[-2:]
@@ -454,8 +457,8 @@ class Trainer:
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group['lr'] = lr
-        images255 = batch[0].to(self.device, non_blocking=True).float()
-        hard = batch[-1].to(self.device, non_blocking=True)
+        images255 = batch[0].float()  # the loaders deliver on self.device
+        hard = batch[-1]
         images255, perm, lam = self.mix(images255, step)
         with torch.autocast(**self.autocast):
             logits = self.train_model(self.normalise(images255))
@@ -466,11 +469,11 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.update_ema()
-        n = hard.shape[0]
-        loss = loss.detach().float()
-        totals += torch.stack([loss * n, (logits.detach().argmax(-1) == hard).sum().float(),
-                               torch.tensor(float(n), device=self.device),
-                               (~torch.isfinite(loss)).float()])
+        n, loss = hard.shape[0], loss.detach().float()
+        totals[0] += loss * n  # device-side sums: no host synchronisation in the step
+        totals[1] += (logits.detach().argmax(-1) == hard).sum()
+        totals[2] += n
+        totals[3] += (~torch.isfinite(loss)).float()
         return lr
 
     @torch.no_grad()
@@ -557,10 +560,10 @@ class Trainer:
                 if tta:
                     logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            totals += torch.stack([F.cross_entropy(logits, labels, reduction='sum'),
-                                   (top5[:, 0] == labels).sum().float(),
-                                   (top5 == labels[:, None]).any(1).sum().float(),
-                                   torch.tensor(float(labels.shape[0]), device=self.device)])
+            totals[0] += F.cross_entropy(logits, labels, reduction='sum')
+            totals[1] += (top5[:, 0] == labels).sum()
+            totals[2] += (top5 == labels[:, None]).any(1).sum()
+            totals[3] += labels.shape[0]
         if self.world_size > 1:
             dist.all_reduce(totals)
         loss_sum, top1, top5, n = totals.tolist()
