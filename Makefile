@@ -27,6 +27,7 @@ bench: setup
 	$(PY) benchmarks/labeling.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/loss.py
+	$(PY) benchmarks/timing_table.py
 
 clean:
 	rm -rf build $(DATA) .pytest_cache
