@@ -690,6 +690,7 @@ class Trainer:
                 'epochs': self.o['training']['epochs'], 'num_crops': self.num_crops,
                 'top1': last.get('top1'), 'top5': last.get('top5'),
                 'train_seconds': train_seconds, 'crops_per_s': crops / train_seconds,
+                'wall_seconds': time.perf_counter() - self.started,
                 'data_wait': sum(l['data_wait'] * l['seconds'] for l in self.history)
                 / train_seconds,
                 'device': str(self.device), 'precision': self.precision,
