@@ -1,14 +1,19 @@
 """Training time per epoch: plain training, online KD and FKD with K = 1, 2, 4, 8, through the
 trainer (fkd_ffcv.training.Trainer), on one data set in one run; FKD's speed table, here.
 
-    python benchmarks/timing_table.py [--images 5000] [--out docs/tables/timing_cpu.md]
+    python benchmarks/timing_table.py [--preset cpu|gpu] [--images N] [--out docs/tables/x.md]
 
-Default (CPU): the Fashion-MNIST subset at 32 px, student small_resnet width 16 depth 1,
-teacher small_resnet width 32 depth 3 (about 14x the student's parameters; random weights:
-speed does not depend on them), 256 crops per step, fp32 (this CPU has no bf16). Each row
-trains two passes and reports the second (the first includes numba's and torch's warm-up):
-seconds per epoch, crops/s and the share of time spent waiting for data. The crop records are
-written once (8 per image) by the same teacher; that one-off cost is reported separately.
+Presets:
+- cpu (default): the Fashion-MNIST subset at 32 px, student small_resnet width 16 depth 1,
+  teacher small_resnet width 32 depth 3 (about 14x the student's parameters; random weights:
+  speed does not depend on them), 256 crops per step, fp32 (this CPU has no bf16).
+- gpu: ImageNet-shaped data made on the spot (photo-like JPEGs of about 500 x 375 px, 1000
+  classes; the lent GPU machine has no data sets), student ResNet-50 with BlurPool at 176 px
+  (the middle of ffcv-imagenet's 160-192 ramp), bf16, channels-last, 512 crops per step;
+  crop records labelled by a random ResNet-50, online-KD teacher a random ResNet-101.
+Each row trains two passes and reports the second (the first includes numba's and torch's
+warm-up): seconds per epoch, crops/s and the share of time spent waiting for data. The crop
+records are written once (8 per image); that one-off cost is reported separately.
 """
 import argparse
 import json
@@ -32,50 +37,94 @@ from fkd_ffcv.teachers import Teacher  # noqa: E402
 from fkd_ffcv.training import IMAGENET_MEAN, IMAGENET_STD, Trainer, options  # noqa: E402
 from fkd_ffcv.writer import write_beton  # noqa: E402
 
-STUDENT = {'model.arch': 'small_resnet', 'model.width': 16, 'model.depth': 1,
-           'model.blurpool': False}
-TEACHER = dict(arch='small_resnet', width=32, depth=3)
-SIDE = 32
+PRESETS = {
+    'cpu': dict(data='fashion-mnist', images=5000, val=1000, side=32, val_ratio=1.0,
+                batch=256, write_mode='raw',
+                student={'model.arch': 'small_resnet', 'model.width': 16, 'model.depth': 1,
+                         'model.blurpool': False},
+                describe='Fashion-MNIST images at 32 px, student small_resnet (width 16, '
+                         'depth 1), online-KD teacher small_resnet (width 32, depth 3)'),
+    'gpu': dict(data='synthetic', images=20000, val=1000, side=176, val_ratio=224 / 256,
+                batch=512, write_mode='jpg',
+                student={'model.arch': 'resnet50', 'model.blurpool': True},
+                label_teacher='torchvision:resnet50', online_teacher='torchvision:resnet101',
+                describe='synthetic photo-like images (about 500 x 375 px, JPEG 90, 1000 '
+                         'classes) at 176 px, student ResNet-50 with BlurPool, online-KD '
+                         'teacher ResNet-101 (random weights)'),
+}
+SMALL_TEACHER = dict(arch='small_resnet', width=32, depth=3)
 
 
-def prepare(work: Path, images: int, records: int):
-    """Betons (train subset with crop records, val) and the teacher file; reused if present."""
+class SyntheticPhotos:
+    """Photo-like images (smooth colour fields with texture) of ImageNet's typical size,
+    drawn from the sample index; a source for write_beton."""
+    classes = [f'class{c:04d}' for c in range(1000)]
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        import numpy as np
+        rng = np.random.default_rng([self.seed, i])
+        h, w = (375, 500) if rng.random() < 0.7 else (500, 375)
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        planes = [127 + 90 * np.sin(rng.uniform(0.005, 0.05) * y + rng.uniform(0.005, 0.05) * x
+                                    + rng.uniform(0, 6.3)) for _ in range(3)]
+        pixels = np.stack(planes, axis=2) + rng.normal(0, 12, (h, w, 1))
+        path = np.frombuffer(f'synthetic/{i}.jpg'.encode(), dtype=np.uint8)
+        return np.clip(pixels, 0, 255).astype(np.uint8), i % 1000, path
+
+
+def prepare(work: Path, preset: dict, images: int, records: int):
+    """Betons (train with crop records, val) and the teacher specs; reused if present."""
     work.mkdir(parents=True, exist_ok=True)
     betons = {}
-    for split, n in (('train', images), ('val', 1000)):
+    for split, n in (('train', images), ('val', preset['val'])):
         path = work / f'{split}.beton'
         if not path.exists():
-            source = FashionMNISTSource(split, SIDE, subset=n)
-            write_beton(path, image_fields('raw'), source,
-                        manifest={'classes': source.classes}, progress=False)
+            source = (FashionMNISTSource(split, 32, subset=n) if preset['data'] == 'fashion-mnist'
+                      else SyntheticPhotos(n, seed=0 if split == 'train' else 1))
+            write_beton(path, image_fields(preset['write_mode'], max_resolution=500), source,
+                        manifest={'classes': list(source.classes)}, progress=True)
         betons[split] = path
-    teacher_file = work / 'teacher.pt'
-    if not teacher_file.exists():
-        torch.manual_seed(0)
-        save_weights(teacher_file, build_model(num_classes=10, **TEACHER), TEACHER,
-                     FashionMNISTSource.classes,
-                     {'input_size': SIDE, 'interpolation': 'area', 'mean': list(IMAGENET_MEAN),
-                      'std': list(IMAGENET_STD)})
+    if 'label_teacher' in preset:
+        label_spec, online_spec = preset['label_teacher'], preset['online_teacher']
+    else:
+        teacher_file = work / 'teacher.pt'
+        if not teacher_file.exists():
+            torch.manual_seed(0)
+            save_weights(teacher_file, build_model(num_classes=10, **SMALL_TEACHER),
+                         SMALL_TEACHER, FashionMNISTSource.classes,
+                         {'input_size': 32, 'interpolation': 'area',
+                          'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)})
+        label_spec = online_spec = f'checkpoint:{teacher_file}'
     labelled, label_seconds = work / 'train_fkd.beton', None
     if not labelled.exists():
         started = time.perf_counter()
-        label_beton(betons['train'], labelled, Teacher(f'checkpoint:{teacher_file}'),
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        label_beton(betons['train'], labelled, Teacher(label_spec, device=device),
                     LabelingSettings(num_records=records, label_type='marginal_smoothing_k5'),
                     work / 'labelling', progress=True)
         label_seconds = time.perf_counter() - started
-    return betons, labelled, teacher_file, label_seconds
+    return betons, labelled, online_spec, label_seconds
 
 
-def timed_run(name, work, train, val, overrides, batch):
+def timed_run(name, work, train, val, overrides, preset):
     """Two passes; returns the second pass's seconds per epoch, crops/s, data wait."""
     folder = work / 'runs' / name
     shutil.rmtree(folder, ignore_errors=True)
     k = overrides.get('fkd.num_crops', 1) if overrides['training.mode'] == 'fkd' else 1
-    opts = options({**STUDENT, 'data.train_dataset': str(train), 'data.val_dataset': str(val),
-                    'training.epochs': 2 * k, 'training.batch_size': batch,
-                    'training.precision': 'auto', 'lr.lr': 0.2,
-                    'resolution.min_res': SIDE, 'resolution.max_res': SIDE,
-                    'validation.resolution': SIDE, 'validation.ratio': 1.0,
+    side = preset['side']
+    opts = options({**preset['student'], 'data.train_dataset': str(train),
+                    'data.val_dataset': str(val), 'training.epochs': 2 * k,
+                    'training.batch_size': preset['batch'], 'training.precision': 'auto',
+                    'lr.lr': 0.2, 'lr.peak_epoch': 1.0, 'resolution.min_res': side,
+                    'resolution.max_res': side,
+                    'resolution.round_to': 16, 'validation.resolution': side,
+                    'validation.ratio': preset['val_ratio'],
                     'logging.folder': str(folder), 'logging.progress': False, **overrides})
     trainer = Trainer(opts)
     trainer.run()
@@ -85,39 +134,44 @@ def timed_run(name, work, train, val, overrides, batch):
     wait = sum(line['data_wait'] * line['seconds'] for line in second)
     return {'name': name, 'k': k, 'seconds_per_epoch': seconds / len(second),
             'crops_per_s': crops / seconds, 'data_wait': wait / seconds,
-            'precision': trainer.precision}
+            'precision': trainer.precision, 'device': str(trainer.device)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--images', type=int, default=5000)
-    parser.add_argument('--batch', type=int, default=256)
-    parser.add_argument('--work', default=str(REPO / 'build' / 'timing'))
+    parser.add_argument('--preset', choices=sorted(PRESETS), default='cpu')
+    parser.add_argument('--images', type=int, default=0, help='training images (0: preset)')
+    parser.add_argument('--batch', type=int, default=0, help='crops per step (0: preset)')
+    parser.add_argument('--side', type=int, default=0, help='crop side (0: preset)')
+    parser.add_argument('--work', default='', help='default build/timing-<preset>')
     parser.add_argument('--out', default='', help='also write the markdown table here')
     args = parser.parse_args()
-    work = Path(args.work)
-    betons, labelled, teacher_file, label_seconds = prepare(work, args.images, 8)
-    rows = [timed_run('plain', work, betons['train'], betons['val'],
-                      {'training.mode': 'plain'}, args.batch),
-            timed_run('online KD', work, betons['train'], betons['val'],
-                      {'training.mode': 'online_kd',
-                       'fkd.teacher': f'checkpoint:{teacher_file}'}, args.batch)]
+    preset = dict(PRESETS[args.preset])
+    preset.update({k: v for k, v in (('images', args.images), ('batch', args.batch),
+                                     ('side', args.side)) if v})
+    work = Path(args.work or REPO / 'build' / f'timing-{args.preset}')
+    betons, labelled, online_spec, label_seconds = prepare(work, preset, preset['images'], 8)
+    run = lambda name, train, overrides: timed_run(name, work, train, betons['val'],
+                                                   overrides, preset)
+    rows = [run('plain', betons['train'], {'training.mode': 'plain'}),
+            run('online KD', betons['train'], {'training.mode': 'online_kd',
+                                               'fkd.teacher': online_spec})]
     for k in (1, 2, 4, 8):
-        rows.append(timed_run(f'FKD, K={k}', work, labelled, betons['val'],
-                              {'training.mode': 'fkd', 'fkd.num_crops': k}, args.batch))
+        rows.append(run(f'FKD, K={k}', labelled, {'training.mode': 'fkd', 'fkd.num_crops': k}))
     plain = rows[0]['seconds_per_epoch']
-    cpu = platform.processor() or platform.machine()
+    hardware = f"{len(os.sched_getaffinity(0))} cores"
     try:
         cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
                    if line.startswith('model name'))
+        hardware = f"{cpu}, {hardware}"
     except (OSError, StopIteration):
         pass
-    lines = [f"{args.images} Fashion-MNIST images at {SIDE} px, student small_resnet (width 16, "
-             f"depth 1), online-KD teacher small_resnet (width 32, depth 3), {args.batch} crops "
-             f"per step, {rows[0]['precision']}; second of two passes. "
-             f"{cpu}, {len(os.sched_getaffinity(0))} cores; Python "
-             f"{platform.python_version()}, torch {torch.__version__}, ffcv {version('ffcv')}, "
-             f"numba {version('numba')}; {time.strftime('%Y-%m-%d')}.",
+    if torch.cuda.is_available():
+        hardware = f"{torch.cuda.get_device_name()}; {hardware}"
+    lines = [f"{preset['images']} {preset['describe']}; {preset['batch']} crops per step, "
+             f"{rows[0]['precision']}, {rows[0]['device']}; second of two passes. {hardware}; "
+             f"Python {platform.python_version()}, torch {torch.__version__}, ffcv "
+             f"{version('ffcv')}, numba {version('numba')}; {time.strftime('%Y-%m-%d')}.",
              '', '| training | s / epoch | vs plain | crops/s | waiting for data |',
              '|---|---|---|---|---|']
     for r in rows:

@@ -220,9 +220,9 @@ def save_weights(path, model: nn.Module, arch: dict, classes, preprocess: dict,
     """Write plain weights with their architecture options (build_model's keywords, 'arch'
     included), class names and input preprocessing (input_size, interpolation, mean, std),
     atomically. Under 'model' is a plain state dict, so tools that only know torchvision
-    (`torch.load(f)['model']`) read it too."""
+    (`torch.load(f)['model']`) read it too; a model trained with BlurPool computes the same
+    function only with the filters put back (`add_blurpool`, as `load_weights` does)."""
     from .files import atomic_write
-    arch = {**arch, 'blurpool': False}  # export_state_dict removed the wrappers
     saved = {'model': export_state_dict(model), 'arch': arch, 'num_classes': len(classes),
              'classes': list(classes), 'preprocess': preprocess, **extra}
     atomic_write(path, lambda f: torch.save(saved, f))
@@ -236,6 +236,8 @@ def load_weights(path) -> tuple:
                          f"final_weights.pt); for a plain state dict use "
                          f"torchvision:<arch>:{path}")
     arch = dict(saved['arch'])
+    blurpool = arch.pop('blurpool', False)  # the weights carry plain names: wrap after loading
     model = build_model(arch.pop('arch'), saved['num_classes'], **arch)
     model.load_state_dict(saved['model'])
-    return model.eval(), saved['preprocess'], saved['classes']
+    return (add_blurpool(model) if blurpool else model).eval(), saved['preprocess'], \
+        saved['classes']

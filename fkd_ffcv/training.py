@@ -251,6 +251,13 @@ class Trainer:
         if wanted and wanted != self.num_classes:
             raise TrainingError(f"--model.num_classes={wanted} but {data['train_dataset']} "
                                 f"has {self.num_classes} classes")
+        lr = self.o['lr']
+        if lr['schedule'] == 'cyclic' and lr['peak_epoch'] >= training['epochs']:
+            raise TrainingError(f"--lr.peak_epoch={lr['peak_epoch']} must come before the end "
+                                f"of the run (--training.epochs={training['epochs']})")
+        if lr['schedule'] != 'cyclic' and lr['warmup_epochs'] >= training['epochs']:
+            raise TrainingError(f"--lr.warmup_epochs={lr['warmup_epochs']} must end before "
+                                f"--training.epochs={training['epochs']}")
         self.label_spec = None
         if training['mode'] == 'fkd':
             if CLASSES_FIELD not in self.train_beton.fields:
@@ -322,9 +329,19 @@ class Trainer:
             raise TrainingError(f"--training.batch_size={t['batch_size']} counts crops and "
                                 f"must be a multiple of --fkd.num_crops={self.num_crops}")
         self.passes = t['epochs'] // self.num_crops
-        common = dict(resolution=self.resolution_at(0), seed=t['seed'],
-                      num_workers=data['num_workers'], distributed=self.world_size > 1)
+        r = self.o['resolution']
+        for key in ('min_res', 'max_res'):
+            if r[key] % r['round_to']:
+                raise TrainingError(f"--resolution.{key}={r[key]} is not a multiple of "
+                                    f"--resolution.round_to={r['round_to']}")
+        workers = data['num_workers'] if data['num_workers'] > 0 else self.threads
+        common = dict(resolution=self.resolution_at(0), seed=t['seed'], num_workers=workers,
+                      distributed=self.world_size > 1)
         if t['mode'] == 'fkd':
+            if self.num_crops > self.num_records:
+                raise TrainingError(f"--fkd.num_crops={self.num_crops} is more than the "
+                                    f"{self.num_records} crop records per image of "
+                                    f"{data['train_dataset']}: a pass would repeat crops")
             self.train_loader = FKDLoader(data['train_dataset'], t['batch_size'],
                                           self.num_crops, device=self.device, **common)
             used = self.passes * self.num_crops
@@ -338,13 +355,15 @@ class Trainer:
                                                    data['crop_scale_max']),
                                             device=self.device, **common)
         self.steps_per_pass = len(self.train_loader)
-        if self.steps_per_pass == 0:
-            raise TrainingError(f"{data['train_dataset']} has fewer images "
-                                f"({len(self.train_beton)}) than a batch of "
-                                f"{t['batch_size'] // self.num_crops} images per process")
+        if self.steps_per_pass < self.num_crops:
+            raise TrainingError(f"{data['train_dataset']}: a pass of its {len(self.train_beton)} "
+                                f"images gives {self.steps_per_pass} step(s) of "
+                                f"{t['batch_size'] // self.num_crops} images per process, "
+                                f"fewer than the {self.num_crops} epochs it must hold; lower "
+                                f"--training.batch_size")
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
-                                      v['ratio'], data['num_workers'], str(self.device),
-                                      self.rank, self.world_size)
+                                      v['ratio'], workers, str(self.device), self.rank,
+                                      self.world_size)
 
     def create_teacher(self):
         self.teacher = None
@@ -355,7 +374,8 @@ class Trainer:
         if not spec:
             raise TrainingError("online_kd mode needs --fkd.teacher")
         try:
-            self.teacher = Teacher(spec, device=self.device, cpu_threads=self.threads)
+            self.teacher = Teacher(spec, device=self.device, cpu_threads=self.threads,
+                                   temperature=self.o['fkd']['temperature'])
         except (ValueError, FileNotFoundError) as e:
             raise TrainingError(f"--fkd.teacher: {e}") from None
         if self.teacher.num_classes != self.num_classes:
@@ -481,7 +501,10 @@ class Trainer:
         ema_params = list(self.ema.parameters())
         torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1 - self.ema_decay)
         for mine, theirs in zip(self.ema.buffers(), self.model.buffers()):
-            mine.copy_(theirs)
+            if mine.is_floating_point():  # BatchNorm statistics are averaged too
+                mine.lerp_(theirs, 1 - self.ema_decay)
+            else:
+                mine.copy_(theirs)
 
     # ---------------------------------------------------------------------------- loops
 
@@ -512,8 +535,7 @@ class Trainer:
             bar.update(1)
             if i in bounds:
                 epoch = p * k + bounds.index(i) + 1
-                line = self.epoch_line(epoch, totals, lr, time.perf_counter() - epoch_start,
-                                       wait, side)
+                line = self.epoch_line(epoch, totals, lr, epoch_start, wait, side)
                 bar.set_postfix(loss=f"{line['loss']:.3f}", crops_s=f"{line['crops_per_s']:,.0f}")
                 if epoch % k or not self.evaluate_now(p):
                     self.log(line)
@@ -523,17 +545,33 @@ class Trainer:
                 epoch_start, wait = time.perf_counter(), 0.0
         bar.close()
 
-    def epoch_line(self, epoch, totals, lr, seconds, wait, side) -> dict:
+    def epoch_line(self, epoch, totals, lr, epoch_start, wait, side) -> dict:
+        """The epoch's log line; reading the device-side sums waits for the queued steps, so
+        the epoch's time is taken after it."""
         if self.world_size > 1:
             dist.all_reduce(totals)
         loss_sum, correct, n, bad = totals.tolist()
+        seconds = time.perf_counter() - epoch_start
         if bad:
             raise TrainingError(f"the loss became NaN or infinite in epoch {epoch}; the last "
                                 f"good checkpoint is {self.folder / 'checkpoint.pt'} (lower "
                                 f"--lr.lr, or try --training.precision=fp32)")
         return {'epoch': epoch, 'loss': loss_sum / n, 'train_top1': correct / n, 'lr': lr,
-                'resolution': side, 'seconds': seconds, 'crops_per_s': n / seconds,
+                'resolution': side, 'crops': int(n), 'seconds': seconds,
+                'crops_per_s': n / seconds,
                 'data_wait': wait / seconds}
+
+    @torch.no_grad()
+    def sync_buffers(self) -> None:
+        """Average BatchNorm statistics over the ranks: each rank updated them on its own
+        batches, so without this the ranks would validate and save different models."""
+        if self.world_size == 1:
+            return
+        for model in (self.model, self.ema):
+            for buffer in ([] if model is None else model.buffers()):
+                if buffer.is_floating_point():
+                    dist.all_reduce(buffer)
+                    buffer /= self.world_size
 
     def evaluate_now(self, p: int) -> bool:
         every = self.o['validation']['every_passes']
@@ -574,6 +612,7 @@ class Trainer:
 
     def checkpoint_state(self, passes_done: int) -> dict:
         return {'format': CHECKPOINT_FORMAT, 'passes_done': passes_done,
+                'world_size': self.world_size,
                 'model': self.model.state_dict(),
                 'ema': None if self.ema is None else self.ema.state_dict(),
                 'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict(),
@@ -598,6 +637,11 @@ class Trainer:
         if changed:
             raise TrainingError(f"--resume: options differ from the checkpointed run's: "
                                 f"{', '.join(changed)} (resume with the same options)")
+        if state.get('world_size', 1) != self.world_size:
+            raise TrainingError(f"--resume: {path} was written by a run of "
+                                f"{state.get('world_size', 1)} process(es), this one has "
+                                f"{self.world_size}; batch sizes are per process, so the run "
+                                f"would change (resume with the same process count)")
         return state
 
     def restore(self, state: dict) -> int:
@@ -671,6 +715,7 @@ class Trainer:
         self.train_loader.start_at(start)
         for p in range(start, self.passes):
             self.train_pass(p)
+            self.sync_buffers()
             if self.pending is not None:
                 self.pending.update(self.evaluate())
                 self.log(self.pending)
@@ -718,6 +763,13 @@ class Trainer:
         if 'arch' in state:  # final_weights.pt
             from .models import load_weights
             self.model = load_weights(path)[0]
+            stored = state.get('validation', {})
+            if stored and (stored['resolution'], stored['ratio']) != (v['resolution'],
+                                                                       v['ratio']):
+                print(f"note: {path} was validated at {stored['resolution']} px, ratio "
+                      f"{stored['ratio']:.3f}; evaluating at --validation.resolution="
+                      f"{v['resolution']}, --validation.ratio={v['ratio']:.3f}",
+                      file=sys.stderr)
         else:
             self.model = build_model(num_classes=self.num_classes, **state['model_options'])
             self.model.load_state_dict(state['ema'] if state.get('ema') else state['model'])

@@ -56,6 +56,25 @@ def test_blurpool_wraps_strided_convolutions_and_exports_plain_names():
     assert torch.equal(exported['layer2.0.conv1.weight'], model.layer2[0].conv1.conv.weight)
 
 
+def test_saved_weights_rebuild_the_same_function(tmp_path):
+    from fkd_ffcv.models import load_weights, save_weights
+    torch.manual_seed(0)
+    model = build_model('small_resnet', 4, width=16, depth=1, blurpool=True).eval()
+    with torch.no_grad():  # BatchNorm statistics other than the defaults
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    arch = dict(arch='small_resnet', width=16, depth=1, blurpool=True)
+    save_weights(tmp_path / 'w.pt', model, arch, ['a', 'b', 'c', 'd'], {'input_size': 32})
+    loaded, preprocess, classes = load_weights(tmp_path / 'w.pt')
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    assert classes == ['a', 'b', 'c', 'd'] and preprocess == {'input_size': 32}
+    plain = torch.load(tmp_path / 'w.pt', weights_only=True)['model']
+    assert not any('.conv.conv' in k or k.endswith('blur') for k in plain)
+
+
 def test_export_strips_compile_and_ddp_wrappers():
     model = build_model('small_resnet', 4, width=4, depth=1)
     wrapper = nn.Module()
