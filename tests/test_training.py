@@ -158,6 +158,7 @@ def test_two_process_gloo_ddp_run(labelled, tmp_path):
          '--data.num_workers=1', '--model.arch=small_resnet', '--model.width=8',
          '--model.depth=1', '--model.blurpool=false', '--training.mode=fkd',
          '--fkd.num_crops=2', '--training.epochs=2', '--training.batch_size=64',
+         '--lr.peak_epoch=0.5',
          '--training.precision=fp32', '--validation.resolution=32', '--validation.ratio=1',
          '--resolution.min_res=32', '--resolution.max_res=32', '--logging.progress=false',
          f'--logging.folder={folder}'],
