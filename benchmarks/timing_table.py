@@ -11,6 +11,10 @@ Presets:
   classes; the lent GPU machine has no data sets), student ResNet-50 with BlurPool at 176 px
   (the middle of ffcv-imagenet's 160-192 ramp), bf16, channels-last, 512 crops per step;
   crop records labelled by a random ResNet-50, online-KD teacher a random ResNet-101.
+The last row feeds the same trainer step from FKD's own data path (as in train_FKD.py, written
+again here): a torch DataLoader whose worker processes open each image's JPEG file with PIL,
+torch.load its soft-label file and cut K = 4 of its recorded crops with torchvision
+(resized_crop, bilinear, flip); the files are exported from the labelled beton.
 Each row trains two passes and reports the second (the first includes numba's and torch's
 warm-up): seconds per epoch, crops/s and the share of time spent waiting for data. The crop
 records are written once (8 per image); that one-off cost is reported separately.
@@ -112,7 +116,98 @@ def prepare(work: Path, preset: dict, images: int, records: int):
     return betons, labelled, online_spec, label_seconds
 
 
-def timed_run(name, work, train, val, overrides, preset):
+class OriginalFKDPath:
+    """FKD's data path with FKDLoader's interface (what the trainer iterates): batches of B
+    images x K recorded crops, their top-k soft labels and hard labels."""
+
+    def __init__(self, files, label_files, labels, k, batch_images, side, workers):
+        self.data = _OriginalFKDData(files, label_files, labels, k, side)
+        self.loader = torch.utils.data.DataLoader(
+            self.data, batch_size=batch_images, shuffle=True, drop_last=True,
+            num_workers=workers)  # workers start anew each pass, as in train_FKD.py
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_resolution(self, side):
+        self.data.side = side  # read by the workers when the next pass starts them
+
+    def start_at(self, pass_index):
+        pass
+
+    def __iter__(self):
+        for crops, classes, probs, hard in self.loader:
+            b, k = crops.shape[:2]
+            yield (crops.flatten(0, 1).contiguous(memory_format=torch.channels_last),
+                   classes.flatten(0, 1), probs.flatten(0, 1), hard.repeat_interleave(k))
+
+
+class _OriginalFKDData(torch.utils.data.Dataset):
+    def __init__(self, files, label_files, labels, k, side):
+        self.files, self.label_files, self.labels = files, label_files, labels
+        self.k, self.side = k, side
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        import torchvision.transforms.functional as F
+        from PIL import Image
+        image = Image.open(self.files[i]).convert('RGB')
+        coords, flips, soft = torch.load(self.label_files[i], weights_only=True)
+        crops, picks = [], torch.randperm(len(coords))[:self.k]
+        for r in picks.tolist():
+            scale = torch.tensor([image.height, image.width] * 2)
+            top, left, height, width = (coords[r] * scale).tolist()
+            crop = F.resized_crop(image, int(top), int(left), max(1, int(height)),
+                                  max(1, int(width)), [self.side, self.side], antialias=True)
+            crops.append(F.pil_to_tensor(F.hflip(crop) if flips[r] else crop))
+        return (torch.stack(crops), soft[picks, 0].long(), soft[picks, 1].float(),
+                self.labels[i])
+
+
+def export_original_files(labelled: Path, folder: Path):
+    """The labelled beton as FKD keeps it: a JPEG per image and a `torch.save([coords, flips,
+    labels (N, 2, k)])` file per image."""
+    import cv2
+    import numpy as np
+    from fkd_ffcv.beton import Beton
+    from fkd_ffcv.crops import BOX_UNITS
+    from fkd_ffcv.fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, LABEL_FIELD
+    from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
+    beton = Beton(labelled)
+    folder.mkdir(parents=True, exist_ok=True)
+    files, label_files = [], []
+    for i in range(len(beton)):
+        files.append(folder / f'{i}.jpg')
+        label_files.append(folder / f'{i}.tar')
+        if label_files[-1].exists():
+            continue
+        cv2.imwrite(str(files[-1]), np.ascontiguousarray(beton.image(i)[..., ::-1]),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        flags = np.array(beton.array(FLAGS_FIELD, i))
+        probs = decode_probs(torch.from_numpy(np.array(beton.array(CODES_FIELD, i))),
+                             torch.from_numpy((flags & FLAG_P1_STORED) != 0))
+        classes = torch.from_numpy(np.array(beton.array(CLASSES_FIELD, i))).float()
+        coords = torch.from_numpy(np.array(beton.array(BOXES_FIELD, i)) / BOX_UNITS)
+        torch.save([coords, torch.from_numpy((flags & FLAG_FLIP) != 0),
+                    torch.stack([classes, probs], dim=1)], label_files[-1])
+    return files, label_files, [int(x) for x in beton.field_metadata(LABEL_FIELD)]
+
+
+class OriginalPathTrainer(Trainer):
+    """The trainer with its FKD loader swapped for FKD's own data path (same steps)."""
+    files = None
+
+    def create_loaders(self):
+        super().create_loaders()
+        files, label_files, labels = self.files
+        self.train_loader = OriginalFKDPath(files, label_files, labels, self.num_crops,
+                                            self.o['training']['batch_size'] // self.num_crops,
+                                            self.resolution_at(0), self.threads)
+
+
+def timed_run(name, work, train, val, overrides, preset, trainer_class=Trainer):
     """Two passes; returns the second pass's seconds per epoch, crops/s, data wait."""
     folder = work / 'runs' / name
     shutil.rmtree(folder, ignore_errors=True)
@@ -126,7 +221,7 @@ def timed_run(name, work, train, val, overrides, preset):
                     'resolution.round_to': 16, 'validation.resolution': side,
                     'validation.ratio': preset['val_ratio'],
                     'logging.folder': str(folder), 'logging.progress': False, **overrides})
-    trainer = Trainer(opts)
+    trainer = trainer_class(opts)
     trainer.run()
     second = trainer.history[k:]
     seconds = sum(line['seconds'] for line in second)
@@ -151,13 +246,16 @@ def main():
                                      ('side', args.side)) if v})
     work = Path(args.work or REPO / 'build' / f'timing-{args.preset}')
     betons, labelled, online_spec, label_seconds = prepare(work, preset, preset['images'], 8)
-    run = lambda name, train, overrides: timed_run(name, work, train, betons['val'],
-                                                   overrides, preset)
+    run = lambda name, train, overrides, cls=Trainer: timed_run(
+        name, work, train, betons['val'], overrides, preset, cls)
     rows = [run('plain', betons['train'], {'training.mode': 'plain'}),
             run('online KD', betons['train'], {'training.mode': 'online_kd',
                                                'fkd.teacher': online_spec})]
     for k in (1, 2, 4, 8):
         rows.append(run(f'FKD, K={k}', labelled, {'training.mode': 'fkd', 'fkd.num_crops': k}))
+    OriginalPathTrainer.files = export_original_files(labelled, work / 'original_files')
+    rows.append(run("FKD, K=4, FKD's original data path (PIL, label files, DataLoader)",
+                    labelled, {'training.mode': 'fkd', 'fkd.num_crops': 4}, OriginalPathTrainer))
     plain = rows[0]['seconds_per_epoch']
     hardware = f"{len(os.sched_getaffinity(0))} cores"
     try:
@@ -185,8 +283,24 @@ def main():
     print(text)
     (work / 'timing.json').write_text(json.dumps(rows, indent=1))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + '\n')
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + '\n')
+        plot(rows, out.with_suffix('.png'), lines[0].split(';')[0])
+
+
+def plot(rows, path: Path, title: str) -> None:
+    """Seconds per epoch as horizontal bars, plain at the top."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    names = [r['name'].replace(" (PIL, label files, DataLoader)", '') for r in rows][::-1]
+    ax.barh(names, [r['seconds_per_epoch'] for r in rows][::-1], color='tab:blue')
+    ax.set_xlabel('seconds per epoch (lower is better)')
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == '__main__':
