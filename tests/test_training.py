@@ -65,9 +65,11 @@ def labelled(fashion_betons, plain_run, tmp_path_factory):
 @pytest.fixture(scope='module')
 def fkd_options(labelled, tmp_path_factory):
     def make(folder, **overrides):
+        # mixing and weight averaging on, so that resume and eval-only cover their state
         return run_options(labelled, folder, **{'training__mode': 'fkd',
                                                  'training__epochs': 4, 'fkd__num_crops': 2,
-                                                 **overrides})
+                                                 'training__mixup_alpha': 0.2,
+                                                 'training__ema_epochs': 0.25, **overrides})
     return make
 
 
