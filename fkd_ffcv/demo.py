@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {  # images, epochs and records; 'full' fits `make demo` in minutes on two cores
     'full': dict(train=10_000, val=5_000, teacher_epochs=4, records=4, epochs=4),
-    'smoke': dict(train=1_000, val=500, teacher_epochs=1, records=2, epochs=2),
+    'smoke': dict(train=1_000, val=500, teacher_epochs=2, records=2, epochs=2),
 }
 STUDENTS = ('fkd', 'online_kd', 'plain')
 
@@ -172,4 +172,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    from .training import TrainingError
+    try:
+        raise SystemExit(main())
+    except TrainingError as e:
+        raise SystemExit(f"error: {e}") from None
