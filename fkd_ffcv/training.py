@@ -405,7 +405,7 @@ class Trainer:
 
     def resolution_at(self, pass_index: int) -> int:
         r = self.o['resolution']
-        return resolution(pass_index * self.num_crops if hasattr(self, 'num_crops') else 0,
+        return resolution(pass_index * self.num_crops,
                           min_res=r['min_res'], max_res=r['max_res'],
                           start_ramp=r['start_ramp'], end_ramp=r['end_ramp'],
                           round_to=r['round_to'])
