@@ -24,7 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {  # images, epochs and records; 'full' fits `make demo` in minutes on two cores
-    'full': dict(train=10_000, val=5_000, teacher_epochs=4, records=4, epochs=4),
+    'full': dict(train=10_000, val=5_000, teacher_epochs=6, records=4, epochs=4),
     'smoke': dict(train=1_000, val=500, teacher_epochs=2, records=2, epochs=2),
 }
 STUDENTS = ('fkd', 'online_kd', 'plain')
@@ -69,13 +69,17 @@ def train(name: str, opts: dict) -> dict:
 
 
 def label(train_beton: Path, teacher_file: Path, out: Path, records: int) -> Path:
+    """Label `records` crops per image with the plain recipe's crop scale, so the FKD student's
+    record r is the crop the plain student draws in pass r (same seed)."""
     from .labeling import LabelingSettings, label_beton
     from .teachers import Teacher
     labelled = out / 'fashion_mnist_train_fkd.beton'
     if labelled.exists():
         print(f"  reusing {labelled}")
         return labelled
+    data = recipe('plain', {})['data']
     settings = LabelingSettings(num_records=records, label_type='marginal_smoothing_k3',
+                                scale=(data['crop_scale_min'], data['crop_scale_max']),
                                 batch_size=512)
     started = time.perf_counter()
     label_beton(train_beton, labelled, Teacher(f'checkpoint:{teacher_file}'), settings,
