@@ -63,15 +63,40 @@ class RandomRecords:
                 rng.integers(0, 256, (self.n, 5)).astype(np.uint8))
 
 
-def crops_per_second(make_iter, crops_per_pass, repeats):
-    next(iter(make_iter()))  # compile / start workers
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_rates(paths, repeats):
+    """Median crops/s per path over `repeats` rounds of one full pass of every path, after one
+    warm-up pass each (compilation, worker start): interleaving makes a change in the machine's
+    load hit every path alike. `paths` maps a name to (make_iter, crops per pass)."""
+    for make_iter, _ in paths.values():
         for _ in make_iter():
             pass
-        rates.append(crops_per_pass / (time.perf_counter() - start))
-    return statistics.median(rates)
+    rates = {name: [] for name in paths}
+    for _ in range(repeats):
+        for name, (make_iter, crops) in paths.items():
+            start = time.perf_counter()
+            for _ in make_iter():
+                pass
+            rates[name].append(crops / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def ceiling_times(beton, repeats):
+    """Median over `repeats` rounds of the single-thread decode time per image (FFCV's
+    libjpeg-turbo call, every stored image) and of one crop + INTER_AREA resize (200 records)."""
+    pixels = beton.image(0)
+    boxes, _ = sample_records(0, 0, *pixels.shape[:2], 200)
+    decode, resize = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(len(beton)):
+            beton.image(i)
+        decode.append((time.perf_counter() - start) / len(beton))
+        start = time.perf_counter()
+        for box in boxes:
+            i, j, h, w = box_pixels(box, *pixels.shape[:2])
+            cv2.resize(pixels[i:i + h, j:j + w], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        resize.append((time.perf_counter() - start) / len(boxes))
+    return statistics.median(decode), statistics.median(resize)
 
 
 class OriginalFKD(torch.utils.data.Dataset):
@@ -103,7 +128,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--records', type=int, default=32)
     parser.add_argument('--workers', type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=7)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix='fkd-bench-loader-'))
     try:
@@ -117,14 +142,13 @@ def main():
         copy_beton(images, labelled, soft_label_fields(args.records, 5),
                    RandomRecords(beton, args.records), progress=False,
                    manifest_updates={'soft_labels': {'num_records': args.records}})
-        rows = {}
-
+        paths = {}
         for k in (1, 2, 4, 8):
             loader = FKDLoader(labelled, batch_size=IMAGES_PER_BATCH * k, num_crops=k,
                                resolution=SIZE, num_workers=args.workers,
                                order=OrderOption.RANDOM)
-            rows[f'fkd_ffcv FKDLoader, K={k}'] = crops_per_second(
-                lambda: iter(loader), len(loader) * IMAGES_PER_BATCH * k, args.repeats)
+            paths[f'fkd_ffcv FKDLoader, K={k}'] = (
+                loader.__iter__, len(loader) * IMAGES_PER_BATCH * k)
 
         from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader
@@ -134,8 +158,8 @@ def main():
                        pipelines={'image': [RandomResizedCropRGBImageDecoder((SIZE, SIZE)),
                                             RandomHorizontalFlip(), ToTensor()],
                                   'label': None, 'path': None})
-        rows['stock FFCV RandomResizedCrop + flip, 1 crop per image'] = crops_per_second(
-            lambda: iter(stock), len(stock) * IMAGES_PER_BATCH, args.repeats)
+        paths['stock FFCV RandomResizedCrop + flip, 1 crop per image'] = (
+            stock.__iter__, len(stock) * IMAGES_PER_BATCH)
 
         # The original path reads JPEG files of the same stored images and .tar label files.
         files, label_files = [], []
@@ -152,28 +176,17 @@ def main():
                                                batch_size=IMAGES_PER_BATCH, shuffle=True,
                                                num_workers=args.workers,
                                                persistent_workers=True)
-            rows[f'original FKD path (PIL, label files, DataLoader), K={k}'] = crops_per_second(
-                lambda: iter(data), len(files) * k, args.repeats)
+            paths[f'original FKD path (PIL, label files, DataLoader), K={k}'] = (
+                data.__iter__, len(files) * k)
 
-        decode_s = []
-        for i in range(len(beton)):
-            start = time.perf_counter()
-            beton.image(i)
-            decode_s.append(time.perf_counter() - start)
-        t_decode = statistics.mean(decode_s)
-        pixels = beton.image(0)
-        boxes, _ = sample_records(0, 0, *pixels.shape[:2], 200)
-        start = time.perf_counter()
-        for box in boxes:
-            i, j, h, w = box_pixels(box, *pixels.shape[:2])
-            cv2.resize(pixels[i:i + h, j:j + w], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-        t_resize = (time.perf_counter() - start) / len(boxes)
+        rows = interleaved_rates(paths, args.repeats)
+        t_decode, t_resize = ceiling_times(beton, args.repeats)
         cores = len(os.sched_getaffinity(0))
         ceiling = {k: cores / (t_decode / k + t_resize) for k in (1, 2, 4, 8)}
 
         print(f"{n_images} photos at <= 500 px (JPEG 90), {SIZE} px crops, {args.records} records "
               f"per image, {args.workers} loader threads/processes, median of {args.repeats} "
-              f"passes; {platform.machine()}, {cores} cores, Python {platform.python_version()}, "
+              f"interleaved rounds; {platform.machine()}, {cores} cores, Python {platform.python_version()}, "
               f"ffcv {version('ffcv')}, numba {version('numba')}, torch {torch.__version__}")
         print(f"single-thread decode {t_decode * 1e3:.2f} ms/image, crop+resize "
               f"{t_resize * 1e3:.2f} ms/crop")

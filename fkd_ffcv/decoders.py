@@ -174,6 +174,7 @@ class MultiCropDecoder(_RecordReader):
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage, failed, tag = my_storage
             pass_index = pass_of(tag)
+            chunk = nb.set_parallel_chunksize(1)  # images cost unequal time: hand them out singly
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
                 pixels, ok = read_image(metadata[sample], temp_storage[dst], storage_state)
@@ -193,6 +194,7 @@ class MultiCropDecoder(_RecordReader):
                     resize_crop_c(pixels, i, i + h, j, j + w, out)
                     if flags[r] & FLAG_FLIP:
                         _mirror(out)
+            nb.set_parallel_chunksize(chunk)
             _raise_if_failed(failed[:len(batch_indices)])
             return destination[:len(batch_indices)]
 
@@ -264,6 +266,7 @@ class SeededRandomResizedCropDecoder(Operation):
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage, failed, tag = my_storage
             pass_index = pass_of(tag)
+            chunk = nb.set_parallel_chunksize(1)  # as in MultiCropDecoder
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
                 pixels, ok = read_image(metadata[sample], temp_storage[dst], storage_state)
@@ -277,6 +280,7 @@ class SeededRandomResizedCropDecoder(Operation):
                 resize_crop_c(pixels, i, i + h, j, j + w, destination[dst])
                 if flip:
                     _mirror(destination[dst])
+            nb.set_parallel_chunksize(chunk)
             _raise_if_failed(failed[:len(batch_indices)])
             return destination[:len(batch_indices)]
 
