@@ -168,7 +168,8 @@ def main(argv=None) -> int:
             'fkd.teacher': f'checkpoint:{teacher_file}',
             'logging.folder': str(folders[name])}))
 
-    print("[5/5] results")
+    print("[5/5] results" + (" (smoke size: a few dozen steps, near chance; it checks the path,"
+                             " not accuracy)" if args.smoke else ""))
     print(report(out, summaries, folders))
     print(f"\nplot: {out / 'results.png'}; table: {out / 'results.md'}; "
           f"demo time {time.perf_counter() - started:.0f} s")
