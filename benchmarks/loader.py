@@ -186,8 +186,8 @@ def main():
 
         print(f"{n_images} photos at <= 500 px (JPEG 90), {SIZE} px crops, {args.records} records "
               f"per image, {args.workers} loader threads/processes, median of {args.repeats} "
-              f"interleaved rounds; {platform.machine()}, {cores} cores, Python {platform.python_version()}, "
-              f"ffcv {version('ffcv')}, numba {version('numba')}, torch {torch.__version__}")
+              f"interleaved rounds; {platform.machine()}, {cores} cores, "
+              f"Python {platform.python_version()}, ffcv {version('ffcv')}, numba {version('numba')}, torch {torch.__version__}")
         print(f"single-thread decode {t_decode * 1e3:.2f} ms/image, crop+resize "
               f"{t_resize * 1e3:.2f} ms/crop")
         print("\n| data path | crops/s | vs ceiling (same K) | vs original FKD path (same K) |"
