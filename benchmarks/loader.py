@@ -29,10 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from original_fkd import OriginalFKDData, export_original_files  # noqa: E402
 from writer import make_photo_tree  # noqa: E402
 from fkd_ffcv.beton import Beton  # noqa: E402
 from fkd_ffcv.crops import box_pixels, sample_records  # noqa: E402
@@ -99,31 +99,6 @@ def ceiling_times(beton, repeats):
     return statistics.median(decode), statistics.median(resize)
 
 
-class OriginalFKD(torch.utils.data.Dataset):
-    """FKD's data path: PIL image + per-image soft-label file + per-crop resized_crop."""
-
-    def __init__(self, files, labels, k):
-        self.files, self.labels, self.k = files, labels, k
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        import torchvision.transforms.functional as F
-        image = Image.open(self.files[i]).convert('RGB')
-        coords, flips, labels = torch.load(self.labels[i], weights_only=True)
-        picks = torch.randperm(len(coords))[:self.k]
-        crops = []
-        for r in picks.tolist():
-            t, l, h, w = (coords[r] * torch.tensor([image.height, image.width] * 2)).tolist()
-            crop = F.resized_crop(image, int(t), int(l), max(1, int(h)), max(1, int(w)),
-                                  [SIZE, SIZE], antialias=True)
-            if flips[r]:
-                crop = F.hflip(crop)
-            crops.append(F.pil_to_tensor(crop))
-        return torch.stack(crops), labels[picks]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--records', type=int, default=32)
@@ -161,21 +136,13 @@ def main():
         paths['stock FFCV RandomResizedCrop + flip, 1 crop per image'] = (
             stock.__iter__, len(stock) * IMAGES_PER_BATCH)
 
-        # The original path reads JPEG files of the same stored images and .tar label files.
-        files, label_files = [], []
-        for i in range(len(beton)):
-            files.append(work / 'jpg' / f'{i}.jpg')
-            label_files.append(work / 'jpg' / f'{i}.tar')
-            files[-1].parent.mkdir(exist_ok=True)
-            cv2.imwrite(str(files[-1]), beton.image(i)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
-            boxes, flips, classes, codes = RandomRecords(beton, args.records)[i]
-            torch.save([torch.from_numpy(boxes / 32767.0), torch.from_numpy(flips.astype(bool)),
-                        torch.rand(args.records, 2, 5)], label_files[-1])
+        # The original path reads a JPEG file and a soft-label file per image, exported from
+        # the same labelled beton.
+        files, label_files, labels = export_original_files(labelled, work / 'jpg')
         for k in (1, 4):
-            data = torch.utils.data.DataLoader(OriginalFKD(files, label_files, k),
-                                               batch_size=IMAGES_PER_BATCH, shuffle=True,
-                                               num_workers=args.workers,
-                                               persistent_workers=True)
+            data = torch.utils.data.DataLoader(
+                OriginalFKDData(files, label_files, labels, k, SIZE), batch_size=IMAGES_PER_BATCH,
+                shuffle=True, num_workers=args.workers, persistent_workers=True)
             paths[f'original FKD path (PIL, label files, DataLoader), K={k}'] = (
                 data.__iter__, len(files) * k)
 

@@ -38,6 +38,7 @@ from fkd_ffcv.labeling import LabelingSettings, label_beton  # noqa: E402
 from fkd_ffcv.models import build_model, save_weights  # noqa: E402
 from fkd_ffcv.sources import FashionMNISTSource  # noqa: E402
 from fkd_ffcv.teachers import Teacher  # noqa: E402
+from original_fkd import OriginalFKDData, export_original_files  # noqa: E402
 from fkd_ffcv.training import IMAGENET_MEAN, IMAGENET_STD, Trainer, options  # noqa: E402
 from fkd_ffcv.writer import write_beton  # noqa: E402
 
@@ -121,7 +122,7 @@ class OriginalFKDPath:
     images x K recorded crops, their top-k soft labels and hard labels."""
 
     def __init__(self, files, label_files, labels, k, batch_images, side, workers):
-        self.data = _OriginalFKDData(files, label_files, labels, k, side)
+        self.data = OriginalFKDData(files, label_files, labels, k, side)
         self.loader = torch.utils.data.DataLoader(
             self.data, batch_size=batch_images, shuffle=True, drop_last=True,
             num_workers=workers)  # workers start anew each pass, as in train_FKD.py
@@ -140,59 +141,6 @@ class OriginalFKDPath:
             b, k = crops.shape[:2]
             yield (crops.flatten(0, 1).contiguous(memory_format=torch.channels_last),
                    classes.flatten(0, 1), probs.flatten(0, 1), hard.repeat_interleave(k))
-
-
-class _OriginalFKDData(torch.utils.data.Dataset):
-    def __init__(self, files, label_files, labels, k, side):
-        self.files, self.label_files, self.labels = files, label_files, labels
-        self.k, self.side = k, side
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        import torchvision.transforms.functional as F
-        from PIL import Image
-        image = Image.open(self.files[i]).convert('RGB')
-        coords, flips, soft = torch.load(self.label_files[i], weights_only=True)
-        crops, picks = [], torch.randperm(len(coords))[:self.k]
-        for r in picks.tolist():
-            scale = torch.tensor([image.height, image.width] * 2)
-            top, left, height, width = (coords[r] * scale).tolist()
-            crop = F.resized_crop(image, int(top), int(left), max(1, int(height)),
-                                  max(1, int(width)), [self.side, self.side], antialias=True)
-            crops.append(F.pil_to_tensor(F.hflip(crop) if flips[r] else crop))
-        return (torch.stack(crops), soft[picks, 0].long(), soft[picks, 1].float(),
-                self.labels[i])
-
-
-def export_original_files(labelled: Path, folder: Path):
-    """The labelled beton as FKD keeps it: a JPEG per image and a `torch.save([coords, flips,
-    labels (N, 2, k)])` file per image."""
-    import cv2
-    import numpy as np
-    from fkd_ffcv.beton import Beton
-    from fkd_ffcv.crops import BOX_UNITS
-    from fkd_ffcv.fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, LABEL_FIELD
-    from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
-    beton = Beton(labelled)
-    folder.mkdir(parents=True, exist_ok=True)
-    files, label_files = [], []
-    for i in range(len(beton)):
-        files.append(folder / f'{i}.jpg')
-        label_files.append(folder / f'{i}.tar')
-        if label_files[-1].exists():
-            continue
-        cv2.imwrite(str(files[-1]), np.ascontiguousarray(beton.image(i)[..., ::-1]),
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
-        flags = np.array(beton.array(FLAGS_FIELD, i))
-        probs = decode_probs(torch.from_numpy(np.array(beton.array(CODES_FIELD, i))),
-                             torch.from_numpy((flags & FLAG_P1_STORED) != 0))
-        classes = torch.from_numpy(np.array(beton.array(CLASSES_FIELD, i))).float()
-        coords = torch.from_numpy(np.array(beton.array(BOXES_FIELD, i)) / BOX_UNITS)
-        torch.save([coords, torch.from_numpy((flags & FLAG_FLIP) != 0),
-                    torch.stack([classes, probs], dim=1)], label_files[-1])
-    return files, label_files, [int(x) for x in beton.field_metadata(LABEL_FIELD)]
 
 
 class OriginalPathTrainer(Trainer):
