@@ -78,15 +78,65 @@ class _CheckedEpochIterator(EpochIterator):
 
 class Loader(ffcv.loader.Loader):
     """`ffcv.loader.Loader` whose iteration raises LoaderError instead of hanging when its
-    worker thread fails."""
+    worker thread fails, and which keeps its buffers from one pass to the next.
+
+    FFCV allocates every operation's memory anew for each pass (batch slots of decoded
+    images, decode buffers, device copies), so each pass first pays page faults (or pinning,
+    with CUDA) on hundreds of megabytes. Here a buffer is reused while its request is
+    unchanged; a changed request (a new output size, the decoders' pass tag) gets a new one.
+    As within a pass, a batch is only valid until the loader has produced `batches_ahead + 1`
+    more: starting a pass finishes the previous one (its thread is stopped and joined, and
+    with CUDA the device is synchronised) before its buffers are written again."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._buffers = {}
+        self._running = None
+        self.graph.allocate_memory = self._allocate_memory
 
     def __iter__(self):
+        self._finish_running()
         ffcv.loader.loader.Compiler.set_num_threads(self.num_workers)
         order = self.next_traversal_order()
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()
-        return _CheckedEpochIterator(self, order[:len(self) * self.batch_size])
+        self._running = _CheckedEpochIterator(self, order[:len(self) * self.batch_size])
+        return self._running
+
+    def _finish_running(self):
+        if self._running is not None:
+            self._running.close()
+            self._running.join()
+            self._running = None
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def _allocate_memory(self, batch_size, batches_ahead):
+        """Graph.allocate_memory, reusing the previous pass's buffer for an unchanged request."""
+        from ffcv.pipeline.allocation_query import AllocationQuery, allocate_query
+        requirements, _ = self.graph.collect_requirements()
+        previous, self._buffers = self._buffers, {}
+
+        def buffer(key, query):
+            key = (*key, query, batch_size, batches_ahead)
+            found = previous.get(key)
+            self._buffers[key] = (allocate_query(query, batch_size, batches_ahead)
+                                  if found is None else found)
+            return self._buffers[key]
+
+        memory = {}
+        for kind, queries in requirements.items():
+            memory[kind] = {}
+            for node, query in queries.items():
+                if isinstance(query, AllocationQuery):
+                    memory[kind][node] = buffer((kind, node), query)
+                elif query is not None:
+                    memory[kind][node] = tuple(buffer((kind, node, position), q)
+                                               for position, q in enumerate(query))
+                else:
+                    memory[kind][node] = None
+        return memory
 
 from .beton import Beton
 from .fields import IMAGE_FIELD, LABEL_FIELD

@@ -52,13 +52,14 @@ def reference(beton, sample, record, size):
     return crop[:, ::-1] if beton.array(FLAGS_FIELD, sample)[record] & FLAG_FLIP else crop
 
 
-def test_crops_and_labels_replay_the_records(labelled):
+@pytest.mark.parametrize('images_per_batch', [5, 1])  # 1: fewer images than threads
+def test_crops_and_labels_replay_the_records(labelled, images_per_batch):
     beton = Beton(labelled)
-    loader = FKDLoader(labelled, batch_size=4 * K, num_crops=K, resolution=24, num_workers=2,
-                       order=OrderOption.SEQUENTIAL, drop_last=False)
+    loader = FKDLoader(labelled, batch_size=images_per_batch * K, num_crops=K, resolution=24,
+                       num_workers=2, order=OrderOption.SEQUENTIAL, drop_last=False)
     for p, size in enumerate((24, 16)):  # progressive resizing between passes
         loader.set_resolution(size)
-        batches = list(loader)
+        batches = [[x.clone() for x in batch] for batch in loader]  # slots are reused
         images = torch.cat([b[0] for b in batches])
         classes = torch.cat([b[1] for b in batches])
         probs = torch.cat([b[2] for b in batches])

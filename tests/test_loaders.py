@@ -77,3 +77,24 @@ def test_plain_loader_crops_are_seeded_and_replayable(raw_tree_beton):
         expected = crop[:, ::-1] if flip else crop
         got = first[1][sample].permute(1, 2, 0).numpy()
         assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_buffers_outlive_a_pass_and_an_abandoned_pass_is_finished(raw_tree_beton):
+    import torch
+    from fkd_ffcv.loaders import PlainLoader
+    path, _ = raw_tree_beton
+
+    def loader():
+        return PlainLoader(path, batch_size=4, resolution=20, seed=1, num_workers=2,
+                           order=OrderOption.SEQUENTIAL, drop_last=False)
+
+    steady = loader()
+    passes = [[im.clone() for im, _ in steady] for _ in range(2)]
+    abandoned = loader()
+    first = next(iter(abandoned))[0]  # pass 0 left after one batch, its thread still busy
+    pointer = first.data_ptr()
+    again = [im.clone() for im, _ in abandoned]  # pass 1 reuses pass 0's buffers
+    assert next(iter(abandoned))[0].data_ptr() == pointer
+    assert all(torch.equal(a, b) for a, b in zip(again, passes[1]))
+    abandoned.set_resolution(12)  # a new output size gets a new buffer
+    assert next(iter(abandoned))[0].shape[-1] == 12
