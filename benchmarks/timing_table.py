@@ -239,6 +239,7 @@ def main():
 
 def plot(rows, path: Path, title: str) -> None:
     """Seconds per epoch as horizontal bars, plain at the top."""
+    import textwrap
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -246,7 +247,7 @@ def plot(rows, path: Path, title: str) -> None:
     names = [r['name'].replace(" (PIL, label files, DataLoader)", '') for r in rows][::-1]
     ax.barh(names, [r['seconds_per_epoch'] for r in rows][::-1], color='tab:blue')
     ax.set_xlabel('seconds per epoch (lower is better)')
-    ax.set_title(title, fontsize=8)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=8)  # centred on the figure, not the bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
