@@ -63,6 +63,20 @@ class RandomRecords:
                 rng.integers(0, 256, (self.n, 5)).astype(np.uint8))
 
 
+def labelled_photos(work: Path, records: int):
+    """(photo count, images beton, labelled beton) in `work`: the photo variants stored at
+    500 px longest side, JPEG 90, then copied with `records` random crop records per image."""
+    n_images = make_photo_tree(work / 'photos')
+    images, labelled = work / 'images.beton', work / 'fkd.beton'
+    write_beton(images, image_fields('jpg', max_resolution=500),
+                ImageFolderSource(work / 'photos', 'train', max_resolution=500),
+                manifest={'classes': [str(i) for i in range(1000)]}, progress=False)
+    copy_beton(images, labelled, soft_label_fields(records, 5),
+               RandomRecords(Beton(images), records), progress=False,
+               manifest_updates={'soft_labels': {'num_records': records}})
+    return n_images, images, labelled
+
+
 def interleaved_rates(paths, repeats):
     """Median crops/s per path over `repeats` rounds of one full pass of every path, after one
     warm-up pass each (compilation, worker start): interleaving makes a change in the machine's
@@ -107,16 +121,8 @@ def main():
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix='fkd-bench-loader-'))
     try:
-        n_images = make_photo_tree(work / 'photos')
-        images = work / 'images.beton'
-        write_beton(images, image_fields('jpg', max_resolution=500),
-                    ImageFolderSource(work / 'photos', 'train', max_resolution=500),
-                    manifest={'classes': [str(i) for i in range(1000)]}, progress=False)
+        n_images, images, labelled = labelled_photos(work, args.records)
         beton = Beton(images)
-        labelled = work / 'fkd.beton'
-        copy_beton(images, labelled, soft_label_fields(args.records, 5),
-                   RandomRecords(beton, args.records), progress=False,
-                   manifest_updates={'soft_labels': {'num_records': args.records}})
         paths = {}
         for k in (1, 2, 4, 8):
             loader = FKDLoader(labelled, batch_size=IMAGES_PER_BATCH * k, num_crops=k,
