@@ -77,6 +77,15 @@ def labelled_photos(work: Path, records: int):
     return n_images, images, labelled
 
 
+def original_path(files, k: int, workers: int):
+    """FKD's own data path over `files` = export_original_files(...), as an interleaved_rates
+    entry: (make_iter, crops per pass)."""
+    data = torch.utils.data.DataLoader(OriginalFKDData(*files, k, SIZE),
+                                       batch_size=IMAGES_PER_BATCH, shuffle=True,
+                                       num_workers=workers, persistent_workers=True)
+    return data.__iter__, len(data.dataset) * k
+
+
 def interleaved_rates(paths, repeats):
     """Median crops/s per path over `repeats` rounds of one full pass of every path, after one
     warm-up pass each (compilation, worker start): interleaving makes a change in the machine's
@@ -144,13 +153,10 @@ def main():
 
         # The original path reads a JPEG file and a soft-label file per image, exported from
         # the same labelled beton.
-        files, label_files, labels = export_original_files(labelled, work / 'jpg')
+        files = export_original_files(labelled, work / 'jpg')
         for k in (1, 4):
-            data = torch.utils.data.DataLoader(
-                OriginalFKDData(files, label_files, labels, k, SIZE), batch_size=IMAGES_PER_BATCH,
-                shuffle=True, num_workers=args.workers, persistent_workers=True)
-            paths[f'original FKD path (PIL, label files, DataLoader), K={k}'] = (
-                data.__iter__, len(files) * k)
+            paths[f'original FKD path (PIL, label files, DataLoader), K={k}'] = original_path(
+                files, k, args.workers)
 
         rows = interleaved_rates(paths, args.repeats)
         t_decode, t_resize = ceiling_times(beton, args.repeats)

@@ -20,13 +20,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
-from loader import IMAGES_PER_BATCH, SIZE, interleaved_rates, labelled_photos  # noqa: E402
-from original_fkd import OriginalFKDData, export_original_files  # noqa: E402
+from loader import (IMAGES_PER_BATCH, SIZE, interleaved_rates, labelled_photos,  # noqa: E402
+                    original_path)
+from original_fkd import export_original_files  # noqa: E402
 import fkd_ffcv.loaders  # noqa: E402
 
 
@@ -64,12 +63,8 @@ def main():
                                       num_crops=args.k, resolution=SIZE,
                                       num_workers=args.workers, order=module.OrderOption.RANDOM)
             paths[name] = (loader.__iter__, len(loader) * IMAGES_PER_BATCH * args.k)
-        files, label_files, labels = export_original_files(labelled, work / 'jpg')
-        original = torch.utils.data.DataLoader(
-            OriginalFKDData(files, label_files, labels, args.k, SIZE),
-            batch_size=IMAGES_PER_BATCH, shuffle=True, num_workers=args.workers,
-            persistent_workers=True)
-        paths['original FKD path'] = (original.__iter__, len(files) * args.k)
+        paths['original FKD path'] = original_path(
+            export_original_files(labelled, work / 'jpg'), args.k, args.workers)
         rates = interleaved_rates(paths, args.repeats)
         before, after, reference = rates.values()
         print(f"K={args.k}, {SIZE} px, {args.workers} threads/workers, median of "
