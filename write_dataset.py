@@ -84,7 +84,10 @@ Section('labels', 'FKD crop records: from a teacher, or imported from FKD\'s rel
     batch_size=Param(And(int, InRange(min=1)), 'crops per teacher forward', default=256),
     chunk_images=Param(And(int, InRange(min=1)), 'images per resumable work item', default=64),
     work_dir=Param(str, 'folder for resumable work (default: <out>.work)', default=''),
-    device=Param(str, 'auto, cpu, cuda or cuda:<n>', default='auto'),
+    device=Param(str, 'auto (GPU LOCAL_RANK mod GPU count, else the CPU), cpu, cuda or '
+                 'cuda:<n>', default='auto'),
+    precision=Param(OneOf(defaults.TEACHER_PRECISIONS), 'teacher arithmetic: fp32 (exact), or bf16 / '
+                    'fp16 with the classifier and softmax in fp32', default='fp32'),
 )
 
 
@@ -109,18 +112,17 @@ def label(labels: dict, write: dict, beton: Path) -> None:
         for path, why in report.skipped[:20]:
             print(f"  skipped {path}: {why}")
         return
+    from fkd_ffcv.devices import resolve_device
     from fkd_ffcv.labeling import LabelingSettings, label_beton
     from fkd_ffcv.teachers import Teacher
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    device = labels['device']
-    if device == 'auto':
-        device = (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available()
-                  else 'cpu')
+    device = resolve_device(labels['device'], int(os.environ.get('LOCAL_RANK', 0)))
     ranks_here = int(os.environ.get('LOCAL_WORLD_SIZE', 1))  # share the cores on the CPU
     teacher = Teacher(labels['teacher'], device=device, temperature=labels['temperature'],
                       input_size=labels['input_size'] or None,
                       interpolation=labels['interpolation'] or None,
-                      cpu_threads=max(1, len(os.sched_getaffinity(0)) // ranks_here))
+                      cpu_threads=max(1, len(os.sched_getaffinity(0)) // ranks_here),
+                      precision=labels['precision'])
     scale = (labels['scale_min'], labels['scale_max']) if labels['scale_max'] else None
     settings = LabelingSettings(num_records=labels['num_records'],
                                 label_type=labels['label_type'] or 'marginal_smoothing_k5',

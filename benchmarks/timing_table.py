@@ -1,16 +1,17 @@
 """Training time per epoch: plain training, online KD and FKD with K = 1, 2, 4, 8, through the
 trainer (fkd_ffcv.training.Trainer), on one data set in one run; FKD's speed table, here.
 
-    python benchmarks/timing_table.py [--preset cpu|gpu] [--images N] [--out docs/tables/x.md]
+    python benchmarks/timing_table.py [--preset cpu|gpu] [--images N] [--out DIR]
+                                      [--rows ROW,...] [--time-limit SECONDS]
 
 Presets:
 - cpu (default): the Fashion-MNIST subset at 32 px, student small_resnet width 16 depth 1,
   teacher small_resnet width 32 depth 3 (about 14x the student's parameters; random weights:
   speed does not depend on them), 256 crops per step, fp32 (this CPU has no bf16).
-- gpu: ImageNet-shaped data made on the spot (photo-like JPEGs of about 500 x 375 px, 1000
-  classes; the lent GPU machine has no data sets), student ResNet-50 with BlurPool at 176 px
-  (the middle of ffcv-imagenet's 160-192 ramp), bf16, channels-last, 512 crops per step;
-  crop records labelled by a random ResNet-50, online-KD teacher a random ResNet-101.
+- gpu: ImageNet-shaped data made on the spot (sources.SyntheticPhotoSource: about 500 x 375
+  px JPEGs, 1000 classes; a lent GPU machine has no data sets), student ResNet-50 with BlurPool
+  at 176 px (the middle of ffcv-imagenet's 160-192 ramp), bf16, channels-last, 512 crops per
+  step; crop records labelled by a random ResNet-50, online-KD teacher a random ResNet-101.
 The last row feeds the same trainer step from FKD's own data path (as in train_FKD.py, written
 again here): a torch DataLoader whose worker processes open each image's JPEG file with PIL,
 torch.load its soft-label file and cut K = 4 of its recorded crops with torchvision
@@ -18,6 +19,12 @@ torch.load its soft-label file and cut K = 4 of its recorded crops with torchvis
 Each row trains two passes and reports the second (the first includes numba's and torch's
 warm-up): seconds per epoch, crops/s and the share of time spent waiting for data. The crop
 records are written once (8 per image); that one-off cost is reported separately.
+
+Each row is printed as it finishes and the table is rewritten under --out DIR
+(`timing_<preset>.md`, `.json`, and a `.png` where matplotlib is installed), so a run stopped
+by a time limit keeps what it measured. --time-limit skips the rows that would not fit; rows
+run in order of importance (plain, online KD, FKD K=4, the original path, then K=1, 2, 8) and
+are shown in the usual order.
 """
 import argparse
 import json
@@ -36,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from fkd_ffcv.fields import image_fields  # noqa: E402
 from fkd_ffcv.labeling import LabelingSettings, label_beton  # noqa: E402
 from fkd_ffcv.models import build_model, save_weights  # noqa: E402
-from fkd_ffcv.sources import FashionMNISTSource  # noqa: E402
+from fkd_ffcv.sources import FashionMNISTSource, SyntheticPhotoSource  # noqa: E402
 from fkd_ffcv.teachers import Teacher  # noqa: E402
 from original_fkd import OriginalFKDData, export_original_files  # noqa: E402
 from fkd_ffcv.training import IMAGENET_MEAN, IMAGENET_STD, Trainer, options  # noqa: E402
@@ -49,7 +56,7 @@ PRESETS = {
                          'model.blurpool': False},
                 describe='Fashion-MNIST images at 32 px, student small_resnet (width 16, '
                          'depth 1), online-KD teacher small_resnet (width 32, depth 3)'),
-    'gpu': dict(data='synthetic', images=20000, val=1000, side=176, val_ratio=224 / 256,
+    'gpu': dict(data='synthetic', images=5000, val=1000, side=176, val_ratio=224 / 256,
                 batch=512, write_mode='jpg',
                 student={'model.arch': 'resnet50', 'model.blurpool': True},
                 label_teacher='torchvision:resnet50', online_teacher='torchvision:resnet101',
@@ -58,29 +65,13 @@ PRESETS = {
                          'teacher ResNet-101 (random weights)'),
 }
 SMALL_TEACHER = dict(arch='small_resnet', width=32, depth=3)
-
-
-class SyntheticPhotos:
-    """Photo-like images (smooth colour fields with texture) of ImageNet's typical size,
-    drawn from the sample index; a source for write_beton."""
-    classes = [f'class{c:04d}' for c in range(1000)]
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        import numpy as np
-        rng = np.random.default_rng([self.seed, i])
-        h, w = (375, 500) if rng.random() < 0.7 else (500, 375)
-        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-        planes = [127 + 90 * np.sin(rng.uniform(0.005, 0.05) * y + rng.uniform(0.005, 0.05) * x
-                                    + rng.uniform(0, 6.3)) for _ in range(3)]
-        pixels = np.stack(planes, axis=2) + rng.normal(0, 12, (h, w, 1))
-        path = np.frombuffer(f'synthetic/{i}.jpg'.encode(), dtype=np.uint8)
-        return np.clip(pixels, 0, 255).astype(np.uint8), i % 1000, path
+# key: (name in the table, mode, K); the table's order. RUN_ORDER: the order of measuring.
+ROWS = {'plain': ('plain', 'plain', 1), 'online_kd': ('online KD', 'online_kd', 1),
+        'fkd1': ('FKD, K=1', 'fkd', 1), 'fkd2': ('FKD, K=2', 'fkd', 2),
+        'fkd4': ('FKD, K=4', 'fkd', 4), 'fkd8': ('FKD, K=8', 'fkd', 8),
+        'original': ("FKD, K=4, FKD's original data path (PIL, label files, DataLoader)",
+                     'fkd', 4)}
+RUN_ORDER = ['plain', 'online_kd', 'fkd4', 'original', 'fkd1', 'fkd2', 'fkd8']
 
 
 def prepare(work: Path, preset: dict, images: int, records: int):
@@ -91,7 +82,7 @@ def prepare(work: Path, preset: dict, images: int, records: int):
         path = work / f'{split}.beton'
         if not path.exists():
             source = (FashionMNISTSource(split, 32, subset=n) if preset['data'] == 'fashion-mnist'
-                      else SyntheticPhotos(n, seed=0 if split == 'train' else 1))
+                      else SyntheticPhotoSource(n, seed=0 if split == 'train' else 1))
             write_beton(path, image_fields(preset['write_mode'], max_resolution=500), source,
                         manifest={'classes': list(source.classes)}, progress=True)
         betons[split] = path
@@ -119,13 +110,15 @@ def prepare(work: Path, preset: dict, images: int, records: int):
 
 class OriginalFKDPath:
     """FKD's data path with FKDLoader's interface (what the trainer iterates): batches of B
-    images x K recorded crops, their top-k soft labels and hard labels."""
+    images x K recorded crops, their top-k soft labels and hard labels, on `device`."""
 
-    def __init__(self, files, label_files, labels, k, batch_images, side, workers):
+    def __init__(self, files, label_files, labels, k, batch_images, side, workers, device):
         self.data = OriginalFKDData(files, label_files, labels, k, side)
+        self.device = torch.device(device)
         self.loader = torch.utils.data.DataLoader(
             self.data, batch_size=batch_images, shuffle=True, drop_last=True,
-            num_workers=workers)  # workers start anew each pass, as in train_FKD.py
+            num_workers=workers, pin_memory=self.device.type == 'cuda')  # as train_FKD.py
+        # (its workers start anew each pass, as there)
 
     def __len__(self):
         return len(self.loader)
@@ -137,10 +130,12 @@ class OriginalFKDPath:
         pass
 
     def __iter__(self):
+        to = dict(device=self.device, non_blocking=True)
         for crops, classes, probs, hard in self.loader:
-            b, k = crops.shape[:2]
-            yield (crops.flatten(0, 1).contiguous(memory_format=torch.channels_last),
-                   classes.flatten(0, 1), probs.flatten(0, 1), hard.repeat_interleave(k))
+            k = crops.shape[1]
+            yield (crops.flatten(0, 1).to(**to).contiguous(memory_format=torch.channels_last),
+                   classes.flatten(0, 1).to(**to), probs.flatten(0, 1).to(**to),
+                   hard.repeat_interleave(k).to(**to))
 
 
 class OriginalPathTrainer(Trainer):
@@ -152,12 +147,12 @@ class OriginalPathTrainer(Trainer):
         files, label_files, labels = self.files
         self.train_loader = OriginalFKDPath(files, label_files, labels, self.num_crops,
                                             self.o['training']['batch_size'] // self.num_crops,
-                                            self.resolution_at(0), self.threads)
+                                            self.resolution_at(0), self.threads, self.device)
 
 
-def timed_run(name, work, train, val, overrides, preset, trainer_class=Trainer):
+def timed_run(key, work, train, val, overrides, preset, trainer_class=Trainer):
     """Two passes; returns the second pass's seconds per epoch, crops/s, data wait."""
-    folder = work / 'runs' / name
+    folder = work / 'runs' / key
     shutil.rmtree(folder, ignore_errors=True)
     k = overrides.get('fkd.num_crops', 1) if overrides['training.mode'] == 'fkd' else 1
     side = preset['side']
@@ -169,15 +164,76 @@ def timed_run(name, work, train, val, overrides, preset, trainer_class=Trainer):
                     'resolution.round_to': 16, 'validation.resolution': side,
                     'validation.ratio': preset['val_ratio'],
                     'logging.folder': str(folder), 'logging.progress': False, **overrides})
+    started = time.perf_counter()
     trainer = trainer_class(opts)
     trainer.run()
     second = trainer.history[k:]
     seconds = sum(line['seconds'] for line in second)
     crops = sum(line['crops_per_s'] * line['seconds'] for line in second)
     wait = sum(line['data_wait'] * line['seconds'] for line in second)
-    return {'name': name, 'k': k, 'seconds_per_epoch': seconds / len(second),
+    return {'key': key, 'name': ROWS[key][0], 'k': k, 'seconds_per_epoch': seconds / len(second),
             'crops_per_s': crops / seconds, 'data_wait': wait / seconds,
-            'precision': trainer.precision, 'device': str(trainer.device)}
+            'precision': trainer.precision, 'device': str(trainer.device),
+            'wall_seconds': time.perf_counter() - started}
+
+
+def hardware() -> str:
+    text = f"{len(os.sched_getaffinity(0))} cores"
+    try:
+        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+                   if line.startswith('model name'))
+        text = f"{cpu}, {text}"
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        text = f"{torch.cuda.get_device_name()}; {text}"
+    return text
+
+
+def table(rows, preset, label_seconds, skipped) -> str:
+    """The markdown table of the rows measured so far, in the usual order."""
+    done = {r['key']: r for r in rows}
+    first = rows[0]
+    lines = [f"{preset['images']} {preset['describe']}; {preset['batch']} crops per step, "
+             f"{first['precision']}, {first['device']}; second of two passes. {hardware()}; "
+             f"Python {platform.python_version()}, torch {torch.__version__}, ffcv "
+             f"{version('ffcv')}, numba {version('numba')}; {time.strftime('%Y-%m-%d')}.",
+             '', '| training | s / epoch | vs plain | crops/s | waiting for data |',
+             '|---|---|---|---|---|']
+    plain = done['plain']['seconds_per_epoch'] if 'plain' in done else None
+    for key in ROWS:
+        if key in done:
+            r = done[key]
+            ratio = f"{r['seconds_per_epoch'] / plain:.2f}x" if plain else 'n/a'
+            lines.append(f"| {r['name']} | {r['seconds_per_epoch']:.2f} | {ratio} | "
+                         f"{r['crops_per_s']:,.0f} | {r['data_wait']:.0%} |")
+    if skipped:
+        lines += ['', f"Not measured (time limit): {'; '.join(ROWS[k][0] for k in skipped)}."]
+    if label_seconds is not None:
+        lines += ['', f"One-off labelling of the crop records (8 per image, by the teacher): "
+                      f"{label_seconds:.0f} s."]
+    return '\n'.join(lines)
+
+
+def save(out: Path, stem: str, rows, text: str) -> None:
+    """The table, its rows as JSON, and a plot where matplotlib is installed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f'{stem}.md').write_text(text + '\n')
+    (out / f'{stem}.json').write_text(json.dumps(rows, indent=1))
+    try:
+        plot(rows, out / f'{stem}.png', text.splitlines()[0].split(';')[0])
+    except ImportError:
+        pass  # a lent GPU machine may lack matplotlib; the table is the result
+
+
+def estimate(key: str, rows: list) -> float:
+    """Seconds a row will take, from the rows done: their time per epoch of crops plus a fixed
+    start-up (loaders compiled, model built), scaled by the row's epochs."""
+    if not rows:
+        return 0.0
+    per_epoch = max(r['wall_seconds'] / (2 * r['k']) for r in rows)
+    factor = 2.0 if key == 'original' else 1.0  # FKD's own path is slower per crop
+    return per_epoch * 2 * ROWS[key][2] * factor
 
 
 def main():
@@ -187,54 +243,57 @@ def main():
     parser.add_argument('--batch', type=int, default=0, help='crops per step (0: preset)')
     parser.add_argument('--side', type=int, default=0, help='crop side (0: preset)')
     parser.add_argument('--work', default='', help='default build/timing-<preset>')
-    parser.add_argument('--out', default='', help='also write the markdown table here')
+    parser.add_argument('--out', default='', help='write timing_<preset>.md/.json/.png here')
+    parser.add_argument('--rows', default='', help=f'comma-separated rows, of {",".join(ROWS)} '
+                        '(default: all)')
+    parser.add_argument('--time-limit', type=float, default=0,
+                        help='seconds; skip rows that would end after it (0: no limit)')
     args = parser.parse_args()
+    started = time.perf_counter()
     preset = dict(PRESETS[args.preset])
     preset.update({k: v for k, v in (('images', args.images), ('batch', args.batch),
                                      ('side', args.side)) if v})
+    wanted = [r.strip() for r in args.rows.split(',') if r.strip()] or list(ROWS)
+    unknown = [r for r in wanted if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(ROWS)}")
+    wanted = [r for r in RUN_ORDER if r in wanted]
     work = Path(args.work or REPO / 'build' / f'timing-{args.preset}')
     betons, labelled, online_spec, label_seconds = prepare(work, preset, preset['images'], 8)
-    run = lambda name, train, overrides, cls=Trainer: timed_run(
-        name, work, train, betons['val'], overrides, preset, cls)
-    rows = [run('plain', betons['train'], {'training.mode': 'plain'}),
-            run('online KD', betons['train'], {'training.mode': 'online_kd',
-                                               'fkd.teacher': online_spec})]
-    for k in (1, 2, 4, 8):
-        rows.append(run(f'FKD, K={k}', labelled, {'training.mode': 'fkd', 'fkd.num_crops': k}))
-    OriginalPathTrainer.files = export_original_files(labelled, work / 'original_files')
-    rows.append(run("FKD, K=4, FKD's original data path (PIL, label files, DataLoader)",
-                    labelled, {'training.mode': 'fkd', 'fkd.num_crops': 4}, OriginalPathTrainer))
-    plain = rows[0]['seconds_per_epoch']
-    hardware = f"{len(os.sched_getaffinity(0))} cores"
-    try:
-        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-                   if line.startswith('model name'))
-        hardware = f"{cpu}, {hardware}"
-    except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        hardware = f"{torch.cuda.get_device_name()}; {hardware}"
-    lines = [f"{preset['images']} {preset['describe']}; {preset['batch']} crops per step, "
-             f"{rows[0]['precision']}, {rows[0]['device']}; second of two passes. {hardware}; "
-             f"Python {platform.python_version()}, torch {torch.__version__}, ffcv "
-             f"{version('ffcv')}, numba {version('numba')}; {time.strftime('%Y-%m-%d')}.",
-             '', '| training | s / epoch | vs plain | crops/s | waiting for data |',
-             '|---|---|---|---|---|']
-    for r in rows:
-        lines.append(f"| {r['name']} | {r['seconds_per_epoch']:.2f} | "
-                     f"{r['seconds_per_epoch'] / plain:.2f}x | {r['crops_per_s']:,.0f} | "
-                     f"{r['data_wait']:.0%} |")
-    if label_seconds is not None:
-        lines += ['', f"One-off labelling of the crop records (8 per image, by the teacher): "
-                      f"{label_seconds:.0f} s."]
-    text = '\n'.join(lines)
+    rows, skipped = [], []
+    for key in wanted:
+        left = args.time_limit - (time.perf_counter() - started)
+        if args.time_limit and estimate(key, rows) > left:
+            skipped.append(key)
+            print(f"skipped {key}: about {estimate(key, rows):.0f} s, {left:.0f} s left",
+                  flush=True)
+            continue
+        name, mode, k = ROWS[key]
+        overrides = {'training.mode': mode}
+        if mode == 'online_kd':
+            overrides['fkd.teacher'] = online_spec
+        if mode == 'fkd':
+            overrides['fkd.num_crops'] = k
+        trainer_class = Trainer
+        if key == 'original':
+            OriginalPathTrainer.files = export_original_files(labelled, work / 'original_files')
+            trainer_class = OriginalPathTrainer
+        rows.append(timed_run(key, work, labelled if mode == 'fkd' else betons['train'],
+                              betons['val'], overrides, preset, trainer_class))
+        r = rows[-1]
+        print(f"row: {name}: {r['seconds_per_epoch']:.2f} s/epoch, {r['crops_per_s']:,.0f} "
+              f"crops/s, {r['data_wait']:.0%} waiting for data ({r['wall_seconds']:.0f} s)",
+              flush=True)
+        if args.out:
+            save(Path(args.out), f'timing_{args.preset}', rows,
+                 table(rows, preset, label_seconds, skipped))
+    if not rows:
+        raise SystemExit("timing table: no row fitted in the time limit")
+    text = table(rows, preset, label_seconds, skipped)
     print(text)
     (work / 'timing.json').write_text(json.dumps(rows, indent=1))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + '\n')
-        plot(rows, out.with_suffix('.png'), lines[0].split(';')[0])
+        save(Path(args.out), f'timing_{args.preset}', rows, text)
 
 
 def plot(rows, path: Path, title: str) -> None:
@@ -243,13 +302,16 @@ def plot(rows, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
-    names = [r['name'].replace(" (PIL, label files, DataLoader)", '') for r in rows][::-1]
-    ax.barh(names, [r['seconds_per_epoch'] for r in rows][::-1], color='tab:blue')
+    done = {r['key']: r for r in rows}
+    shown = [done[k] for k in ROWS if k in done][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1.2))
+    ax.barh([r['name'].replace(" (PIL, label files, DataLoader)", '') for r in shown],
+            [r['seconds_per_epoch'] for r in shown], color='tab:blue')
     ax.set_xlabel('seconds per epoch (lower is better)')
     fig.suptitle(textwrap.fill(title, 110), fontsize=8)  # centred on the figure, not the bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == '__main__':

@@ -8,3 +8,4 @@ SMART_THRESHOLD = 224 * 224 * 3  # 'smart': JPEG when raw pixels would take more
 ON_ERROR = ('fail', 'skip')      # what the writer does with an unusable input file
 PAGE_SIZE = 8 * 1024 * 1024      # FFCV page: power of two, 2 MiB <= page < 4 GiB
 MAX_PIXELS = 178_956_970         # refuse larger images; Pillow's own hard limit as well
+TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')  # teachers.py: fp32 is exact, the others keep the head fp32

@@ -1,144 +1,18 @@
-"""FFCV loaders that turn a beton into batches of channels-last uint8 images and labels."""
+"""The project's pipelines: FFCV loaders that turn a beton into batches of channels-last uint8
+images and labels (the Loader itself, with its buffer and CUDA handling, is ffcv_loader.py)."""
 from __future__ import annotations
 
 import os
-import sys
-from queue import Full
 
-import ffcv.loader
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import OrderOption
-from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
-
-def _drop_numba_finalizer_noise(unraisable, previous=sys.unraisablehook):
-    """When a compiled FFCV pipeline is garbage-collected, numba's dispatcher finalizer raises
-    KeyError and Python prints 'Exception ignored' tracebacks (harmless: the memory is freed
-    anyway). A process that builds several loaders (trainer runs, benchmarks, tests) would
-    print one per collected pipeline; drop exactly those, pass everything else on."""
-    tb = unraisable.exc_traceback
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if (isinstance(unraisable.exc_value, KeyError) and tb is not None
-            and tb.tb_frame.f_code.co_name == 'finalizer'
-            and tb.tb_frame.f_code.co_filename.endswith(os.path.join('numba', 'core',
-                                                                     'dispatcher.py'))):
-        return
-    previous(unraisable)
-
-
-sys.unraisablehook = _drop_numba_finalizer_noise
-
-
-class LoaderError(RuntimeError):
-    """A loader's worker thread failed; the cause is chained."""
-
-
-class _Failure:
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-class _CheckedEpochIterator(EpochIterator):
-    """FFCV's epoch iterator, but an exception in its thread reaches the consumer.
-
-    FFCV's thread ends silently on any error but StopIteration (a pipeline that fails to
-    compile, say: numba cannot compile float16 arrays), and the consumer then waits forever on
-    its queue."""
-
-    def run(self):
-        try:
-            super().run()
-        except BaseException as e:  # the consumer re-raises it
-            while not self.terminate_event.is_set():
-                try:
-                    self.output_queue.put(_Failure(e), timeout=0.5)
-                    return
-                except Full:
-                    pass
-
-    def __next__(self):
-        result = self.output_queue.get()
-        if isinstance(result, _Failure):
-            self.close()
-            raise LoaderError(f"{self.loader.fname}: the loader's thread failed: "
-                              f"{type(result.error).__name__}: {result.error}") from result.error
-        if result is None:
-            self.close()
-            raise StopIteration()
-        slot, batch = result
-        if torch.cuda.is_available():
-            self.current_stream.wait_stream(self.cuda_streams[slot])
-        return batch
-
-
-class Loader(ffcv.loader.Loader):
-    """`ffcv.loader.Loader` whose iteration raises LoaderError instead of hanging when its
-    worker thread fails, and which keeps its buffers from one pass to the next.
-
-    FFCV allocates every operation's memory anew for each pass (batch slots of decoded
-    images, decode buffers, device copies), so each pass first pays page faults (or pinning,
-    with CUDA) on hundreds of megabytes. Here a buffer is reused while its request is
-    unchanged; a changed request (a new output size, the decoders' pass tag) gets a new one.
-    As within a pass, a batch is only valid until the loader has produced `batches_ahead + 1`
-    more: starting a pass finishes the previous one (its thread is stopped and joined, and
-    with CUDA the device is synchronised) before its buffers are written again."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._buffers = {}
-        self._running = None
-        self.graph.allocate_memory = self._allocate_memory
-
-    def __iter__(self):
-        self._finish_running()
-        ffcv.loader.loader.Compiler.set_num_threads(self.num_workers)
-        order = self.next_traversal_order()
-        self.next_epoch += 1
-        if self.code is None or self.recompile:
-            self.generate_code()
-        self._running = _CheckedEpochIterator(self, order[:len(self) * self.batch_size])
-        return self._running
-
-    def _finish_running(self):
-        if self._running is not None:
-            self._running.close()
-            self._running.join()
-            self._running = None
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    def _allocate_memory(self, batch_size, batches_ahead):
-        """Graph.allocate_memory, reusing the previous pass's buffer for an unchanged request."""
-        from ffcv.pipeline.allocation_query import AllocationQuery, allocate_query
-        requirements, _ = self.graph.collect_requirements()
-        previous, self._buffers = self._buffers, {}
-
-        def buffer(key, query):
-            key = (*key, query, batch_size, batches_ahead)
-            found = previous.get(key)
-            self._buffers[key] = (allocate_query(query, batch_size, batches_ahead)
-                                  if found is None else found)
-            return self._buffers[key]
-
-        memory = {}
-        for kind, queries in requirements.items():
-            memory[kind] = {}
-            for node, query in queries.items():
-                if isinstance(query, AllocationQuery):
-                    memory[kind][node] = buffer((kind, node), query)
-                elif query is not None:
-                    memory[kind][node] = tuple(buffer((kind, node, position), q)
-                                               for position, q in enumerate(query))
-                else:
-                    memory[kind][node] = None
-        return memory
-
 from .beton import Beton
+from .ffcv_loader import Loader
 from .fields import IMAGE_FIELD, LABEL_FIELD
 
 
@@ -169,7 +43,7 @@ def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float
     device = torch.device(device)
     image_pipeline = [CenterCropRGBImageDecoder((resolution, resolution), ratio), ToTensor(),
                       *_to_device(device), ToTorchImage(channels_last=True)]
-    label_pipeline = [IntDecoder(), ToTensor(), Squeeze(), *_to_device(device)]
+    label_pipeline = [IntDecoder(), ToTensor(), Squeeze(1), *_to_device(device)]
     pipelines = only(path, {IMAGE_FIELD: image_pipeline, LABEL_FIELD: label_pipeline})
     indices = np.arange(rank, len(Beton(path)), world_size) if world_size > 1 else None
     return Loader(str(path), batch_size=batch_size, num_workers=num_workers,
@@ -227,7 +101,7 @@ class FKDLoader(_PassLoader):
         pipelines = only(path, {
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
                                       transforms=[ToTensor(), *to_device]),
-            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze(), *to_device],
+            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze(1), *to_device],
             'soft_labels': PipelineSpec(CLASSES_FIELD, decoder=labels,
                                         transforms=[ToTensor(), *to_device]),
         })
@@ -269,7 +143,7 @@ class PlainLoader(_PassLoader):
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
                                       transforms=[ToTensor(), *to_device,
                                                   ToTorchImage(channels_last=True)]),
-            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze(), *to_device],
+            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze(1), *to_device],
         })
         super().__init__(Loader(str(path), batch_size=batch_size, num_workers=num_workers,
                                 order=order, seed=seed, distributed=distributed,

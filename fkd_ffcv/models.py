@@ -202,7 +202,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def export_state_dict(model: nn.Module) -> dict:
-    """Weights under the plain architecture's names: no DDP, compile or BlurPool wrappers."""
+    """Weights on the CPU under the plain architecture's names: no DDP, compile or BlurPool
+    wrappers."""
     model = unwrap(model)
     wrapped = [name for name, m in model.named_modules() if isinstance(m, BlurPoolConv2d)]
     state = {}
@@ -211,7 +212,7 @@ def export_state_dict(model: nn.Module) -> dict:
             if key.startswith(name + '.conv.'):
                 key = name + '.' + key[len(name) + len('.conv.'):]
                 break
-        state[key] = value.detach().clone()
+        state[key] = value.detach().to('cpu', copy=True)  # loads where there is no GPU
     return state
 
 

@@ -1,4 +1,5 @@
-"""Where samples come from before they are written: image folders and Fashion-MNIST.
+"""Where samples come from before they are written: image folders, Fashion-MNIST, and
+synthetic photo-like images (for machines without data sets, such as a lent GPU).
 
 Each source yields `(pixels, label, path)` per sample: uint8 HxWx3 RGB, the class index, and
 the path relative to the data set root as bytes (stored as the beton's `path` field, so later
@@ -265,3 +266,33 @@ class FashionMNISTSource:
 
     def describe(self, index):
         return f"fashion-mnist {self.split} image {int(self.indices[index])}"
+
+
+class SyntheticPhotoSource:
+    """Photo-like images (smooth colour fields with texture) drawn from (seed, index): no
+    files needed. ImageNet's shape by default: about 500 x 375 px (70% landscape), 1000
+    classes (label = index mod classes). Content carries no class signal: for speed and
+    plumbing checks, not accuracy."""
+
+    def __init__(self, n: int, seed: int = 0, side: int = 500, num_classes: int = 1000):
+        self.n, self.seed, self.side = n, seed, side
+        self.classes = [f'class{c:04d}' for c in range(num_classes)]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        rng = np.random.default_rng([self.seed, index])
+        long_side, short_side = self.side, max(1, self.side * 3 // 4)
+        h, w = (short_side, long_side) if rng.random() < 0.7 else (long_side, short_side)
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        scale = 500 / self.side  # the same look at any size
+        planes = [127 + 90 * np.sin(scale * (rng.uniform(0.005, 0.05) * y +
+                                             rng.uniform(0.005, 0.05) * x) + rng.uniform(0, 6.3))
+                  for _ in range(3)]
+        pixels = np.stack(planes, axis=2) + rng.normal(0, 12, (h, w, 1))
+        path = np.frombuffer(f'synthetic/{index}.jpg'.encode(), dtype=np.uint8)
+        return np.clip(pixels, 0, 255).astype(np.uint8), index % len(self.classes), path
+
+    def describe(self, index):
+        return f"synthetic photo {index} (seed {self.seed})"

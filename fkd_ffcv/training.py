@@ -30,13 +30,14 @@ from fastargs import Param, Section
 from fastargs.validation import And, InRange, OneOf
 
 from .config import Flag
+from .devices import (PRECISIONS, autocast_dtype, local_device, resolve_backend,
+                      resolve_precision)
 from .files import atomic_write
 from .models import ARCHS, build_model, save_weights, unwrap
 from .schedules import LR_SCHEDULES, ema_decay, lr_factor, resolution
 from .soft_labels import dense_cross_entropy
 
 MODES = ('fkd', 'plain', 'online_kd')
-PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = 'fkd-ffcv checkpoint 1'
 # Options that may change when a run is resumed; any other change is refused.
@@ -92,8 +93,9 @@ PARAMS = {
         weight_decay=Param(And(float, InRange(min=0)), 'not applied to norms and biases',
                            default=5e-5),
         label_smoothing=Param(And(float, InRange(0, 1)), 'plain mode', default=0.1),
-        precision=Param(OneOf(PRECISIONS), 'auto: bf16 on CUDA and on CPUs with bf16, else '
-                        'fp32; fp16 uses a gradient scaler', default='auto'),
+        precision=Param(OneOf(PRECISIONS), 'auto: bf16 on GPUs and CPUs that compute it, '
+                        'fp16 on older GPUs, else fp32; fp16 uses a gradient scaler',
+                        default='auto'),
         compile=Param(Flag(), 'torch.compile the model', default=False),
         ema_epochs=Param(And(float, InRange(min=0)), 'time constant of an exponential '
                          'average of the weights, evaluated and exported (0: off)',
@@ -200,30 +202,22 @@ class Trainer:
         self.world_size = int(os.environ.get('WORLD_SIZE', 1))
         local_rank = int(os.environ.get('LOCAL_RANK', 0))
         local_world = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
-        if torch.cuda.is_available():
-            self.device = torch.device('cuda', local_rank)
+        self.device = local_device(local_rank)
+        if self.device.type == 'cuda':
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True
-        else:
-            self.device = torch.device('cpu')
         # Importing ffcv sets torch to one thread and every loader pass sets it to the
         # loader's thread count; the CPU model wants this many (re-applied every pass).
         self.threads = max(1, len(os.sched_getaffinity(0)) // local_world)
         if self.world_size > 1 and not dist.is_initialized():
-            backend = self.o['dist']['backend']
-            if backend == 'auto':
-                backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
-            dist.init_process_group(backend)
+            dist.init_process_group(resolve_backend(self.o['dist']['backend'], self.device,
+                                                    local_world))
         self.is_main = self.rank == 0
 
     def setup_precision(self):
-        precision = self.o['training']['precision']
-        if precision == 'auto':
-            bf16_ok = (self.device.type == 'cuda' or
-                       torch.ops.mkldnn._is_mkldnn_bf16_supported())
-            precision = 'bf16' if bf16_ok else 'fp32'
-        self.precision = precision
-        dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision)
+        self.precision = precision = resolve_precision(self.o['training']['precision'],
+                                                       self.device)
+        dtype = autocast_dtype(precision)
         self.autocast = dict(device_type=self.device.type, dtype=dtype or torch.float32,
                              enabled=dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == 'fp16')
@@ -302,7 +296,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == 'cuda'
                 else None)
         if self.o['training']['compile']:
-            self.train_model = torch.compile(self.train_model)
+            # One static graph per input side (progressive resizing has a few), not a
+            # dynamic-shape graph that is slower for every side.
+            self.train_model = torch.compile(self.train_model, dynamic=False)
 
     def create_optimizer(self):
         t = self.o['training']
@@ -375,7 +371,8 @@ class Trainer:
             raise TrainingError("online_kd mode needs --fkd.teacher")
         try:
             self.teacher = Teacher(spec, device=self.device, cpu_threads=self.threads,
-                                   temperature=self.o['fkd']['temperature'])
+                                   temperature=self.o['fkd']['temperature'],
+                                   precision=self.precision)
         except (ValueError, FileNotFoundError) as e:
             raise TrainingError(f"--fkd.teacher: {e}") from None
         if self.teacher.num_classes != self.num_classes:

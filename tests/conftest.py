@@ -86,3 +86,26 @@ def fashion_betons(tmp_path_factory):
                     progress=False)
         paths.append(path)
     return tuple(paths)
+
+
+LABELLED_RECORDS = 6
+
+
+@pytest.fixture(scope='session')
+def labelled_jpeg_beton(image_tree, tmp_path_factory):
+    """The image tree's train split stored as JPEG, labelled with LABELLED_RECORDS records per
+    image by a random ResNet-18 at 32 px."""
+    import torch
+    import torchvision
+    from fkd_ffcv.labeling import LabelingSettings, label_beton
+    from fkd_ffcv.teachers import Teacher
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp('fkd')
+    write_tree(image_tree, out / 'images.beton', 'jpg')
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), out / 't.pt')
+    teacher = Teacher(f'torchvision:resnet18:{out}/t.pt', input_size=32)
+    label_beton(out / 'images.beton', out / 'fkd.beton', teacher,
+                LabelingSettings(num_records=LABELLED_RECORDS,
+                                 label_type='marginal_smoothing_k2'),
+                out / 'work', progress=False)
+    return out / 'fkd.beton'

@@ -96,3 +96,6 @@ def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert '4 per image, marginal_renorm_k3 of 10 classes, 18.0 B per record' in shown
     assert 'each is reused about 4.0 times' in shown
+    from fkd_ffcv.beton import Beton
+    teacher = Beton(tmp_path / 'val_fkd.beton').manifest['soft_labels']['teacher']
+    assert (teacher['precision'], teacher['device']) == ('fp32', 'cpu')  # the default: exact

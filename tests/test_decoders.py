@@ -6,17 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_tree
+from conftest import LABELLED_RECORDS as N
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import box_pixels
 from fkd_ffcv.decoders import record_index
 from fkd_ffcv.fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
-from fkd_ffcv.labeling import LabelingSettings, label_beton
 from fkd_ffcv.loaders import FKDLoader, OrderOption
 from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
-from fkd_ffcv.teachers import Teacher
 
-N, K = 6, 2
+K = 2
 
 
 @pytest.mark.parametrize('n, k', [(6, 2), (5, 2), (500, 4), (1, 1), (7, 7)])
@@ -30,18 +28,8 @@ def test_every_record_once_per_cycle(n, k):
 
 
 @pytest.fixture(scope='module')
-def labelled(image_tree, tmp_path_factory):
-    """The image tree stored as JPEG, labelled with N records per image."""
-    import torchvision
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp('fkd')
-    write_tree(image_tree, out / 'images.beton', 'jpg')
-    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), out / 't.pt')
-    teacher = Teacher(f'torchvision:resnet18:{out}/t.pt', input_size=32)
-    label_beton(out / 'images.beton', out / 'fkd.beton', teacher,
-                LabelingSettings(num_records=N, label_type='marginal_smoothing_k2'),
-                out / 'work', progress=False)
-    return out / 'fkd.beton'
+def labelled(labelled_jpeg_beton):
+    return labelled_jpeg_beton
 
 
 def reference(beton, sample, record, size):
@@ -88,7 +76,7 @@ def test_batch_size_counts_crops(labelled):
 
 def test_a_corrupt_stored_image_raises(labelled, tmp_path):
     import shutil
-    from fkd_ffcv.loaders import LoaderError
+    from fkd_ffcv.ffcv_loader import LoaderError
     # A copy of the labelled beton with garbage over one stored JPEG's bytes.
     jpeg = tmp_path / 'jpeg.beton'
     shutil.copy(labelled, jpeg)

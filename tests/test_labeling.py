@@ -1,4 +1,6 @@
 """Soft-label generation: records, teacher agreement, resume, shards, bad input, real teacher."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -151,6 +153,47 @@ def test_nan_teacher_output_is_refused(images, tmp_path):
         label_beton(images, tmp_path / 'x.beton', teacher, SETTINGS, tmp_path / 'work',
                     progress=False)
     assert not (tmp_path / 'x.beton').exists() and not list((tmp_path / 'work').glob('chunk-*'))
+
+
+def test_a_resume_with_other_teacher_arithmetic_is_refused(images, teacher, tmp_path,
+                                                         monkeypatch):
+    """Records of one beton are all made alike: the work folder records the teacher's
+    device and precision, and a resumed run that differs in them is refused."""
+    real = labeling._chunk_records
+    calls = []
+
+    def dies_on_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(labeling, '_chunk_records', dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        label_beton(images, tmp_path / 'out.beton', teacher, SETTINGS, tmp_path / 'work',
+                    progress=False)
+    monkeypatch.setattr(labeling, '_chunk_records', real)
+    bf16 = Teacher(teacher.specs, input_size=32, precision='bf16')
+    with pytest.raises(ValueError, match='another labelling run'):
+        label_beton(images, tmp_path / 'out.beton', bf16, SETTINGS, tmp_path / 'work',
+                    progress=False)
+    recorded = json.loads((tmp_path / 'work' / 'run.json').read_text())['teacher']
+    assert (recorded['precision'], recorded['device']) == ('fp32', 'cpu')
+
+
+def test_a_bf16_teacher_keeps_its_classifier_and_softmax_in_fp32(teacher):
+    bf16 = Teacher(teacher.specs, input_size=32, precision='bf16')
+    head = bf16.models[0].fc
+    seen = {}
+    head.linear.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0], out=out))
+    crops = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    probs = bf16.probs(crops)
+    assert seen['out'].dtype == torch.float32
+    exact = torch.nn.functional.linear(seen['x'].float(), head.linear.weight, head.linear.bias)
+    assert torch.equal(seen['out'], exact)
+    assert torch.equal(probs, torch.softmax(exact, dim=-1))
+    with pytest.raises(ValueError, match='precision must be one of'):
+        Teacher(teacher.specs, input_size=32, precision='int8')
 
 
 def test_real_imagenet_teacher_efficientnet_lite0(tmp_path):

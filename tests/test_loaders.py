@@ -8,7 +8,8 @@ from ffcv.fields.ndarray import NDArrayDecoder
 from ffcv.loader import OrderOption
 
 from fkd_ffcv.beton import Beton
-from fkd_ffcv.loaders import Loader, LoaderError, eval_loader
+from fkd_ffcv.ffcv_loader import Loader, LoaderError
+from fkd_ffcv.loaders import eval_loader
 from fkd_ffcv.writer import write_beton
 
 

@@ -1,0 +1,52 @@
+"""Which device, precision and process-group backend a process uses, decided from what torch
+reports, so that the CUDA branches run in CPU tests with those answers stubbed."""
+from __future__ import annotations
+
+import torch
+
+PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
+
+
+def local_device(local_rank: int = 0) -> torch.device:
+    """GPU `local_rank` modulo the GPU count where CUDA is available, else the CPU. More ranks
+    than GPUs (two processes on one GPU, to check a multi-process run) share them."""
+    if torch.cuda.is_available():
+        return torch.device('cuda', local_rank % torch.cuda.device_count())
+    return torch.device('cpu')
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' is local_device(local_rank); anything else is taken as torch names it."""
+    return local_device(local_rank) if name == 'auto' else torch.device(name)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """'auto': bf16 where the device computes it (Ampere and later; CPUs with bf16 support),
+    fp16 on older GPUs (a V100), fp32 on other CPUs."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
+    if requested != 'auto':
+        return requested
+    if device.type == 'cuda':
+        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    return 'bf16' if cpu_has_bf16() else 'fp32'
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively on this CPU (AVX512-BF16, AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_dtype(precision: str):
+    """The autocast dtype of a resolved precision, None for fp32."""
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision)
+
+
+def resolve_backend(requested: str, device: torch.device, local_world_size: int) -> str:
+    """'auto': NCCL when each local rank has a GPU of its own, else gloo (NCCL refuses two
+    ranks on one GPU; gloo also reduces CUDA tensors)."""
+    if requested != 'auto':
+        return requested
+    if device.type != 'cuda':
+        return 'gloo'
+    return 'nccl' if local_world_size <= torch.cuda.device_count() else 'gloo'

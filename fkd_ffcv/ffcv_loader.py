@@ -1,0 +1,230 @@
+"""FFCV's `Loader`, adapted: errors that reach the consumer, buffers kept from pass to pass, and
+a CUDA path that is safe with a GPU running behind the host.
+
+Written against ffcv 1.0.x: it overrides `EpochIterator.run`/`run_pipeline` and replaces
+`Graph.allocate_memory`, internals that another FFCV release may change, so importing this
+module with another version fails at once rather than in the middle of a run.
+
+What FFCV does and this module changes (each item is tested on the CPU with torch.cuda stubbed,
+tests/test_ffcv_loader.py):
+- A failing worker thread ends silently and the consumer waits forever: here its exception is
+  raised in the consumer as LoaderError.
+- Every pass allocates every buffer anew (page faults, or pinning with CUDA, on hundreds of MB
+  per pass): here a buffer is reused while its request is unchanged.
+- With CUDA, every host buffer is pinned, the full-size decode scratch buffers included: here
+  only the buffers that `ToDevice` copies from are.
+- The worker thread runs on GPU 0 whatever the loader's device (a CUDA context on GPU 0 for
+  every rank): here it runs on the device it copies to.
+- FFCV's CUDA events keep a slot's *device* buffers from being overwritten while the model still
+  reads them, but nothing keeps the worker from rewriting a slot's pinned *host* buffers while
+  the asynchronous copy out of them is still queued (the GPU may run many steps behind a host
+  that never synchronises). Here the worker waits for the slot's previous copy to finish first.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import nullcontext
+from importlib.metadata import version
+from queue import Full
+from typing import Optional
+
+import ffcv.loader
+import numpy as np
+import torch
+from ffcv.loader import epoch_iterator
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.graph import TransformNode
+from ffcv.transforms import ToDevice
+
+FFCV_WRITTEN_FOR = '1.0.'
+if not version('ffcv').startswith(FFCV_WRITTEN_FOR):
+    raise ImportError(f"fkd_ffcv adapts the internals of ffcv {FFCV_WRITTEN_FOR}x (its epoch "
+                      f"iterator and buffer allocation); ffcv {version('ffcv')} is installed. "
+                      f"Install ffcv==1.0.2 (constraints.txt).")
+
+
+def _drop_numba_finalizer_noise(unraisable, previous=sys.unraisablehook):
+    """When a compiled FFCV pipeline is garbage-collected, numba's dispatcher finalizer raises
+    KeyError and Python prints 'Exception ignored' tracebacks (harmless: the memory is freed
+    anyway). A process that builds several loaders (trainer runs, benchmarks, tests) would
+    print one per collected pipeline; drop exactly those, pass everything else on."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if (isinstance(unraisable.exc_value, KeyError) and tb is not None
+            and tb.tb_frame.f_code.co_name == 'finalizer'
+            and tb.tb_frame.f_code.co_filename.endswith(os.path.join('numba', 'core',
+                                                                     'dispatcher.py'))):
+        return
+    previous(unraisable)
+
+
+sys.unraisablehook = _drop_numba_finalizer_noise
+
+
+class LoaderError(RuntimeError):
+    """A loader's worker thread failed; the cause is chained."""
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _device_context(device: Optional[torch.device]):
+    return torch.cuda.device(device) if device is not None else nullcontext()
+
+
+class _EpochIterator(epoch_iterator.EpochIterator):
+    """One pass of a `Loader` (see the module docstring for what differs from FFCV's)."""
+
+    def __init__(self, loader: 'Loader', order):
+        # Set before FFCV's constructor, which starts the thread.
+        self.copied = [None] * (loader.batches_ahead + 2)  # per slot: its last copy's event
+        self.thread_device = loader.copy_device
+        if self.thread_device is None and epoch_iterator.IS_CUDA:
+            self.thread_device = torch.device('cuda', torch.cuda.current_device())
+        # FFCV makes its streams on the current device: make them on the loader's.
+        with _device_context(self.thread_device):
+            super().__init__(loader, order)
+
+    def run(self):
+        try:
+            if self.thread_device is not None:
+                torch.cuda.set_device(self.thread_device)  # a new thread starts on GPU 0
+            super().run()
+        except BaseException as e:  # the consumer re-raises it
+            while not self.terminate_event.is_set():
+                try:
+                    self.output_queue.put(_Failure(e), timeout=0.5)
+                    return
+                except Full:
+                    pass
+
+    def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
+        if self.copied[batch_slot] is not None:
+            self.copied[batch_slot].synchronize()  # its pinned buffers are read no more
+        result = super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
+        if self.loader.copy_device is not None:
+            done = torch.cuda.Event()
+            done.record(self.cuda_streams[batch_slot])  # after the copies just queued there
+            self.copied[batch_slot] = done
+        return result
+
+    def __next__(self):
+        result = self.output_queue.get()
+        if isinstance(result, _Failure):
+            self.close()
+            raise LoaderError(f"{self.loader.fname}: the loader's thread failed: "
+                              f"{type(result.error).__name__}: {result.error}") from result.error
+        if result is None:
+            self.close()
+            raise StopIteration()
+        slot, batch = result
+        if self.cuda_streams[slot] is not None:
+            self.current_stream.wait_stream(self.cuda_streams[slot])
+        return batch
+
+
+def copy_device(graph) -> Optional[torch.device]:
+    """The CUDA device that the pipelines' ToDevice steps copy to, or None."""
+    devices = {torch.device(node.operation.device) for node in graph.nodes
+               if isinstance(node, TransformNode) and isinstance(node.operation, ToDevice)}
+    devices = {torch.device('cuda', torch.cuda.current_device()) if d.index is None else d
+               for d in devices if d.type == 'cuda'}
+    if len(devices) > 1:
+        raise ValueError(f"a loader's pipelines copy to several devices: {sorted(map(str, devices))}")
+    return devices.pop() if devices else None
+
+
+def copied_nodes(graph, requirements) -> set:
+    """Ids of the nodes whose output buffer a ToDevice copies from: the nearest ancestor of each
+    ToDevice that allocates (ToTensor and Squeeze return views of their input)."""
+    operations = requirements['operation']
+    found = set()
+    for node in graph.nodes:
+        if isinstance(node, TransformNode) and isinstance(node.operation, ToDevice):
+            parent = node.parent
+            while parent is not None and operations.get(parent.id) is None:
+                parent = parent.parent
+            if parent is not None:
+                found.add(parent.id)
+    return found
+
+
+def allocate(query: AllocationQuery, batch_size: int, slots: int, pin: bool):
+    """Buffers for `slots` batches, laid out as FFCV's allocate_query does: host buffers as
+    one numpy array (slots, batch, *shape), device buffers as a list of tensors per slot."""
+    shape = (batch_size, *query.shape)
+    if isinstance(query.dtype, torch.dtype):
+        device = query.device if query.device is not None else torch.device('cpu')
+        buffers = [torch.empty(shape, dtype=query.dtype, device=device) for _ in range(slots)]
+        return [b.pin_memory() for b in buffers] if pin and device.type == 'cpu' else buffers
+    dtype = torch.from_numpy(np.empty(0, dtype=query.dtype)).dtype
+    host = torch.empty((slots, *shape), dtype=dtype)
+    return (host.pin_memory() if pin else host).numpy()
+
+
+class Loader(ffcv.loader.Loader):
+    """`ffcv.loader.Loader` with the changes of the module docstring.
+
+    As within an FFCV pass, a batch is only valid until the loader has produced
+    `batches_ahead + 1` more. Starting a pass finishes the previous one (its thread is stopped
+    and joined, and the device it copied to is synchronised) before its buffers are written
+    again."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._buffers = {}
+        self._running = None
+        self.copy_device = copy_device(self.graph)
+        self.graph.allocate_memory = self._allocate_memory
+
+    def __iter__(self):
+        self._finish_running()
+        ffcv.loader.loader.Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        self._running = _EpochIterator(self, order[:len(self) * self.batch_size])
+        return self._running
+
+    def _finish_running(self):
+        if self._running is not None:
+            self._running.close()
+            self._running.join()
+            self._running = None
+        if self.copy_device is not None:
+            torch.cuda.synchronize(self.copy_device)
+
+    def _allocate_memory(self, batch_size, slots):
+        """Graph.allocate_memory, reusing the previous pass's buffer for an unchanged request
+        and pinning only what ToDevice copies."""
+        requirements, _ = self.graph.collect_requirements()
+        pinned = copied_nodes(self.graph, requirements) if self.copy_device is not None else ()
+        previous, self._buffers = self._buffers, {}
+
+        def buffer(kind, node, position, query):
+            pin = kind == 'operation' and node in pinned and position == 0
+            # FFCV's Squeeze records shapes as lists: a tuple makes the key hashable.
+            key = (kind, node, position, tuple(query.shape), str(query.dtype), str(query.device),
+                   pin, batch_size, slots)
+            found = previous.get(key)
+            self._buffers[key] = allocate(query, batch_size, slots, pin) if found is None \
+                else found
+            return self._buffers[key]
+
+        memory = {}
+        for kind, queries in requirements.items():
+            memory[kind] = {}
+            for node, query in queries.items():
+                if isinstance(query, AllocationQuery):
+                    memory[kind][node] = buffer(kind, node, 0, query)
+                elif query is not None:
+                    memory[kind][node] = tuple(buffer(kind, node, position, q)
+                                               for position, q in enumerate(query))
+                else:
+                    memory[kind][node] = None
+        return memory

@@ -1,0 +1,46 @@
+"""The timing table's pieces that a GPU run depends on: FKD's original data path delivers on
+the trainer's device, and results are written without matplotlib."""
+import json
+import sys
+
+import torch
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / 'benchmarks'))
+import timing_table  # noqa: E402
+from original_fkd import export_original_files  # noqa: E402
+
+
+def test_original_data_path_delivers_on_the_trainers_device(labelled_jpeg_beton, tmp_path):
+    files = export_original_files(labelled_jpeg_beton, tmp_path / 'files')
+    # 'meta' stands for a GPU: a tensor left on the CPU would show
+    path = timing_table.OriginalFKDPath(*files, k=2, batch_images=4, side=16, workers=0,
+                                        device='meta')
+    batches = list(path)
+    assert len(batches) == 3
+    for images, classes, probs, hard in batches:
+        assert {t.device.type for t in (images, classes, probs, hard)} == {'meta'}
+        assert images.shape == (8, 3, 16, 16) and hard.shape == (8,)
+        assert images.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_results_are_written_as_rows_finish_even_without_matplotlib(tmp_path, monkeypatch):
+    def no_matplotlib(*args):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(timing_table, 'plot', no_matplotlib)
+    rows = [{'key': 'plain', 'name': 'plain', 'k': 1, 'seconds_per_epoch': 2.0,
+             'crops_per_s': 100.0, 'data_wait': 0.1, 'precision': 'bf16', 'device': 'cuda:0',
+             'wall_seconds': 9.0},
+            {'key': 'fkd4', 'name': 'FKD, K=4', 'k': 4, 'seconds_per_epoch': 1.0,
+             'crops_per_s': 200.0, 'data_wait': 0.0, 'precision': 'bf16', 'device': 'cuda:0',
+             'wall_seconds': 20.0}]
+    text = timing_table.table(rows, timing_table.PRESETS['gpu'], None, ['fkd8'])
+    timing_table.save(tmp_path / 'out', 'timing_gpu', rows, text)
+    written = (tmp_path / 'out' / 'timing_gpu.md').read_text()
+    assert '| FKD, K=4 | 1.00 | 0.50x | 200 | 0% |' in written
+    assert 'Not measured (time limit): FKD, K=8.' in written
+    assert json.loads((tmp_path / 'out' / 'timing_gpu.json').read_text()) == rows
+    assert not (tmp_path / 'out' / 'timing_gpu.png').exists()
+    assert timing_table.estimate('fkd8', rows) == 2 * 8 * 9.0 / 2  # slowest epoch so far

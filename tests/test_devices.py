@@ -1,0 +1,70 @@
+"""Device, precision and backend choices, and the trainer's CUDA set-up, with torch.cuda
+stubbed (fake_cuda.py)."""
+import pytest
+import torch
+
+from fake_cuda import FakeCuda
+from fkd_ffcv import devices
+from fkd_ffcv.training import Trainer, options
+
+
+def test_ranks_map_onto_the_gpus_there_are(monkeypatch):
+    fake = FakeCuda(monkeypatch, devices=1)
+    assert devices.local_device(1) == torch.device('cuda', 0)  # two ranks share one GPU
+    fake.devices = 4
+    assert devices.local_device(6) == torch.device('cuda', 2)
+    assert devices.resolve_device('auto', 5) == torch.device('cuda', 1)
+    assert devices.resolve_device('cpu', 5) == torch.device('cpu')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert devices.local_device(3) == torch.device('cpu')
+
+
+def test_auto_precision_asks_the_device(monkeypatch):
+    fake = FakeCuda(monkeypatch, bf16=True)
+    gpu = torch.device('cuda', 0)
+    assert devices.resolve_precision('auto', gpu) == 'bf16'
+    fake.bf16 = False  # a V100
+    assert devices.resolve_precision('auto', gpu) == 'fp16'
+    assert devices.resolve_precision('fp32', gpu) == 'fp32'
+    for native, expected in ((True, 'bf16'), (False, 'fp32')):
+        monkeypatch.setattr(devices, 'cpu_has_bf16', lambda: native)
+        assert devices.resolve_precision('auto', torch.device('cpu')) == expected
+    with pytest.raises(ValueError, match='precision must be one of'):
+        devices.resolve_precision('fp8', gpu)
+
+
+def test_auto_backend_is_gloo_where_ranks_share_a_gpu(monkeypatch):
+    FakeCuda(monkeypatch, devices=2)
+    gpu = torch.device('cuda', 0)
+    assert devices.resolve_backend('auto', gpu, local_world_size=2) == 'nccl'
+    assert devices.resolve_backend('auto', gpu, local_world_size=3) == 'gloo'
+    assert devices.resolve_backend('auto', torch.device('cpu'), 1) == 'gloo'
+    assert devices.resolve_backend('nccl', gpu, 3) == 'nccl'  # asked for: the user's call
+
+
+def test_trainer_takes_its_rank_gpu_modulo_the_gpu_count(monkeypatch):
+    fake = FakeCuda(monkeypatch, devices=1)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+    trainer = Trainer.__new__(Trainer)
+    trainer.o = options()
+    trainer.setup_distributed()
+    assert trainer.device == torch.device('cuda', 0)
+    assert ('MainThread', 0, 'set_device', 0) in fake.calls
+    assert torch.backends.cudnn.benchmark
+
+
+def test_compiled_models_get_one_static_graph_per_input_side(monkeypatch):
+    compiled = {}
+
+    def fake_compile(model, **kwargs):
+        compiled.update(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    trainer = Trainer.__new__(Trainer)
+    trainer.o = trainer.opts = options({'model.arch': 'small_resnet', 'training.compile': True})
+    trainer.device, trainer.world_size, trainer.num_classes = torch.device('cpu'), 1, 10
+    trainer.create_model()
+    assert compiled == {'dynamic': False}  # progressive resizing: a graph per side
