@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Builds build/gpu_bundle/ for a lent GPU machine that has no network and no package registry:
-#   wheels/  ffcv (C extension compiled here for CPython 3.12), fastargs, terminaltables
-#   lib/     the shared libraries that ffcv's extension needs beyond glibc/libstdc++/libgcc_s
+# Builds build/gpu_bundle/ for a lent GPU machine that has no network, no package registry and
+# possibly no pip:
+#   wheels/          ffcv (C extension compiled here for CPython 3.12), fastargs, terminaltables
+#   site/            those wheels unpacked, ready to import from PYTHONPATH (no install step)
+#   site/ffcv.libs/  the shared libraries that ffcv's extension needs beyond glibc, libstdc++,
+#                    libgcc_s and libz, found through DT_RPATH ($ORIGIN...) set with patchelf,
+#                    so no LD_LIBRARY_PATH is needed and no other process sees them
 # The device has the rest (torch, numpy, numba, opencv-python-headless, ...); see docs/gpu.md.
-# Idempotent: wheels already in the bundle are kept (delete one to rebuild it); lib/ is
-# re-derived from the extension each run (seconds).
+# Idempotent: wheels already in the bundle are kept (delete one to rebuild it); site/ is
+# re-derived from the wheels each run (seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,62 +16,87 @@ PY312=${PY312:-/root/.pyenv/versions/3.12.1/bin/python3.12}  # device runs CPyth
 VENV=${BUNDLE_VENV:-/tmp/fkd-gpu-bundle-py312}                # throwaway build venv
 SETUPTOOLS=${SETUPTOOLS:-setuptools==84.2.1}                  # what .venv built ffcv with
 OUT=build/gpu_bundle
-pin() { grep -E "^$1==" constraints.txt; }                    # same versions as CI
+SITE=$OUT/site
+LIBS=$SITE/ffcv.libs
+pin() { grep -E "^$1==" constraints.txt || { echo "gpu_bundle: no $1== pin in constraints.txt" >&2; exit 1; }; }
 
-# ffcv's setup.py asks pkg-config for opencv4 and libturbojpeg (it does not use numpy).
+# ffcv's setup.py asks pkg-config for opencv4 and libturbojpeg (it does not use numpy);
+# patchelf writes the bundled libraries' search path into the extension and the libraries.
 need=""
-for pkg in pkg-config libturbojpeg0-dev libopencv-dev; do
+for pkg in pkg-config libturbojpeg0-dev libopencv-dev patchelf; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then
     [ "$(id -u)" = 0 ] || { echo "gpu_bundle: need root to apt-get install$need" >&2; exit 1; }
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
 fi
+[ -x "$PY312" ] || { echo "gpu_bundle: no CPython 3.12 at $PY312 (set PY312=...)" >&2; exit 1; }
 
 [ -x "$VENV/bin/python" ] || "$PY312" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q "$SETUPTOOLS" wheel
-mkdir -p "$OUT/wheels" "$OUT/lib"
+mkdir -p "$OUT/wheels"
 
 # --no-build-isolation: build with the pinned setuptools above, not whatever is newest.
-for spec in "$(pin ffcv)" "$(pin fastargs)" "$(pin terminaltables)"; do
+specs="$(pin ffcv) $(pin fastargs) $(pin terminaltables)"
+for spec in $specs; do
     name=${spec%%==*}; ver=${spec##*==}
     if ls "$OUT/wheels/$name-$ver-"*.whl >/dev/null 2>&1; then continue; fi
     echo "gpu_bundle: building $spec"
     "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$OUT/wheels" "$spec"
 done
-whl=$(ls "$OUT"/wheels/ffcv-*-cp312-*.whl)
+ls "$OUT"/wheels/ffcv-*-cp312-*.whl >/dev/null
 
-# The extension, unpacked once, to read what it links.
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-"$VENV/bin/python" -m zipfile -e "$whl" "$tmp"
-ext=$(ls "$tmp"/ffcv/_libffcv*.so)
+# site/: the wheels unpacked as pip would install them (pip runs here, not on the device).
+# No .pyc files: the device's Python writes its own on first import.
+rm -rf "${SITE:?}" "${OUT:?}/lib"    # lib/: where older versions of this script put the libraries
+"$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --find-links "$OUT/wheels" \
+    --target "$SITE" $specs
+rm -rf "${SITE:?}/bin"           # console scripts (none today) would point at this venv's python
+ext=$(ls "$SITE"/ffcv/_libffcv*.so)
 
 # Not bundled: glibc and the GCC C++ runtime (every image has them, and a second copy of
 # libc/libstdc++ would clash with the image's), and zlib (Priority: required on Debian/Ubuntu;
-# a copy first on LD_LIBRARY_PATH would replace the image's own for torch and Python too).
+# torch and Python load the image's own).
 skip='^(linux-vdso|ld-linux-x86-64|libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|libz)\.so'
 # ldd lists the whole closure (dependencies of dependencies); copy the resolved files under
 # the names the loader asks for (the SONAMEs), following the alternatives symlinks.
-rm -f "$OUT"/lib/*
+mkdir -p "$LIBS"
 ldd "$ext" | awk '$2 == "=>" {print $1, $3}' | while read -r so path; do
     [[ $so =~ $skip ]] && continue
     [ -f "$path" ] || { echo "gpu_bundle: $so not found here" >&2; exit 1; }
-    cp -L "$path" "$OUT/lib/$so"
+    cp -L "$path" "$LIBS/$so"; chmod u+w "$LIBS/$so"
 done
 
-# Closure check: every NEEDED entry of the extension and of lib/* is in lib/ or skipped.
-for f in "$ext" "$OUT"/lib/*; do
+# Search paths. DT_RPATH (--force-rpath), not patchelf's default DT_RUNPATH: the loader uses a
+# DT_RUNPATH only for the object's own NEEDED entries, a DT_RPATH also for those of the
+# libraries it pulls in, and a DT_RPATH is searched before LD_LIBRARY_PATH. Each bundled
+# library gets $ORIGIN as well, so each finds its own dependencies in ffcv.libs/ whoever
+# loads it. Nothing else in the process (torch, cv2, numpy) searches ffcv.libs/; a library of
+# the same SONAME that is already loaded (e.g. an image's libtbb.so.12) is shared, as always.
+# shellcheck disable=SC2016  # $ORIGIN is for the loader, not the shell
+patchelf --force-rpath --set-rpath '$ORIGIN/../ffcv.libs' "$ext"
+for f in "$LIBS"/*; do patchelf --force-rpath --set-rpath '$ORIGIN' "$f"; done
+
+# Closure check: every NEEDED entry of the extension and of ffcv.libs/* is bundled or skipped,
+# and (with no LD_LIBRARY_PATH) the loader resolves every bundled one into ffcv.libs/.
+for f in "$ext" "$LIBS"/*; do
     for n in $(objdump -p "$f" | awk '/NEEDED/ {print $2}'); do
-        [[ $n =~ $skip ]] || [ -f "$OUT/lib/$n" ] || { echo "gpu_bundle: $f needs $n, not bundled" >&2; exit 1; }
+        [[ $n =~ $skip ]] || [ -f "$LIBS/$n" ] || { echo "gpu_bundle: $f needs $n, not bundled" >&2; exit 1; }
     done
+done
+env -u LD_LIBRARY_PATH ldd "$ext" | awk '$2 == "=>" {print $1, $3}' | while read -r so path; do
+    [[ $so =~ $skip ]] && continue
+    [ "$path" -ef "$LIBS/$so" ] || { echo "gpu_bundle: $so resolves to $path, not to $LIBS" >&2; exit 1; }
 done
 
 # Oldest glibc / libstdc++ the device must have (the highest versions these files require).
-maxver() { objdump -T "$ext" "$OUT"/lib/* | grep -o "$1_[0-9.]*" | sort -uV | tail -1; }
+maxver() { objdump -T "$ext" "$LIBS"/* | grep -o "$1_[0-9.]*" | sort -uV | tail -1; }
 {
     echo "built $(date -u +%F) on $(. /etc/os-release; echo "$PRETTY_NAME") with $("$VENV/bin/python" --version)"
     echo "needs at least: $(maxver GLIBC) $(maxver GLIBCXX) $(maxver CXXABI)"
-    (cd "$OUT" && ls -l wheels lib | awk 'NF > 4 {print $5, $NF}')
+    echo "rpath: ${ext#"$OUT"/} $(patchelf --print-rpath "$ext"); ffcv.libs/* \$ORIGIN"
+    (cd "$OUT" && find wheels site/ffcv.libs -type f -printf '%s %p\n' | sort -k2)
+    (cd "$OUT" && du -sb site/* | grep -v 'site/ffcv.libs$' | awk '{print $1, $2 "/"}')
 } > "$OUT/MANIFEST.txt"
 cat "$OUT/MANIFEST.txt"
 echo "gpu_bundle: $OUT is $(du -sb "$OUT" | cut -f1) bytes ($(du -sh "$OUT" | cut -f1))"

@@ -1,53 +1,112 @@
-# Prepares a lent GPU machine (no network; the image's python3 3.12 already has torch, numpy,
-# numba, opencv) to run this repo, from the bundle that tools/gpu_bundle.sh built here and the
-# device run carried (carry=["build/gpu_bundle"]). Meant to be SOURCED from the repo root:
+# Prepares a lent GPU machine (no network, no registry, maybe no pip; the image's python3 3.12
+# already has torch, numpy, numba, opencv) to run this repo, from the bundle that
+# tools/gpu_bundle.sh built here and the device run carried (carry=["build/gpu_bundle"]).
+# Nothing is installed: the bundle's site/ holds ffcv, fastargs and terminaltables unpacked, and
+# ffcv's extension finds its libraries in site/ffcv.libs/ through its own RPATH, so no
+# LD_LIBRARY_PATH is set. Meant to be SOURCED from bash:
 #     source tools/gpu_prepare.sh && python3 ...
-# so that LD_LIBRARY_PATH (ffcv's extension links the bundled OpenCV/libjpeg-turbo libraries)
-# and PYTHONPATH (the repo itself, not installed) stay set for the commands that follow.
-# Run with bash instead, it only installs and checks. Idempotent: pip keeps installed versions.
+# so that PYTHONPATH=<bundle>/site:<repo> (the repo is used in place) stays set for the commands
+# that follow; returns non-zero when a check fails. Run with bash instead, it only checks.
+# Options: --bundle DIR (or FKD_GPU_BUNDLE=DIR; default <repo>/build/gpu_bundle);
+# PYTHON=... for an interpreter other than python3. When sourced, other arguments are ignored
+# (bash hands a sourced file the caller's own arguments when it is given none).
 
 _fkd_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+_fkd_bundle=${FKD_GPU_BUNDLE:-$_fkd_root/build/gpu_bundle}
+case "${1:-}" in
+    --bundle) _fkd_bundle=${2:-} ;;
+    --bundle=*) _fkd_bundle=${1#--bundle=} ;;
+    *) if [ "${BASH_SOURCE[0]}" = "$0" ] && [ $# -gt 0 ]; then
+           echo "gpu_prepare: unknown argument '$1' (usage: bash tools/gpu_prepare.sh [--bundle DIR])" >&2
+           exit 2
+       fi ;;
+esac
+# Absolute (relative to the caller's directory), as PYTHONPATH outlives any cd.
+[ -d "$_fkd_bundle" ] && _fkd_bundle=$(cd "$_fkd_bundle" && pwd)
+
 if [ "${BASH_SOURCE[0]}" != "$0" ]; then
     # Sourced: do the work in a child bash, where set -e holds (bash ignores it inside
     # `source ... && ...` and in functions called from `if`), then export into this shell.
-    if bash "${BASH_SOURCE[0]}"; then
-        case ":${LD_LIBRARY_PATH:-}:" in *":$_fkd_root/build/gpu_bundle/lib:"*) ;;
-            *) export LD_LIBRARY_PATH=$_fkd_root/build/gpu_bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} ;; esac
-        case ":${PYTHONPATH:-}:" in *":$_fkd_root:"*) ;;
-            *) export PYTHONPATH=$_fkd_root${PYTHONPATH:+:$PYTHONPATH} ;; esac
-        echo "gpu_prepare: exported LD_LIBRARY_PATH=$LD_LIBRARY_PATH PYTHONPATH=$PYTHONPATH"
-        unset _fkd_root; return 0
+    if bash "${BASH_SOURCE[0]}" --bundle "$_fkd_bundle"; then
+        for _fkd_p in "$_fkd_root" "$_fkd_bundle/site"; do   # ends as site:repo:...
+            case ":${PYTHONPATH:-}:" in *":$_fkd_p:"*) ;;
+                *) export PYTHONPATH=$_fkd_p${PYTHONPATH:+:$PYTHONPATH} ;; esac
+        done
+        echo "gpu_prepare: exported PYTHONPATH=$PYTHONPATH"
+        unset _fkd_root _fkd_bundle _fkd_p; return 0
     fi
-    unset _fkd_root; return 1
+    unset _fkd_root _fkd_bundle; return 1
 fi
 
 set -euo pipefail
 cd "$_fkd_root"
 PY=${PYTHON:-python3}
-B=build/gpu_bundle
+B=$_fkd_bundle
+[ -n "$B" ] || { echo "gpu_prepare: --bundle needs a directory" >&2; exit 2; }
+SITE=$B/site
 ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
-    || { echo "gpu_prepare: no $PY on PATH" >&2; exit 1; }
-# The ffcv wheel holds a C extension compiled for CPython 3.12 only.
+    || { echo "gpu_prepare: cannot run $PY (set PYTHON=...)" >&2; exit 1; }
+# ffcv's extension is compiled for CPython 3.12 only.
 [ "$ver" = 3.12 ] || { echo "gpu_prepare: $PY is Python $ver; the bundle is built for 3.12 (set PYTHON=...)" >&2; exit 1; }
-if ! ls "$B"/wheels/ffcv-*-cp312-*.whl >/dev/null 2>&1 || [ ! -f "$B/lib/libopencv_core.so.406" ]; then
-    echo "gpu_prepare: $_fkd_root/$B is missing or incomplete: run 'bash tools/gpu_bundle.sh' on the" >&2
-    echo "  build machine and carry build/gpu_bundle to this one (see docs/gpu.md)" >&2; exit 1
+ext=$(ls "$SITE"/ffcv/_libffcv.cpython-312-*.so 2>/dev/null | head -1) || true
+if [ -z "$ext" ] || [ ! -d "$SITE/fastargs" ] || [ ! -d "$SITE/terminaltables" ] \
+        || ! ls "$SITE"/ffcv.libs/lib*.so* >/dev/null 2>&1; then
+    echo "gpu_prepare: $B is missing or incomplete (no site/ with ffcv, its ffcv.libs/, fastargs," >&2
+    echo "  terminaltables): run 'bash tools/gpu_bundle.sh' on the build machine and carry" >&2
+    echo "  build/gpu_bundle to this one (see docs/gpu.md), or point --bundle/FKD_GPU_BUNDLE at it" >&2
+    exit 1
 fi
 
-"$PY" -m pip install -q --no-index --no-deps --find-links "$B/wheels" ffcv fastargs terminaltables
-
-export LD_LIBRARY_PATH=$_fkd_root/$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export PYTHONPATH=$_fkd_root${PYTHONPATH:+:$PYTHONPATH}
-# find_spec of a top-level package does not import it (importing ffcv pulls in torch).
-ext=$(ls "$("$PY" -c 'import importlib.util as u; print(u.find_spec("ffcv").submodule_search_locations[0])')"/_libffcv*.so)
-if ldd "$ext" | grep "not found" >&2; then
-    echo "gpu_prepare: $ext lacks the libraries above (not in $B/lib, not on this image)" >&2; exit 1
+# The extension's RPATH must resolve every library it needs, and the bundled ones from the
+# bundle (not from this image). Same system set as tools/gpu_bundle.sh leaves out.
+skip='^(linux-vdso|ld-linux-x86-64|libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|libz)\.so'
+if command -v ldd >/dev/null; then
+    deps=$(ldd "$ext") || { echo "gpu_prepare: ldd failed on $ext" >&2; exit 1; }
+    if grep "not found" <<<"$deps" >&2; then
+        echo "gpu_prepare: $ext lacks the libraries above (not in $SITE/ffcv.libs, not on this image)" >&2
+        exit 1
+    fi
+    bad=$(awk '$2 == "=>" {print $1, $3}' <<<"$deps" | while read -r so path; do
+        [[ $so =~ $skip ]] || [ "$path" -ef "$SITE/ffcv.libs/$so" ] || echo "  $so => $path"
+    done)
+    if [ -n "$bad" ]; then
+        echo "gpu_prepare: these libraries of $ext resolve outside $SITE/ffcv.libs (RPATH lost?):" >&2
+        echo "$bad" >&2; exit 1
+    fi
+    echo "gpu_prepare: ldd: $(grep -c "/ffcv.libs/" <<<"$deps") libraries from the bundle, none missing"
+else
+    echo "gpu_prepare: no ldd here; the imports below still load the extension"
 fi
-"$PY" - <<'EOF'
-import importlib.metadata as md, sys
+
+export PYTHONPATH=$SITE:$_fkd_root${PYTHONPATH:+:$PYTHONPATH}
+# Imports, versions, and ffcv's JPEG decode (libjpeg-turbo) and resize (OpenCV) on one image.
+"$PY" - "$SITE" <<'EOF'
+import importlib.metadata as md, os, sys
+import numpy as np
 import ffcv, fastargs, fkd_ffcv.loaders, torch
+import cv2
+from ffcv.libffcv import imdecode, resize_crop
+site = os.path.realpath(sys.argv[1])
+for m in (ffcv, fastargs):
+    if not os.path.realpath(m.__file__).startswith(site + os.sep):
+        sys.exit(f"gpu_prepare: {m.__name__} comes from {m.__file__}, not from {site}")
+img = np.add.outer(np.arange(48) * 5, np.arange(64) * 3).astype(np.uint8)[..., None].repeat(3, 2)
+jpg = np.frombuffer(cv2.imencode(".jpg", img)[1].tobytes(), np.uint8)
+dec = np.zeros_like(img)
+if imdecode(jpg, dec, 48, 64, 48, 64, 0, 0, 1, 1, False, False) != 0 or abs(dec.astype(int) - img).mean() > 3:
+    sys.exit("gpu_prepare: ffcv's imdecode failed")
+small = np.zeros((24, 32, 3), np.uint8)
+resize_crop(dec, 0, 48, 0, 64, small)
+if abs(small.astype(int) - cv2.resize(dec, (32, 24), interpolation=cv2.INTER_AREA)).max() > 1:
+    sys.exit("gpu_prepare: ffcv's resize disagrees with cv2.resize")
+def version(p):
+    try:
+        return md.version(p)
+    except md.PackageNotFoundError:
+        return "absent"
 print("gpu_prepare: python", sys.version.split()[0], "|",
-      ", ".join(f"{p} {md.version(p)}" for p in ("ffcv", "fastargs", "torch", "torchvision", "numpy", "numba")))
+      ", ".join(f"{p} {version(p)}" for p in ("ffcv", "fastargs", "torch", "torchvision", "numpy", "numba")),
+      "| ffcv imdecode/resize ok")
 print("gpu_prepare: cuda available:", torch.cuda.is_available(),
       "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no device")
 EOF
