@@ -27,7 +27,7 @@ bench: setup
 	$(PY) benchmarks/labeling.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/loss.py
-	$(PY) benchmarks/timing_table.py --out docs/tables/timing_cpu.md
+	$(PY) benchmarks/timing_table.py --out docs/tables
 
 clean:
 	rm -rf build $(DATA) .pytest_cache

@@ -54,14 +54,14 @@ PRESETS = {
                 batch=256, write_mode='raw',
                 student={'model.arch': 'small_resnet', 'model.width': 16, 'model.depth': 1,
                          'model.blurpool': False},
-                describe='Fashion-MNIST images at 32 px, student small_resnet (width 16, '
+                describe='Fashion-MNIST images at {side} px, student small_resnet (width 16, '
                          'depth 1), online-KD teacher small_resnet (width 32, depth 3)'),
     'gpu': dict(data='synthetic', images=5000, val=1000, side=176, val_ratio=224 / 256,
                 batch=512, write_mode='jpg',
                 student={'model.arch': 'resnet50', 'model.blurpool': True},
                 label_teacher='torchvision:resnet50', online_teacher='torchvision:resnet101',
                 describe='synthetic photo-like images (about 500 x 375 px, JPEG 90, 1000 '
-                         'classes) at 176 px, student ResNet-50 with BlurPool, online-KD '
+                         'classes) at {side} px, student ResNet-50 with BlurPool, online-KD '
                          'teacher ResNet-101 (random weights)'),
 }
 SMALL_TEACHER = dict(arch='small_resnet', width=32, depth=3)
@@ -194,7 +194,8 @@ def table(rows, preset, label_seconds, skipped) -> str:
     """The markdown table of the rows measured so far, in the usual order."""
     done = {r['key']: r for r in rows}
     first = rows[0]
-    lines = [f"{preset['images']} {preset['describe']}; {preset['batch']} crops per step, "
+    lines = [f"{preset['images']} {preset['describe'].format(side=preset['side'])}; "
+             f"{preset['batch']} crops per step, "
              f"{first['precision']}, {first['device']}; second of two passes. {hardware()}; "
              f"Python {platform.python_version()}, torch {torch.__version__}, ffcv "
              f"{version('ffcv')}, numba {version('numba')}; {time.strftime('%Y-%m-%d')}.",

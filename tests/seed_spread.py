@@ -58,14 +58,16 @@ def main():
         online.run()
         for name, trainer in (('plain', plain), ('fkd', fkd), ('online_kd', online)):
             h = trainer.history
-            rows.append((seed, name, h[-1]['top1'], h[0]['loss'], h[-1]['loss']))
+            rows.append((seed, name, h[-1]['top1'], h[0]['loss'], h[-1]['loss'],
+                         h[-1]['train_top1']))
             print(f"seed {seed} {name:9s} top-1 {h[-1]['top1']:.4f}  loss {h[0]['loss']:.4f} -> "
-                  f"{h[-1]['loss']:.4f}", flush=True)
+                  f"{h[-1]['loss']:.4f}  training top-1 {h[-1]['train_top1']:.3f}", flush=True)
     cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
                 if line.startswith('model name')), platform.processor())
-    print(f"\n{cpu}\n\n| run | seed | top-1 | first epoch loss | last epoch loss |\n|---|---|---|---|---|")
-    for seed, name, top1, first, last in sorted(rows, key=lambda r: (r[1], r[0])):
-        print(f"| {name} | {seed} | {top1:.4f} | {first:.4f} | {last:.4f} |")
+    print(f"\n{cpu}\n\n| run | seed | validation top-1 | first epoch loss | last epoch loss | "
+          f"last epoch training top-1 |\n|---|---|---|---|---|---|")
+    for seed, name, top1, first, last, train_top1 in sorted(rows, key=lambda r: (r[1], r[0])):
+        print(f"| {name} | {seed} | {top1:.4f} | {first:.4f} | {last:.4f} | {train_top1:.3f} |")
 
 
 if __name__ == '__main__':

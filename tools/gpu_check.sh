@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The one-call GPU check: prepares the machine, then runs tools/gpu_check.py's steps (write,
+# label, train FKD/plain/online KD, resume + eval-only, torchrun, timing table), each under its
+# own time cap, writing results under --out as they finish. docs/gpu.md says how to run it.
+#
+#     bash tools/gpu_check.sh --out DIR [--budget SECONDS] [--dry-run]
+#
+# On a lent GPU machine (no network): carry build/gpu_bundle (bash tools/gpu_bundle.sh here)
+# and pass --out "$OUT". Without CUDA it is a CPU dry run of the same steps (about 2 minutes),
+# which .ci/run runs. Exits non-zero when a step failed or timed out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=""
+for ((i = 1; i <= $#; i++)); do
+    case "${!i}" in
+        --out) j=$((i + 1)); out=${!j:-} ;;
+        --out=*) out=${!i#--out=} ;;
+    esac
+done
+[ -n "$out" ] || { echo "usage: bash tools/gpu_check.sh --out DIR [--budget S] [--dry-run]" >&2; exit 2; }
+mkdir -p "$out"
+log="$out/gpu_check.log"
+: > "$log"
+say() { echo "gpu_check: $*" | tee -a "$log"; }
+
+# The interpreter: this checkout's .venv where it exists (here, CI), else the image's python3.
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+export PYTHON=$PY PYTHONUNBUFFERED=1
+
+# Prepare: ffcv and fastargs from the carried bundle when the interpreter lacks them.
+if ! "$PY" -c 'import ffcv, fastargs' >/dev/null 2>&1; then
+    say "ffcv or fastargs missing from $PY: using build/gpu_bundle"
+    if ! bash tools/gpu_prepare.sh > >(tee -a "$log") 2>&1; then
+        say "preparation failed (see above)"; exit 1
+    fi
+    export PYTHONPATH="$PWD/build/gpu_bundle/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+say "python $("$PY" -c 'import sys; print(sys.version.split()[0])') at $PY"
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader \
+        2>&1 | sed 's/^/gpu_check: nvidia-smi: /' | tee -a "$log"
+fi
+
+"$PY" tools/gpu_check.py "$@"
