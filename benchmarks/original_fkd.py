@@ -2,6 +2,8 @@
 it copied): a JPEG file and a `torch.save([coords, flips, labels (N, 2, k)])` soft-label file per
 image, read by worker processes with PIL and cut with torchvision. Used by benchmarks/loader.py
 (data path alone) and benchmarks/timing_table.py (feeding the trainer)."""
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -44,16 +46,17 @@ class OriginalFKDData(torch.utils.data.Dataset):
 
 def export_original_files(labelled: Path, folder: Path):
     """The labelled beton as FKD keeps it: a JPEG per image and a `torch.save([coords, flips,
-    labels (N, 2, k)])` file per image."""
+    labels (N, 2, k)])` file per image, written by a thread per core (JPEG decoding and
+    encoding release the GIL)."""
     beton = Beton(labelled)
     folder.mkdir(parents=True, exist_ok=True)
-    files, label_files = [], []
-    for i in range(len(beton)):
-        files.append(folder / f'{i}.jpg')
-        label_files.append(folder / f'{i}.tar')
-        if label_files[-1].exists():
-            continue
-        cv2.imwrite(str(files[-1]), np.ascontiguousarray(beton.image(i)[..., ::-1]),
+    files = [folder / f'{i}.jpg' for i in range(len(beton))]
+    label_files = [folder / f'{i}.tar' for i in range(len(beton))]
+
+    def export(i):
+        if label_files[i].exists():  # written last: the pair is complete
+            return
+        cv2.imwrite(str(files[i]), np.ascontiguousarray(beton.image(i)[..., ::-1]),
                     [cv2.IMWRITE_JPEG_QUALITY, 90])
         flags = np.array(beton.array(FLAGS_FIELD, i))
         probs = decode_probs(torch.from_numpy(np.array(beton.array(CODES_FIELD, i))),
@@ -61,5 +64,8 @@ def export_original_files(labelled: Path, folder: Path):
         classes = torch.from_numpy(np.array(beton.array(CLASSES_FIELD, i))).float()
         coords = torch.from_numpy(np.array(beton.array(BOXES_FIELD, i)) / BOX_UNITS)
         torch.save([coords, torch.from_numpy((flags & FLAG_FLIP) != 0),
-                    torch.stack([classes, probs], dim=1)], label_files[-1])
+                    torch.stack([classes, probs], dim=1)], label_files[i])
+
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(export, range(len(beton))))
     return files, label_files, [int(x) for x in beton.field_metadata(LABEL_FIELD)]

@@ -28,7 +28,9 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested != 'auto':
         return requested
     if device.type == 'cuda':
-        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+        with torch.cuda.device(device):  # the process's own GPU; emulated bf16 does not count
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return 'bf16' if native else 'fp16'
     return 'bf16' if cpu_has_bf16() else 'fp32'
 
 

@@ -158,12 +158,12 @@ def allocate(query: AllocationQuery, batch_size: int, slots: int, pin: bool):
     one numpy array (slots, batch, *shape), device buffers as a list of tensors per slot."""
     shape = (batch_size, *query.shape)
     if isinstance(query.dtype, torch.dtype):
-        device = query.device if query.device is not None else torch.device('cpu')
-        buffers = [torch.empty(shape, dtype=query.dtype, device=device) for _ in range(slots)]
-        return [b.pin_memory() for b in buffers] if pin and device.type == 'cpu' else buffers
+        device = torch.device(query.device if query.device is not None else 'cpu')
+        pin = pin and device.type == 'cpu'
+        return [torch.empty(shape, dtype=query.dtype, device=device, pin_memory=pin)
+                for _ in range(slots)]
     dtype = torch.from_numpy(np.empty(0, dtype=query.dtype)).dtype
-    host = torch.empty((slots, *shape), dtype=dtype)
-    return (host.pin_memory() if pin else host).numpy()
+    return torch.empty((slots, *shape), dtype=dtype, pin_memory=pin).numpy()
 
 
 class Loader(ffcv.loader.Loader):

@@ -55,11 +55,11 @@ class FakeCuda:
         patches = {
             'is_available': lambda: True,
             'device_count': lambda: self.devices,
-            'is_bf16_supported': lambda *a, **k: self.bf16,
+            'is_bf16_supported': self.is_bf16_supported,
             'current_device': self.current_device,
             'set_device': self.set_device,
             'device': self.device_context,
-            'Stream': lambda device=None, **k: FakeStream(self),
+            'Stream': lambda device=None, **k: FakeStream(self, self._index(device)),
             'Event': lambda *a, **k: FakeEvent(self),
             'stream': self.stream_context,
             'current_stream': lambda device=None: self.current,
@@ -68,34 +68,45 @@ class FakeCuda:
         for name, value in patches.items():
             monkeypatch.setattr(cuda, name, value)
         monkeypatch.setattr(epoch_iterator, 'IS_CUDA', True)
-        real_empty, real_pin = torch.empty, torch.Tensor.pin_memory
+        real_empty = torch.empty
 
-        def empty(*shape, device=None, **kwargs):  # device memory is host memory here
+        def empty(*shape, device=None, pin_memory=False, **kwargs):  # host memory stands in
             if device is not None and torch.device(device).type == 'cuda':
                 self.log('device_alloc', str(device))
                 device = 'cpu'
-            return real_empty(*shape, device=device, **kwargs)
+            tensor = real_empty(*shape, device=device, **kwargs)
+            if pin_memory:
+                self.pinned.add(tensor.data_ptr())
+            return tensor
 
-        def pin_memory(tensor, *args, **kwargs):
+        def pin_memory(tensor, *args, **kwargs):  # FFCV's own way of pinning
             self.pinned.add(tensor.data_ptr())
             return tensor
 
         monkeypatch.setattr(torch, 'empty', empty)
         monkeypatch.setattr(torch.Tensor, 'pin_memory', pin_memory)
-        self._real_pin = real_pin
+
+    def is_bf16_supported(self, including_emulation=True):
+        self.log('is_bf16_supported', including_emulation)
+        return self.bf16 or including_emulation  # every GPU emulates bf16
+
+    @staticmethod
+    def _index(device):
+        if device is None:
+            return None
+        return device.index if isinstance(device, torch.device) else int(device)
 
     def current_device(self) -> int:
         return getattr(self._local, 'device', 0)
 
     def set_device(self, device):
-        index = device.index if isinstance(device, torch.device) else int(device)
-        self._local.device = index
-        self.log('set_device', index)
+        self._local.device = self._index(device)
+        self.log('set_device', self._local.device)
 
     @contextmanager
     def device_context(self, device):
         before = self.current_device()
-        self._local.device = device.index if isinstance(device, torch.device) else int(device)
+        self._local.device = self._index(device)
         try:
             yield
         finally:

@@ -21,10 +21,12 @@ def test_ranks_map_onto_the_gpus_there_are(monkeypatch):
 
 def test_auto_precision_asks_the_device(monkeypatch):
     fake = FakeCuda(monkeypatch, bf16=True)
-    gpu = torch.device('cuda', 0)
+    gpu = torch.device('cuda', 1)
     assert devices.resolve_precision('auto', gpu) == 'bf16'
-    fake.bf16 = False  # a V100
+    fake.bf16 = False  # a V100: torch says yes to bf16 there unless emulation is excluded
     assert devices.resolve_precision('auto', gpu) == 'fp16'
+    asked = [c for c in fake.calls if c[2] == 'is_bf16_supported']
+    assert [(c[1], c[3]) for c in asked] == [(1, False), (1, False)]  # that GPU, no emulation
     assert devices.resolve_precision('fp32', gpu) == 'fp32'
     for native, expected in ((True, 'bf16'), (False, 'fp32')):
         monkeypatch.setattr(devices, 'cpu_has_bf16', lambda: native)

@@ -3,6 +3,7 @@ buffer keeping, pinning, stream and event protocol, and the worker thread's devi
 import pytest
 import torch
 from ffcv.loader import OrderOption
+from ffcv.pipeline import PipelineSpec
 
 from fake_cuda import FakeCuda
 from fkd_ffcv.decoders import MultiCropDecoder
@@ -35,6 +36,13 @@ def ffcv_loader(loader):
     return getattr(loader, 'loader', loader)  # FKDLoader and PlainLoader wrap one
 
 
+def worker_calls(fake, loader):
+    """The calls made by the worker thread of the loader's last pass (not by a thread another
+    test left behind)."""
+    name = ffcv_loader(loader)._running.name
+    return [c for c in fake.calls if c[0] == name]
+
+
 @pytest.mark.parametrize('make, copied', [(fkd, 3), (plain, 2), (evaluation, 2)])
 def test_cuda_loaders_deliver_what_the_cpu_loaders_do(labelled_jpeg_beton, monkeypatch,
                                                        make, copied):
@@ -60,6 +68,7 @@ def test_only_copied_buffers_are_pinned_and_scratch_is_not(labelled_jpeg_beton, 
     fake = FakeCuda(monkeypatch)
     loader = fkd(labelled_jpeg_beton, DEVICE)
     next(iter(loader))
+    loader.loader._finish_running()  # no thread left writing into the next test's fakes
     graph = loader.loader.graph
     decoder = next(n.id for n in graph.nodes if isinstance(getattr(n, 'decoder', None),
                                                            MultiCropDecoder))
@@ -77,7 +86,7 @@ def test_worker_waits_for_a_slots_copy_before_rewriting_it(labelled_jpeg_beton, 
     slots = loader.loader.batches_ahead + 2
     batches = passes(loader, 1)[0]
     assert len(batches) > slots  # every slot is reused
-    worker = [c for c in fake.calls if c[0] != 'MainThread']
+    worker = worker_calls(fake, loader)
     recorded_on = {c[3]: c[4] for c in worker if c[2] == 'record'}  # event -> stream
     last_copy, synchronised, reuses = {}, set(), 0
     for call in worker:
@@ -98,12 +107,41 @@ def test_worker_thread_runs_on_the_loaders_device(labelled_jpeg_beton, monkeypat
     fake = FakeCuda(monkeypatch)
     loader = fkd(labelled_jpeg_beton, DEVICE)
     passes(loader, 2)
-    worker = [c for c in fake.calls if c[0] != 'MainThread']
+    worker = worker_calls(fake, loader)
     assert worker[0][2:] == ('set_device', 1)  # before any stream, event or copy
     assert {c[1] for c in worker} == {1}
     assert {s.device for s in fake.streams[1:]} == {1}  # FFCV's streams: on the loader's GPU
     # a new pass first waits for everything the last one queued on the device
     assert ('MainThread', 0, 'synchronize_device', DEVICE) in fake.calls
+
+
+def test_a_cpu_loader_in_a_cuda_process_works_on_the_current_gpu(raw_tree_beton, monkeypatch):
+    """FFCV makes streams and events for every loader where CUDA is available: a rank's CPU
+    loader (no ToDevice) keeps them on the rank's GPU, not GPU 0."""
+    path, _ = raw_tree_beton
+    fake = FakeCuda(monkeypatch)
+    fake.set_device(1)  # as the trainer does for local rank 1
+    loader = evaluation(path, 'cpu')
+    batches = passes(loader, 1)[0]
+    assert len(batches) == 3 and not fake.pinned  # nothing is copied, so nothing is pinned
+    worker = worker_calls(fake, loader)
+    assert worker[0][2:] == ('set_device', 1) and {c[1] for c in worker} == {1}
+
+
+def test_pipelines_copying_to_two_gpus_are_refused(raw_tree_beton, monkeypatch):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor
+    from fkd_ffcv.ffcv_loader import Loader
+    FakeCuda(monkeypatch)
+    path, _ = raw_tree_beton
+    to = [IntDecoder(), ToTensor(), Squeeze(1)]
+    with pytest.raises(ValueError, match='several devices'):
+        Loader(str(path), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
+               pipelines={'image': None, 'path': None,
+                          'label': [*to, ToDevice(torch.device('cuda', 0))],
+                          'again': PipelineSpec('label', decoder=IntDecoder(),
+                                                transforms=[ToTensor(), Squeeze(1),
+                                                            ToDevice(torch.device('cuda', 1))])})
 
 
 def test_a_last_batch_of_one_keeps_its_batch_dimension(raw_tree_beton):

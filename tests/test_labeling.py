@@ -69,8 +69,8 @@ def test_records_are_the_seeded_crops_labelled_by_the_teacher(images, labelled, 
     assert Beton(images).paths() == beton.paths()  # images copied, order kept
 
 
-def test_resume_after_interruption_gives_the_same_beton(images, teacher, labelled, tmp_path,
-                                                        monkeypatch):
+def interrupted_labelling(images, teacher, tmp_path, monkeypatch):
+    """Label `images` into tmp_path/out.beton until a KeyboardInterrupt in the second chunk."""
     real = labeling._chunk_records
     calls = []
 
@@ -84,9 +84,14 @@ def test_resume_after_interruption_gives_the_same_beton(images, teacher, labelle
     with pytest.raises(KeyboardInterrupt):
         label_beton(images, tmp_path / 'out.beton', teacher, SETTINGS, tmp_path / 'work',
                     progress=False)
+    monkeypatch.setattr(labeling, '_chunk_records', real)
+
+
+def test_resume_after_interruption_gives_the_same_beton(images, teacher, labelled, tmp_path,
+                                                        monkeypatch):
+    interrupted_labelling(images, teacher, tmp_path, monkeypatch)
     assert not (tmp_path / 'out.beton').exists()
     assert len(list((tmp_path / 'work').glob('chunk-*.npy'))) == 1
-    monkeypatch.setattr(labeling, '_chunk_records', real)
     label_beton(images, tmp_path / 'out.beton', teacher, SETTINGS, tmp_path / 'work',
                 progress=False)
     assert not (tmp_path / 'work').exists()  # merged, so the work folder is gone
@@ -159,20 +164,7 @@ def test_a_resume_with_other_teacher_arithmetic_is_refused(images, teacher, tmp_
                                                          monkeypatch):
     """Records of one beton are all made alike: the work folder records the teacher's
     device and precision, and a resumed run that differs in them is refused."""
-    real = labeling._chunk_records
-    calls = []
-
-    def dies_on_second_chunk(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(labeling, '_chunk_records', dies_on_second_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        label_beton(images, tmp_path / 'out.beton', teacher, SETTINGS, tmp_path / 'work',
-                    progress=False)
-    monkeypatch.setattr(labeling, '_chunk_records', real)
+    interrupted_labelling(images, teacher, tmp_path, monkeypatch)
     bf16 = Teacher(teacher.specs, input_size=32, precision='bf16')
     with pytest.raises(ValueError, match='another labelling run'):
         label_beton(images, tmp_path / 'out.beton', bf16, SETTINGS, tmp_path / 'work',
@@ -194,6 +186,27 @@ def test_a_bf16_teacher_keeps_its_classifier_and_softmax_in_fp32(teacher):
     assert torch.equal(probs, torch.softmax(exact, dim=-1))
     with pytest.raises(ValueError, match='precision must be one of'):
         Teacher(teacher.specs, input_size=32, precision='int8')
+
+
+def test_fp32_teachers_turn_tf32_off_on_a_gpu_while_they_run(teacher):
+    """On a GPU, fp32 convolutions default to TF32 (10-bit mantissa): labels in fp32 mean IEEE
+    fp32, and the flags are restored afterwards. The teacher is told it is on a GPU; its
+    arithmetic still runs on the CPU."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = True
+    try:
+        gpu_teacher = Teacher(teacher.specs, input_size=32)
+        gpu_teacher.device = torch.device('cuda', 0)
+        seen = []
+        gpu_teacher.models[0].register_forward_pre_hook(
+            lambda *a: seen.append((cudnn.allow_tf32, matmul.allow_tf32)))
+        crops = np.zeros((2, 32, 32, 3), np.uint8)
+        gpu_teacher.forward(torch.from_numpy(crops).permute(0, 3, 1, 2))
+        assert seen == [(False, False)]
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 def test_real_imagenet_teacher_efficientnet_lite0(tmp_path):

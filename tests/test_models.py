@@ -86,3 +86,13 @@ def test_export_strips_compile_and_ddp_wrappers():
 def test_unknown_architecture_is_named():
     with pytest.raises(ValueError, match="'resnet5'"):
         build_model('resnet5', 10)
+
+
+def test_exports_hold_cpu_tensors_whatever_the_models_device():
+    """final_weights.pt must load where there is no GPU. A model on the 'meta' device stands in
+    for one on a GPU: the export copies every tensor to the CPU, which meta tensors cannot do,
+    so it raises instead of saving tensors of the model's device."""
+    model = build_model('small_resnet', 10, width=4, depth=1)
+    assert {v.device.type for v in export_state_dict(model).values()} == {'cpu'}
+    with pytest.raises(NotImplementedError, match='meta tensor'):
+        export_state_dict(model.to('meta'))

@@ -5,11 +5,13 @@
 #
 #     bash tools/gpu_check.sh --out DIR [--budget SECONDS] [--dry-run]
 #
-# On a lent GPU machine (no network): carry build/gpu_bundle (bash tools/gpu_bundle.sh here)
-# and pass --out "$OUT". Without CUDA it is a CPU dry run of the same steps (about 2 minutes),
-# which .ci/run runs. Exits non-zero when a step failed or timed out.
+# On a lent GPU machine (no network): carry build/gpu_bundle (bash tools/gpu_bundle.sh here;
+# FKD_GPU_BUNDLE=DIR for another place) and pass --out "$OUT". Without CUDA it is a CPU dry run
+# of the same steps (under 2 minutes here), which .ci/run runs. Exits non-zero when a step
+# failed or timed out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export FKD_GPU_CHECK_STARTED=$(date +%s)  # the budget counts the preparation too
 
 out=""
 for ((i = 1; i <= $#; i++)); do
@@ -33,11 +35,12 @@ export PYTHON=$PY PYTHONUNBUFFERED=1
 
 # Prepare: ffcv and fastargs from the carried bundle when the interpreter lacks them.
 if ! "$PY" -c 'import ffcv, fastargs' >/dev/null 2>&1; then
-    say "ffcv or fastargs missing from $PY: using build/gpu_bundle"
-    if ! bash tools/gpu_prepare.sh > >(tee -a "$log") 2>&1; then
+    bundle=$(cd "${FKD_GPU_BUNDLE:-build/gpu_bundle}" 2>/dev/null && pwd || echo "${FKD_GPU_BUNDLE:-build/gpu_bundle}")
+    say "ffcv or fastargs missing from $PY: using the bundle $bundle"
+    if ! bash tools/gpu_prepare.sh --bundle "$bundle" > >(tee -a "$log") 2>&1; then
         say "preparation failed (see above)"; exit 1
     fi
-    export PYTHONPATH="$PWD/build/gpu_bundle/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$bundle/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
