@@ -21,6 +21,7 @@ from fastargs.validation import And, InRange, OneOf
 
 from fkd_ffcv import defaults
 from fkd_ffcv.config import load_config, section
+from fkd_ffcv.options import OptionError, check_writing
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -93,8 +94,6 @@ Section('labels', 'FKD crop records: from a teacher, or imported from FKD\'s rel
 
 def label(labels: dict, write: dict, beton: Path) -> None:
     """Add crop records to `beton` (from a teacher or FKD files), as `labels` says."""
-    import os
-    import torch
     out = Path(labels['out'] or beton)
     options = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
                    page_size=write['page_size'])
@@ -140,13 +139,8 @@ def label(labels: dict, write: dict, beton: Path) -> None:
 def main(data: dict, write: dict, labels: dict) -> None:
     if labels['beton']:
         return label(labels, write, Path(labels['beton']))
-    if (labels['teacher'] or labels['import_root']) and int(os.environ.get('WORLD_SIZE', 1)) > 1:
-        raise ValueError("under torchrun, write the images first, then label them with "
-                         "--labels.beton")
     fashion = data['source'] == 'fashion-mnist'
-    root = data['root'] or (FASHION_MNIST_DIR if fashion else '')
-    if not root:
-        raise ValueError("--data.root is required with --data.source=folder")
+    root = data['root'] or FASHION_MNIST_DIR  # options.check_writing: a folder names its root
     # Imported here so that option errors and --help answer without loading ffcv (seconds).
     from fkd_ffcv.fields import image_fields
     from fkd_ffcv.sources import FashionMNISTSource, ImageFolderSource
@@ -183,8 +177,14 @@ def main(data: dict, write: dict, labels: dict) -> None:
 
 if __name__ == '__main__':
     config = load_config(__doc__.splitlines()[0])
+    sections = [section(config, name) for name in ('data', 'write', 'labels')]
     try:
-        main(*(section(config, name) for name in ('data', 'write', 'labels')))
+        check_writing(*sections)
+    except OptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        main(*sections)
     except (RuntimeError, OSError, ValueError, ImportError) as e:  # WriteError: RuntimeError
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -46,7 +46,8 @@ from fkd_ffcv.models import build_model, save_weights  # noqa: E402
 from fkd_ffcv.sources import FashionMNISTSource, SyntheticPhotoSource  # noqa: E402
 from fkd_ffcv.teachers import Teacher  # noqa: E402
 from original_fkd import OriginalFKDData, export_original_files  # noqa: E402
-from fkd_ffcv.training import IMAGENET_MEAN, IMAGENET_STD, Trainer, options  # noqa: E402
+from fkd_ffcv.options import options  # noqa: E402
+from fkd_ffcv.training import IMAGENET_MEAN, IMAGENET_STD, Trainer  # noqa: E402
 from fkd_ffcv.writer import write_beton  # noqa: E402
 
 PRESETS = {
@@ -146,7 +147,7 @@ class OriginalPathTrainer(Trainer):
         super().create_loaders()
         files, label_files, labels = self.files
         self.train_loader = OriginalFKDPath(files, label_files, labels, self.num_crops,
-                                            self.o['training']['batch_size'] // self.num_crops,
+                                            self.opts['training']['batch_size'] // self.num_crops,
                                             self.resolution_at(0), self.threads, self.device)
 
 

@@ -88,17 +88,20 @@ def quantize_boxes(boxes, height: int, width: int) -> np.ndarray:
     return np.round(np.asarray(boxes, np.float64) / sides * BOX_UNITS).astype(np.int16)
 
 
-def box_pixels(stored, height: int, width: int):
-    """One stored box -> (i, j, h, w) pixels inside a height x width image, integer arithmetic
-    only (the numba decoders use the same formula)."""
-    qi, qj, qh, qw = (int(v) for v in stored)
+@nb.njit(cache=False)
+def box_pixels(stored, height, width):
+    """One stored box (4 int16) -> (i, j, h, w) pixels inside a height x width image, integer
+    arithmetic only. Compiled: the numba decoders and Python code (labelling, tests) share
+    this one formula."""
+    qi, qj = np.int64(stored[0]), np.int64(stored[1])
+    qh, qw = np.int64(stored[2]), np.int64(stored[3])
+    height, width = np.int64(height), np.int64(width)
     half = BOX_UNITS // 2
     i = (qi * height + half) // BOX_UNITS
     j = (qj * width + half) // BOX_UNITS
     h = max(1, (qh * height + half) // BOX_UNITS)
     w = max(1, (qw * width + half) // BOX_UNITS)
-    i, j = min(i, height - h), min(j, width - w)
-    return i, j, h, w
+    return min(i, height - h), min(j, width - w), h, w
 
 
 def sample_records(seed: int, index: int, height: int, width: int, n: int, scale=None,

@@ -3,9 +3,13 @@
 Kept free of heavy imports: importing ffcv costs seconds (numba compiles a typed dict at import),
 so the scripts validate their options against this module before loading the rest.
 """
+IMAGE_FIELD, LABEL_FIELD, PATH_FIELD = 'image', 'label', 'path'
+# FKD crop records, N per image (see crops.py and soft_labels.py for their meaning).
+BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD = 'fkd_boxes', 'fkd_flags', 'fkd_classes', 'fkd_codes'
 WRITE_MODES = ('raw', 'jpg', 'smart', 'proportion')  # RGBImageField's write modes
 SMART_THRESHOLD = 224 * 224 * 3  # 'smart': JPEG when raw pixels would take more bytes than this
 ON_ERROR = ('fail', 'skip')      # what the writer does with an unusable input file
 PAGE_SIZE = 8 * 1024 * 1024      # FFCV page: power of two, 2 MiB <= page < 4 GiB
 MAX_PIXELS = 178_956_970         # refuse larger images; Pillow's own hard limit as well
 TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')  # teachers.py: fp32 is exact, the others keep the head fp32
+PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')  # training.precision (devices.resolve_precision)

@@ -32,7 +32,7 @@ STUDENTS = ('fkd', 'online_kd', 'plain')
 
 def recipe(name: str, overrides: dict) -> dict:
     """small_configs/fashion_mnist_<name>.yaml as options, with `overrides` on top."""
-    from .training import options
+    from .options import options
     path = REPO / 'small_configs' / f'fashion_mnist_{name}.yaml'
     flat = {f'{section}.{key}': value
             for section, values in yaml.safe_load(path.read_text()).items()
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    from .training import TrainingError
+    from .options import TrainingError
     try:
         raise SystemExit(main())
     except TrainingError as e:

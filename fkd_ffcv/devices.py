@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
+from .defaults import PRECISIONS
 
 
 def local_device(local_rank: int = 0) -> torch.device:

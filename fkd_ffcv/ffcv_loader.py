@@ -1,5 +1,6 @@
-"""FFCV's `Loader`, adapted: errors that reach the consumer, buffers kept from pass to pass, and
-a CUDA path that is safe with a GPU running behind the host.
+"""FFCV's `Loader`, adapted: errors that reach the consumer, buffers kept from pass to pass, a
+CUDA path that is safe with a GPU running behind the host, and the pass number handed to
+compiled decoders without recompiling. Every adaptation of FFCV's internals is here.
 
 Written against ffcv 1.0.x: it overrides `EpochIterator.run`/`run_pipeline` and replaces
 `Graph.allocate_memory`, internals that another FFCV release may change, so importing this
@@ -19,6 +20,10 @@ tests/test_ffcv_loader.py):
   reads them, but nothing keeps the worker from rewriting a slot's pinned *host* buffers while
   the asynchronous copy out of them is still queued (the GPU may run many steps behind a host
   that never synchronises). Here the worker waits for the slot's previous copy to finish first.
+- Values a compiled pipeline captures are frozen when FFCV compiles it, once; but FFCV declares
+  every operation's memory anew at the start of each pass and hands the buffers to the
+  compiled code. So the decoders read their output side from their output buffer's shape, and
+  the pass number from the shape of a small tag buffer (`pass_tag_query`, `pass_of`).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from queue import Full
 from typing import Optional
 
 import ffcv.loader
+import numba as nb
 import numpy as np
 import torch
 from ffcv.loader import epoch_iterator
@@ -70,6 +76,17 @@ class LoaderError(RuntimeError):
 class _Failure:
     def __init__(self, error: BaseException):
         self.error = error
+
+
+def pass_tag_query(pass_index: int) -> AllocationQuery:
+    """The tag buffer whose shape, (1 + p // 256, 1 + p % 256) per sample, carries pass p."""
+    return AllocationQuery((1 + pass_index // 256, 1 + pass_index % 256), np.dtype('u1'))
+
+
+@nb.njit(cache=False)
+def pass_of(tag):
+    """The pass number carried by a batch of tag buffers (see pass_tag_query)."""
+    return (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
 
 
 def _device_context(device: Optional[torch.device]):

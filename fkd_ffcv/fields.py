@@ -16,12 +16,15 @@ from ffcv.fields import (BytesField, Field, FloatField, IntField, JSONField, NDA
 from ffcv.fields.base import ARG_TYPE
 from ffcv.types import TYPE_ID_HANDLER
 
-from .defaults import SMART_THRESHOLD, WRITE_MODES
+from .defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, IMAGE_FIELD,
+                       LABEL_FIELD, PATH_FIELD, SMART_THRESHOLD, WRITE_MODES)
 
-IMAGE_FIELD, LABEL_FIELD, PATH_FIELD = 'image', 'label', 'path'
-# FKD crop records, N per image (see crops.py and soft_labels.py for their meaning).
-BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD = 'fkd_boxes', 'fkd_flags', 'fkd_classes', 'fkd_codes'
+# The names are defined in defaults.py, where options.py reads them without loading ffcv.
 RECORD_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)
+__all__ = ['IMAGE_FIELD', 'LABEL_FIELD', 'PATH_FIELD', 'BOXES_FIELD', 'FLAGS_FIELD',
+           'CLASSES_FIELD', 'CODES_FIELD', 'RECORD_FIELDS', 'MAX_NAME_LENGTH', 'CUSTOM_TYPE_ID',
+           'image_fields', 'soft_label_fields', 'check_field_names', 'pointer_columns',
+           'Descriptor', 'descriptor_of', 'VerbatimValue', 'VerbatimField']
 MAX_NAME_LENGTH = 16  # FieldDescType['name'] is 16 bytes
 CUSTOM_TYPE_ID = 255
 

@@ -52,7 +52,8 @@ def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float
 
 
 class _PassLoader:
-    """An FFCV loader whose decoders learn the pass number before each pass (decoders.py)."""
+    """An FFCV loader whose decoders learn the pass number before each pass (their tag buffer,
+    ffcv_loader.pass_tag_query)."""
 
     def __init__(self, loader: Loader, decoders):
         self.loader, self.decoders, self.passes = loader, decoders, 0

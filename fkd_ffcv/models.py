@@ -1,7 +1,9 @@
 """Student models: torchvision ResNets, a small ResNet family for 32 px inputs, and a ViT whose
 position embeddings follow the input size; plus BlurPool and the export of plain weights.
 
-`build_model(arch, num_classes, ...)` is the one constructor the trainer calls. Exported
+`build_model(arch, num_classes, ...)` is the one constructor the trainer calls; it takes the
+builder registered in `MODELS` under the name (or a 'family:' prefix of it), so a new family
+(timm, SReT) registers its builder and needs no edit elsewhere. Exported
 weights (`export_state_dict`) carry no BlurPool, DDP or torch.compile names, so a torchvision
 architecture's export loads into the plain torchvision model. `save_weights` / `load_weights`
 keep them in a file that also records how to rebuild and feed the model (a trainer's
@@ -17,12 +19,13 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
+from .registry import Registry
+
+MODELS = Registry('architecture')  # name (or 'family:' prefix) -> builder, see build_model
 VIT_PRESETS = {  # width, depth, heads, patch size
     'deit_tiny': (192, 12, 3, 16),
     'deit_small': (384, 12, 6, 16),
 }
-ARCHS = TORCHVISION_ARCHS + ('small_resnet', 'vit') + tuple(VIT_PRESETS)
 
 
 class BlurPoolConv2d(nn.Module):
@@ -166,27 +169,49 @@ class VisionTransformer(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
+def _torchvision_resnet(arch, num_classes, *, small_input, **_):
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if small_input:
+        model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+for _arch in ('resnet18', 'resnet34', 'resnet50', 'resnet101'):
+    MODELS.register(_arch)(_torchvision_resnet)
+
+
+@MODELS.register('small_resnet')
+def _small_resnet(arch, num_classes, *, width, depth, **_):
+    return SmallResNet(num_classes, width, depth)
+
+
+@MODELS.register('vit')
+def _vit(arch, num_classes, *, image_size, patch_size, width, depth, heads, drop_path, **_):
+    return VisionTransformer(num_classes, image_size, patch_size, width, depth, heads, drop_path)
+
+
+def _vit_preset(arch, num_classes, *, image_size, drop_path, **_):
+    width, depth, heads, patch_size = VIT_PRESETS[arch]
+    return VisionTransformer(num_classes, image_size, patch_size, width, depth, heads, drop_path)
+
+
+for _arch in VIT_PRESETS:
+    MODELS.register(_arch)(_vit_preset)
+
+
 def build_model(arch: str, num_classes: int, *, small_input: bool = False, width: int = 16,
                 depth: int = 2, heads: int = 3, patch_size: int = 4, image_size: int = 224,
                 drop_path: float = 0.0, blurpool: bool = False) -> nn.Module:
-    """A freshly initialised student. `small_input` gives a torchvision ResNet a CIFAR stem
-    (3x3 stride-1 convolution, no max-pool) for inputs of about 32 px; `width`, `depth`,
-    `heads` and `patch_size` size `small_resnet` and `vit`; `image_size` is the side the ViT's
-    position embeddings are learnt for."""
-    if arch in TORCHVISION_ARCHS:
-        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-        if small_input:
-            model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-            model.maxpool = nn.Identity()
-    elif arch == 'small_resnet':
-        model = SmallResNet(num_classes, width, depth)
-    elif arch == 'vit' or arch in VIT_PRESETS:
-        if arch in VIT_PRESETS:
-            width, depth, heads, patch_size = VIT_PRESETS[arch]
-        model = VisionTransformer(num_classes, image_size, patch_size, width, depth, heads,
-                                  drop_path)
-    else:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    """A freshly initialised student from the builder MODELS holds for `arch`. `small_input`
+    gives a torchvision ResNet a CIFAR stem (3x3 stride-1 convolution, no max-pool) for inputs
+    of about 32 px; `width`, `depth`, `heads` and `patch_size` size `small_resnet` and `vit`;
+    `image_size` is the side the ViT's position embeddings are learnt for. A builder takes
+    (arch, num_classes, **these options) and uses the ones it needs."""
+    build = MODELS[arch]
+    model = build(arch, num_classes, small_input=small_input, width=width, depth=depth,
+                  heads=heads, patch_size=patch_size, image_size=image_size,
+                  drop_path=drop_path)
     return add_blurpool(model) if blurpool else model
 
 

@@ -1,6 +1,6 @@
 """Schedules written in epochs, evaluated per step: learning rate and progressive resizing.
 
-An epoch is as many crops as the training set has images (DESIGN-NOTES section 6), so with K
+An epoch is as many crops as the training set has images (docs/units.md), so with K
 crops per image one pass over the images is K epochs. The trainer calls `lr_factor` with the
 fractional epoch of every step and `resolution` with the epoch at the start of every pass.
 """

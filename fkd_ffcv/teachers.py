@@ -12,6 +12,9 @@ A teacher is named by a spec string:
 - `<module>:<function>`: a Python entry point returning a model, or (model, preprocessing dict)
   with keys input_size, mean, std, interpolation. `fkd_ffcv.teachers:efficientnet_lite0` is one.
 
+The kinds are builders in `TEACHERS`, by prefix; a new family registers one (spec -> model and
+preprocessing) and needs no edit elsewhere.
+
 Several specs separated by commas form an ensemble: the members' probabilities are averaged on
 the same crops (as MEAL V2 did). Members must share input size and interpolation (the crop is
 cut once); each applies its own normalisation.
@@ -36,6 +39,7 @@ import torch
 from .crops import INTERPOLATIONS
 from .defaults import TEACHER_PRECISIONS
 from .devices import autocast_dtype
+from .registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,13 +96,38 @@ def _clean_state_dict(checkpoint) -> dict:
     return cleaned
 
 
-def _torchvision_model(arch: str, checkpoint: Optional[str]) -> torch.nn.Module:
+def _options(preprocess: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(preprocess).items()}
+
+
+def _entry_point(spec: str):
+    """`<module>:<function>`: the function returns a model, or (model, preprocessing dict)."""
+    module, _, function = spec.partition(':')
+    if not function:
+        raise ValueError(f"teacher {spec!r}: expected one of {TEACHERS.describe()} or "
+                         f"<module>:<function>")
+    try:
+        made = getattr(importlib.import_module(module), function)()
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"teacher entry point {spec!r}: {e}") from None
+    model, options = made if isinstance(made, tuple) else (made, {})
+    return model, Preprocess(**_options(options))
+
+
+# Teacher families by spec prefix; a spec that matches none is an entry point.
+TEACHERS = Registry('teacher kind', default=_entry_point)
+
+
+@TEACHERS.register('torchvision:', prefix=True)
+def _torchvision_model(spec: str):
+    """`torchvision:<arch>[:<checkpoint>]`; the class count is read from the checkpoint."""
     import torchvision
+    arch, _, checkpoint = spec[len('torchvision:'):].partition(':')
     if arch not in torchvision.models.list_models():
         raise ValueError(f"unknown torchvision architecture {arch!r}")
     build = torchvision.models.get_model
     if not checkpoint:
-        return build(arch, weights=None)
+        return build(arch, weights=None), Preprocess()
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
     state = _clean_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=True))
@@ -113,43 +142,32 @@ def _torchvision_model(arch: str, checkpoint: Optional[str]) -> torch.nn.Module:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{checkpoint} does not fit torchvision {arch}: {e}") from None
-    return model
+    return model, Preprocess()
 
 
-def _exported_model(path: str) -> Tuple[torch.nn.Module, Preprocess]:
+@TEACHERS.register('checkpoint:', prefix=True)
+def _exported_model(spec: str):
+    """`checkpoint:<file>`: a trainer's final_weights.pt, with its own preprocessing."""
     from .models import load_weights
+    path = spec[len('checkpoint:'):]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     model, preprocess, _ = load_weights(path)
-    return model, Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                for k, v in preprocess.items()})
+    return model, Preprocess(**_options(preprocess))
+
+
+@TEACHERS.register('torchscript:', prefix=True)
+def _torchscript_model(spec: str):
+    path = spec[len('torchscript:'):]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such TorchScript file")
+    return torch.jit.load(path, map_location='cpu'), Preprocess()
 
 
 def load_member(spec: str) -> Tuple[torch.nn.Module, Preprocess]:
-    """One teacher from its spec string (module docstring)."""
-    kind, _, rest = spec.partition(':')
-    preprocess = Preprocess()
-    if kind == 'torchvision':
-        arch, _, checkpoint = rest.partition(':')
-        model = _torchvision_model(arch, checkpoint or None)
-    elif kind == 'checkpoint':
-        model, preprocess = _exported_model(rest)
-    elif kind == 'torchscript':
-        if not os.path.isfile(rest):
-            raise FileNotFoundError(f"{rest}: no such TorchScript file")
-        model = torch.jit.load(rest, map_location='cpu')
-    elif rest:
-        try:
-            function = getattr(importlib.import_module(kind), rest)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"teacher entry point {spec!r}: {e}") from None
-        made = function()
-        model, options = made if isinstance(made, tuple) else (made, {})
-        preprocess = replace(preprocess, **{k: tuple(v) if isinstance(v, list) else v
-                                            for k, v in dict(options).items()})
-    else:
-        raise ValueError(f"teacher {spec!r}: expected torchvision:<arch>[:<checkpoint>], "
-                         f"torchscript:<file> or <module>:<function>")
+    """One teacher from its spec string (module docstring), by the builder TEACHERS holds
+    for its prefix."""
+    model, preprocess = TEACHERS[spec](spec)
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"teacher {spec!r} gave a {type(model).__name__}, not a torch module")
     return model.eval(), preprocess

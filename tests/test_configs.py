@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from fkd_ffcv.training import options
+from fkd_ffcv.options import options
 
 RECIPES = sorted(p for p in REPO.glob('*_configs/*.yaml') if not p.name.startswith('write_'))
 

@@ -5,7 +5,8 @@ import torch
 
 from fake_cuda import FakeCuda
 from fkd_ffcv import devices
-from fkd_ffcv.training import Trainer, options
+from fkd_ffcv.options import options
+from fkd_ffcv.training import Trainer
 
 
 def test_ranks_map_onto_the_gpus_there_are(monkeypatch):

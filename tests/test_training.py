@@ -14,7 +14,8 @@ import torch
 from conftest import REPO
 from fkd_ffcv.labeling import LabelingSettings, label_beton
 from fkd_ffcv.teachers import Teacher
-from fkd_ffcv.training import Trainer, TrainingError, options
+from fkd_ffcv.options import TrainingError, options
+from fkd_ffcv.training import Trainer
 
 METRICS = ('loss', 'train_top1', 'lr', 'top1', 'top5', 'val_loss')
 
@@ -238,7 +239,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fkd_options, tmp_path
 
     def diverging_pass(self, p):
         if p == 1:
-            self.o['lr']['lr'] = 1e30
+            self.opts['lr']['lr'] = 1e30
         return real_pass(self, p)
 
     monkeypatch.setattr(Trainer, 'train_pass', diverging_pass)

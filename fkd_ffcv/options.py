@@ -1,0 +1,265 @@
+"""The trainer's options, and every check between options of the two command lines, without
+torch or ffcv: a wrong combination fails in a fraction of a second, naming the option, before
+any teacher, model or data is loaded (the scripts call `check` / `check_writing` first; the
+Trainer calls `check` too).
+
+Options are fastargs sections (`PARAMS`); `options({'section.key': value})` gives them as
+{section: {key: value}} for Python use, each value checked as on the command line.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from fastargs import Param, Section
+from fastargs.validation import And, Checker, InRange, OneOf
+
+from .config import Flag
+from .defaults import CLASSES_FIELD, PRECISIONS
+from .modes import MODES
+from .schedules import LR_SCHEDULES
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on; the message says why and what was kept."""
+
+
+class OptionError(TrainingError):
+    """Options that do not fit together, or name files that are not there."""
+
+
+class Registered(Checker):
+    """A name a registry knows at the time of the check (so a mode registered later counts)."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def check(self, value):
+        if value not in self.registry:
+            raise ValueError(value)
+        return value
+
+    def help(self):
+        return f"one of {self.registry.describe()}"
+
+
+PARAMS = {
+    'data': ('the betons', dict(
+        train_dataset=Param(str, 'training beton (FKD mode: with crop records)', default=''),
+        val_dataset=Param(str, 'validation beton', default=''),
+        num_workers=Param(int, 'loader threads (-1: every core)', default=-1),
+        crop_scale_min=Param(And(float, InRange(0, 1)), 'plain / online KD: RandomResized'
+                             'Crop area range (FKD replays the recorded crops)', default=0.08),
+        crop_scale_max=Param(And(float, InRange(0, 1)), 'upper bound of that range',
+                         default=1.0),
+    )),
+    'model': ('the student', dict(
+        arch=Param(str, 'architecture: a name or family the model registry knows (models.py)',
+                   default='resnet50'),
+        num_classes=Param(And(int, InRange(min=0)), 'class count (0: the data set\'s)',
+                          default=0),
+        small_input=Param(Flag(), 'torchvision ResNets: CIFAR stem for ~32 px inputs',
+                          default=False),
+        width=Param(And(int, InRange(min=1)), 'small_resnet base width / vit width',
+                    default=16),
+        depth=Param(And(int, InRange(min=1)), 'small_resnet blocks per stage / vit blocks',
+                    default=2),
+        heads=Param(And(int, InRange(min=1)), 'vit attention heads', default=3),
+        patch_size=Param(And(int, InRange(min=1)), 'vit patch side', default=4),
+        image_size=Param(And(int, InRange(min=1)), 'vit: side its position embeddings are '
+                         'learnt for (others are interpolated)', default=224),
+        drop_path=Param(And(float, InRange(0, 1)), 'vit stochastic depth rate', default=0.0),
+        blurpool=Param(Flag(), 'low-pass filter before strided convolutions', default=True),
+    )),
+    'lr': ('learning rate, per step from a schedule written in epochs', dict(
+        lr=Param(And(float, InRange(min=0)), 'peak learning rate', default=0.5),
+        schedule=Param(OneOf(LR_SCHEDULES), 'cyclic (ffcv), step or cosine',
+                       default='cyclic'),
+        peak_epoch=Param(And(float, InRange(min=0)), 'cyclic: epoch of the peak', default=2.0),
+        warmup_epochs=Param(And(float, InRange(min=0)), 'step / cosine: linear warm-up',
+                            default=0.0),
+        step_length=Param(And(float, InRange(min=1e-9)), 'step: epochs per step',
+                          default=30.0),
+        step_ratio=Param(And(float, InRange(0, 1)), 'step: factor per step', default=0.1),
+        end_factor=Param(And(float, InRange(0, 1)), 'cyclic / cosine: final lr / peak',
+                         default=0.0),
+    )),
+    'training': ('the optimisation', dict(
+        mode=Param(Registered(MODES), 'a training mode of modes.py: fkd, plain, online_kd',
+                   default='fkd'),
+        epochs=Param(And(int, InRange(min=1)), 'epochs (crops = epochs x images)', default=16),
+        batch_size=Param(And(int, InRange(min=1)), 'crops per step and process', default=512),
+        optimizer=Param(OneOf(['sgd', 'adamw']), 'sgd (momentum) or adamw', default='sgd'),
+        momentum=Param(And(float, InRange(0, 1)), 'sgd momentum', default=0.9),
+        weight_decay=Param(And(float, InRange(min=0)), 'not applied to norms and biases',
+                           default=5e-5),
+        label_smoothing=Param(And(float, InRange(0, 1)), 'plain mode', default=0.1),
+        precision=Param(OneOf(PRECISIONS), 'auto: bf16 on GPUs and CPUs that compute it, '
+                        'fp16 on older GPUs, else fp32; fp16 uses a gradient scaler',
+                        default='auto'),
+        compile=Param(Flag(), 'torch.compile the model', default=False),
+        ema_epochs=Param(And(float, InRange(min=0)), 'time constant of an exponential '
+                         'average of the weights, evaluated and exported (0: off)',
+                         default=0.0),
+        mixup_alpha=Param(And(float, InRange(min=0)), 'mixup Beta(a, a) (0: off)',
+                          default=0.0),
+        cutmix_alpha=Param(And(float, InRange(min=0)), 'cutmix Beta(a, a) (0: off; with '
+                           'mixup, one of the two per step)', default=0.0),
+        seed=Param(int, 'seed of the model, data order, records and mixing', default=0),
+        resume=Param(Flag(), 'continue the run in logging.folder (alias --resume)',
+                     default=False),
+        eval_only=Param(Flag(), 'evaluate training.checkpoint and stop (alias --eval-only)',
+                        default=False),
+        checkpoint=Param(str, 'eval only: checkpoint.pt or final_weights.pt (default: the '
+                         'folder\'s checkpoint)', default=''),
+    )),
+    'validation': ('evaluation on data.val_dataset', dict(
+        resolution=Param(And(int, InRange(min=1)), 'side of the centre crop', default=256),
+        ratio=Param(And(float, InRange(0, 1)), 'centre crop side / shorter image side',
+                    default=224 / 256),
+        batch_size=Param(And(int, InRange(min=1)), 'images per batch', default=256),
+        lr_tta=Param(Flag(), 'average the logits of the image and its mirror', default=True),
+        every_passes=Param(And(int, InRange(min=0)), 'evaluate every n passes (0: at the '
+                           'end only)', default=0),
+    )),
+    'resolution': ('progressive resizing, changed at pass boundaries', dict(
+        min_res=Param(And(int, InRange(min=1)), 'side until start_ramp', default=160),
+        max_res=Param(And(int, InRange(min=1)), 'side from end_ramp', default=192),
+        start_ramp=Param(And(float, InRange(min=0)), 'epoch the ramp starts', default=0.0),
+        end_ramp=Param(And(float, InRange(min=0)), 'epoch the ramp ends', default=0.0),
+        round_to=Param(And(int, InRange(min=1)), 'sides are multiples of this', default=32),
+    )),
+    'fkd': ('distillation', dict(
+        num_crops=Param(And(int, InRange(min=1)), 'FKD: crops per decoded image (K)',
+                        default=4),
+        temperature=Param(And(float, InRange(min=1e-6)), 'softmax temperature of the '
+                          'student in the distillation loss', default=1.0),
+        teacher=Param(str, 'online_kd: teacher spec(s) (teachers.py)', default=''),
+    )),
+    'logging': ('outputs', dict(
+        folder=Param(str, 'run folder (default: runs/<mode>_<arch>)', default=''),
+        progress=Param(Flag(), 'progress bar', default=True),
+    )),
+    'dist': ('multi-process training under torchrun', dict(
+        backend=Param(OneOf(['auto', 'nccl', 'gloo']), 'auto: nccl on CUDA, gloo on CPU',
+                      default='auto'),
+    )),
+}
+
+
+def declare_sections() -> None:
+    """Make PARAMS fastargs' command-line sections (train_imagenet.py; once per process)."""
+    for name, (description, params) in PARAMS.items():
+        Section(name, description).params(**params)
+
+
+def options(overrides: Optional[dict] = None) -> dict:
+    """Every option as {section: {key: value}}: defaults, then `overrides` given as
+    {'section.key': value}, each checked as on the command line."""
+    overrides = dict(overrides or {})
+    unknown = [k for k in overrides if k.partition('.')[0] not in PARAMS
+               or k.partition('.')[2] not in PARAMS[k.partition('.')[0]][1]]
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(unknown)}")
+    out = {}
+    for name, (_, params) in PARAMS.items():
+        for key, param in params.items():
+            value = overrides.get(f'{name}.{key}', param.default)
+            try:
+                out.setdefault(name, {})[key] = param.validate(value)
+            except Exception:
+                raise ValueError(f"--{name}.{key}: expected {param.checker.help()}, got "
+                                 f"{value!r}") from None
+    return out
+
+
+def crops_per_image(opts: dict) -> int:
+    """K: crops each decoded image gives per pass (a pass is K epochs)."""
+    return MODES[opts['training']['mode']]().crops_per_image(opts)
+
+
+def check(opts: dict) -> None:
+    """Raise OptionError for the first problem between options: files they name, epochs and
+    batches that a pass of K crops per image cannot divide, sides off the rounding, a schedule
+    that ends before it starts, a mode's missing teacher, more crops than stored records."""
+    data, t, lr, r = opts['data'], opts['training'], opts['lr'], opts['resolution']
+    needed = ('val_dataset',) if t['eval_only'] else ('train_dataset', 'val_dataset')
+    for key in needed:
+        if not data[key]:
+            raise OptionError(f"--data.{key} is required")
+        if not os.path.isfile(data[key]):
+            raise OptionError(f"--data.{key}: {data[key]}: no such file")
+    if t['eval_only']:
+        return
+    mode = MODES[t['mode']]()
+    k = mode.crops_per_image(opts)
+    manifest = read_manifest(data['train_dataset']) if mode.reads_records else {}
+    if 'fields' in manifest and CLASSES_FIELD not in manifest['fields']:
+        raise OptionError(records_missing(data['train_dataset'], list(manifest['fields'])))
+    if lr['schedule'] == 'cyclic' and lr['peak_epoch'] >= t['epochs']:
+        raise OptionError(f"--lr.peak_epoch={lr['peak_epoch']} must come before the end of the "
+                          f"run (--training.epochs={t['epochs']})")
+    if lr['schedule'] != 'cyclic' and lr['warmup_epochs'] >= t['epochs']:
+        raise OptionError(f"--lr.warmup_epochs={lr['warmup_epochs']} must end before "
+                          f"--training.epochs={t['epochs']}")
+    if t['epochs'] % k:
+        raise OptionError(f"--training.epochs={t['epochs']} is not a multiple of "
+                          f"--fkd.num_crops={k}: a pass over the images with K crops each is K "
+                          f"epochs")
+    if t['batch_size'] % k:
+        raise OptionError(f"--training.batch_size={t['batch_size']} counts crops and must be a "
+                          f"multiple of --fkd.num_crops={k}")
+    for key in ('min_res', 'max_res'):
+        if r[key] % r['round_to']:
+            raise OptionError(f"--resolution.{key}={r[key]} is not a multiple of "
+                              f"--resolution.round_to={r['round_to']}")
+    if mode.needs_teacher and not opts['fkd']['teacher']:
+        raise OptionError(f"{t['mode']} mode needs --fkd.teacher")
+    records = (manifest.get('soft_labels') or {}).get('num_records')
+    if records is not None and k > records:
+        raise OptionError(f"--fkd.num_crops={k} is more than the {records} crop records per "
+                          f"image of {data['train_dataset']}: a pass would repeat crops")
+
+
+def read_manifest(beton_path: str) -> dict:
+    """A beton's manifest sidecar as written ({} if none). Not checked against the beton: the
+    trainer's Beton does that when it opens the file."""
+    try:
+        with open(f'{beton_path}.json') as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def records_missing(path: str, field_names) -> str:
+    """The message for a mode that replays crop records and a beton that has none."""
+    return (f"FKD mode needs crop records with soft labels, and {path} has none (fields: "
+            f"{', '.join(field_names)}); label it with write_dataset.py --labels.teacher=... "
+            f"or use --training.mode=plain")
+
+
+def check_writing(data: dict, write: dict, labels: dict) -> None:
+    """write_dataset.py's checks between its `data`, `write` and `labels` sections."""
+    if data['source'] == 'folder' and not data['root'] and not labels['beton']:
+        raise OptionError("--data.root is required with --data.source=folder")
+    if labels['beton'] and not (labels['teacher'] or labels['import_root']):
+        raise OptionError(f"--labels.beton={labels['beton']}: give the labels' source, "
+                          f"--labels.teacher or --labels.import_root")
+    if labels['teacher'] and labels['import_root']:
+        raise OptionError("--labels.teacher and --labels.import_root both give the labels; "
+                          "choose one")
+    if labels['scale_min'] and not labels['scale_max']:
+        raise OptionError(f"--labels.scale_min={labels['scale_min']} needs --labels.scale_max "
+                          f"(0 keeps FKD's default range)")
+    if labels['scale_max'] and labels['scale_min'] > labels['scale_max']:
+        raise OptionError(f"--labels.scale_min={labels['scale_min']} is above "
+                          f"--labels.scale_max={labels['scale_max']}")
+    if (labels['teacher'] or labels['import_root']) and not labels['beton'] \
+            and data['split'] == 'val':
+        raise OptionError("crop records go into the train split, which --data.split=val does "
+                          "not write (label a beton with --labels.beton)")
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not labels['beton'] and (
+            labels['teacher'] or labels['import_root']):
+        raise OptionError("under torchrun, write the images first, then label them with "
+                          "--labels.beton")

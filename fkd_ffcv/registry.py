@@ -1,0 +1,55 @@
+"""Name -> builder tables for the things that come in families (training modes, models,
+teachers), so a new family plugs in by registering itself, with no edits elsewhere."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+
+class Registry:
+    """Builders by exact name, or by a prefix that ends a name's family ('timm:'); the longest
+    matching prefix wins. `default` serves names that match nothing (None: they are refused)."""
+
+    def __init__(self, what: str, default: Optional[Callable] = None):
+        self.what, self.default = what, default
+        self._exact: Dict[str, Callable] = {}
+        self._prefixes: Dict[str, Callable] = {}
+
+    def register(self, name: str, prefix: bool = False):
+        """Decorator: `@MODELS.register('resnet50')`, `@TEACHERS.register('torchvision:',
+        prefix=True)`. Registering a name twice is refused, so families cannot shadow each
+        other by accident."""
+        def add(builder):
+            table = self._prefixes if prefix else self._exact
+            if name in table:
+                raise ValueError(f"{self.what} {name!r} is already registered")
+            table[name] = builder
+            return builder
+        return add
+
+    def unregister(self, name: str) -> None:
+        """Remove a name or prefix (for tests that register a toy family)."""
+        self._exact.pop(name, None)
+        self._prefixes.pop(name, None)
+
+    def __contains__(self, name: str) -> bool:
+        return self.find(name) is not None
+
+    def find(self, name: str) -> Optional[Callable]:
+        if name in self._exact:
+            return self._exact[name]
+        matches = [p for p in self._prefixes if name.startswith(p)]
+        if matches:
+            return self._prefixes[max(matches, key=len)]
+        return self.default
+
+    def __getitem__(self, name: str) -> Callable:
+        builder = self.find(name)
+        if builder is None:
+            raise ValueError(f"unknown {self.what} {name!r}; known: {self.describe()}")
+        return builder
+
+    def names(self) -> list:
+        return sorted(self._exact) + sorted(f"{p}..." for p in self._prefixes)
+
+    def describe(self) -> str:
+        return ', '.join(self.names())

@@ -1,0 +1,90 @@
+"""A training run's folder (`logging.folder`): what a run writes and what a resume reads.
+
+- `config.json`: the effective options;
+- `log.jsonl`: a JSON line per epoch (validation results on the lines that end an evaluated
+  pass);
+- `checkpoint.pt`: everything to continue, written atomically after every pass;
+- `final_weights.pt`: plain weights with what rebuilding and feeding the model takes
+  (models.save_weights), on the CPU;
+- `summary.json`.
+
+Only the main process writes; every file appears under its name only when complete.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .files import atomic_write
+from .options import TrainingError
+
+CHECKPOINT_FORMAT = 'fkd-ffcv checkpoint 1'
+# Options that may change when a run is resumed; any other change is refused.
+RESUMABLE_CHANGES = {('training', 'resume'), ('data', 'num_workers'), ('logging', 'progress'),
+                     ('training', 'checkpoint'), ('training', 'eval_only')}
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class RunFolder:
+    def __init__(self, path, is_main: bool = True):
+        self.path, self.is_main = Path(path), is_main
+        self.checkpoint = self.path / 'checkpoint.pt'
+        self.weights = self.path / 'final_weights.pt'
+
+    def start(self, opts: dict, resumed_history=None) -> None:
+        """Write the config; a new run starts an empty log, a resumed one keeps the lines of
+        the passes its checkpoint holds (those of the interrupted pass are dropped)."""
+        if not self.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_text(self.path / 'config.json', json.dumps(opts, indent=2))
+        _write_text(self.path / 'log.jsonl',
+                    ''.join(json.dumps(line) + '\n' for line in resumed_history or []))
+
+    def append_log(self, line: dict) -> None:
+        if self.is_main:
+            with open(self.path / 'log.jsonl', 'a') as f:
+                f.write(json.dumps(line) + '\n')
+
+    def save_checkpoint(self, state: dict) -> None:
+        if self.is_main:
+            atomic_write(self.checkpoint,
+                         lambda f: torch.save({'format': CHECKPOINT_FORMAT, **state}, f))
+
+    def read_checkpoint(self, opts: dict, world_size: int, device) -> dict:
+        """The folder's checkpoint, refused if it belongs to a run with other options or
+        another process count."""
+        if not self.checkpoint.is_file():
+            raise TrainingError(f"--resume: {self.checkpoint} does not exist (nothing to resume)")
+        state = torch.load(self.checkpoint, map_location=device, weights_only=False)
+        if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
+            raise TrainingError(f"{self.checkpoint} is not a fkd-ffcv checkpoint")
+        changed = [f'{s}.{k}' for s, values in opts.items() for k, v in values.items()
+                   if (s, k) not in RESUMABLE_CHANGES
+                   and state['options'].get(s, {}).get(k) != v]
+        if changed:
+            raise TrainingError(f"--resume: options differ from the checkpointed run's: "
+                                f"{', '.join(changed)} (resume with the same options)")
+        if state.get('world_size', 1) != world_size:
+            raise TrainingError(f"--resume: {self.checkpoint} was written by a run of "
+                                f"{state.get('world_size', 1)} process(es), this one has "
+                                f"{world_size}; batch sizes are per process, so the run would "
+                                f"change (resume with the same process count)")
+        return state
+
+    def export(self, model, model_options: dict, classes, preprocess: dict,
+               validation: dict) -> Path:
+        from .models import save_weights
+        if self.is_main:
+            save_weights(self.weights, model, model_options, classes, preprocess,
+                         validation=validation)
+        return self.weights
+
+    def write_summary(self, summary: dict) -> None:
+        if self.is_main:
+            _write_text(self.path / 'summary.json', json.dumps(summary, indent=2))

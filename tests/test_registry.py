@@ -1,0 +1,51 @@
+"""Registries: names and prefixes to builders, so that model and teacher families plug in."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fkd_ffcv.models import MODELS, build_model
+from fkd_ffcv.registry import Registry
+from fkd_ffcv.teachers import TEACHERS, Teacher
+
+
+def test_exact_names_beat_prefixes_and_the_longest_prefix_wins():
+    table = Registry('thing')
+    table.register('timm:')(lambda: 'family')  # a plain name that happens to end in ':'
+    table.register('timm:', prefix=True)(lambda: 'short')
+    table.register('timm:vit', prefix=True)(lambda: 'long')
+    assert table['timm:']() == 'family'
+    assert table['timm:resnet50']() == 'short' and table['timm:vit_small']() == 'long'
+    with pytest.raises(ValueError, match="unknown thing 'other'; known: timm:, timm:..."):
+        table['other']
+    with pytest.raises(ValueError, match='already registered'):
+        table.register('timm:vit', prefix=True)(lambda: None)
+    assert 'timm:x' in table and 'other' not in table
+    assert Registry('thing', default=lambda: 'fallback')['anything']() == 'fallback'
+
+
+@pytest.fixture
+def toy_families():
+    def build(arch, num_classes, *, width, **_):
+        return nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(width, num_classes))
+
+    def teacher(spec):
+        from fkd_ffcv.teachers import Preprocess
+        torch.manual_seed(0)
+        return build(spec, 4, width=8), Preprocess(input_size=16)
+
+    MODELS.register('toy:', prefix=True)(build)
+    TEACHERS.register('toy:', prefix=True)(teacher)
+    yield
+    MODELS.unregister('toy:')
+    TEACHERS.unregister('toy:')
+
+
+def test_model_and_teacher_families_plug_in_by_registering(toy_families):
+    model = build_model('toy:any', 5, width=6, blurpool=True)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
+    teacher = Teacher('toy:small')
+    probs = teacher.probs(np.zeros((3, 16, 16, 3), np.uint8))
+    assert teacher.num_classes == 4 and probs.shape == (3, 4)
+    assert torch.allclose(probs.sum(1), torch.ones(3))
