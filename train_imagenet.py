@@ -15,7 +15,8 @@ loads (exit 2). Everything a run writes is in `--logging.folder` (fkd_ffcv/run_f
 import sys
 
 from fkd_ffcv.config import load_config, section
-from fkd_ffcv.options import PARAMS, OptionError, check, declare_sections
+from fkd_ffcv.errors import OptionError
+from fkd_ffcv.options import PARAMS, check, declare_sections
 
 if __name__ == '__main__':
     declare_sections()

@@ -21,7 +21,8 @@ from fastargs.validation import And, InRange, OneOf
 
 from fkd_ffcv import defaults
 from fkd_ffcv.config import load_config, section
-from fkd_ffcv.options import OptionError, check_writing
+from fkd_ffcv.errors import OptionError
+from fkd_ffcv.options import check_writing
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 

@@ -90,9 +90,9 @@ def quantize_boxes(boxes, height: int, width: int) -> np.ndarray:
 
 @nb.njit(cache=False)
 def box_pixels(stored, height, width):
-    """One stored box (4 int16) -> (i, j, h, w) pixels inside a height x width image, integer
-    arithmetic only. Compiled: the numba decoders and Python code (labelling, tests) share
-    this one formula."""
+    """One stored box (an integer array of 4, as stored: int16) -> (i, j, h, w) pixels inside a
+    height x width image, integer arithmetic only. Compiled: the numba decoders and Python code
+    (labelling, tests) share this one formula."""
     qi, qj = np.int64(stored[0]), np.int64(stored[1])
     qh, qw = np.int64(stored[2]), np.int64(stored[3])
     height, width = np.int64(height), np.int64(width)

@@ -177,7 +177,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    from .options import TrainingError
+    from .errors import TrainingError
     try:
         raise SystemExit(main())
     except TrainingError as e:

@@ -7,6 +7,7 @@ a teacher needed, crop records read) to check a command line before torch is loa
 """
 from __future__ import annotations
 
+from .errors import TrainingError
 from .registry import Registry
 
 MODES = Registry('training mode')
@@ -14,11 +15,13 @@ MODES = Registry('training mode')
 
 class Mode:
     """What every mode has unless it says otherwise: one crop per image, no teacher, no crop
-    records, no state of its own."""
-    needs_teacher = False  # options.check: the mode runs a teacher (--fkd.teacher)
-    reads_records = False  # options.check: the mode replays the beton's crop records
+    records, no state of its own. The facts are class-level, read by options.check without
+    making a mode; the trainer makes one per run (no arguments)."""
+    needs_teacher = False  # the mode runs a teacher (--fkd.teacher)
+    reads_records = False  # the mode replays the beton's crop records
 
-    def crops_per_image(self, opts: dict) -> int:
+    @classmethod
+    def crops_per_image(cls, opts: dict) -> int:
         """K: crops per decoded image and pass (a pass is K epochs)."""
         return 1
 
@@ -91,7 +94,6 @@ class OnlineKD(Plain):
     needs_teacher = True
 
     def setup(self, trainer):
-        from .options import TrainingError
         from .teachers import Teacher
         spec = trainer.opts['fkd']['teacher']
         try:
@@ -122,16 +124,18 @@ class FKD(Mode):
     (FKDLoader) with the teacher's stored top-k; soft cross-entropy against their recovery."""
     reads_records = True
 
-    def crops_per_image(self, opts):
+    @classmethod
+    def crops_per_image(cls, opts):
         return opts['fkd']['num_crops']
 
     def check_data(self, trainer):
+        """options.check has seen the manifest's word on these; the beton's own is final."""
         from .fields import CLASSES_FIELD
-        from .options import TrainingError, records_missing
+        from .options import check_records, records_missing
         from .soft_labels import LabelSpec
         beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
-        if CLASSES_FIELD not in beton.fields:  # (options.check sees it first in the manifest)
-            raise TrainingError(records_missing(path, beton.field_names))
+        if CLASSES_FIELD not in beton.fields:
+            raise TrainingError(records_missing('fkd', path, beton.field_names))
         info = beton.manifest.get('soft_labels')
         if not info:
             raise TrainingError(f"{path}: its manifest does not describe the soft labels "
@@ -140,6 +144,7 @@ class FKD(Mode):
             raise TrainingError(f"{path}: the soft labels cover {info['num_classes']} classes, "
                                 f"the data set has {trainer.num_classes}")
         self.num_records = info['num_records']
+        check_records(self.crops_per_image(trainer.opts), self.num_records, path)
         self.label_spec = LabelSpec.parse(info['label_type'], info['num_classes'])
 
     def train_loader(self, trainer, **common):

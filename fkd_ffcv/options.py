@@ -17,16 +17,9 @@ from fastargs.validation import And, Checker, InRange, OneOf
 
 from .config import Flag
 from .defaults import CLASSES_FIELD, PRECISIONS
+from .errors import OptionError
 from .modes import MODES
 from .schedules import LR_SCHEDULES
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on; the message says why and what was kept."""
-
-
-class OptionError(TrainingError):
-    """Options that do not fit together, or name files that are not there."""
 
 
 class Registered(Checker):
@@ -174,11 +167,6 @@ def options(overrides: Optional[dict] = None) -> dict:
     return out
 
 
-def crops_per_image(opts: dict) -> int:
-    """K: crops each decoded image gives per pass (a pass is K epochs)."""
-    return MODES[opts['training']['mode']]().crops_per_image(opts)
-
-
 def check(opts: dict) -> None:
     """Raise OptionError for the first problem between options: files they name, epochs and
     batches that a pass of K crops per image cannot divide, sides off the rounding, a schedule
@@ -192,11 +180,12 @@ def check(opts: dict) -> None:
             raise OptionError(f"--data.{key}: {data[key]}: no such file")
     if t['eval_only']:
         return
-    mode = MODES[t['mode']]()
+    mode = MODES[t['mode']]  # the class: its facts, nothing loaded
     k = mode.crops_per_image(opts)
     manifest = read_manifest(data['train_dataset']) if mode.reads_records else {}
     if 'fields' in manifest and CLASSES_FIELD not in manifest['fields']:
-        raise OptionError(records_missing(data['train_dataset'], list(manifest['fields'])))
+        raise OptionError(records_missing(t['mode'], data['train_dataset'],
+                                          list(manifest['fields'])))
     if lr['schedule'] == 'cyclic' and lr['peak_epoch'] >= t['epochs']:
         raise OptionError(f"--lr.peak_epoch={lr['peak_epoch']} must come before the end of the "
                           f"run (--training.epochs={t['epochs']})")
@@ -216,10 +205,15 @@ def check(opts: dict) -> None:
                               f"--resolution.round_to={r['round_to']}")
     if mode.needs_teacher and not opts['fkd']['teacher']:
         raise OptionError(f"{t['mode']} mode needs --fkd.teacher")
-    records = (manifest.get('soft_labels') or {}).get('num_records')
+    check_records(k, (manifest.get('soft_labels') or {}).get('num_records'),
+                  data['train_dataset'])
+
+
+def check_records(k: int, records: Optional[int], path: str) -> None:
+    """K crops per image and pass must not exceed the N records stored per image."""
     if records is not None and k > records:
         raise OptionError(f"--fkd.num_crops={k} is more than the {records} crop records per "
-                          f"image of {data['train_dataset']}: a pass would repeat crops")
+                          f"image of {path}: a pass would repeat crops")
 
 
 def read_manifest(beton_path: str) -> dict:
@@ -232,9 +226,9 @@ def read_manifest(beton_path: str) -> dict:
         return {}
 
 
-def records_missing(path: str, field_names) -> str:
+def records_missing(mode: str, path: str, field_names) -> str:
     """The message for a mode that replays crop records and a beton that has none."""
-    return (f"FKD mode needs crop records with soft labels, and {path} has none (fields: "
+    return (f"{mode} mode needs crop records with soft labels, and {path} has none (fields: "
             f"{', '.join(field_names)}); label it with write_dataset.py --labels.teacher=... "
             f"or use --training.mode=plain")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .files import atomic_write
-from .options import TrainingError
+from .errors import TrainingError
 
 CHECKPOINT_FORMAT = 'fkd-ffcv checkpoint 1'
 # Options that may change when a run is resumed; any other change is refused.

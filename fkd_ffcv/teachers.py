@@ -107,15 +107,24 @@ def _entry_point(spec: str):
         raise ValueError(f"teacher {spec!r}: expected one of {TEACHERS.describe()} or "
                          f"<module>:<function>")
     try:
-        made = getattr(importlib.import_module(module), function)()
+        build = getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"teacher entry point {spec!r}: {e}") from None
+    made = build()
     model, options = made if isinstance(made, tuple) else (made, {})
     return model, Preprocess(**_options(options))
 
 
 # Teacher families by spec prefix; a spec that matches none is an entry point.
 TEACHERS = Registry('teacher kind', default=_entry_point)
+
+
+def _file_after(prefix: str, spec: str, what: str) -> str:
+    """The file a `<prefix><file>` spec names, refused if it is not there."""
+    path = spec[len(prefix):]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such {what}")
+    return path
 
 
 @TEACHERS.register('torchvision:', prefix=True)
@@ -149,18 +158,14 @@ def _torchvision_model(spec: str):
 def _exported_model(spec: str):
     """`checkpoint:<file>`: a trainer's final_weights.pt, with its own preprocessing."""
     from .models import load_weights
-    path = spec[len('checkpoint:'):]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    model, preprocess, _ = load_weights(path)
+    model, preprocess, _ = load_weights(_file_after('checkpoint:', spec, 'checkpoint'))
     return model, Preprocess(**_options(preprocess))
 
 
 @TEACHERS.register('torchscript:', prefix=True)
 def _torchscript_model(spec: str):
-    path = spec[len('torchscript:'):]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such TorchScript file")
+    """`torchscript:<file>`: a TorchScript module."""
+    path = _file_after('torchscript:', spec, 'TorchScript file')
     return torch.jit.load(path, map_location='cpu'), Preprocess()
 
 

@@ -24,7 +24,8 @@ from .devices import autocast_dtype, local_device, resolve_backend, resolve_prec
 from .mixing import mix
 from .models import MODELS, build_model, unwrap
 from .modes import MODES
-from .options import TrainingError, check
+from .errors import OptionError, TrainingError
+from .options import check
 from .run_folder import RunFolder
 from .schedules import ema_decay, lr_factor, resolution
 
@@ -41,8 +42,8 @@ class Trainer:
         check(opts)
         self.opts = {name: dict(values) for name, values in opts.items()}
         t = self.opts['training']
-        if self.opts['model']['arch'] not in MODELS:
-            raise TrainingError(f"--model.arch: unknown architecture "
+        if self.opts['model']['arch'] not in MODELS:  # known once models.py is loaded
+            raise OptionError(f"--model.arch: unknown architecture "
                                 f"{self.opts['model']['arch']!r}; known: {MODELS.describe()}")
         self.mode = MODES[t['mode']]()
         self.num_crops = self.mode.crops_per_image(self.opts)  # K
@@ -426,7 +427,8 @@ class Trainer:
             self.ema.load_state_dict(state['ema'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scaler.load_state_dict(state['scaler'])
-        self.mode.load_state_dict(state.get('mode', {}))
+        if state.get('mode'):
+            self.mode.load_state_dict(state['mode'])
         self.history = state['history']
         return state['passes_done']
 
@@ -477,8 +479,8 @@ def print_summary(summary: dict) -> None:
 
 
 def main(opts: dict) -> int:
-    """The command line's body: run, print the summary; errors become exit status 1. The
-    process group (torchrun) is closed however the run ends."""
+    """The command line's body: run, print the summary; option errors become exit status 2,
+    other run errors 1. The process group (torchrun) is closed however the run ends."""
     try:
         trainer = Trainer(opts)
         summary = trainer.run()
@@ -487,7 +489,7 @@ def main(opts: dict) -> int:
         return 0
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, OptionError) else 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -33,7 +33,7 @@ def test_a_failing_loader_thread_raises_instead_of_hanging(tmp_path):
         def __getitem__(self, i):
             return (np.full(3, i, np.float16),)
 
-    path = tmp_path / 'f16.beton'  # numba cannot compile float16 arrays (design notes)
+    path = tmp_path / 'f16.beton'  # numba cannot compile float16 arrays: the thread fails
     write_beton(path, {'x': NDArrayField(np.dtype('float16'), (3,))}, Halves(), progress=False)
     loader = Loader(str(path), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
                     pipelines={'x': [NDArrayDecoder()]})

@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from fkd_ffcv.options import OptionError, check, check_writing, options
+from fkd_ffcv.errors import OptionError
+from fkd_ffcv.options import check, check_writing, options
 
 
 def test_checking_options_loads_neither_torch_nor_ffcv():
@@ -54,3 +55,15 @@ def test_eval_only_needs_only_the_validation_beton(fashion_betons):
     check(options({'training.eval_only': True, 'data.val_dataset': str(val)}))
     with pytest.raises(OptionError, match='--data.val_dataset is required'):
         check(options({'training.eval_only': True}))
+
+
+def test_an_unknown_architecture_is_an_option_error(fashion_betons):
+    """Architectures are known once models.py is loaded (its registry), still before any data
+    or model is."""
+    train, val = fashion_betons
+    done = subprocess.run([sys.executable, str(REPO / 'train_imagenet.py'),
+                           f'--data.train_dataset={train}', f'--data.val_dataset={val}',
+                           '--training.mode=plain', '--model.arch=resnet5'],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2
+    assert "--model.arch: unknown architecture 'resnet5'; known:" in done.stderr

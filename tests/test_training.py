@@ -14,7 +14,8 @@ import torch
 from conftest import REPO
 from fkd_ffcv.labeling import LabelingSettings, label_beton
 from fkd_ffcv.teachers import Teacher
-from fkd_ffcv.options import TrainingError, options
+from fkd_ffcv.errors import TrainingError
+from fkd_ffcv.options import options
 from fkd_ffcv.training import Trainer
 
 METRICS = ('loss', 'train_top1', 'lr', 'top1', 'top5', 'val_loss')

@@ -1,0 +1,9 @@
+"""The errors a run reports to its user (no traceback: the message says what and why)."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on; the message says why and what was kept."""
+
+
+class OptionError(TrainingError):
+    """Options that do not fit together, or name files that are not there (exit status 2)."""
