@@ -1,7 +1,7 @@
 """Before/after A/B of the multi-crop loader: `FKDLoader` of a git revision against the working
 tree's, in one process, with FKD's original data path in the same interleaved rounds.
 
-    python benchmarks/loader_ab.py --base HEAD~1 [--k 4] [--repeats 5]
+    python benchmarks/loader_ab.py --base HEAD~1 [--k 4] [--loader fkd|plain] [--repeats 5]
 
 Same photos, records and batch as benchmarks/loader.py. The revision's `fkd_ffcv` is extracted
 with `git archive` under another package name (its imports are relative), so both versions
@@ -48,6 +48,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--base', required=True, help='git revision to compare against')
     parser.add_argument('--k', type=int, default=4, help='crops per image')
+    parser.add_argument('--loader', choices=['fkd', 'plain'], default='fkd',
+                        help='FKDLoader (K records per image) or PlainLoader (one seeded crop)')
     parser.add_argument('--records', type=int, default=32)
     parser.add_argument('--workers', type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument('--repeats', type=int, default=5)
@@ -59,15 +61,23 @@ def main():
         paths = {}
         for name, module in ((f'before ({args.base})', base), ('after (working tree)',
                                                                 fkd_ffcv.loaders)):
-            loader = module.FKDLoader(labelled, batch_size=IMAGES_PER_BATCH * args.k,
-                                      num_crops=args.k, resolution=SIZE,
-                                      num_workers=args.workers, order=module.OrderOption.RANDOM)
-            paths[name] = (loader.__iter__, len(loader) * IMAGES_PER_BATCH * args.k)
+            if args.loader == 'fkd':
+                loader = module.FKDLoader(labelled, batch_size=IMAGES_PER_BATCH * args.k,
+                                          num_crops=args.k, resolution=SIZE,
+                                          num_workers=args.workers,
+                                          order=module.OrderOption.RANDOM)
+                paths[name] = (loader.__iter__, len(loader) * IMAGES_PER_BATCH * args.k)
+            else:
+                loader = module.PlainLoader(labelled, batch_size=IMAGES_PER_BATCH,
+                                            resolution=SIZE, num_workers=args.workers,
+                                            order=module.OrderOption.RANDOM)
+                paths[name] = (loader.__iter__, len(loader) * IMAGES_PER_BATCH)
         paths['original FKD path'] = original_path(
             export_original_files(labelled, work / 'jpg'), args.k, args.workers)
         rates = interleaved_rates(paths, args.repeats)
         before, after, reference = rates.values()
-        print(f"K={args.k}, {SIZE} px, {args.workers} threads/workers, median of "
+        print(f"{args.loader} loader, K={args.k if args.loader == 'fkd' else 1} (original "
+              f"path K={args.k}), {SIZE} px, {args.workers} threads/workers, median of "
               f"{args.repeats} interleaved rounds")
         for name, rate in rates.items():
             print(f"  {name}: {rate:,.0f} crops/s ({rate / reference:.2f}x original)")
