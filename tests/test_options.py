@@ -19,12 +19,16 @@ def test_checking_options_loads_neither_torch_nor_ffcv():
     assert done.stdout.strip() == '[]'
 
 
-def test_the_command_line_stops_on_a_bad_combination_with_the_options_named(fashion_betons):
-    train, val = fashion_betons
-    done = subprocess.run([sys.executable, str(REPO / 'train_imagenet.py'),
+def train_cli(betons, *options):
+    train, val = betons
+    return subprocess.run([sys.executable, str(REPO / 'train_imagenet.py'),
                            f'--data.train_dataset={train}', f'--data.val_dataset={val}',
-                           '--training.mode=plain', '--resolution.min_res=100'],
+                           '--training.mode=plain', *options],
                           capture_output=True, text=True, cwd=REPO)
+
+
+def test_the_command_line_stops_on_a_bad_combination_with_the_options_named(fashion_betons):
+    done = train_cli(fashion_betons, '--resolution.min_res=100')
     assert done.returncode == 2
     assert '--resolution.min_res=100 is not a multiple of --resolution.round_to=32' in done.stderr
 
@@ -60,10 +64,6 @@ def test_eval_only_needs_only_the_validation_beton(fashion_betons):
 def test_an_unknown_architecture_is_an_option_error(fashion_betons):
     """Architectures are known once models.py is loaded (its registry), still before any data
     or model is."""
-    train, val = fashion_betons
-    done = subprocess.run([sys.executable, str(REPO / 'train_imagenet.py'),
-                           f'--data.train_dataset={train}', f'--data.val_dataset={val}',
-                           '--training.mode=plain', '--model.arch=resnet5'],
-                          capture_output=True, text=True, cwd=REPO)
+    done = train_cli(fashion_betons, '--model.arch=resnet5')
     assert done.returncode == 2
     assert "--model.arch: unknown architecture 'resnet5'; known:" in done.stderr
