@@ -191,8 +191,13 @@ class Loader(ffcv.loader.Loader):
     and joined, and the device it copied to is synchronised) before its buffers are written
     again."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, fname, batch_size: int, num_workers: int = -1, *args, **kwargs):
+        available = nb.config.NUMBA_NUM_THREADS  # numba refuses more threads than this
+        if num_workers > available:
+            print(f"note: {num_workers} loader threads asked for, {available} available here "
+                  f"(cores numba may use); using {available}", file=sys.stderr)
+            num_workers = available
+        super().__init__(fname, batch_size, num_workers, *args, **kwargs)
         self._buffers = {}
         self._running = None
         self.copy_device = copy_device(self.graph)

@@ -1,9 +1,24 @@
-"""Writing a file so that its final name only ever holds a complete file."""
+"""Writing a file so that its final name only ever holds a complete file, and reading a
+torch file as data, never as code."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Callable, IO
+
+
+def load_data(path, map_location='cpu'):
+    """`torch.load` of a file that may hold only tensors and plain Python data (weights_only).
+    Anything else in a pickle could run code while it loads; such a file is refused with its
+    name (ValueError)."""
+    import torch
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"{path}: refused: it holds Python objects besides tensors and plain "
+                         f"data, which could run code when loaded ({first[:120]})") from None
 
 
 def atomic_write(path, write: Callable[[IO[bytes]], None]) -> Path:

@@ -256,7 +256,8 @@ def save_weights(path, model: nn.Module, arch: dict, classes, preprocess: dict,
 
 def load_weights(path) -> tuple:
     """(model in eval mode, preprocess dict, class names) from a `save_weights` file."""
-    saved = torch.load(path, map_location='cpu', weights_only=True)
+    from .files import load_data
+    saved = load_data(path)
     if not isinstance(saved, dict) or not {'arch', 'model', 'preprocess'} <= saved.keys():
         raise ValueError(f"{path} was not written by save_weights (a trainer's "
                          f"final_weights.pt); for a plain state dict use "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, load_data
 from .errors import TrainingError
 
 CHECKPOINT_FORMAT = 'fkd-ffcv checkpoint 1'
@@ -61,7 +61,10 @@ class RunFolder:
         another process count."""
         if not self.checkpoint.is_file():
             raise TrainingError(f"--resume: {self.checkpoint} does not exist (nothing to resume)")
-        state = torch.load(self.checkpoint, map_location=device, weights_only=False)
+        try:
+            state = load_data(self.checkpoint, device)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
             raise TrainingError(f"{self.checkpoint} is not a fkd-ffcv checkpoint")
         changed = [f'{s}.{k}' for s, values in opts.items() for k, v in values.items()

@@ -39,6 +39,7 @@ import torch
 from .crops import INTERPOLATIONS
 from .defaults import TEACHER_PRECISIONS
 from .devices import autocast_dtype
+from .files import load_data
 from .registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -139,7 +140,7 @@ def _torchvision_model(spec: str):
         return build(arch, weights=None), Preprocess()
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    state = _clean_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=True))
+    state = _clean_state_dict(load_data(checkpoint))
     reference = build(arch, weights=None).state_dict()
     # The classifier is the last weight whose shape differs from the 1000-class default.
     mismatched = [name for name, value in state.items()

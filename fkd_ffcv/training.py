@@ -25,7 +25,8 @@ from .mixing import mix
 from .models import MODELS, build_model, unwrap
 from .modes import MODES
 from .errors import OptionError, TrainingError
-from .options import check
+from .files import load_data
+from .options import PARAMS, check
 from .run_folder import RunFolder
 from .schedules import ema_decay, lr_factor, resolution
 
@@ -158,11 +159,13 @@ class Trainer:
             distributed=self.world_size > 1)
         self.steps_per_pass = len(self.train_loader)
         if self.steps_per_pass < self.num_crops:
+            images = len(self.train_beton) // self.world_size  # per process
+            largest = images // self.num_crops * self.num_crops
             raise TrainingError(f"{data['train_dataset']}: a pass of its {len(self.train_beton)} "
                                 f"images gives {self.steps_per_pass} step(s) of "
                                 f"{t['batch_size'] // self.num_crops} images per process, "
                                 f"fewer than the {self.num_crops} epochs it must hold; lower "
-                                f"--training.batch_size")
+                                f"--training.batch_size to {largest} or less")
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
                                       v['ratio'], workers, str(self.device), self.rank,
                                       self.world_size)
@@ -218,6 +221,10 @@ class Trainer:
                                 f"--resume or choose another --logging.folder")
         self.prepare()
         start = self.restore(state) if state else 0
+        if state and self.is_main:
+            print(f"resuming {self.folder.path} after pass {start} of {self.passes} "
+                  f"(epoch {start * self.num_crops} of {self.opts['training']['epochs']})")
+        self.passes_done = start
         self.folder.start(self.opts, self.history)
         self.train_loader.start_at(start)
         for p in range(start, self.passes):
@@ -227,6 +234,7 @@ class Trainer:
                 evaluated.update(self.evaluate())
                 self.log(evaluated)
             self.save_checkpoint(p + 1)
+            self.passes_done = p + 1
         summary = self.summary()
         self.export()
         self.folder.write_summary(summary)
@@ -378,7 +386,10 @@ class Trainer:
         path = Path(self.opts['training']['checkpoint'] or self.folder.checkpoint)
         if not path.is_file():
             raise TrainingError(f"--eval-only: {path}: no such checkpoint")
-        state = torch.load(path, map_location='cpu', weights_only=False)
+        try:
+            state = load_data(path)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         if not isinstance(state, dict) or not {'classes', 'model'} <= state.keys():
             raise TrainingError(f"{path} is neither a checkpoint.pt nor a final_weights.pt")
         data, v = self.opts['data'], self.opts['validation']
@@ -391,15 +402,16 @@ class Trainer:
             from .models import load_weights
             self.model = load_weights(path)[0]
             stored = state.get('validation', {})
-            if stored and (stored['resolution'], stored['ratio']) != (v['resolution'],
-                                                                       v['ratio']):
-                print(f"note: {path} was validated at {stored['resolution']} px, ratio "
-                      f"{stored['ratio']:.3f}; evaluating at --validation.resolution="
-                      f"{v['resolution']}, --validation.ratio={v['ratio']:.3f}",
-                      file=sys.stderr)
         else:
             self.model = build_model(num_classes=self.num_classes, **state['model_options'])
             self.model.load_state_dict(state['ema'] if state.get('ema') else state['model'])
+            stored = state['options']['validation']
+        for key in ('resolution', 'ratio'):  # as the run validated, unless given otherwise
+            if key in stored and v[key] == PARAMS['validation'][1][key].default:
+                v[key] = stored[key]
+        if self.is_main:
+            print(f"evaluating {path} at {v['resolution']} px, ratio {v['ratio']:.3f} "
+                  f"(--validation.resolution / --validation.ratio to change)")
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.ema = None
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
@@ -478,9 +490,25 @@ def print_summary(summary: dict) -> None:
           f"{summary['data_wait']:.0%} waiting for data; run in {summary['folder']}")
 
 
-def main(opts: dict) -> int:
+def interrupted(trainer, argv) -> str:
+    """What a Ctrl-C kept, and the command that continues."""
+    import shlex
+    command = ' '.join(shlex.quote(a) for a in ['python', *argv])
+    done = getattr(trainer, 'passes_done', 0)
+    if done == 0:
+        return (f"interrupted before the first pass ended: nothing was kept; start again "
+                f"with: {command}")
+    if '--resume' not in argv and '--training.resume=true' not in argv:
+        command += ' --resume'
+    return (f"interrupted: {trainer.folder.checkpoint} holds {done} of {trainer.passes} passes "
+            f"(epoch {done * trainer.num_crops}); continue with: {command}")
+
+
+def main(opts: dict, argv=None) -> int:
     """The command line's body: run, print the summary; option errors become exit status 2,
-    other run errors 1. The process group (torchrun) is closed however the run ends."""
+    other run errors 1, Ctrl-C 130 with what was kept. The process group (torchrun) is closed
+    however the run ends."""
+    trainer = None
     try:
         trainer = Trainer(opts)
         summary = trainer.run()
@@ -490,6 +518,10 @@ def main(opts: dict) -> int:
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, OptionError) else 1
+    except KeyboardInterrupt:
+        if trainer is None or trainer.is_main:
+            print(f"\n{interrupted(trainer, list(argv or sys.argv))}", file=sys.stderr)
+        return 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

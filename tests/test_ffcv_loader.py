@@ -149,3 +149,12 @@ def test_a_last_batch_of_one_keeps_its_batch_dimension(raw_tree_beton):
     batches = [(im.clone(), lab.clone()) for im, lab in
                eval_loader(path, batch_size=11, resolution=16, ratio=1.0, num_workers=1)]
     assert [tuple(lab.shape) for _, lab in batches] == [(11,), (1,)]
+
+
+def test_more_loader_threads_than_numba_may_run_are_capped(raw_tree_beton, capsys):
+    import numba
+    path, _ = raw_tree_beton
+    asked = numba.config.NUMBA_NUM_THREADS + 10  # numba itself would refuse these
+    loader = eval_loader(path, batch_size=4, resolution=16, ratio=1.0, num_workers=asked)
+    assert len(passes(loader, 1)[0]) == 3
+    assert f'note: {asked} loader threads asked for' in capsys.readouterr().err

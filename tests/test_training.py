@@ -279,3 +279,69 @@ def test_kill_mid_pass_then_resume_from_the_command_line(labelled, tmp_path):
     assert [line['epoch'] for line in read_log(folder)] == [1, 2, 3, 4, 5, 6]
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and 'already holds a run' in again.stderr
+
+
+def test_eval_only_takes_the_validation_settings_the_run_used(fkd_run, fkd_options):
+    """The exports and checkpoints record the validation side and ratio (here 32 px, ratio 1):
+    left at their defaults, the options take those, so eval-only repeats the run's numbers;
+    a last batch of one image (batch 299 of 300) is counted like any other."""
+    folder, summary, _ = fkd_run
+    for checkpoint in ('checkpoint.pt', 'final_weights.pt'):
+        opts = fkd_options(folder, training__eval_only=True,
+                           training__checkpoint=str(folder / checkpoint))
+        opts['validation'].update(options()['validation'])  # every validation default
+        opts['validation']['batch_size'] = 299
+        result = Trainer(opts).run()
+        assert (result['top1'], result['val_images']) == (summary['top1'], 300)
+
+
+def test_a_checkpoint_that_carries_code_is_refused(fkd_run, fkd_options, tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    folder = tmp_path / 'run'
+    folder.mkdir()
+    state = torch.load(fkd_run[0] / 'checkpoint.pt', weights_only=True)
+    torch.save({**state, 'options': fkd_options(folder), 'extra': Payload()},
+               folder / 'checkpoint.pt')
+    for overrides in ({'training__resume': True}, {'training__eval_only': True}):
+        with pytest.raises(TrainingError, match='checkpoint.pt: refused'):
+            Trainer(fkd_options(folder, **overrides)).run()
+    assert not (tmp_path / 'ran').exists()
+
+
+def test_a_batch_too_large_names_the_largest_that_works(labelled, fkd_options, tmp_path):
+    with pytest.raises(TrainingError, match='to 600 or less'):  # 600 images, K = 2
+        Trainer(fkd_options(tmp_path / 'run', training__batch_size=1024)).run()
+
+
+def test_ctrl_c_says_what_was_kept_and_the_resume_says_where_it_starts(labelled, tmp_path):
+    folder = tmp_path / 'run'
+    train, val = labelled
+    command = [sys.executable, str(REPO / 'train_imagenet.py'),
+               f'--data.train_dataset={train}', f'--data.val_dataset={val}',
+               '--model.arch=small_resnet', '--model.width=8', '--model.depth=1',
+               '--training.mode=fkd', '--fkd.num_crops=2', '--training.epochs=8',
+               '--training.batch_size=32', '--training.precision=fp32',
+               '--validation.resolution=32', '--validation.ratio=1',
+               '--resolution.min_res=32', '--resolution.max_res=32',
+               '--logging.progress=false', f'--logging.folder={folder}']
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 240
+    while not (folder / 'checkpoint.pt').exists() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert 'Traceback' not in err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith('interrupted: ') and 'checkpoint.pt holds' in message
+    resume = message.split('continue with: ')[1]
+    assert resume.endswith(' --resume')
+    result = subprocess.run(command + ['--resume'], capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'resuming ' in result.stdout and ' after pass ' in result.stdout
