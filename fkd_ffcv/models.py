@@ -11,7 +11,9 @@ keep them in a file that also records how to rebuild and feed the model (a train
 """
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,7 @@ from torchvision.models.resnet import BasicBlock
 from .registry import Registry
 
 MODELS = Registry('architecture')  # name (or 'family:' prefix) -> builder, see build_model
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VIT_PRESETS = {  # width, depth, heads, patch size
     'deit_tiny': (192, 12, 3, 16),
     'deit_small': (384, 12, 6, 16),
@@ -200,18 +203,141 @@ for _arch in VIT_PRESETS:
     MODELS.register(_arch)(_vit_preset)
 
 
+@MODELS.register('torchvision:', prefix=True)
+def _torchvision_any(arch, num_classes, **_):
+    """`torchvision:<name>`: any torchvision classifier, freshly initialised."""
+    name = arch[len('torchvision:'):]
+    if name not in torchvision.models.list_models(torchvision.models):
+        raise ValueError(f"unknown torchvision architecture {name!r}")
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _entry_point(arch, num_classes, **_):
+    """`<module>:<function>`: a function returning a model, or (model, preprocessing dict),
+    with its weights (a pretrained model to fine-tune). Its classifier is replaced when it
+    predicts another class count; its own input normalisation (mean, std) is kept with it."""
+    module, _, function = arch.partition(':')
+    if not module or not function:
+        raise ValueError(f"unknown architecture {arch!r}; known: {MODELS.describe()}, or "
+                         f"<module>:<function>")
+    try:
+        build = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"architecture {arch!r}: {e}") from None
+    made = build()
+    model, preprocess = made if isinstance(made, tuple) else (made, {})
+    if {'mean', 'std'} <= set(preprocess):
+        model.input_normalisation = (tuple(preprocess['mean']), tuple(preprocess['std']))
+    return with_classes(model, num_classes, arch)
+
+
+MODELS.default = _entry_point
+
+
+def check_arch(arch: str) -> None:
+    """Raise ValueError naming the known architectures unless `arch` is one, a
+    'torchvision:<name>', or an importable '<module>:<function>' (not called here)."""
+    if MODELS.registered(arch):
+        return
+    module, _, function = arch.partition(':')
+    try:
+        found = module and function and hasattr(importlib.import_module(module), function)
+    except ImportError:
+        found = False
+    if not found:
+        raise ValueError(f"unknown architecture {arch!r}; known: {MODELS.describe()}, or "
+                         f"<module>:<function> returning a model")
+
+
+def classifier_name(model: nn.Module):
+    """The name of the model's classifier: its last Linear layer (torchvision, timm and this
+    project's models end in one), or None."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return None
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
+def with_classes(model: nn.Module, num_classes: int, arch: str = 'the model') -> nn.Module:
+    """`model` predicting `num_classes`: its classifier replaced by a new one (freshly
+    initialised) when it predicts another count."""
+    name = classifier_name(model)
+    if name is None:
+        raise ValueError(f"{arch}: no Linear classifier to give {num_classes} classes")
+    parent_name, _, child = name.rpartition('.')
+    parent = model.get_submodule(parent_name)
+    head = getattr(parent, child)
+    if head.out_features != num_classes:
+        setattr(parent, child, nn.Linear(head.in_features, num_classes,
+                                         bias=head.bias is not None))
+    return model
+
+
+def input_normalisation(model: nn.Module) -> tuple:
+    """(mean, std) of RGB in [0, 1] that the model expects: its own where its builder knew
+    it (a pretrained entry point), else ImageNet's."""
+    return getattr(unwrap(model), 'input_normalisation', (IMAGENET_MEAN, IMAGENET_STD))
+
+
+def plain_state_dict(checkpoint) -> dict:
+    """The state dict in a checkpoint (plain, or under 'model' / 'state_dict' /
+    'model_state_dict'), without DDP's 'module.' and torch.compile's '_orig_mod.' prefixes."""
+    if isinstance(checkpoint, dict):
+        for key in ('model', 'state_dict', 'model_state_dict'):
+            if key in checkpoint and isinstance(checkpoint[key], dict):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v)
+                                                   for v in checkpoint.values()):
+        raise ValueError("the checkpoint holds no state dict of tensors")
+    cleaned = {}
+    for name, value in checkpoint.items():
+        for prefix in ('module.', '_orig_mod.'):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        cleaned[name] = value
+    return cleaned
+
+
+def start_from(model: nn.Module, path) -> list:
+    """Load the weights in `path` (a trainer's final_weights.pt, a torchvision or other
+    state-dict checkpoint) into `model`; tensors whose shape differs (the classifier, when
+    the class counts differ) keep their fresh values. Returns their names. Names missing on
+    either side are refused, with the first few listed."""
+    from .files import load_data
+    state = plain_state_dict(load_data(path))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    if missing or extra:
+        raise ValueError(f"{path} does not fit the model: missing {missing[:4]}, unexpected "
+                         f"{extra[:4]} ({len(missing)} and {len(extra)} in all)")
+    fresh = [k for k, v in state.items() if v.shape != own[k].shape]
+    model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
+    return fresh
+
+
 def build_model(arch: str, num_classes: int, *, small_input: bool = False, width: int = 16,
                 depth: int = 2, heads: int = 3, patch_size: int = 4, image_size: int = 224,
-                drop_path: float = 0.0, blurpool: bool = False) -> nn.Module:
-    """A freshly initialised student from the builder MODELS holds for `arch`. `small_input`
-    gives a torchvision ResNet a CIFAR stem (3x3 stride-1 convolution, no max-pool) for inputs
-    of about 32 px; `width`, `depth`, `heads` and `patch_size` size `small_resnet` and `vit`;
+                drop_path: float = 0.0, blurpool: bool = False, weights: str = '') -> nn.Module:
+    """A student from the builder MODELS holds for `arch`: freshly initialised, or started
+    from `weights` (see start_from; an entry point may bring its own). `small_input` gives a
+    torchvision ResNet a CIFAR stem (3x3 stride-1 convolution, no max-pool) for inputs of
+    about 32 px; `width`, `depth`, `heads` and `patch_size` size `small_resnet` and `vit`;
     `image_size` is the side the ViT's position embeddings are learnt for. A builder takes
     (arch, num_classes, **these options) and uses the ones it needs."""
     build = MODELS[arch]
     model = build(arch, num_classes, small_input=small_input, width=width, depth=depth,
                   heads=heads, patch_size=patch_size, image_size=image_size,
                   drop_path=drop_path)
+    if weights:
+        fresh = start_from(model, weights)  # plain names: before any BlurPool wrapper
+        if fresh:
+            print(f"note: started from {weights}; new (shapes differ): {', '.join(fresh)}",
+                  file=sys.stderr)
+    if blurpool and not MODELS.registered(arch):
+        print(f"note: --model.blurpool adds low-pass filters that {arch}'s weights were not "
+              f"trained with (--model.blurpool=false keeps their function)", file=sys.stderr)
     return add_blurpool(model) if blurpool else model
 
 

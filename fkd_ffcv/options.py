@@ -48,8 +48,13 @@ PARAMS = {
                          default=1.0),
     )),
     'model': ('the student', dict(
-        arch=Param(str, 'architecture: a name or family the model registry knows (models.py)',
-                   default='resnet50'),
+        arch=Param(str, 'architecture: a name the model registry knows (resnet18/34/50/101, '
+                   'small_resnet, vit, deit_tiny, deit_small), torchvision:<name>, or '
+                   '<module>:<function> returning a (pretrained) model', default='resnet50'),
+        weights=Param(str, 'start from these weights: a final_weights.pt or a state-dict '
+                      'checkpoint (a classifier of another class count starts new)', default=''),
+        head_epochs=Param(And(float, InRange(min=0)), 'train only the classifier for the first '
+                          'epochs (fine-tuning a pretrained model)', default=0.0),
         num_classes=Param(And(int, InRange(min=0)), 'class count (0: the data set\'s)',
                           default=0),
         small_input=Param(Flag(), 'torchvision ResNets: CIFAR stem for ~32 px inputs',
@@ -128,7 +133,9 @@ PARAMS = {
                         default=4),
         temperature=Param(And(float, InRange(min=1e-6)), 'softmax temperature of the '
                           'student in the distillation loss', default=1.0),
-        teacher=Param(str, 'online_kd: teacher spec(s) (teachers.py)', default=''),
+        teacher=Param(str, 'online_kd: teacher spec(s), comma-separated for an ensemble: '
+                      'checkpoint:<final_weights.pt>, torchvision:<arch>[:<checkpoint>], '
+                      'torchscript:<file>, <module>:<function>', default=''),
     )),
     'logging': ('outputs', dict(
         folder=Param(str, 'run folder (default: runs/<mode>_<arch>)', default=''),
@@ -180,6 +187,12 @@ def check(opts: dict) -> None:
             raise OptionError(f"--data.{key}: {data[key]}: no such file")
     if t['eval_only']:
         return
+    weights = opts['model']['weights']
+    if weights and not os.path.isfile(weights):
+        raise OptionError(f"--model.weights: {weights}: no such file")
+    if opts['model']['head_epochs'] >= t['epochs']:
+        raise OptionError(f"--model.head_epochs={opts['model']['head_epochs']} must end before "
+                          f"--training.epochs={t['epochs']}")
     mode = MODES[t['mode']]  # the class: its facts, nothing loaded
     k = mode.crops_per_image(opts)
     manifest = read_manifest(data['train_dataset']) if mode.reads_records else {}
@@ -234,12 +247,15 @@ def records_missing(mode: str, path: str, field_names) -> str:
 
 
 def check_writing(data: dict, write: dict, labels: dict) -> None:
-    """write_dataset.py's checks between its `data`, `write` and `labels` sections."""
+    """write_dataset.py's checks between its `data`, `write` and `labels` sections, then the
+    files and folders they name (so a typo fails in a fraction of a second, before ffcv)."""
+    source = labels['teacher'] or labels['import_root']
     if data['source'] == 'folder' and not data['root'] and not labels['beton']:
         raise OptionError("--data.root is required with --data.source=folder")
-    if labels['beton'] and not (labels['teacher'] or labels['import_root']):
+    if labels['beton'] and not source and not labels.get('out'):
         raise OptionError(f"--labels.beton={labels['beton']}: give the labels' source, "
-                          f"--labels.teacher or --labels.import_root")
+                          f"--labels.teacher or --labels.import_root (or only --labels.out "
+                          f"to write a copy without its crop records)")
     if labels['teacher'] and labels['import_root']:
         raise OptionError("--labels.teacher and --labels.import_root both give the labels; "
                           "choose one")
@@ -249,11 +265,50 @@ def check_writing(data: dict, write: dict, labels: dict) -> None:
     if labels['scale_max'] and labels['scale_min'] > labels['scale_max']:
         raise OptionError(f"--labels.scale_min={labels['scale_min']} is above "
                           f"--labels.scale_max={labels['scale_max']}")
-    if (labels['teacher'] or labels['import_root']) and not labels['beton'] \
-            and data['split'] == 'val':
+    if source and not labels['beton'] and data['split'] == 'val':
         raise OptionError("crop records go into the train split, which --data.split=val does "
                           "not write (label a beton with --labels.beton)")
-    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not labels['beton'] and (
-            labels['teacher'] or labels['import_root']):
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not labels['beton'] and source:
         raise OptionError("under torchrun, write the images first, then label them with "
                           "--labels.beton")
+    check_writing_paths(data, labels)
+
+
+def check_writing_paths(data: dict, labels: dict) -> None:
+    """write_dataset.py: the beton to label, the FKD tree to import and the data root must be
+    there, laid out as their source reads them."""
+    layout = "<root>/train/<class>/<image> (val likewise)"
+    # sources.FashionMNISTSource's image files (sources.py loads cv2, so they are named here)
+    fashion_images = {'train': 'train-images-idx3-ubyte.gz', 'val': 't10k-images-idx3-ubyte.gz'}
+    if labels['beton']:
+        if not os.path.isfile(labels['beton']):
+            raise OptionError(f"--labels.beton={labels['beton']}: no such file (write the "
+                              f"images first: python write_dataset.py --data.source=...)")
+    if labels['import_root'] and not os.path.isdir(labels['import_root']):
+        raise OptionError(f"--labels.import_root={labels['import_root']}: no such directory "
+                          f"(FKD's tree: <import_root>/train/<class>/<image stem>.tar)")
+    if labels['beton']:
+        return  # no images are written
+    splits = ['train', 'val'] if data['split'] == 'all' else [data['split']]
+    root = data['root']
+    if data['source'] == 'folder':
+        if not os.path.isdir(root):
+            raise OptionError(f"--data.root={root}: no such directory; a folder source is laid "
+                              f"out as {layout}")
+        for split in splits:
+            folder = os.path.join(root, split)
+            if not os.path.isdir(folder):
+                raise OptionError(f"--data.root={root} has no {split}/ folder; a folder source "
+                                  f"is laid out as {layout}")
+            with os.scandir(folder) as entries:
+                if not any(entry.is_dir() for entry in entries):
+                    raise OptionError(f"{folder} has no class folders; a folder source is laid "
+                                      f"out as {layout}")
+    elif root:  # fashion-mnist from another folder than the Debian package's
+        missing = [fashion_images[split] for split in splits
+                   if not os.path.isfile(os.path.join(root, fashion_images[split]))]
+        if missing:
+            raise OptionError(f"--data.root={root} does not hold Fashion-MNIST ({missing[0]}) "
+                              f"and --data.source is fashion-mnist (the default); for images "
+                              f"laid out as {layout}, the source must be folder: "
+                              f"--data.source=folder")

@@ -34,6 +34,10 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return self.find(name) is not None
 
+    def registered(self, name: str) -> bool:
+        """Whether a registered name or prefix (not the default) serves `name`."""
+        return name in self._exact or any(name.startswith(p) for p in self._prefixes)
+
     def find(self, name: str) -> Optional[Callable]:
         if name in self._exact:
             return self._exact[name]

