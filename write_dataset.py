@@ -5,10 +5,12 @@
         --data.out_dir=/data/betons --write.write_mode=proportion
     python write_dataset.py --labels.beton=data/x_train.beton --labels.teacher=torchvision:resnet50:rn50.pt
     python write_dataset.py --labels.beton=data/x_train.beton --labels.import_root=/data/FKD_soft_label/train/..
+    python write_dataset.py --labels.beton=data/x_fkd.beton --labels.out=data/x_images.beton  # records dropped
 
 Each split becomes `<out_dir>/<name>_<split>.beton` plus its manifest `<...>.beton.json`
 (class names, source, options, skipped inputs). With `--labels.teacher` or
-`--labels.import_root`, the train split (or `--labels.beton`) gets N crop records per image.
+`--labels.import_root`, the train split (or `--labels.beton`) gets N crop records per image;
+`--labels.beton` with only `--labels.out` writes a copy without crop records (to label again).
 Labelling under `torchrun` splits the images over the ranks. Options: `--help`, or a YAML file
 with `--config-file`.
 """
@@ -25,6 +27,7 @@ from fkd_ffcv.errors import OptionError
 from fkd_ffcv.options import check_writing
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+TEACHER_RECORDS = 500  # --labels.num_records=0 with a teacher: FKD's N (docs/soft_labels.md)
 
 Section('data', 'what to write and where').params(
     source=Param(OneOf(['fashion-mnist', 'folder']), 'fashion-mnist (Debian package) or an '
@@ -69,8 +72,9 @@ Section('labels', 'FKD crop records: from a teacher, or imported from FKD\'s rel
                   default=''),
     import_root=Param(str, 'FKD soft-label tree (<root>/<split>/<class>/<stem>.tar)',
                       default=''),
-    num_records=Param(And(int, InRange(min=0)), 'crop records per image (import: 0 = all)',
-                      default=500),
+    num_records=Param(And(int, InRange(min=0)), 'crop records per image (0: teacher '
+                      f'{TEACHER_RECORDS}, FKD\'s N; import: every record of the files)',
+                      default=0),
     label_type=Param(str, 'hard, smoothing, marginal_smoothing_k<K>, marginal_renorm_k<K>, '
                      'full (default: marginal_smoothing_k5; import: the files\' type)',
                      default=''),
@@ -93,11 +97,29 @@ Section('labels', 'FKD crop records: from a teacher, or imported from FKD\'s rel
 )
 
 
+def drop_records(beton: Path, out: Path, options: dict) -> None:
+    """Write `out`: `beton` without its crop record fields (to label it again)."""
+    from fkd_ffcv.beton import Beton
+    from fkd_ffcv.fields import RECORD_FIELDS
+    from fkd_ffcv.writer import copy_beton
+    names = Beton(beton).field_names
+    if not set(RECORD_FIELDS) & set(names):
+        raise ValueError(f"{beton} holds no crop records (fields: {', '.join(names)}); give "
+                         f"--labels.teacher or --labels.import_root to label it")
+    keep = [name for name in names if name not in RECORD_FIELDS]
+    report = copy_beton(beton, out, keep=keep, **options)
+    print(f"wrote {report.path}: {report.num_samples} images without crop records (fields: "
+          f"{', '.join(keep)}); label it with --labels.beton={report.path} --labels.teacher=...")
+
+
 def label(labels: dict, write: dict, beton: Path) -> None:
-    """Add crop records to `beton` (from a teacher or FKD files), as `labels` says."""
+    """Add crop records to `beton` (from a teacher or FKD files), as `labels` says; with
+    neither, write `labels.out` without the records `beton` holds."""
     out = Path(labels['out'] or beton)
     options = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
                    page_size=write['page_size'])
+    if not (labels['teacher'] or labels['import_root']):
+        return drop_records(beton, out, options)
     if labels['import_root']:
         from fkd_ffcv.fkd_import import import_fkd_labels
         report = import_fkd_labels(beton, out, labels['import_root'],
@@ -124,7 +146,7 @@ def label(labels: dict, write: dict, beton: Path) -> None:
                       cpu_threads=max(1, len(os.sched_getaffinity(0)) // ranks_here),
                       precision=labels['precision'])
     scale = (labels['scale_min'], labels['scale_max']) if labels['scale_max'] else None
-    settings = LabelingSettings(num_records=labels['num_records'],
+    settings = LabelingSettings(num_records=labels['num_records'] or TEACHER_RECORDS,
                                 label_type=labels['label_type'] or 'marginal_smoothing_k5',
                                 scale=scale,
                                 seed=labels['seed'], chunk_images=labels['chunk_images'],

@@ -1,9 +1,11 @@
 """fastargs plumbing shared by the top-level scripts: parse, validate, fail loudly."""
 from __future__ import annotations
 
+import difflib
+import json
 import sys
 from argparse import ArgumentParser
-from typing import Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from fastargs import get_current_config
 from fastargs.validation import Checker
@@ -27,15 +29,159 @@ class Flag(Checker):
         return "true or false"
 
 
+class ConfigError(ValueError):
+    """A recipe or command line that names no declared option, or a recipe file that cannot be
+    read (the scripts print it and exit with status 2)."""
+
+
+def closest(name: str, candidates: Iterable[str]) -> Optional[str]:
+    """The candidate most like `name` (difflib), or None when none is close."""
+    found = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_keys(data: dict, known: Iterable[Tuple[str, ...]]) -> List[str]:
+    """One message per key of a loaded recipe ({section: {key: value}}, or dotted keys as
+    fastargs also reads them) that names no declared option `known` (paths such as
+    ('training', 'epochs')), with its closest valid key. Values are not judged here."""
+    known = set(known)
+    prefixes = {path[:depth] for path in known for depth in range(1, len(path) + 1)}
+    errors = []
+
+    def walk(mapping: dict, prefix: Tuple[str, ...]) -> None:
+        for key, value in mapping.items():
+            path = prefix + tuple(str(key).split('.'))
+            for depth in range(len(prefix), len(path)):
+                if path[:depth + 1] in prefixes:
+                    continue
+                parent = path[:depth]
+                siblings = {p[depth] for p in prefixes if len(p) > depth and p[:depth] == parent}
+                match = closest(path[depth], siblings)
+                what = 'section' if depth == 0 else 'key'
+                hint = (f"did you mean {'.'.join(parent + (match,))}?" if match else
+                        f"known: {', '.join(sorted(siblings))}")
+                errors.append(f"unknown {what} {'.'.join(path[:depth + 1])}; {hint}")
+                break
+            else:
+                if path in known:
+                    continue  # a value: its option's own check judges it
+                if isinstance(value, dict):
+                    walk(value, path)
+                else:
+                    name = '.'.join(path)
+                    errors.append(f"{name} is a section: give its keys ({name}: {{key: value}}), "
+                                  f"not {value!r}")
+
+    walk(data, ())
+    return errors
+
+
+def read_config_file(path: str) -> dict:
+    """A `--config-file` as a dict: JSON, else YAML (as fastargs reads them); an empty file is
+    {}. Raises ConfigError for a file that is missing, unreadable or not a mapping."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"--config-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config-file {path}: cannot read it "
+                          f"({getattr(e, 'strerror', None) or e})") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        import yaml
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"--config-file {path}: neither JSON nor YAML ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config-file {path}: expected sections of keys "
+                          f"(section: {{key: value}}), got a {type(data).__name__}")
+    return data
+
+
+def unknown_arguments(extras: Sequence[str], candidates: Iterable[str]) -> List[str]:
+    """One message per command-line token argparse did not take, with the closest option."""
+    candidates = sorted(set(candidates))
+    errors, after_option = [], False
+    for token in extras:
+        if token.startswith('-'):
+            name = token.split('=', 1)[0]
+            match = closest(name, candidates)
+            errors.append(f"unknown option {name}" + (f"; did you mean {match}?" if match else
+                                                       " (see --help)"))
+            after_option = '=' not in token
+        elif not after_option:
+            errors.append(f"unexpected argument {token!r}: options are --section.key=value")
+        else:
+            after_option = False  # the value of the unknown option just named
+    return errors
+
+
+class StrictParser(ArgumentParser):
+    """argparse without abbreviations (`--training.epoch` is not `--training.epochs`), whose
+    unknown options are errors naming the closest known option (exit status 2)."""
+
+    def __init__(self, *args, aliases: Sequence[str] = (), **kwargs):
+        kwargs['allow_abbrev'] = False
+        super().__init__(*args, **kwargs)
+        self.aliases = list(aliases)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            known = [o for o in self._option_string_actions if o.startswith('--')]
+            errors = unknown_arguments(extras, known + self.aliases)
+            self.exit(2, ''.join(f"error: {e}\n" for e in errors))
+        return parsed
+
+
+def split_config_files(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(the `--config-file`/`-C` paths in order, the other arguments in order)."""
+    pre = ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument('--config-file', '-C', action='append', default=[])
+    found, rest = pre.parse_known_args(list(argv))
+    return found.config_file, rest
+
+
 def load_config(description: str, aliases: Optional[dict] = None):
     """Collect `--config-file` YAML/JSON and `--section.key=value` options; exit 2 on errors.
-    `aliases` maps short flags to options, e.g. {'--resume': '--training.resume=true'}."""
+    `aliases` maps short flags to options, e.g. {'--resume': '--training.resume=true'}.
+
+    Recipe files are read here, not by fastargs (which ignores keys it does not know): every
+    key must name a declared option, and a missing or unreadable file is one line `error: ...`.
+    Later files win, and the command line wins over the files."""
     if aliases:
         sys.argv[1:] = [aliases.get(arg, arg) for arg in sys.argv[1:]]
     config = get_current_config()
-    parser = ArgumentParser(description=description)
-    config.augment_argparse(parser)
-    config.collect_argparse_args(parser)
+    argv = sys.argv[1:]
+    files, rest = split_config_files(argv)
+    errors, recipes = [], []
+    for path in files:
+        try:
+            recipe = read_config_file(path)
+        except ConfigError as e:
+            errors.append(str(e))
+            continue
+        errors += [f"{path}: {message}" for message in unknown_keys(recipe, config.entries)]
+        recipes.append(recipe)
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    for recipe in recipes:
+        config.collect(recipe)
+    parser = StrictParser(description=description, aliases=list(aliases or ()))
+    sys.argv[1:] = rest  # fastargs parses sys.argv; the files are collected already
+    try:
+        config.augment_argparse(parser)
+        config.collect_argparse_args(parser)
+    finally:
+        sys.argv[1:] = argv
     errors = config.validate(mode='errordict')
     if errors:
         for path, error in errors.items():

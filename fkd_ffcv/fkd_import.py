@@ -70,10 +70,17 @@ def label_type_of(labels: np.ndarray) -> str:
     raise BadSample(f"labels of shape {labels.shape} match no FKD label type")
 
 
-def to_records(coords, flips, labels, spec: LabelSpec, n: int):
-    """FKD arrays -> this project's record fields (boxes, flags, classes, codes), first n."""
+def to_records(coords, flips, labels, spec: LabelSpec, n: int, reference: str = ''):
+    """FKD arrays -> this project's record fields (boxes, flags, classes, codes), first n.
+
+    With `reference` (the file that set n, when every record is taken), a file must hold
+    exactly n records; otherwise at least n."""
+    if reference and len(coords) != n:
+        raise BadSample(f"{len(coords)} records, but {reference} has {n}: the files must agree, "
+                        f"or --labels.num_records=<m> takes the first m records of each (m at "
+                        f"most the smallest count)")
     if len(coords) < n:
-        raise BadSample(f"{len(coords)} records, fewer than the {n} of the other files")
+        raise BadSample(f"{len(coords)} records, fewer than --labels.num_records={n}")
     coords, flips, labels = coords[:n], flips[:n], labels[:n]
     if labels.ndim == 1:
         indices, probs = labels[:, None], np.ones((n, 1))
@@ -104,15 +111,15 @@ def to_records(coords, flips, labels, spec: LabelSpec, n: int):
 class FKDValues:
     """Record fields of sample i, read from its FKD file (a source for copy_beton)."""
 
-    def __init__(self, files: List[Path], spec: LabelSpec, n: int):
-        self.files, self.spec, self.n = files, spec, n
+    def __init__(self, files: List[Path], spec: LabelSpec, n: int, reference: str = ''):
+        self.files, self.spec, self.n, self.reference = files, spec, n, reference
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
         try:
-            return to_records(*read_fkd_file(self.files[i]), self.spec, self.n)
+            return to_records(*read_fkd_file(self.files[i]), self.spec, self.n, self.reference)
         except BadSample as e:
             raise BadSample(f"{self.files[i]}: {e}") from None
 
@@ -124,8 +131,8 @@ def import_fkd_labels(src, dst, root, *, label_type: Optional[str] = None,
 
     Every sample needs its file; missing or malformed files fail the import, or with
     on_error='skip' drop those samples (listed in the report and manifest). Files without a
-    sample are listed as extra. `num_records` takes the first N records of each file (default:
-    all, which must then be equally many)."""
+    sample are listed as extra. `num_records` takes the first N records of each file (default,
+    None or 0: all of them, which must then be equally many in every file)."""
     beton = Beton(src)
     root = Path(root)
     rels = beton.paths()
@@ -149,13 +156,18 @@ def import_fkd_labels(src, dst, root, *, label_type: Optional[str] = None,
     probe = next(f for f in files if f in present)
     coords, _, labels = read_fkd_file(probe)
     spec = LabelSpec.parse(label_type or label_type_of(labels), len(beton.classes))
+    if num_records and num_records > len(coords):
+        raise ValueError(f"--labels.num_records={num_records}: the FKD files hold "
+                         f"{len(coords)} records per image (e.g. {probe}); 0, the default for "
+                         f"an import, takes every record the files hold")
     n = num_records or len(coords)
     info = {'label_type': spec.name, 'k': spec.k, 'num_classes': spec.num_classes,
             'num_records': n, 'source': 'fkd-import', 'root': str(root),
             'bytes_per_record': 9 + spec.record_bytes,
             'extra_files': {'count': len(extra), 'first': extra[:20]}}
     report = copy_beton(beton.path, dst, soft_label_fields(n, spec.k),
-                        FKDValues(files, spec, n), on_error=on_error,
+                        FKDValues(files, spec, n, '' if num_records else str(probe)),
+                        on_error=on_error,
                         manifest_updates={'soft_labels': info}, **write_options)
     report.extra_files = extra
     report.top1_agreement = top1_agreement(Beton(dst))[0]

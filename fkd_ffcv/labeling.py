@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from itertools import islice
@@ -67,11 +68,11 @@ class WorkFolder:
         if info.exists():
             recorded = json.loads(info.read_text())
             if recorded != run:
-                changed = sorted(k for k in set(run) | set(recorded)
-                                 if run.get(k) != recorded.get(k))
-                raise ValueError(f"{self.path} holds records of another labelling run "
-                                 f"(differs in: {', '.join(changed)}); use a new work folder "
-                                 f"or delete it")
+                raise ValueError(f"{self.path} holds records of another labelling run; it "
+                                 f"differs in {', '.join(run_differences(recorded, run))} "
+                                 f"(recorded -> now): rerun with the recorded settings to "
+                                 f"resume, or delete the folder (or choose another work "
+                                 f"folder, --labels.work_dir) to start again")
         else:
             tmp = info.with_name(f'.run.json.{os.getpid()}')
             tmp.write_text(json.dumps(run, indent=1))
@@ -88,6 +89,78 @@ class WorkFolder:
         tmp = self.path / f'.chunk-{c:06d}.{os.getpid()}.npy'
         np.save(tmp, rows)
         os.replace(tmp, self.chunk_path(c))
+
+
+def run_differences(recorded: dict, run: dict, prefix: str = '') -> list:
+    """'name old -> new' for each setting of two run descriptions that differs (nested dicts
+    are compared key by key; settings are named without their section)."""
+    out = []
+    for key in sorted(set(recorded) | set(run), key=str):
+        old, new = recorded.get(key, '(none)'), run.get(key, '(none)')
+        name = f"{prefix}{key}"
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += run_differences(old, new, '' if key == 'settings' else f"{name} ")
+        elif key == 'beton' and not prefix:
+            out.append("the beton (another file, or its content changed)")
+        else:
+            out.append(f"{name} {_short(old)} -> {_short(new)}")
+    return out
+
+
+def _short(value, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+class _Estimate:
+    """The teacher, timed: once a full batch of crops has gone through after the first batch
+    (which pays for warm-up), one line estimates the time of the whole labelling run."""
+    clock = staticmethod(time.perf_counter)
+
+    def __init__(self, teacher: Teacher, images: int, records: int, batch_size: int,
+                 what: str):
+        self.teacher, self.images, self.records = teacher, images, records
+        self.batch_size, self.what = batch_size, what
+        self.started = self.clock()
+        self.first_end = None
+        self.done = self.since_first = 0
+        self.printed = False
+
+    def __getattr__(self, name):
+        return getattr(self.teacher, name)
+
+    def probs(self, crops):
+        result = self.teacher.probs(crops)
+        now = self.clock()
+        self.done += len(crops)
+        if self.first_end is None:
+            self.first_end = now
+        elif not self.printed:
+            self.since_first += len(crops)
+            if self.since_first >= self.batch_size:
+                self.report(self.since_first / max(now - self.first_end, 1e-9), now)
+        return result
+
+    def report(self, rate: float, now: float) -> None:
+        self.printed = True
+        total = self.images * self.records
+        left = (total - self.done) / rate
+        tqdm.write(f"{self.what}: {self.images:,} images x {self.records} records = {total:,} "
+                   f"crops at {rate:,.1f} crops/s (measured on {self.since_first:,} crops after "
+                   f"the first batch): about {_duration(now - self.started + left)} in all, "
+                   f"{_duration(left)} left; the time is proportional to num_records "
+                   f"(docs/soft_labels.md)")
+        sys.stdout.flush()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class ChunkValues:
@@ -167,8 +240,7 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
     spec = LabelSpec.parse(settings.label_type, len(classes))
     if any(name in beton.fields for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD,
                                              CODES_FIELD)):
-        raise ValueError(f"{beton.path} already holds crop records; label the beton without "
-                         f"them (copy_beton with keep=...)")
+        raise ValueError(already_labelled(beton))
     run = {'beton': beton.fingerprint(), 'settings': asdict(settings),
            'teacher': teacher.describe()}
     run = json.loads(json.dumps(run))  # tuples -> lists, as read back from run.json
@@ -180,10 +252,13 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
                + (f" (rank {rank}/{world_size})" if world_size > 1 else ''),
                disable=not progress)
     started = time.perf_counter()
+    timed = _Estimate(teacher, todo_images, settings.num_records, settings.batch_size,
+                      "labelling estimate" + (f" (rank {rank}/{world_size})"
+                                              if world_size > 1 else ''))
     with ThreadPoolExecutor(1) as pool:
         for c in mine:
             indices = _chunk_indices(c, settings, len(beton))
-            folder.save(c, _chunk_records(beton, teacher, spec, settings, indices, pool))
+            folder.save(c, _chunk_records(beton, timed, spec, settings, indices, pool))
             bar.update(len(indices))
             bar.set_postfix(crops_per_s=f"{bar.n * settings.num_records / (time.perf_counter() - started):,.0f}")
     bar.close()
@@ -205,6 +280,27 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
                         **write_options)
     shutil.rmtree(folder.path)  # everything it held is in dst now
     return report
+
+
+def already_labelled(beton: Beton) -> str:
+    """The refusal to label a beton that holds crop records, with the ways on."""
+    path = beton.path
+    try:
+        origin = Path(beton.manifest.get('derived_from', {}).get('beton', ''))
+    except (OSError, ValueError):
+        origin = Path()
+    original = ''
+    if str(origin) not in ('', '.') and origin.resolve() != path.resolve() and origin.is_file():
+        try:
+            if not any(name in Beton(origin).fields for name in (BOXES_FIELD, CLASSES_FIELD)):
+                original = str(origin)
+        except (OSError, ValueError, KeyError):
+            pass
+    ways = (f"label the original it was copied from, --labels.beton={original}; or "
+            if original else "label the original without them; or ")
+    return (f"{path} already holds crop records; {ways}write a copy without them, "
+            f"python write_dataset.py --labels.beton={path} "
+            f"--labels.out={path.with_name(path.stem + '_images.beton')}, and label that")
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn, items, depth: int = 2):

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -65,11 +66,61 @@ def test_folder_source_with_yaml_config_and_skips(tmp_path):
     (['--write.jpeg_quality=101'], '--write.jpeg_quality'),
     (['--data.split=test'], '--data.split'),
     (['--data.source=folder'], '--data.root is required'),
-    (['--data.source=folder', '--data.root=/nonexistent'], '/nonexistent/train: no such directory'),
+    (['--data.source=folder', '--data.root=/nonexistent'],
+     '--data.root=/nonexistent: no such directory; a folder source is laid out as '
+     '<root>/train/<class>/<image>'),
+    (['--data.source=folder', '--data.root={tmp}'],
+     '--data.root={tmp} has no train/ folder; a folder source is laid out as '
+     '<root>/train/<class>/<image>'),
+    (['--data.root={tmp}'], 'and --data.source is fashion-mnist (the default); for images '
+                            'laid out as <root>/train/<class>/<image> (val likewise), the '
+                            'source must be folder: --data.source=folder'),
+    (['--labels.beton=missing.beton', '--labels.teacher=torchvision:resnet18:t.pt'],
+     '--labels.beton=missing.beton: no such file'),
+    (['--labels.import_root={tmp}/nope'], '--labels.import_root={tmp}/nope: no such directory'),
+    (['--write.jpeg_qualty=80'], 'unknown option --write.jpeg_qualty; did you mean '
+                                 '--write.jpeg_quality?'),
+    (['--write.jpeg=80'], 'unknown option --write.jpeg; did you mean'),  # no abbreviations
+    (['--config-file', 'nope.yaml'], 'error: --config-file nope.yaml: no such file'),
 ])
-def test_bad_options_exit_non_zero_with_a_message(args, message, tmp_path):
+def test_bad_options_fail_at_once_with_status_2_and_a_message(args, message, tmp_path):
+    """Before ffcv or torch load: well under 3 s (a second or so on a loaded 2-core machine)."""
+    args = [a.replace('{tmp}', str(tmp_path)) for a in args]
+    started = time.perf_counter()
     result = run('write_dataset.py', f'--data.out_dir={tmp_path}', *args)
-    assert result.returncode != 0 and message in result.stderr
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 2, result.stderr
+    assert message.replace('{tmp}', str(tmp_path)) in result.stderr
+    assert 'Traceback' not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert elapsed < 3
+
+
+def test_import_takes_every_record_of_the_files_by_default(fashion_dir, tmp_path):
+    """FKD files of 20 records import without --labels.num_records (it used to default to
+    500 and refuse them); asking for more than the files hold names the option."""
+    import numpy as np
+    import torch
+    from fkd_ffcv.beton import Beton
+    from fkd_ffcv.fkd_import import fkd_label_path
+    out, _ = fashion_dir
+    val = out / 'fashion_mnist_val.beton'
+    rng = np.random.default_rng(0)
+    for rel, label in zip(Beton(val).paths(), Beton(val).field_metadata('label')):
+        path = fkd_label_path(tmp_path / 'fkd', rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        h, w = rng.uniform(0.3, 0.9, (2, 20))
+        coords = np.stack([rng.uniform(0, 1 - h), rng.uniform(0, 1 - w), h, w], 1)
+        torch.save([coords.astype(np.float16), rng.random(20) < 0.5,
+                    np.full(20, int(label), np.int64)], path)
+    done = run('write_dataset.py', f'--labels.beton={val}', f'--labels.out={tmp_path / "i.beton"}',
+               f'--labels.import_root={tmp_path / "fkd"}')
+    assert done.returncode == 0, done.stderr
+    assert 'imported FKD soft labels' in done.stdout and '300 images' in done.stdout
+    assert Beton(tmp_path / 'i.beton').manifest['soft_labels']['num_records'] == 20
+    done = run('write_dataset.py', f'--labels.beton={val}', f'--labels.out={tmp_path / "j.beton"}',
+               f'--labels.import_root={tmp_path / "fkd"}', '--labels.num_records=500')
+    assert done.returncode == 1
+    assert '--labels.num_records=500: the FKD files hold 20 records per image' in done.stderr
 
 
 def test_inspect_refuses_a_non_beton(tmp_path, capsys):
@@ -92,6 +143,8 @@ def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
                  '--labels.label_type=marginal_renorm_k3')
     assert result.returncode == 0, result.stderr
     assert 'labelled' in result.stdout and '300 images x 4 crop records' in result.stdout
+    # an estimate of the whole run comes once the teacher has done two batches (of 256)
+    assert 'labelling estimate: 300 images x 4 records = 1,200 crops at' in result.stdout
     assert inspect.main([str(tmp_path / 'val_fkd.beton'), '--epochs=16']) == 0
     shown = capsys.readouterr().out
     assert '4 per image, marginal_renorm_k3 of 10 classes, 18.0 B per record' in shown
@@ -99,3 +152,13 @@ def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
     from fkd_ffcv.beton import Beton
     teacher = Beton(tmp_path / 'val_fkd.beton').manifest['soft_labels']['teacher']
     assert (teacher['precision'], teacher['device']) == ('fp32', 'cpu')  # the default: exact
+
+    # labelling it again is refused with the ways on; the copy without records is one command
+    result = run('write_dataset.py', f'--labels.beton={tmp_path / "val_fkd.beton"}',
+                 f'--labels.out={tmp_path / "val_images.beton"}')
+    assert result.returncode == 0, result.stderr
+    assert 'without crop records (fields: image, label, path)' in result.stdout
+    assert list(Beton(tmp_path / 'val_images.beton').fields) == ['image', 'label', 'path']
+    result = run('write_dataset.py', f'--labels.beton={tmp_path / "val_images.beton"}',
+                 f'--labels.out={tmp_path / "again.beton"}')
+    assert result.returncode == 1 and 'holds no crop records' in result.stderr

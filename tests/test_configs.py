@@ -1,12 +1,18 @@
-"""Every training recipe in the *_configs folders is valid for train_imagenet.py."""
+"""Every recipe in the *_configs folders is valid for its command line: training recipes for
+train_imagenet.py, write_*.yaml for write_dataset.py."""
+import subprocess
+import sys
+
 import pytest
 import yaml
 
 from conftest import REPO
+from fkd_ffcv.config import unknown_keys
 from fkd_ffcv.models import MODELS
-from fkd_ffcv.options import options
+from fkd_ffcv.options import PARAMS, options
 
 RECIPES = sorted(p for p in REPO.glob('*_configs/*.yaml') if not p.name.startswith('write_'))
+WRITE_RECIPES = sorted(REPO.glob('*_configs/write_*.yaml'))
 
 
 def test_the_recipes_are_there():
@@ -19,6 +25,8 @@ def test_the_recipes_are_there():
 
 @pytest.mark.parametrize('path', RECIPES, ids=lambda p: p.name)
 def test_recipe_is_valid(path):
+    known = [(section, key) for section, (_, params) in PARAMS.items() for key in params]
+    assert unknown_keys(yaml.safe_load(path.read_text()), known) == []
     flat = {f'{section}.{key}': value
             for section, values in yaml.safe_load(path.read_text()).items()
             for key, value in values.items()}
@@ -30,3 +38,11 @@ def test_recipe_is_valid(path):
     r = opts['resolution']
     assert r['start_ramp'] <= r['end_ramp'] <= t['epochs']
     assert r['min_res'] % r['round_to'] == 0 and r['max_res'] % r['round_to'] == 0
+
+
+@pytest.mark.parametrize('path', WRITE_RECIPES, ids=lambda p: p.name)
+def test_write_recipe_is_valid(path):
+    """write_dataset.py checks a recipe's keys before --help answers."""
+    done = subprocess.run([sys.executable, 'write_dataset.py', '--config-file', str(path),
+                           '--help'], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr

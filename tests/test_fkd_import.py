@@ -117,3 +117,26 @@ def test_a_tree_one_level_too_high_gets_a_hint(images, tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='no FKD soft-label files'):
         import_fkd_labels(images, tmp_path / 'out.beton', tmp_path / 'empty', progress=False)
+
+
+def test_every_record_by_default_and_the_files_must_agree(images, tmp_path):
+    """The import takes every record the files hold (no default N to fall short of); files
+    with other counts are refused, naming --labels.num_records, which takes the first N."""
+    root = tmp_path / 'fkd'
+    make_tree(root, images, np.random.default_rng(5))
+    paths = Beton(images).paths()
+    first = fkd_label_path(root, paths[0])
+    short = fkd_label_path(root, paths[4])
+    torch.save([a[:N - 3] for a in torch.load(short, weights_only=False)], short)
+    with pytest.raises(WriteError, match=f"{N - 3} records, but {first} has {N}: the files must "
+                                         f"agree, or --labels.num_records=<m> takes the first m"):
+        import_fkd_labels(images, tmp_path / 'out.beton', root, progress=False)
+    import_fkd_labels(images, tmp_path / 'out.beton', root, num_records=N - 3, progress=False)
+    assert Beton(tmp_path / 'out.beton').manifest['soft_labels']['num_records'] == N - 3
+    with pytest.raises(ValueError, match=f"--labels.num_records=500: the FKD files hold {N} "
+                                         f"records per image"):
+        import_fkd_labels(images, tmp_path / 'out2.beton', root, num_records=500, progress=False)
+    with pytest.raises(WriteError, match=f"{N - 3} records, fewer than "
+                                         f"--labels.num_records={N - 1}"):
+        import_fkd_labels(images, tmp_path / 'out2.beton', root, num_records=N - 1,
+                          progress=False)

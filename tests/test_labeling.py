@@ -101,6 +101,33 @@ def test_resume_after_interruption_gives_the_same_beton(images, teacher, labelle
             assert np.array_equal(records(resumed, i)[name], value)
 
 
+def test_an_estimate_of_the_whole_run_is_printed_early(images, teacher, tmp_path, capsys,
+                                                      monkeypatch):
+    """One line, progress bars off too, once a full batch has gone through after the first
+    batch. 12 images x 6 records = 72 crops; chunks of 5 images (30 crops) go to the teacher
+    in batches of 16 and 14, so the line comes after batch 3 (16 + 14 crops after the first)."""
+    clock = iter(range(0, 1000, 2))  # every reading 2 s after the one before
+    monkeypatch.setattr(labeling._Estimate, 'clock', staticmethod(lambda: float(next(clock))))
+    label_beton(images, tmp_path / 'out.beton', teacher, SETTINGS, tmp_path / 'work',
+                progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'estimate' in line]
+    assert len(lines) == 1
+    # readings: start 0, batch ends 2, 4, 6: 30 crops in 4 s, 26 of 72 left (3.5 s)
+    assert lines[0] == ('labelling estimate: 12 images x 6 records = 72 crops at 7.5 crops/s '
+                        '(measured on 30 crops after the first batch): about 9 s in all, 3 s '
+                        'left; the time is proportional to num_records (docs/soft_labels.md)')
+
+
+def test_a_changed_setting_is_named_with_its_values():
+    recorded = {'beton': 'a', 'settings': {'num_records': 8, 'seed': 0},
+                'teacher': {'precision': 'fp32', 'specs': ['x']}}
+    now = {'beton': 'b', 'settings': {'num_records': 4, 'seed': 0},
+           'teacher': {'precision': 'fp32', 'specs': ['y']}}
+    assert labeling.run_differences(recorded, now) == [
+        'the beton (another file, or its content changed)', 'num_records 8 -> 4',
+        'teacher specs ["x"] -> ["y"]']
+
+
 def test_ranks_label_disjoint_chunks_and_rank_zero_merges(images, teacher, labelled, tmp_path):
     out, work = tmp_path / 'sharded.beton', tmp_path / 'work'
     assert label_beton(images, out, teacher, SETTINGS, work, rank=1, world_size=2,
@@ -116,15 +143,21 @@ def test_ranks_label_disjoint_chunks_and_rank_zero_merges(images, teacher, label
 def test_bad_inputs_get_clear_errors(images, teacher, tmp_path):
     label_beton(images, tmp_path / 'a.beton', teacher, SETTINGS, tmp_path / 'work',
                 rank=1, world_size=2, progress=False)  # leaves its chunk, merges nothing
-    with pytest.raises(ValueError, match='holds records of another labelling run'):
+    with pytest.raises(ValueError, match='holds records of another labelling run') as refused:
         label_beton(images, tmp_path / 'a.beton', teacher,
                     LabelingSettings(num_records=7, label_type='marginal_smoothing_k2'),
                     tmp_path / 'work', progress=False)
+    assert 'differs in batch_size 16 -> 256, chunk_images 5 -> 64, num_records 6 -> 7 ' \
+           '(recorded -> now)' in str(refused.value)
     label_beton(images, tmp_path / 'a.beton', teacher, SETTINGS, tmp_path / 'work',
                 progress=False)
-    with pytest.raises(ValueError, match='already holds crop records'):
+    with pytest.raises(ValueError, match='already holds crop records') as refused:
         label_beton(tmp_path / 'a.beton', tmp_path / 'b.beton', teacher, SETTINGS,
                     tmp_path / 'work2', progress=False)
+    # the ways on, as commands: the unlabelled original it was copied from, or a copy
+    assert f"label the original it was copied from, --labels.beton={images}" in str(refused.value)
+    assert (f"python write_dataset.py --labels.beton={tmp_path / 'a.beton'} "
+            f"--labels.out={tmp_path / 'a_images.beton'}") in str(refused.value)
     torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), tmp_path / 'r5.pt')
     with pytest.raises(ValueError, match='teacher predicts 5 classes'):
         label_beton(images, tmp_path / 'c.beton', Teacher(f'torchvision:resnet18:{tmp_path}/r5.pt',
@@ -166,7 +199,8 @@ def test_a_resume_with_other_teacher_arithmetic_is_refused(images, teacher, tmp_
     device and precision, and a resumed run that differs in them is refused."""
     interrupted_labelling(images, teacher, tmp_path, monkeypatch)
     bf16 = Teacher(teacher.specs, input_size=32, precision='bf16')
-    with pytest.raises(ValueError, match='another labelling run'):
+    with pytest.raises(ValueError, match='another labelling run.*teacher precision fp32 -> '
+                       'bf16'):
         label_beton(images, tmp_path / 'out.beton', bf16, SETTINGS, tmp_path / 'work',
                     progress=False)
     recorded = json.loads((tmp_path / 'work' / 'run.json').read_text())['teacher']
