@@ -218,6 +218,8 @@ def check(opts: dict) -> None:
                               f"--resolution.round_to={r['round_to']}")
     if mode.needs_teacher and not opts['fkd']['teacher']:
         raise OptionError(f"{t['mode']} mode needs --fkd.teacher")
+    if mode.needs_teacher:
+        check_teacher_files('--fkd.teacher', opts['fkd']['teacher'])
     check_records(k, (manifest.get('soft_labels') or {}).get('num_records'),
                   data['train_dataset'])
 
@@ -284,6 +286,7 @@ def check_writing_paths(data: dict, labels: dict) -> None:
         if not os.path.isfile(labels['beton']):
             raise OptionError(f"--labels.beton={labels['beton']}: no such file (write the "
                               f"images first: python write_dataset.py --data.source=...)")
+    check_teacher_files('--labels.teacher', labels['teacher'])
     if labels['import_root'] and not os.path.isdir(labels['import_root']):
         raise OptionError(f"--labels.import_root={labels['import_root']}: no such directory "
                           f"(FKD's tree: <import_root>/train/<class>/<image stem>.tar)")
@@ -312,3 +315,14 @@ def check_writing_paths(data: dict, labels: dict) -> None:
                               f"and --data.source is fashion-mnist (the default); for images "
                               f"laid out as {layout}, the source must be folder: "
                               f"--data.source=folder")
+
+
+def check_teacher_files(option: str, specs: str) -> None:
+    """The files a teacher spec names (checkpoint:<file>, torchscript:<file>,
+    torchvision:<arch>:<file>; teachers.py reads them) must be there."""
+    for spec in filter(None, specs.split(',')):
+        kind, _, rest = spec.partition(':')
+        path = {'checkpoint': rest, 'torchscript': rest,
+                'torchvision': rest.partition(':')[2]}.get(kind)
+        if path and not os.path.isfile(path):
+            raise OptionError(f"{option}={spec}: {path}: no such file")

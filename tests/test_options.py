@@ -67,3 +67,15 @@ def test_an_unknown_architecture_is_an_option_error(fashion_betons):
     done = train_cli(fashion_betons, '--model.arch=resnet5')
     assert done.returncode == 2
     assert "--model.arch: unknown architecture 'resnet5'; known:" in done.stderr
+
+
+def test_a_teacher_file_that_is_not_there_is_named_at_once(fashion_betons):
+    done = train_cli(fashion_betons, '--training.mode=online_kd',
+                     '--fkd.teacher=torchvision:resnet18,checkpoint:nowhere/final_weights.pt')
+    assert done.returncode == 2
+    assert 'checkpoint:nowhere/final_weights.pt: nowhere/final_weights.pt: no such file' in \
+        done.stderr
+    with pytest.raises(OptionError, match='--labels.teacher=torchvision:resnet18:gone.pt'):
+        check_writing({'source': 'fashion-mnist', 'root': '', 'split': 'all'}, {},
+                      {'beton': '', 'teacher': 'torchvision:resnet18:gone.pt', 'import_root': '',
+                       'scale_min': 0.0, 'scale_max': 0.0, 'out': ''})
