@@ -22,12 +22,13 @@ smoke: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# The benchmarks are modules of the benchmarks package (docs/benchmarks.md); run from here.
 bench: setup
-	$(PY) benchmarks/writer.py
-	$(PY) benchmarks/labeling.py
-	$(PY) benchmarks/loader.py
-	$(PY) benchmarks/loss.py
-	$(PY) benchmarks/timing_table.py --out docs/tables
+	$(PY) -m benchmarks.writer
+	$(PY) -m benchmarks.labeling
+	$(PY) -m benchmarks.loader
+	$(PY) -m benchmarks.loss
+	$(PY) -m benchmarks.timing_table --out docs/tables
 
 clean:
 	rm -rf build $(DATA) .pytest_cache

@@ -1,6 +1,6 @@
 """Accuracy evidence on Fashion-MNIST, several seeds: FKD vs online KD vs plain students.
 
-    python benchmarks/accuracy.py [--seeds 3] [--teacher-epochs 16] [--out docs/tables/accuracy_cpu.md]
+    python -m benchmarks.accuracy [--seeds 3] [--teacher-epochs 16] [--out FILE.md]
 
 Uses the demo's data (`make demo` first: build/demo). Every student has the demo's recipe
 (small_configs/fashion_mnist_*.yaml) with only the seed, data and epochs changed. Two
@@ -13,9 +13,10 @@ experiments:
    (an even spread of the 60,000, 8 records per image labelled by the strong teacher), 12
    epochs. Two diagnostic rows: FKD with K = 2, and plain without label smoothing.
 
-Prints and writes mean and spread (min-max) of the final top-1 per student over the seeds.
+Prints and writes mean and spread (min-max) of the final top-1 per student over the seeds,
+with the machine (CPU model, bf16) and precision: the values repeat exactly only there.
 Training seconds are only indicative (other jobs may share the machine; the timing table is
-the measurement of speed).
+the measurement of speed). Runs reused from an earlier invocation keep the machine they ran on.
 """
 import argparse
 import json
@@ -24,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from fkd_ffcv import demo  # noqa: E402
+from benchmarks.common import machine, versions
+from benchmarks import recipes
 
 # (row name, recipe, overrides): the three students, and two diagnostics of the FKD-vs-plain
 # gap: FKD with two crops per decoded image, plain without label smoothing
@@ -41,7 +41,7 @@ def experiment(name, out, train, labelled, val, teacher_file, epochs, seeds, stu
         for row, student, overrides in students:
             tag = row.replace(', ', '_').replace(' ', '_').replace('=', '')
             folder = out / 'runs' / f'{name}_{tag}_seed{seed}'
-            summary = demo.train(student, demo.recipe(student, {
+            summary = recipes.train(recipes.recipe(student, {
                 'data.train_dataset': str(labelled if student == 'fkd' else train),
                 'data.val_dataset': str(val), 'training.epochs': epochs,
                 'training.seed': seed, 'fkd.teacher': f'checkpoint:{teacher_file}',
@@ -64,7 +64,7 @@ def rows(title, results):
 def strong_teacher(work: Path, train: Path, val: Path, epochs: int) -> Path:
     """The demo's teacher recipe, trained for `epochs` (reused when already trained)."""
     folder = work / 'runs' / f'teacher_{epochs}_epochs'
-    demo.train('teacher', demo.recipe('teacher', {
+    recipes.train(recipes.recipe('teacher', {
         'data.train_dataset': str(train), 'data.val_dataset': str(val),
         'training.epochs': epochs, 'validation.every_passes': 0, 'logging.progress': True,
         'logging.folder': str(folder)}))
@@ -76,7 +76,7 @@ def main():
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--teacher-epochs', type=int, default=16,
                         help="the strong teacher's epochs (experiment 2)")
-    parser.add_argument('--demo', default=str(REPO / 'build' / 'demo'))
+    parser.add_argument('--demo', default=str(recipes.DEMO), help="the demo's folder")
     parser.add_argument('--out', default='')
     args = parser.parse_args()
     work = Path(args.demo)
@@ -90,8 +90,8 @@ def main():
     strong = strong_teacher(work, train, val, args.teacher_epochs)
     small = work / f'subset2k_teacher_{args.teacher_epochs}_epochs'
     small.mkdir(exist_ok=True)
-    small_train = demo.write_data(small, {'train': 2000, 'val': 10})[0]
-    small_labelled = demo.label(small_train, strong / 'final_weights.pt', small, 8)
+    small_train = recipes.write_fashion_mnist(small, 2000, 10)[0]
+    small_labelled = recipes.label(small_train, strong / 'final_weights.pt', small, 8)
 
     same = experiment('same', work, train, labelled, val, demo_teacher / 'final_weights.pt', 4,
                       args.seeds, STUDENTS)
@@ -99,9 +99,12 @@ def main():
                        strong / 'final_weights.pt', 12, args.seeds, STUDENTS + DIAGNOSTICS)
     top1 = {name: json.loads((folder / 'summary.json').read_text())['top1']
             for name, folder in (('demo', demo_teacher), ('strong', strong))}
+    precision = recipes.precision_of([summary for results in (same, fewer)
+                                      for summaries in results.values() for summary in summaries])
     lines = [f"Students: small_resnet width 16 depth 1, {args.seeds} seeds each, FKD with K=1 "
-             f"unless named; top-1 on the 5,000 validation images; "
-             f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s.", '']
+             f"unless named; top-1 on the 5,000 validation images; {precision}. {machine()}; "
+             f"{versions('torch', 'ffcv')}; {time.strftime('%Y-%m-%d')}, "
+             f"{time.perf_counter() - started:.0f} s.", '']
     lines += rows(f"1. Same 10,000 images as the teacher (the demo's, {top1['demo']:.2%}), "
                   f"4 epochs, 4 records per image", same)
     lines += [''] + rows(f"2. Strong teacher ({args.teacher_epochs} epochs on the 10,000 images, "

@@ -1,13 +1,14 @@
 """ffcv-imagenet's epochs-vs-time table on this machine: top-1 and training time for several
 epoch budgets, plain training and FKD, one model, resolution and data set.
 
-    python benchmarks/epochs_table.py [--epochs 4 8 16] [--out docs/tables/epochs_cpu.md]
+    python -m benchmarks.epochs_table [--epochs 4 8 16] [--out docs/tables/epochs_cpu.md]
 
 Uses the demo's data and teacher labels (`make demo` first: build/demo): the small_resnet
 student (width 16, depth 1) at 32 px on 10,000 Fashion-MNIST images with the demo's recipes
 (small_configs/fashion_mnist_{plain,fkd}.yaml), only the epoch budget changed (the cyclic
 schedule stretches with it). FKD replays the demo's 4 records per image, so budgets above 4
-epochs reuse each record epochs / 4 times. Writes markdown and a PNG.
+epochs reuse each record epochs / 4 times. Writes markdown and a PNG; the table names the
+machine (CPU model, bf16) and precision, on which its top-1 values depend.
 """
 import argparse
 import json
@@ -15,15 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from fkd_ffcv import demo  # noqa: E402
+from benchmarks.common import machine, versions
+from benchmarks import recipes
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--epochs', type=int, nargs='+', default=[4, 8, 16])
-    parser.add_argument('--demo', default=str(REPO / 'build' / 'demo'))
+    parser.add_argument('--demo', default=str(recipes.DEMO), help="the demo's folder")
     parser.add_argument('--out', default='')
     args = parser.parse_args()
     work = Path(args.demo)
@@ -34,18 +34,19 @@ def main():
     results = {}
     for mode, train in data.items():
         for epochs in args.epochs:
-            results[mode, epochs] = demo.train(mode, demo.recipe(mode, {
+            results[mode, epochs] = recipes.train(recipes.recipe(mode, {
                 'data.train_dataset': str(train),
                 'data.val_dataset': str(work / 'fashion_mnist_val.beton'),
                 'training.epochs': epochs, 'validation.every_passes': 0,
                 'logging.progress': False,
                 'logging.folder': str(work / 'runs' / f'epochs_{mode}_{epochs}')}))
-    k = demo.recipe('fkd', {})['fkd']['num_crops']
+    k = recipes.recipe('fkd', {})['fkd']['num_crops']
     teacher = json.loads((work / 'runs' / 'teacher' / 'summary.json').read_text())['top1']
     lines = [f"small_resnet (width 16, depth 1), 10,000 Fashion-MNIST images at 32 px, 5,000 "
              f"validation images, demo recipes (FKD labels from the demo's teacher, "
              f"{teacher:.2%}); training seconds exclude validation; "
-             f"{time.strftime('%Y-%m-%d')}.", '',
+             f"{recipes.precision_of(results.values())}. {machine()}; "
+             f"{versions('torch', 'ffcv')}; {time.strftime('%Y-%m-%d')}.", '',
              f'| epochs | plain top-1 | plain s | FKD (K={k}) top-1 | FKD s |',
              '|---|---|---|---|---|']
     for epochs in args.epochs:

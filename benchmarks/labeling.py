@@ -1,9 +1,10 @@
 """Soft-label generation: throughput against the teacher's bare forward, bytes per record, KL.
 
-    python benchmarks/labeling.py [--images 32] [--records 16] [--repeats 3] [--device cpu]
+    python -m benchmarks.labeling [--images 32] [--records 16] [--repeats 3] [--device cpu]
 
-Real photos (the endless-sky-data landscapes, stored at 500 px longest side, JPEG 90) labelled
-by the real ImageNet teacher EfficientNet-Lite0 at 224 px. In the same run:
+Real photos (the first --images endless-sky-data landscapes of benchmarks/common.py, as they
+are, stored at 500 px longest side, JPEG 90) labelled by the real ImageNet teacher
+EfficientNet-Lite0 at 224 px. In interleaved rounds of the same run:
 
 - bare forward: the teacher on the same crops, already cut and in memory (crops/s);
 - generation: `label_beton` end to end (decode once per image, draw records, cut and resize
@@ -13,31 +14,23 @@ by the real ImageNet teacher EfficientNet-Lite0 at 224 px. In the same run:
   and the recovery from fp32 top-k of the same teacher outputs, per label type.
 """
 import argparse
-import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
-import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fkd_ffcv.beton import Beton  # noqa: E402
-from fkd_ffcv.crops import cut_crops, sample_records  # noqa: E402
-from fkd_ffcv.fields import image_fields  # noqa: E402
-from fkd_ffcv.labeling import LabelingSettings, label_beton  # noqa: E402
-from fkd_ffcv.soft_labels import (LabelSpec, compress, decode_probs, kl_divergence,  # noqa: E402
-                                  recover)
-from fkd_ffcv.sources import ImageFolderSource  # noqa: E402
-from fkd_ffcv.teachers import Teacher  # noqa: E402
-from fkd_ffcv.writer import write_beton  # noqa: E402
-
-LANDSCAPES = Path('/usr/share/games/endless-sky/images/land')
+from benchmarks.common import interleaved_times, landscapes, machine, versions
+from fkd_ffcv.beton import Beton
+from fkd_ffcv.crops import cut_crops, sample_records
+from fkd_ffcv.fields import image_fields
+from fkd_ffcv.labeling import LabelingSettings, label_beton
+from fkd_ffcv.soft_labels import LabelSpec, compress, decode_probs, kl_divergence, recover
+from fkd_ffcv.sources import ImageFolderSource
+from fkd_ffcv.teachers import Teacher
+from fkd_ffcv.writer import write_beton
 
 
 def main():
@@ -51,10 +44,7 @@ def main():
 
     work = Path(tempfile.mkdtemp(prefix='fkd-bench-labels-'))
     try:
-        photos = sorted(LANDSCAPES.glob('*.jpg'))[:args.images]
-        if len(photos) < args.images:
-            sys.exit(f"need {args.images} photos in {LANDSCAPES}: apt-get install endless-sky-data")
-        for p in photos:  # one class folder: the teacher's classes are ImageNet's
+        for p in landscapes(args.images):  # one class folder: the teacher's classes are ImageNet's
             (work / 'photos' / 'train' / 'land').mkdir(parents=True, exist_ok=True)
             shutil.copy(p, work / 'photos' / 'train' / 'land' / p.name)
         images = work / 'images.beton'
@@ -74,23 +64,27 @@ def main():
             crops.append(cut_crops(pixels, boxes, flips, 224, 'bicubic'))
         crops = np.concatenate(crops)
         teacher.probs(crops[:args.batch_size])  # warm-up
-        bare_runs, full_runs = [], []
-        for repeat in range(args.repeats):  # interleaved, so load drift hits both alike
-            start = time.perf_counter()
-            probs = torch.cat([teacher.probs(crops[s:s + args.batch_size])
-                               for s in range(0, len(crops), args.batch_size)])
-            bare_runs.append(len(crops) / (time.perf_counter() - start))
-            start = time.perf_counter()
+        outputs = {}
+
+        def bare_forward():
+            outputs['probs'] = torch.cat([teacher.probs(crops[s:s + args.batch_size])
+                                          for s in range(0, len(crops), args.batch_size)])
+
+        def end_to_end():  # the output is replaced, the chunks folder removed, each time
             label_beton(images, work / 'labelled.beton', teacher, settings, work / 'chunks',
                         progress=False)
-            full_runs.append(len(crops) / (time.perf_counter() - start))
-        bare, full = statistics.median(bare_runs), statistics.median(full_runs)
+
+        times = interleaved_times({'bare': bare_forward, 'full': end_to_end}, args.repeats,
+                                  warm_up=False)
+        bare, full = (statistics.median(len(crops) / t for t in times[name])
+                      for name in ('bare', 'full'))
+        probs = outputs['probs']
 
         print(f"{args.images} photos x {args.records} records = {len(crops)} crops at 224 px, "
-              f"EfficientNet-Lite0 on {args.device}, batch {args.batch_size}, median of "
-              f"{args.repeats} interleaved runs; "
-              f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-              f"ffcv {version('ffcv')}, {torch.get_num_threads()} torch threads")
+              f"EfficientNet-Lite0 ({teacher.precision}) on {args.device}, batch "
+              f"{args.batch_size}, median of "
+              f"{args.repeats} interleaved rounds, {torch.get_num_threads()} torch threads. "
+              f"{machine()}; {versions('torch', 'ffcv')}")
         print("\n| path | crops/s | images/s |\n|---|---|---|")
         print(f"| teacher forward alone (crops in memory) | {bare:,.1f} | "
               f"{bare / args.records:,.1f} |")

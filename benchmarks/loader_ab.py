@@ -1,16 +1,18 @@
 """Before/after A/B of the multi-crop loader: `FKDLoader` of a git revision against the working
 tree's, in one process, with FKD's original data path in the same interleaved rounds.
 
-    python benchmarks/loader_ab.py --base HEAD~1 [--k 4] [--loader fkd|plain] [--repeats 5]
+    python -m benchmarks.loader_ab --base HEAD~1 [--k 4] [--loader fkd|plain] [--repeats 5]
 
-Same photos, records and batch as benchmarks/loader.py. The revision's `fkd_ffcv` is extracted
-with `git archive` under another package name (its imports are relative), so both versions
-decode the same beton in alternating passes and a drift in the machine's speed hits both
-alike. Prints crops/s per path (median of the rounds), after/before, and each version's ratio
-to the original path: the numbers docs/benchmarks.md asks for a performance change.
+Same photos, records and batch as benchmarks/loader.py (benchmarks/common.py). The revision's
+`fkd_ffcv` is extracted with `git archive` and imported under another package name (its
+imports are relative), so both versions decode the same beton in alternating passes and a
+drift in the machine's speed hits both alike. Prints the machine, crops/s per path (median of
+the rounds), after/before, and each version's ratio to the original path: the numbers
+docs/benchmarks.md asks for a performance change.
 """
 import argparse
 import importlib
+import importlib.util
 import io
 import os
 import shutil
@@ -20,17 +22,15 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / 'benchmarks'))
-from loader import (IMAGES_PER_BATCH, SIZE, interleaved_rates, labelled_photos,  # noqa: E402
-                    original_path)
-from original_fkd import export_original_files  # noqa: E402
-import fkd_ffcv.loaders  # noqa: E402
+import fkd_ffcv.loaders
+from benchmarks.common import (IMAGES_PER_BATCH, REPO, SIDE, export_original_files,
+                               interleaved_rates, labelled_photos, machine, original_path,
+                               versions)
 
 
 def package_at(revision: str, folder: Path):
-    """fkd_ffcv as of `revision`, importable as `fkd_ffcv_base`."""
+    """fkd_ffcv's loaders as of `revision`, imported from `folder` as package
+    `fkd_ffcv_base` (registered in sys.modules, so its relative imports resolve there)."""
     try:
         tar = subprocess.run(['git', 'archive', '--format=tar', revision, 'fkd_ffcv'], cwd=REPO,
                              capture_output=True, check=True).stdout
@@ -39,8 +39,13 @@ def package_at(revision: str, folder: Path):
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # Python >= 3.11.4
         archive.extractall(folder, **safe)
-    (folder / 'fkd_ffcv').rename(folder / 'fkd_ffcv_base')
-    sys.path.insert(0, str(folder))
+    package = folder / 'fkd_ffcv_base'
+    (folder / 'fkd_ffcv').rename(package)
+    spec = importlib.util.spec_from_file_location('fkd_ffcv_base', package / '__init__.py',
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['fkd_ffcv_base'] = module
+    spec.loader.exec_module(module)
     return importlib.import_module('fkd_ffcv_base.loaders')
 
 
@@ -53,23 +58,28 @@ def main():
     parser.add_argument('--records', type=int, default=32)
     parser.add_argument('--workers', type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--photos', type=int, default=0,
+                        help='landscapes used, 16 or more (4 variants each: one batch of 64 '
+                             'images); 0: all 273')
     args = parser.parse_args()
+    if 0 < args.photos < IMAGES_PER_BATCH // 4:
+        parser.error(f'--photos {args.photos}: a batch needs {IMAGES_PER_BATCH // 4} or more')
     work = Path(tempfile.mkdtemp(prefix='fkd-bench-loader-ab-'))
     try:
         base = package_at(args.base, work / 'base')
-        _, _, labelled = labelled_photos(work, args.records)
+        _, _, labelled = labelled_photos(work, args.records, args.photos)
         paths = {}
         for name, module in ((f'before ({args.base})', base), ('after (working tree)',
                                                                 fkd_ffcv.loaders)):
             if args.loader == 'fkd':
                 loader = module.FKDLoader(labelled, batch_size=IMAGES_PER_BATCH * args.k,
-                                          num_crops=args.k, resolution=SIZE,
+                                          num_crops=args.k, resolution=SIDE,
                                           num_workers=args.workers,
                                           order=module.OrderOption.RANDOM)
                 paths[name] = (loader.__iter__, len(loader) * IMAGES_PER_BATCH * args.k)
             else:
                 loader = module.PlainLoader(labelled, batch_size=IMAGES_PER_BATCH,
-                                            resolution=SIZE, num_workers=args.workers,
+                                            resolution=SIDE, num_workers=args.workers,
                                             order=module.OrderOption.RANDOM)
                 paths[name] = (loader.__iter__, len(loader) * IMAGES_PER_BATCH)
         paths['original FKD path'] = original_path(
@@ -77,8 +87,8 @@ def main():
         rates = interleaved_rates(paths, args.repeats)
         before, after, reference = rates.values()
         print(f"{args.loader} loader, K={args.k if args.loader == 'fkd' else 1} (original "
-              f"path K={args.k}), {SIZE} px, {args.workers} threads/workers, median of "
-              f"{args.repeats} interleaved rounds")
+              f"path K={args.k}), {SIDE} px, {args.workers} threads/workers, median of "
+              f"{args.repeats} interleaved rounds. {machine()}; {versions('ffcv', 'numba')}")
         for name, rate in rates.items():
             print(f"  {name}: {rate:,.0f} crops/s ({rate / reference:.2f}x original)")
         print(f"  after / before: {after / before:.3f}")

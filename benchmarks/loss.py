@@ -1,20 +1,18 @@
 """Soft cross-entropy from stored top-k vs from a dense recovered distribution.
 
-    python benchmarks/loss.py [--device cpu] [--batch 1024]
+    python -m benchmarks.loss [--device cpu] [--batch 1024]
 
 Both compute FKD's loss for the same logits and records (soft_labels.soft_cross_entropy, and
 -sum(recover(...) * log_softmax) over C classes), forward and backward, median of 20 steps.
 """
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fkd_ffcv.soft_labels import LabelSpec, recover, soft_cross_entropy  # noqa: E402
+from benchmarks.common import machine, versions
+from fkd_ffcv.soft_labels import LabelSpec, recover, soft_cross_entropy
 
 
 def dense_loss(logits, classes, probs, spec):
@@ -38,8 +36,8 @@ def main():
     parser.add_argument('--batch', type=int, default=1024)
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"batch {args.batch} crops, 1000 classes, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
+    print(f"batch {args.batch} crops, 1000 classes, fp32 on {device}, "
+          f"{torch.get_num_threads()} torch threads. {machine()}; {versions('torch')}\n")
     print("| label type | top-k loss (ms) | dense loss (ms) | dense / top-k |\n|---|---|---|---|")
     for name in ('marginal_smoothing_k5', 'marginal_renorm_k5', 'marginal_smoothing_k10'):
         spec = LabelSpec.parse(name, 1000)

