@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, versions
-from benchmarks import recipes
+from benchmarks.common import machine, precision_of, versions
+from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
 
 # (row name, recipe, overrides): the three students, and two diagnostics of the FKD-vs-plain
 # gap: FKD with two crops per decoded image, plain without label smoothing
@@ -41,7 +41,7 @@ def experiment(name, out, train, labelled, val, teacher_file, epochs, seeds, stu
         for row, student, overrides in students:
             tag = row.replace(', ', '_').replace(' ', '_').replace('=', '')
             folder = out / 'runs' / f'{name}_{tag}_seed{seed}'
-            summary = recipes.train(recipes.recipe(student, {
+            summary = run_or_reuse(recipe(student, {
                 'data.train_dataset': str(labelled if student == 'fkd' else train),
                 'data.val_dataset': str(val), 'training.epochs': epochs,
                 'training.seed': seed, 'fkd.teacher': f'checkpoint:{teacher_file}',
@@ -64,7 +64,7 @@ def rows(title, results):
 def strong_teacher(work: Path, train: Path, val: Path, epochs: int) -> Path:
     """The demo's teacher recipe, trained for `epochs` (reused when already trained)."""
     folder = work / 'runs' / f'teacher_{epochs}_epochs'
-    recipes.train(recipes.recipe('teacher', {
+    run_or_reuse(recipe('teacher', {
         'data.train_dataset': str(train), 'data.val_dataset': str(val),
         'training.epochs': epochs, 'validation.every_passes': 0, 'logging.progress': True,
         'logging.folder': str(folder)}))
@@ -76,7 +76,7 @@ def main():
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--teacher-epochs', type=int, default=16,
                         help="the strong teacher's epochs (experiment 2)")
-    parser.add_argument('--demo', default=str(recipes.DEMO), help="the demo's folder")
+    parser.add_argument('--demo', default='build/demo', help="the demo's folder")
     parser.add_argument('--out', default='')
     args = parser.parse_args()
     work = Path(args.demo)
@@ -90,8 +90,8 @@ def main():
     strong = strong_teacher(work, train, val, args.teacher_epochs)
     small = work / f'subset2k_teacher_{args.teacher_epochs}_epochs'
     small.mkdir(exist_ok=True)
-    small_train = recipes.write_fashion_mnist(small, 2000, 10)[0]
-    small_labelled = recipes.label(small_train, strong / 'final_weights.pt', small, 8)
+    small_train = fashion_mnist_betons(small, 2000, 10)[0]
+    small_labelled = label_as_demo(small_train, strong / 'final_weights.pt', small, 8)
 
     same = experiment('same', work, train, labelled, val, demo_teacher / 'final_weights.pt', 4,
                       args.seeds, STUDENTS)
@@ -99,7 +99,7 @@ def main():
                        strong / 'final_weights.pt', 12, args.seeds, STUDENTS + DIAGNOSTICS)
     top1 = {name: json.loads((folder / 'summary.json').read_text())['top1']
             for name, folder in (('demo', demo_teacher), ('strong', strong))}
-    precision = recipes.precision_of([summary for results in (same, fewer)
+    precision = precision_of([summary for results in (same, fewer)
                                       for summaries in results.values() for summary in summaries])
     lines = [f"Students: small_resnet width 16 depth 1, {args.seeds} seeds each, FKD with K=1 "
              f"unless named; top-1 on the 5,000 validation images; {precision}. {machine()}; "

@@ -279,3 +279,9 @@ def interleaved_rates(paths: dict, repeats: int) -> dict:
                                for name, (make_iter, _) in paths.items()}, repeats)
     return {name: statistics.median(crops / t for t in times[name])
             for name, (_, crops) in paths.items()}
+
+
+def precision_of(summaries) -> str:
+    """The precision the runs trained in ('bf16', 'fp32', or several joined by '/')."""
+    found = sorted({s.get('precision', 'not recorded') for s in summaries})
+    return '/'.join(found)

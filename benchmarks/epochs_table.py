@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, versions
-from benchmarks import recipes
+from benchmarks.common import machine, precision_of, versions
+from fkd_ffcv.recipes import recipe, run_or_reuse
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--epochs', type=int, nargs='+', default=[4, 8, 16])
-    parser.add_argument('--demo', default=str(recipes.DEMO), help="the demo's folder")
+    parser.add_argument('--demo', default='build/demo', help="the demo's folder")
     parser.add_argument('--out', default='')
     args = parser.parse_args()
     work = Path(args.demo)
@@ -34,18 +34,18 @@ def main():
     results = {}
     for mode, train in data.items():
         for epochs in args.epochs:
-            results[mode, epochs] = recipes.train(recipes.recipe(mode, {
+            results[mode, epochs] = run_or_reuse(recipe(mode, {
                 'data.train_dataset': str(train),
                 'data.val_dataset': str(work / 'fashion_mnist_val.beton'),
                 'training.epochs': epochs, 'validation.every_passes': 0,
                 'logging.progress': False,
                 'logging.folder': str(work / 'runs' / f'epochs_{mode}_{epochs}')}))
-    k = recipes.recipe('fkd', {})['fkd']['num_crops']
+    k = recipe('fkd', {})['fkd']['num_crops']
     teacher = json.loads((work / 'runs' / 'teacher' / 'summary.json').read_text())['top1']
     lines = [f"small_resnet (width 16, depth 1), 10,000 Fashion-MNIST images at 32 px, 5,000 "
              f"validation images, demo recipes (FKD labels from the demo's teacher, "
              f"{teacher:.2%}); training seconds exclude validation; "
-             f"{recipes.precision_of(results.values())}. {machine()}; "
+             f"{precision_of(results.values())}. {machine()}; "
              f"{versions('torch', 'ffcv')}; {time.strftime('%Y-%m-%d')}.", '',
              f'| epochs | plain top-1 | plain s | FKD (K={k}) top-1 | FKD s |',
              '|---|---|---|---|---|']

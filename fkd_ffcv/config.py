@@ -155,9 +155,12 @@ def load_config(description: str, aliases: Optional[dict] = None):
     Recipe files are read here, not by fastargs (which ignores keys it does not know): every
     key must name a declared option, and a missing or unreadable file is one line `error: ...`.
     Later files win, and the command line wins over the files."""
+    config = get_current_config()
+    if {'-h', '--help'} & set(sys.argv[1:]):
+        print(plain_help(description, config, aliases or {}))
+        sys.exit(0)
     if aliases:
         sys.argv[1:] = [aliases.get(arg, arg) for arg in sys.argv[1:]]
-    config = get_current_config()
     argv = sys.argv[1:]
     files, rest = split_config_files(argv)
     errors, recipes = [], []
@@ -192,6 +195,27 @@ def load_config(description: str, aliases: Optional[dict] = None):
                   file=sys.stderr)
         sys.exit(2)
     return config
+
+
+def plain_help(description: str, config, aliases: dict, width: int = 100) -> str:
+    """--help as plain text that reads the same in a terminal, a pipe or a log: the
+    description, then every option with its default and what it takes, by section."""
+    import textwrap
+    lines = [description.strip(), '', 'usage: --config-file FILE ... --section.key=value ...',
+             '  --config-file FILE  a YAML or JSON recipe (repeatable; later ones win, then the '
+             'command line)']
+    lines += [f"  {flag:<18} same as {option}" for flag, option in aliases.items()]
+    sections = {}
+    for path, param in config.entries.items():
+        sections.setdefault(path[0], []).append((path, param))
+    for name, params in sections.items():
+        lines += ['', f"{name}:"]
+        for path, param in params:
+            text = (f"{param.desc}; {param.checker.help()}; default "
+                    f"{getattr(param, 'default', None)!r}")
+            lines += textwrap.wrap(text, width, initial_indent=f"  --{'.'.join(path)}  ",
+                                   subsequent_indent=' ' * 6)
+    return '\n'.join(lines)
 
 
 def section(config, name: str) -> dict:

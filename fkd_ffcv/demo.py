@@ -7,86 +7,28 @@
    from the beton), online KD (the teacher runs on every batch) and plain (hard labels);
 5. print a results table (top-1, time, crops/s) and plot accuracy against training time.
 
-The recipes are `small_configs/fashion_mnist_*.yaml`. A finished step is reused when the demo
-runs again (a beton with its manifest, a run folder with summary.json); an interrupted
-training run resumes from its last pass.
+The recipes are `fkd_ffcv/small_configs/fashion_mnist_*.yaml` (installed with the package);
+the steps are fkd_ffcv/recipes.py's. A finished step is reused when the demo runs again (a
+beton with its manifest, a run folder with summary.json); an interrupted training run resumes
+from its last pass. Files go under the current directory (build/demo by default).
 
-    python -m fkd_ffcv.demo [--smoke] [--out build/demo]
+    fkd-demo [--smoke] [--out build/demo]        (or: python -m fkd_ffcv.demo)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-import yaml
+from .recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
 
-REPO = Path(__file__).resolve().parents[1]
 SIZES = {  # images, epochs and records; 'full' fits `make demo` in minutes on two cores
     'full': dict(train=10_000, val=5_000, teacher_epochs=6, records=4, epochs=4),
     'smoke': dict(train=1_000, val=500, teacher_epochs=2, records=2, epochs=2),
 }
 STUDENTS = ('fkd', 'online_kd', 'plain')
-
-
-def recipe(name: str, overrides: dict) -> dict:
-    """small_configs/fashion_mnist_<name>.yaml as options, with `overrides` on top."""
-    from .options import options
-    path = REPO / 'small_configs' / f'fashion_mnist_{name}.yaml'
-    flat = {f'{section}.{key}': value
-            for section, values in yaml.safe_load(path.read_text()).items()
-            for key, value in values.items()}
-    return options({**flat, **overrides})
-
-
-def write_data(out: Path, size: dict) -> tuple:
-    from .beton import Beton
-    from .fields import image_fields
-    from .sources import FashionMNISTSource
-    from .writer import write_beton
-    paths = []
-    for split in ('train', 'val'):
-        path = out / f'fashion_mnist_{split}.beton'
-        if not (path.exists() and Beton(path).manifest):
-            source = FashionMNISTSource(split, 32, subset=size[split])
-            write_beton(path, image_fields('raw'), source, manifest={
-                'classes': source.classes, 'source': {'name': 'fashion-mnist', 'split': split,
-                                                      'subset': size[split]}})
-        paths.append(path)
-    return tuple(paths)
-
-
-def train(name: str, opts: dict) -> dict:
-    """Run (or reuse, or resume) one training run; returns its summary."""
-    from .training import Trainer
-    folder = Path(opts['logging']['folder'])
-    if (folder / 'summary.json').exists():
-        print(f"  reusing {folder} (delete it to train again)")
-        return json.loads((folder / 'summary.json').read_text())
-    opts['training']['resume'] = (folder / 'checkpoint.pt').exists()
-    return Trainer(opts).run()
-
-
-def label(train_beton: Path, teacher_file: Path, out: Path, records: int) -> Path:
-    """Label `records` crops per image with the plain recipe's crop scale, so the FKD student's
-    record r is the crop the plain student draws in pass r (same seed)."""
-    from .labeling import LabelingSettings, label_beton
-    from .teachers import Teacher
-    labelled = out / 'fashion_mnist_train_fkd.beton'
-    if labelled.exists():
-        print(f"  reusing {labelled}")
-        return labelled
-    data = recipe('plain', {})['data']
-    settings = LabelingSettings(num_records=records, label_type='marginal_smoothing_k3',
-                                scale=(data['crop_scale_min'], data['crop_scale_max']),
-                                batch_size=512)
-    started = time.perf_counter()
-    label_beton(train_beton, labelled, Teacher(f'checkpoint:{teacher_file}'), settings,
-                out / 'labelling.work')
-    (out / 'labelling.json').write_text(json.dumps(
-        {'seconds': time.perf_counter() - started, 'records': records}))
-    return labelled
 
 
 def curve(folder: Path) -> tuple:
@@ -98,6 +40,17 @@ def curve(folder: Path) -> tuple:
         if 'top1' in line:
             points.append((seconds, line['top1']))
     return tuple(zip(*points))
+
+
+def machine() -> str:
+    """The CPU, its cores, and whether torch computes bf16 on it (precision auto uses it):
+    the demo's numbers repeat on the same machine, not across machines (docs/results.md)."""
+    import os
+    from .devices import cpu_has_bf16
+    cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+                if line.startswith('model name')), 'unknown CPU')
+    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, bf16 on this CPU: "
+            f"{'yes' if cpu_has_bf16() else 'no'}")
 
 
 def report(out: Path, summaries: dict, folders: dict) -> str:
@@ -115,7 +68,8 @@ def report(out: Path, summaries: dict, folders: dict) -> str:
     if labelling:
         lines.append(f"| labelling {labelling['records']} crop records per image (once) | | | "
                      f"| {labelling['seconds']:.0f} | |")
-    table = '\n'.join(lines)
+    precision = '/'.join(sorted({s.get('precision', 'not recorded') for s in summaries.values()}))
+    table = '\n'.join(lines + ['', f"{machine()}; precision {precision}."])
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -140,29 +94,29 @@ def main(argv=None) -> int:
     parser.add_argument('--out', default='', help='work folder (default build/demo[-smoke])')
     args = parser.parse_args(argv)
     size = SIZES['smoke' if args.smoke else 'full']
-    out = Path(args.out or REPO / 'build' / ('demo-smoke' if args.smoke else 'demo'))
+    out = Path(args.out or Path('build') / ('demo-smoke' if args.smoke else 'demo'))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     print(f"[1/5] writing {size['train']:,} training and {size['val']:,} validation images")
-    train_beton, val_beton = write_data(out, size)
+    train_beton, val_beton = fashion_mnist_betons(out, size['train'], size['val'])
     common = {'data.val_dataset': str(val_beton), 'logging.progress': True}
 
     print(f"[2/5] training the teacher ({size['teacher_epochs']} epochs)")
     folders = {name: out / 'runs' / name for name in ('teacher',) + STUDENTS}
-    summaries = {'teacher': train('teacher', recipe('teacher', {
+    summaries = {'teacher': run_or_reuse(recipe('teacher', {
         **common, 'data.train_dataset': str(train_beton),
         'training.epochs': size['teacher_epochs'],
         'logging.folder': str(folders['teacher'])}))}
     teacher_file = folders['teacher'] / 'final_weights.pt'
 
     print(f"[3/5] labelling {size['records']} crops of every training image with the teacher")
-    labelled = label(train_beton, teacher_file, out, size['records'])
+    labelled = label_as_demo(train_beton, teacher_file, out, size['records'])
 
     print(f"[4/5] training three students on the same crops ({size['epochs']} epochs each)")
     for name in STUDENTS:
         print(f"  {name}")
-        summaries[name] = train(name, recipe(name, {
+        summaries[name] = run_or_reuse(recipe(name, {
             **common, 'training.epochs': size['epochs'],
             'data.train_dataset': str(labelled if name == 'fkd' else train_beton),
             'fkd.teacher': f'checkpoint:{teacher_file}',
@@ -176,9 +130,15 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == '__main__':
+def command(argv=None) -> int:
+    """fkd-demo: main() with a failed step reported in one line (exit status 1)."""
     from .errors import TrainingError
     try:
-        raise SystemExit(main())
+        return main(argv)
     except TrainingError as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(command())

@@ -32,6 +32,7 @@ from .fields import IMAGE_FIELD, BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_
 from .soft_labels import LabelSpec, compress, record_flags
 from .teachers import Teacher
 from .writer import WriteReport, copy_beton
+from .progress import bar as progress_bar
 
 
 @dataclass(frozen=True)
@@ -248,9 +249,9 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
     num_chunks = -(-len(beton) // settings.chunk_images)
     mine = [c for c in range(rank, num_chunks, world_size) if not folder.done(c)]
     todo_images = sum(len(_chunk_indices(c, settings, len(beton))) for c in mine)
-    bar = tqdm(total=todo_images, unit='img', desc=f"labelling {beton.path.name}"
-               + (f" (rank {rank}/{world_size})" if world_size > 1 else ''),
-               disable=not progress)
+    bar = progress_bar(progress, total=todo_images, unit='img',
+                       desc=f"labelling {beton.path.name}"
+                       + (f" (rank {rank}/{world_size})" if world_size > 1 else ''))
     started = time.perf_counter()
     timed = _Estimate(teacher, todo_images, settings.num_records, settings.batch_size,
                       "labelling estimate" + (f" (rank {rank}/{world_size})"

@@ -280,3 +280,26 @@ class Teacher:
             p = torch.softmax(logits.float() / self.temperature, dim=-1)
             total = p if total is None else total + p
         return total / len(self.models)
+
+
+@torch.no_grad()
+def evaluate(teacher: Teacher, beton_path, ratio: float = 224 / 256, resolution: int = 0,
+             batch_size: int = 256, num_workers: int = -1) -> dict:
+    """Top-1 and top-5 of `teacher` on every image of a beton, centre-cropped (side `ratio` x
+    the shorter side) and resized to `resolution` (default: the teacher's input size)."""
+    from .beton import Beton
+    from .loaders import eval_loader
+    classes = Beton(beton_path).classes
+    if teacher.num_classes != len(classes):
+        raise ValueError(f"the teacher predicts {teacher.num_classes} classes; {beton_path} has "
+                         f"{len(classes)}")
+    side = resolution or teacher.input_size
+    top1 = top5 = n = 0
+    for images, labels in eval_loader(beton_path, batch_size, side, ratio, num_workers,
+                                      str(teacher.device)):
+        labels = labels.to(teacher.device).long()
+        top = teacher.forward(images).topk(min(5, teacher.num_classes), dim=1).indices
+        top1 += int((top[:, 0] == labels).sum())
+        top5 += int((top == labels[:, None]).any(1).sum())
+        n += labels.shape[0]
+    return {'top1': top1 / n, 'top5': top5 / n, 'images': n, 'resolution': side}

@@ -27,6 +27,7 @@ from .modes import MODES
 from .errors import OptionError, TrainingError
 from .files import load_data
 from .options import PARAMS, check
+from .progress import bar as progress_bar
 from .run_folder import RunFolder
 from .schedules import ema_decay, lr_factor, resolution
 
@@ -269,8 +270,9 @@ class Trainer:
         torch.manual_seed(self.opts['training']['seed'] * 1_000_003 + 1000 * p + self.rank)
         self.train_model.train()
         bounds = [round((e + 1) * steps / k) for e in range(k)]  # step ending each epoch
-        bar = tqdm(total=steps, desc=f"pass {p + 1}/{self.passes} ({side} px)", unit='step',
-                   disable=not (self.is_main and self.opts['logging']['progress']), leave=False)
+        bar = progress_bar(self.is_main and self.opts['logging']['progress'], total=steps,
+                           desc=f"pass {p + 1}/{self.passes} ({side} px)", unit='step',
+                           leave=False)
         totals = torch.zeros(4, device=self.device)
         epoch_start, wait, i, evaluated = time.perf_counter(), 0.0, 0, None
         iterator = iter(self.train_loader)
@@ -518,7 +520,9 @@ def print_summary(summary: dict) -> None:
 def interrupted(trainer, argv) -> str:
     """What a Ctrl-C kept, and the command that continues."""
     import shlex
-    command = ' '.join(shlex.quote(a) for a in ['python', *argv])
+    program = argv[0] if argv[0].endswith('.py') else os.path.basename(argv[0])  # fkd-train
+    command = ' '.join(shlex.quote(a) for a in (['python'] if program.endswith('.py') else [])
+                       + [program, *argv[1:]])
     done = getattr(trainer, 'passes_done', 0)
     if done == 0:
         return (f"interrupted before the first pass ended: nothing was kept; start again "

@@ -38,12 +38,12 @@ from ffcv.memory_allocator import MemoryAllocator
 from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType
 from ffcv.utils import align_to_page
 from ffcv.writer import MIN_PAGE_SIZE
-from tqdm import tqdm
 
 from .beton import MANIFEST_FORMAT, Beton, manifest_path
 from .defaults import ON_ERROR, PAGE_SIZE
 from .fields import (CUSTOM_TYPE_ID, PATH_FIELD, RECORD_FIELDS, VerbatimField,
                      check_field_names, descriptor_of)
+from .progress import bar as progress_bar
 
 # Linux writes at most 2 GiB - 4 KiB per write() and FFCV's allocator ignores short writes.
 MAX_PAGE = 2 ** 30
@@ -289,8 +289,8 @@ def _run_workers(tmp, layout, fields, source, num_workers, chunk_size, on_error,
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     allocations, skipped, finished, gone_since = [], [], set(), {}
-    bar = tqdm(total=layout.num_samples, unit='img', desc=f"writing {label}",
-               disable=not progress, smoothing=0.1)
+    bar = progress_bar(progress, total=layout.num_samples, unit='img',
+                       desc=f"writing {label}", smoothing=0.1)
     try:
         while len(finished) < num_workers:
             try:

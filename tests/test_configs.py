@@ -11,7 +11,8 @@ from fkd_ffcv.config import unknown_keys
 from fkd_ffcv.models import check_arch
 from fkd_ffcv.options import PARAMS, options
 
-RECIPES = sorted(p for p in REPO.glob('*_configs/*.yaml') if not p.name.startswith('write_'))
+RECIPES = sorted(p for p in [*REPO.glob('*_configs/*.yaml'), *REPO.glob('fkd_ffcv/*_configs/*.yaml')]
+                 if not p.name.startswith('write_'))
 WRITE_RECIPES = sorted(REPO.glob('*_configs/write_*.yaml'))
 
 

@@ -376,13 +376,13 @@ def step_torchrun(args) -> None:
 
 def step_timing(args) -> None:
     s = sizes_of(args)
-    command = [sys.executable, str(REPO / 'benchmarks' / 'timing_table.py'), '--preset', 'gpu',
+    command = [sys.executable, '-m', 'benchmarks.timing_table', '--preset', 'gpu',
                '--images', str(s['train']), '--batch', str(s['batch']),
                '--work', str(data_paths(args)['folder']), '--out', str(args.out),
                '--time-limit', str(max(10, args.time_left - 15))]
     if args.dry_run:  # CPU: a ResNet-50 at 32 px; the rows that fit
         command += ['--side', '32', '--rows', 'plain,fkd4']
-    ran = subprocess.run(command, text=True)
+    ran = subprocess.run(command, text=True, cwd=REPO)
     assert ran.returncode == 0, 'the timing table failed'
     measured = json.loads((args.out / 'timing_gpu.json').read_text())
     done('; '.join(f"{r['name']}: {r['seconds_per_epoch']:.2f} s/epoch" for r in measured)

@@ -1,0 +1,318 @@
+"""The command lines, one function each: installed as console commands (pyproject.toml:
+fkd-write, fkd-train, fkd-eval-teacher; fkd-inspect and fkd-demo are inspect.py's and demo.py's
+main) and run by the top-level `write_dataset.py` and `train_imagenet.py`. Each checks its
+options before it imports torch or ffcv (seconds), and ends with an exit status: 0, 1 for an
+error in the run, 2 for options, 130 for Ctrl-C."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from . import defaults
+from .config import load_config, section
+from .errors import OptionError
+
+WRITE_HELP = r"""Write an image data set to FFCV betons, and FKD crop records with soft
+labels into them.
+
+    fkd-write                     # the Fashion-MNIST default, train + val, in data/
+    fkd-write --data.source=folder --data.root=/data/imagenet \
+        --data.out_dir=/data/betons --write.write_mode=proportion
+    fkd-write --labels.beton=data/x_train.beton --labels.teacher=torchvision:resnet50:rn50.pt
+    fkd-write --labels.beton=data/x_train.beton --labels.import_root=/data/FKD_soft_label/train/..
+    fkd-write --labels.beton=data/x_fkd.beton --labels.out=data/x_images.beton  # drop records
+
+Each split becomes `<out_dir>/<name>_<split>.beton` plus its manifest `<...>.beton.json`
+(class names, source, options, skipped inputs). With `--labels.teacher` or
+`--labels.import_root`, the train split (or `--labels.beton`) gets N crop records per image;
+`--labels.beton` with only `--labels.out` writes a copy without crop records (to label again).
+Labelling under `torchrun --no-python fkd-write` splits the images over the ranks.
+`python write_dataset.py` in a checkout is the same command."""
+
+TRAIN_HELP = r"""Train an image classifier on FFCV betons: FKD (soft labels replayed from the
+beton), plain (hard labels) or online KD (a teacher forward on every batch).
+
+    fkd-train --config-file rn50_configs/rn50_fkd_88_epochs.yaml \
+        --data.train_dataset=/data/betons/imagenet_train.beton \
+        --data.val_dataset=/data/betons/imagenet_val.beton
+    torchrun --nproc_per_node=8 --no-python fkd-train ...   # one process per GPU
+    fkd-train --config-file ... --resume                     # continue logging.folder
+    fkd-train --config-file ... --eval-only                  # top-1/top-5 of its checkpoint
+
+Options that do not fit together stop the command before torch loads (exit 2). Everything a
+run writes is in `--logging.folder` (fkd_ffcv/run_folder.py). `python train_imagenet.py` in a
+checkout is the same command."""
+
+
+# ------------------------------------------------------------------------------ fkd-train
+
+def train() -> int:
+    """Train (or resume, or evaluate) from a recipe and options."""
+    from .options import PARAMS, check, declare_sections
+    declare_sections()
+    config = load_config(TRAIN_HELP, aliases={'--resume': '--training.resume=true',
+                                              '--eval-only': '--training.eval_only=true'})
+    opts = {name: section(config, name) for name in PARAMS}
+    try:
+        check(opts)
+    except OptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from .training import main  # torch, ffcv: seconds
+    return main(opts)
+
+
+# ------------------------------------------------------------------------------ fkd-write
+
+FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+TEACHER_RECORDS = 500  # --labels.num_records=0 with a teacher: FKD's N (docs/soft_labels.md)
+
+def drop_records(beton: Path, out: Path, options: dict) -> None:
+    """Write `out`: `beton` without its crop record fields (to label it again)."""
+    from .beton import Beton
+    from .fields import RECORD_FIELDS
+    from .writer import copy_beton
+    names = Beton(beton).field_names
+    if not set(RECORD_FIELDS) & set(names):
+        raise ValueError(f"{beton} holds no crop records (fields: {', '.join(names)}); give "
+                         f"--labels.teacher or --labels.import_root to label it")
+    keep = [name for name in names if name not in RECORD_FIELDS]
+    report = copy_beton(beton, out, keep=keep, **options)
+    print(f"wrote {report.path}: {report.num_samples} images without crop records (fields: "
+          f"{', '.join(keep)}); label it with --labels.beton={report.path} --labels.teacher=...")
+
+
+def label(labels: dict, write: dict, beton: Path) -> None:
+    """Add crop records to `beton` (from a teacher or FKD files), as `labels` says; with
+    neither, write `labels.out` without the records `beton` holds."""
+    out = Path(labels['out'] or beton)
+    options = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
+                   page_size=write['page_size'])
+    if not (labels['teacher'] or labels['import_root']):
+        return drop_records(beton, out, options)
+    if labels['import_root']:
+        from .fkd_import import import_fkd_labels
+        report = import_fkd_labels(beton, out, labels['import_root'],
+                                   label_type=labels['label_type'] or None,
+                                   num_records=labels['num_records'] or None,
+                                   on_error=write['on_error'], **options)
+        print(f"imported FKD soft labels into {out}: {report.num_samples} images; top-1 of "
+              f"the records agrees with the hard label for {report.top1_agreement:.1%}")
+        if report.extra_files:
+            print(f"  {len(report.extra_files)} file(s) match no sample, e.g. "
+                  f"{report.extra_files[0]}")
+        for path, why in report.skipped[:20]:
+            print(f"  skipped {path}: {why}")
+        return
+    from .devices import resolve_device
+    from .labeling import LabelingSettings, label_beton
+    from .teachers import Teacher
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    device = resolve_device(labels['device'], int(os.environ.get('LOCAL_RANK', 0)))
+    ranks_here = int(os.environ.get('LOCAL_WORLD_SIZE', 1))  # share the cores on the CPU
+    teacher = Teacher(labels['teacher'], device=device, temperature=labels['temperature'],
+                      input_size=labels['input_size'] or None,
+                      interpolation=labels['interpolation'] or None,
+                      cpu_threads=max(1, len(os.sched_getaffinity(0)) // ranks_here),
+                      precision=labels['precision'])
+    scale = (labels['scale_min'], labels['scale_max']) if labels['scale_max'] else None
+    settings = LabelingSettings(num_records=labels['num_records'] or TEACHER_RECORDS,
+                                label_type=labels['label_type'] or 'marginal_smoothing_k5',
+                                scale=scale,
+                                seed=labels['seed'], chunk_images=labels['chunk_images'],
+                                batch_size=labels['batch_size'])
+    work = labels['work_dir'] or f"{out}.work"
+    try:
+        report = label_beton(beton, out, teacher, settings, work, rank=rank, world_size=world,
+                             **options)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"labelling {beton} stopped: the chunks labelled so far are kept "
+                                f"in {work}, and the same command resumes from them") from None
+    if report is not None:
+        print(f"labelled {out}: {report.num_samples} images x {settings.num_records} crop "
+              f"records ({settings.label_type}) by {labels['teacher']} in {work}")
+
+
+def write_data(data: dict, write: dict, labels: dict) -> None:
+    if labels['beton']:
+        return label(labels, write, Path(labels['beton']))
+    fashion = data['source'] == 'fashion-mnist'
+    root = data['root'] or FASHION_MNIST_DIR  # options.check_writing: a folder names its root
+    # Imported here so that option errors and --help answer without loading ffcv (seconds).
+    from .fields import image_fields
+    from .sources import FashionMNISTSource, ImageFolderSource
+    from .writer import write_beton
+
+    name = data['name'] or ('fashion_mnist' if fashion else Path(root).resolve().name)
+    fields = image_fields(write['write_mode'], write['max_resolution'] or None,
+                          write['jpeg_quality'], write['compress_probability'],
+                          write['smart_threshold'])
+    for split in (['train', 'val'] if data['split'] == 'all' else [data['split']]):
+        if fashion:
+            source = FashionMNISTSource(split, data['image_size'], root, data['subset'])
+        else:
+            source = ImageFolderSource(root, split, write['max_resolution'] or None,
+                                       write['max_pixels'], data['subset'])
+            for empty in source.empty_classes:
+                print(f"warning: class {empty!r} has no images in {split}", file=sys.stderr)
+        out = Path(data['out_dir']) / f"{name}_{split}.beton"
+        manifest = {'classes': list(source.classes),
+                    'source': {**data, 'root': str(root), 'split': split},
+                    'write_options': write}
+        try:
+            report = write_beton(out, fields, source, num_workers=write['num_workers'],
+                                 chunk_size=write['chunk_size'], page_size=write['page_size'],
+                                 on_error=write['on_error'], manifest=manifest)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"writing {out} stopped: nothing was left under that name "
+                                    f"(betons written before it are complete); the same command "
+                                    f"writes it again") from None
+        print(f"wrote {report.path}: {report.num_samples} images in {report.seconds:.1f} s "
+              f"({report.num_samples / report.seconds:,.0f} images/s)")
+        if report.skipped:
+            print(f"skipped {len(report.skipped)} unusable input(s) (listed in {out}.json):")
+            for path, why in report.skipped[:20]:
+                print(f"  {path}: {why}")
+        if split == 'train' and (labels['teacher'] or labels['import_root']):
+            label(labels, write, out)
+
+
+
+
+def _declare_writing_sections() -> None:
+    from fastargs import Param, Section
+    from fastargs.validation import And, InRange, OneOf
+    Section('data', 'what to write and where').params(
+        source=Param(OneOf(['fashion-mnist', 'folder']), 'fashion-mnist (Debian package) or an '
+                     'ImageFolder tree <root>/<split>/<class>/<image>', default='fashion-mnist'),
+        root=Param(str, f'data set root (fashion-mnist: {FASHION_MNIST_DIR})', default=''),
+        split=Param(OneOf(['train', 'val', 'all']), 'split to write', default='all'),
+        out_dir=Param(str, 'folder for the betons', default='data'),
+        name=Param(str, 'file name prefix (default: fashion_mnist, or the root folder name)',
+                   default=''),
+        subset=Param(int, 'write this many samples per split, spread over the classes (-1: all)',
+                     default=-1),
+        image_size=Param(And(int, InRange(min=1)), 'fashion-mnist: side in pixels', default=32),
+    )
+
+    Section('write', 'how images are stored and how the writer behaves').params(
+        max_resolution=Param(And(int, InRange(min=0)), 'longest side after resizing (0: keep)',
+                             default=500),
+        write_mode=Param(OneOf(defaults.WRITE_MODES), 'raw pixels, JPEG, JPEG above '
+                         'smart_threshold raw bytes (smart), or JPEG with compress_probability '
+                         '(proportion)', default='smart'),
+        smart_threshold=Param(And(int, InRange(min=0)), 'smart: JPEG when raw pixels exceed '
+                              'this many bytes', default=defaults.SMART_THRESHOLD),
+        jpeg_quality=Param(And(int, InRange(1, 100)), 'JPEG quality', default=90),
+        compress_probability=Param(And(float, InRange(0, 1)), 'proportion: JPEG share',
+                                   default=0.5),
+        num_workers=Param(int, 'writer processes (-1: one per core)', default=-1),
+        chunk_size=Param(And(int, InRange(min=1)), 'samples per work item', default=100),
+        page_size=Param(int, 'FFCV page size in bytes (power of two, >= 2 MiB)',
+                        default=defaults.PAGE_SIZE),
+        on_error=Param(OneOf(defaults.ON_ERROR), 'unusable input file: fail, or skip it and '
+                       'list it', default='fail'),
+        max_pixels=Param(And(int, InRange(1, defaults.MAX_PIXELS)), 'refuse images with more '
+                         'pixels (at most Pillow\'s own limit)', default=defaults.MAX_PIXELS),
+    )
+
+
+    Section('labels', 'FKD crop records: from a teacher, or imported from FKD\'s released files').params(
+        beton=Param(str, 'label this existing beton instead of writing images', default=''),
+        out=Param(str, 'output beton (default: replace the labelled one)', default=''),
+        teacher=Param(str, 'teacher spec(s), comma-separated for an ensemble: '
+                      'torchvision:<arch>:<ckpt>, torchscript:<file>, <module>:<function>',
+                      default=''),
+        import_root=Param(str, 'FKD soft-label tree (<root>/<split>/<class>/<stem>.tar)',
+                          default=''),
+        num_records=Param(And(int, InRange(min=0)), 'crop records per image (0: teacher '
+                          f'{TEACHER_RECORDS}, FKD\'s N; import: every record of the files)',
+                          default=0),
+        label_type=Param(str, 'hard, smoothing, marginal_smoothing_k<K>, marginal_renorm_k<K>, '
+                         'full (default: marginal_smoothing_k5; import: the files\' type)',
+                         default=''),
+        temperature=Param(And(float, InRange(min=1e-6)), 'softmax temperature', default=1.0),
+        scale_min=Param(And(float, InRange(0, 1)), 'RandomResizedCrop scale (0: FKD default, '
+                        'larger for images of 64 px or less)', default=0.0),
+        scale_max=Param(And(float, InRange(0, 1)), 'RandomResizedCrop scale upper bound',
+                        default=0.0),
+        seed=Param(int, 'crop sampling seed', default=0),
+        input_size=Param(And(int, InRange(min=0)), 'teacher input side (0: the teacher\'s)',
+                         default=0),
+        interpolation=Param(str, 'bilinear, bicubic or area (default: the teacher\'s)', default=''),
+        batch_size=Param(And(int, InRange(min=1)), 'crops per teacher forward', default=256),
+        chunk_images=Param(And(int, InRange(min=1)), 'images per resumable work item', default=64),
+        work_dir=Param(str, 'folder for resumable work (default: <out>.work)', default=''),
+        device=Param(str, 'auto (GPU LOCAL_RANK mod GPU count, else the CPU), cpu, cuda or '
+                     'cuda:<n>', default='auto'),
+        precision=Param(OneOf(defaults.TEACHER_PRECISIONS), 'teacher arithmetic: fp32 (exact), or bf16 / '
+                        'fp16 with the classifier and softmax in fp32', default='fp32'),
+    )
+
+
+def write() -> int:
+    """Write images to betons, and label or import crop records."""
+    from .options import check_writing
+    _declare_writing_sections()
+    config = load_config(WRITE_HELP)
+    sections = [section(config, name) for name in ('data', 'write', 'labels')]
+    try:
+        check_writing(*sections)
+    except OptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        write_data(*sections)
+    except (RuntimeError, OSError, ValueError, ImportError) as e:  # WriteError: RuntimeError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted: {e.args[0] if e.args else 'nothing half-written was kept'}",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+# ------------------------------------------------------------------------------ fkd-eval-teacher
+
+def eval_teacher(argv=None) -> int:
+    """Top-1 / top-5 of a teacher spec (or an ensemble) on a validation beton."""
+    import argparse
+    from .options import check_teacher_files
+    parser = argparse.ArgumentParser(
+        prog='fkd-eval-teacher', allow_abbrev=False,
+        description='Top-1 and top-5 of a teacher (any spec of docs/teachers.md, '
+                    'comma-separated for an ensemble) on a beton, each image centre-cropped '
+                    'and resized to the teacher\'s input side.')
+    parser.add_argument('teacher', help='e.g. checkpoint:runs/teacher/final_weights.pt')
+    parser.add_argument('beton', help='a beton with the classes the teacher predicts')
+    parser.add_argument('--ratio', type=float, default=224 / 256,
+                        help='centre crop side / shorter image side (default 0.875)')
+    parser.add_argument('--resolution', type=int, default=0,
+                        help='side fed to the teacher (default: its own input size)')
+    parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
+    parser.add_argument('--precision', choices=defaults.TEACHER_PRECISIONS, default='fp32')
+    args = parser.parse_args(argv)
+    try:
+        if not os.path.isfile(args.beton):
+            raise OptionError(f"{args.beton}: no such beton file")
+        check_teacher_files('teacher', args.teacher)
+    except OptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from .devices import resolve_device
+    from .teachers import Teacher, evaluate
+    try:
+        teacher = Teacher(args.teacher, device=resolve_device(args.device),
+                          precision=args.precision)
+        result = evaluate(teacher, args.beton, ratio=args.ratio,
+                          resolution=args.resolution, batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.teacher} on {args.beton}: top-1 {result['top1']:.2%}  top-5 "
+          f"{result['top5']:.2%}  ({result['images']} images at {result['resolution']} px, "
+          f"ratio {args.ratio:.3f})")
+    return 0

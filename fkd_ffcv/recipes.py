@@ -1,0 +1,87 @@
+"""Recipe files as trainer options, and the demo's data steps as functions that experiments
+reuse (benchmarks/accuracy.py and epochs_table.py extend the demo's runs through these).
+
+The demo's own recipes are `fkd_ffcv/small_configs/fashion_mnist_*.yaml`, installed with the
+package. Every step reuses what an earlier run finished: a beton with its manifest, a labelled
+beton, a run folder with summary.json; a run folder with only a checkpoint resumes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+SMALL_CONFIGS = Path(__file__).resolve().parent / 'small_configs'
+# How the demo labels its crops (with the plain recipe's crop scale, so that with seed 0 the
+# FKD student's record r is the crop the plain student draws in pass r).
+DEMO_LABEL_TYPE = 'marginal_smoothing_k3'
+
+
+def recipe(path_or_name, overrides: Optional[dict] = None) -> dict:
+    """A YAML/JSON recipe file (or the name of a small recipe: 'plain' is
+    small_configs/fashion_mnist_plain.yaml) as options(), `overrides` ({'section.key': v}) on
+    top. Keys are checked as `--config-file` checks them: an unknown one is a ValueError."""
+    from .config import read_config_file, unknown_keys
+    from .options import PARAMS, options
+    path = Path(path_or_name)
+    if path.suffix not in ('.yaml', '.yml', '.json'):
+        path = SMALL_CONFIGS / f'fashion_mnist_{path_or_name}.yaml'
+    data = read_config_file(str(path))
+    known = [(section, key) for section, (_, params) in PARAMS.items() for key in params]
+    problems = unknown_keys(data, known)
+    if problems:
+        raise ValueError(f"{path}: {'; '.join(problems)}")
+    flat = {f'{section}.{key}': value for section, values in data.items()
+            for key, value in values.items()}
+    return options({**flat, **(overrides or {})})
+
+
+def fashion_mnist_betons(out: Path, train_images: int, val_images: int) -> tuple:
+    """(train, val) betons of even spreads of Fashion-MNIST at 32 px in `out`, stored raw."""
+    from .beton import Beton
+    from .fields import image_fields
+    from .sources import FashionMNISTSource
+    from .writer import write_beton
+    paths = []
+    for split, n in (('train', train_images), ('val', val_images)):
+        path = Path(out) / f'fashion_mnist_{split}.beton'
+        if not (path.exists() and Beton(path).manifest):
+            source = FashionMNISTSource(split, 32, subset=n)
+            write_beton(path, image_fields('raw'), source, manifest={
+                'classes': source.classes,
+                'source': {'name': 'fashion-mnist', 'split': split, 'subset': n}})
+        paths.append(path)
+    return tuple(paths)
+
+
+def run_or_reuse(opts: dict) -> dict:
+    """Run, resume or reuse the run in opts' logging folder; returns its summary."""
+    from .training import Trainer
+    folder = Path(opts['logging']['folder'])
+    if (folder / 'summary.json').exists():
+        print(f"  reusing {folder} (delete it to train again)")
+        return json.loads((folder / 'summary.json').read_text())
+    opts['training']['resume'] = (folder / 'checkpoint.pt').exists()
+    return Trainer(opts).run()
+
+
+def label_as_demo(train_beton: Path, teacher_file: Path, out: Path, records: int) -> Path:
+    """`records` crops per image labelled by the teacher (an export) as the demo labels them,
+    into out/fashion_mnist_train_fkd.beton; the time it took goes to out/labelling.json."""
+    from .labeling import LabelingSettings, label_beton
+    from .teachers import Teacher
+    labelled = Path(out) / 'fashion_mnist_train_fkd.beton'
+    if labelled.exists():
+        print(f"  reusing {labelled}")
+        return labelled
+    data = recipe('plain')['data']
+    settings = LabelingSettings(num_records=records, label_type=DEMO_LABEL_TYPE,
+                                scale=(data['crop_scale_min'], data['crop_scale_max']),
+                                batch_size=512)
+    started = time.perf_counter()
+    label_beton(train_beton, labelled, Teacher(f'checkpoint:{teacher_file}'), settings,
+                Path(out) / 'labelling.work')
+    (Path(out) / 'labelling.json').write_text(json.dumps(
+        {'seconds': time.perf_counter() - started, 'records': records}))
+    return labelled

@@ -1,0 +1,72 @@
+"""The installed commands: what `pip install .` gives a user (console scripts, the demo's recipes
+inside the package), fkd-eval-teacher, interrupts that say what was kept, bars kept out of logs."""
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp('wheel')
+    built = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q',
+                            '--no-build-isolation', '-w', str(out), str(REPO)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    return next(out.glob('fkd_ffcv-*.whl'))
+
+
+def test_the_wheel_installs_commands_and_carries_the_demos_recipes(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        entry_points = next(z.read(n).decode() for n in names if n.endswith('entry_points.txt'))
+    for name in ('plain', 'fkd', 'online_kd', 'teacher'):
+        assert f'fkd_ffcv/small_configs/fashion_mnist_{name}.yaml' in names
+    for command in ('fkd-write = fkd_ffcv.cli:write', 'fkd-train = fkd_ffcv.cli:train',
+                    'fkd-eval-teacher = fkd_ffcv.cli:eval_teacher',
+                    'fkd-inspect = fkd_ffcv.inspect:main', 'fkd-demo = fkd_ffcv.demo:command'):
+        assert command in entry_points
+
+
+def test_eval_teacher_scores_an_export_on_a_validation_beton(fashion_betons, tmp_path, capsys):
+    import torch
+    from fkd_ffcv.cli import eval_teacher
+    from fkd_ffcv.models import build_model, save_weights
+    from fkd_ffcv.sources import FashionMNISTSource
+    torch.manual_seed(0)
+    arch = {'arch': 'small_resnet', 'width': 4, 'depth': 1}
+    save_weights(tmp_path / 'w.pt', build_model(num_classes=10, **arch), arch,
+                 FashionMNISTSource.classes, {'input_size': 32, 'interpolation': 'area',
+                                              'mean': [0.5] * 3, 'std': [0.25] * 3})
+    _, val = fashion_betons
+    assert eval_teacher([f"checkpoint:{tmp_path / 'w.pt'}", str(val), '--ratio=1']) == 0
+    line = capsys.readouterr().out
+    assert 'top-1 ' in line and '(300 images at 32 px, ratio 1.000)' in line
+    assert eval_teacher(['checkpoint:nowhere.pt', str(val)]) == 2
+    assert eval_teacher([f"checkpoint:{tmp_path / 'w.pt'}", str(tmp_path / 'x.beton')]) == 2
+
+
+def test_an_interrupted_labelling_says_what_was_kept(fashion_betons, tmp_path, monkeypatch,
+                                                     capsys):
+    from fkd_ffcv import cli, labeling
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(labeling, 'label_beton', interrupted)
+    train, _ = fashion_betons
+    monkeypatch.setattr(sys, 'argv', ['fkd-write', f'--labels.beton={train}',
+                                      '--labels.teacher=torchvision:resnet18',
+                                      f'--labels.out={tmp_path / "out.beton"}'])
+    assert cli.write() == 130
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith('interrupted: labelling ') and 'same command resumes' in message
+
+
+def test_progress_bars_stay_out_of_logs():
+    from fkd_ffcv.progress import bar
+    assert bar(True, total=3).disable  # stderr is not a terminal under pytest
+    assert bar(False, total=3).disable
