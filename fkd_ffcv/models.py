@@ -212,20 +212,26 @@ def _torchvision_any(arch, num_classes, **_):
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def _entry_point(arch, num_classes, **_):
-    """`<module>:<function>`: a function returning a model, or (model, preprocessing dict),
-    with its weights (a pretrained model to fine-tune). Its classifier is replaced when it
-    predicts another class count; its own input normalisation (mean, std) is kept with it."""
-    module, _, function = arch.partition(':')
+def call_entry_point(spec: str, what: str, known: str) -> tuple:
+    """(model, preprocessing dict) from a `<module>:<function>` spec: the function returns a
+    model, or (model, dict with input_size, interpolation, mean, std). `what` and `known` name
+    the spec's role and the alternatives in errors."""
+    module, _, function = spec.partition(':')
     if not module or not function:
-        raise ValueError(f"unknown architecture {arch!r}; known: {MODELS.describe()}, or "
-                         f"<module>:<function>")
+        raise ValueError(f"unknown {what} {spec!r}; known: {known}, or <module>:<function>")
     try:
         build = getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"architecture {arch!r}: {e}") from None
+        raise ValueError(f"{what} {spec!r}: {e}") from None
     made = build()
-    model, preprocess = made if isinstance(made, tuple) else (made, {})
+    return made if isinstance(made, tuple) else (made, {})
+
+
+def _entry_point(arch, num_classes, **_):
+    """`<module>:<function>`: a pretrained model to fine-tune, with its weights. Its classifier
+    is replaced when it predicts another class count; its own input normalisation (mean, std)
+    is kept with it."""
+    model, preprocess = call_entry_point(arch, 'architecture', MODELS.describe())
     if {'mean', 'std'} <= set(preprocess):
         model.input_normalisation = (tuple(preprocess['mean']), tuple(preprocess['std']))
     return with_classes(model, num_classes, arch)

@@ -26,7 +26,6 @@ the stored codes' 2.7%.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from contextlib import contextmanager, nullcontext
@@ -40,7 +39,8 @@ from .crops import INTERPOLATIONS
 from .defaults import TEACHER_PRECISIONS
 from .devices import autocast_dtype
 from .files import load_data
-from .models import IMAGENET_MEAN, IMAGENET_STD, classifier_name, plain_state_dict
+from .models import (IMAGENET_MEAN, IMAGENET_STD, call_entry_point, classifier_name,
+                     plain_state_dict)
 from .registry import Registry
 
 
@@ -84,16 +84,7 @@ def _options(preprocess: dict) -> dict:
 
 def _entry_point(spec: str):
     """`<module>:<function>`: the function returns a model, or (model, preprocessing dict)."""
-    module, _, function = spec.partition(':')
-    if not function:
-        raise ValueError(f"teacher {spec!r}: expected one of {TEACHERS.describe()} or "
-                         f"<module>:<function>")
-    try:
-        build = getattr(importlib.import_module(module), function)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"teacher entry point {spec!r}: {e}") from None
-    made = build()
-    model, options = made if isinstance(made, tuple) else (made, {})
+    model, options = call_entry_point(spec, 'teacher', TEACHERS.describe())
     return model, Preprocess(**_options(options))
 
 

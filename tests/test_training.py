@@ -251,23 +251,34 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fkd_options, tmp_path
     assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
 
 
-def test_kill_mid_pass_then_resume_from_the_command_line(labelled, tmp_path):
-    folder = tmp_path / 'run'
+def fkd_command(labelled, folder, epochs):
+    """The command line of a small FKD run (K = 2) in `folder`."""
     train, val = labelled
-    command = [sys.executable, str(REPO / 'train_imagenet.py'),
-               f'--data.train_dataset={train}', f'--data.val_dataset={val}',
-               '--model.arch=small_resnet', '--model.width=8', '--model.depth=1',
-               '--training.mode=fkd', '--fkd.num_crops=2', '--training.epochs=6',
-               '--training.batch_size=32', '--training.precision=fp32',
-               '--validation.resolution=32', '--validation.ratio=1',
-               '--resolution.min_res=32', '--resolution.max_res=32',
-               '--logging.progress=false', f'--logging.folder={folder}']
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    return [sys.executable, str(REPO / 'train_imagenet.py'),
+            f'--data.train_dataset={train}', f'--data.val_dataset={val}',
+            '--model.arch=small_resnet', '--model.width=8', '--model.depth=1',
+            '--training.mode=fkd', '--fkd.num_crops=2', f'--training.epochs={epochs}',
+            '--training.batch_size=32', '--training.precision=fp32',
+            '--validation.resolution=32', '--validation.ratio=1',
+            '--resolution.min_res=32', '--resolution.max_res=32',
+            '--logging.progress=false', f'--logging.folder={folder}']
+
+
+def started_until_first_checkpoint(command, folder, **pipes):
+    """The command started, once its first checkpoint is there (within 4 minutes)."""
+    process = subprocess.Popen(command, text=True, **pipes)
     deadline = time.monotonic() + 240
     while not (folder / 'checkpoint.pt').exists() and process.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    return process
+
+
+def test_kill_mid_pass_then_resume_from_the_command_line(labelled, tmp_path):
+    folder = tmp_path / 'run'
+    command = fkd_command(labelled, folder, 6)
+    process = started_until_first_checkpoint(command, folder, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT)
     time.sleep(1.0)  # into the second pass
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -318,21 +329,9 @@ def test_a_batch_too_large_names_the_largest_that_works(labelled, fkd_options, t
 
 def test_ctrl_c_says_what_was_kept_and_the_resume_says_where_it_starts(labelled, tmp_path):
     folder = tmp_path / 'run'
-    train, val = labelled
-    command = [sys.executable, str(REPO / 'train_imagenet.py'),
-               f'--data.train_dataset={train}', f'--data.val_dataset={val}',
-               '--model.arch=small_resnet', '--model.width=8', '--model.depth=1',
-               '--training.mode=fkd', '--fkd.num_crops=2', '--training.epochs=8',
-               '--training.batch_size=32', '--training.precision=fp32',
-               '--validation.resolution=32', '--validation.ratio=1',
-               '--resolution.min_res=32', '--resolution.max_res=32',
-               '--logging.progress=false', f'--logging.folder={folder}']
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    deadline = time.monotonic() + 240
-    while not (folder / 'checkpoint.pt').exists() and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    command = fkd_command(labelled, folder, 8)
+    process = started_until_first_checkpoint(command, folder, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
