@@ -96,14 +96,29 @@ def landscapes(count: int = 0) -> list:
     return photos[:count] if count else photos
 
 
-def make_photo_tree(root: Path, photos: int = 0) -> int:
-    """Four variants of each landscape (the first `photos`; 0: all) under root/train/<scene>,
-    the scene being the file name without its digits; returns the number of files."""
+def scene_of(photo: Path) -> str:
+    """A landscape's scene: its file name without digits and photographer."""
+    return re.sub(r'[\d+-].*', '', photo.stem) or 'misc'
+
+
+def make_photo_tree(root: Path, photos: int = 0, val_every: int = 0,
+                    min_photos: int = 0) -> int:
+    """Four variants of each landscape (the first `photos`; 0: all) under root/train/<scene>;
+    returns the number of files. With `val_every` n, every n-th photo of a scene goes to
+    root/val/<scene> instead, its four variants together (a split by photo, not by file);
+    `min_photos` leaves out scenes with fewer photos."""
     chosen = landscapes(photos)
-    from PIL import Image
+    counts = {}
     for photo in chosen:
-        scene = re.sub(r'[\d+-].*', '', photo.stem) or 'misc'
-        out = root / 'train' / scene
+        counts[scene_of(photo)] = counts.get(scene_of(photo), 0) + 1
+    chosen = [p for p in chosen if counts[scene_of(p)] >= min_photos]
+    from PIL import Image
+    seen = {}
+    for photo in chosen:
+        scene = scene_of(photo)
+        seen[scene] = seen.get(scene, 0) + 1
+        split = 'val' if val_every and seen[scene] % val_every == 0 else 'train'
+        out = root / split / scene
         out.mkdir(parents=True, exist_ok=True)
         im = Image.open(photo).convert('RGB')
         w, h = im.size

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 from argparse import ArgumentParser
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -157,7 +158,10 @@ def load_config(description: str, aliases: Optional[dict] = None):
     Later files win, and the command line wins over the files."""
     config = get_current_config()
     if {'-h', '--help'} & set(sys.argv[1:]):
-        print(plain_help(description, config, aliases or {}))
+        try:
+            print(plain_help(description, config, aliases or {}), flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     if aliases:
         sys.argv[1:] = [aliases.get(arg, arg) for arg in sys.argv[1:]]
