@@ -65,8 +65,8 @@ def train() -> int:
 
 # ------------------------------------------------------------------------------ fkd-write
 
-FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 TEACHER_RECORDS = 500  # --labels.num_records=0 with a teacher: FKD's N (docs/soft_labels.md)
+
 
 def drop_records(beton: Path, out: Path, options: dict) -> None:
     """Write `out`: `beton` without its crop record fields (to label it again)."""
@@ -138,7 +138,7 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
     if labels['beton']:
         return label(labels, write, Path(labels['beton']))
     fashion = data['source'] == 'fashion-mnist'
-    root = data['root'] or FASHION_MNIST_DIR  # options.check_writing: a folder names its root
+    root = data['root'] or defaults.FASHION_MNIST_DIR  # a folder names its root (checked)
     # Imported here so that option errors and --help answer without loading ffcv (seconds).
     from .fields import image_fields
     from .sources import FashionMNISTSource, ImageFolderSource
@@ -186,7 +186,8 @@ def _declare_writing_sections() -> None:
     Section('data', 'what to write and where').params(
         source=Param(OneOf(['fashion-mnist', 'folder']), 'fashion-mnist (Debian package) or an '
                      'ImageFolder tree <root>/<split>/<class>/<image>', default='fashion-mnist'),
-        root=Param(str, f'data set root (fashion-mnist: {FASHION_MNIST_DIR})', default=''),
+        root=Param(str, f'data set root (fashion-mnist: {defaults.FASHION_MNIST_DIR})',
+                   default=''),
         split=Param(OneOf(['train', 'val', 'all']), 'split to write', default='all'),
         out_dir=Param(str, 'folder for the betons', default='data'),
         name=Param(str, 'file name prefix (default: fashion_mnist, or the root folder name)',

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .defaults import MAX_PIXELS
+from .defaults import FASHION_MNIST_DIR, MAX_PIXELS
 
 MAX_SIDE = 65535  # FFCV stores image sides as uint16
 from .writer import BadSample
@@ -199,7 +199,6 @@ class ImageFolderSource:
         return str(self.root / self.samples[index][0])
 
 
-FASHION_MNIST_DIR = Path('/usr/share/datasets/fashion-mnist')
 FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
                          'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 _FASHION_MNIST_FILES = {'train': 'train', 'val': 't10k'}
