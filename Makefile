@@ -13,11 +13,12 @@ setup:
 demo: setup
 	$(PY) -m fkd_ffcv.demo
 
-# The same path, small (CI runs this next to the tests), and the two command lines' writing path.
+# The same path, small (CI runs this next to the tests), through the installed commands
+# (.venv has the package installed in place), and the checkout's writing script.
 smoke: setup
-	$(PY) -m fkd_ffcv.demo --smoke
+	.venv/bin/fkd-demo --smoke
 	$(PY) write_dataset.py --data.out_dir=build/smoke --data.subset=2000
-	$(PY) -m fkd_ffcv.inspect build/smoke/fashion_mnist_train.beton --read $(WHOLE_32PX)
+	.venv/bin/fkd-inspect build/smoke/fashion_mnist_train.beton --read $(WHOLE_32PX)
 
 test: setup
 	$(PY) -m pytest -q tests

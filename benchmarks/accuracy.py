@@ -3,7 +3,7 @@
     python -m benchmarks.accuracy [--seeds 3] [--teacher-epochs 16] [--out FILE.md]
 
 Uses the demo's data (`make demo` first: build/demo). Every student has the demo's recipe
-(small_configs/fashion_mnist_*.yaml) with only the seed, data and epochs changed. Two
+(fkd_ffcv/small_configs/fashion_mnist_*.yaml) with only the seed, data and epochs changed. Two
 experiments:
 
 1. the demo's setting: the demo's teacher, the 10,000 training images it was trained on,
@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, precision_of, versions
+from benchmarks.common import versions
+from fkd_ffcv.devices import machine, precision_of
 from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
 
 # (row name, recipe, overrides): the three students, and two diagnostics of the FKD-vs-plain

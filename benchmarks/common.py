@@ -34,7 +34,6 @@ import torch
 
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import BOX_UNITS, sample_records
-from fkd_ffcv.devices import cpu_has_bf16
 from fkd_ffcv.fields import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, LABEL_FIELD,
                              image_fields, soft_label_fields)
 from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
@@ -48,28 +47,6 @@ IMAGES_PER_BATCH = 64  # images decoded per batch, on every path of the loader b
 
 
 # ------------------------------------------------------------------------- the machine
-
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it ('AMD EPYC', 'Intel(R) Xeon(R) ...')."""
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
-
-
-def machine() -> str:
-    """Where a table was measured: the GPU (with CUDA), the CPU model, the cores this process
-    may use, and whether torch computes bf16 on this CPU (precision auto = bf16 there)."""
-    bf16 = 'yes' if cpu_has_bf16() else 'no'
-    text = f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, bf16 on this CPU: {bf16}"
-    if torch.cuda.is_available():
-        text = f"{torch.cuda.get_device_name()}; {text}"
-    return text
-
 
 def versions(*packages: str) -> str:
     """'Python 3.11.7, torch 2.14.1, ...' for the named distributions."""
@@ -294,9 +271,3 @@ def interleaved_rates(paths: dict, repeats: int) -> dict:
                                for name, (make_iter, _) in paths.items()}, repeats)
     return {name: statistics.median(crops / t for t in times[name])
             for name, (_, crops) in paths.items()}
-
-
-def precision_of(summaries) -> str:
-    """The precision the runs trained in ('bf16', 'fp32', or several joined by '/')."""
-    found = sorted({s.get('precision', 'not recorded') for s in summaries})
-    return '/'.join(found)

@@ -5,7 +5,7 @@ epoch budgets, plain training and FKD, one model, resolution and data set.
 
 Uses the demo's data and teacher labels (`make demo` first: build/demo): the small_resnet
 student (width 16, depth 1) at 32 px on 10,000 Fashion-MNIST images with the demo's recipes
-(small_configs/fashion_mnist_{plain,fkd}.yaml), only the epoch budget changed (the cyclic
+(fkd_ffcv/small_configs/fashion_mnist_{plain,fkd}.yaml), only the epoch budget changed (the cyclic
 schedule stretches with it). FKD replays the demo's 4 records per image, so budgets above 4
 epochs reuse each record epochs / 4 times. Writes markdown and a PNG; the table names the
 machine (CPU model, bf16) and precision, on which its top-1 values depend.
@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, precision_of, versions
+from benchmarks.common import versions
+from fkd_ffcv.devices import machine, precision_of
 from fkd_ffcv.recipes import recipe, run_or_reuse
 
 

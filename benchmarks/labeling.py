@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import interleaved_times, landscapes, machine, versions
+from benchmarks.common import interleaved_times, landscapes, versions
+from fkd_ffcv.devices import machine
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import cut_crops, sample_records
 from fkd_ffcv.fields import image_fields

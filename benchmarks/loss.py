@@ -11,7 +11,8 @@ import time
 
 import torch
 
-from benchmarks.common import machine, versions
+from benchmarks.common import versions
+from fkd_ffcv.devices import machine
 from fkd_ffcv.soft_labels import LabelSpec, recover, soft_cross_entropy
 
 

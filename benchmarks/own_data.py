@@ -11,12 +11,14 @@ reused (delete the work folder to start again). About 25 minutes on 2 CPU cores.
 """
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, machine, make_photo_tree, versions
+from benchmarks.common import REPO, make_photo_tree, versions
+from fkd_ffcv.devices import machine
 
 
 def commands(python: str) -> list:
@@ -61,7 +63,7 @@ def main():
             continue
         print(f"$ {command}", flush=True)
         started = time.perf_counter()
-        subprocess.run(command.split(), cwd=work, check=True)
+        subprocess.run(shlex.split(command), cwd=work, check=True)
         seconds[name] = time.perf_counter() - started
     timings = work / 'seconds.json'  # kept across reruns that reuse finished steps
     seconds = {**(json.loads(timings.read_text()) if timings.exists() else {}), **seconds}

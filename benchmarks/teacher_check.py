@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import landscapes, machine, versions
+from benchmarks.common import landscapes, versions
+from fkd_ffcv.devices import machine
 from fkd_ffcv.teachers import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
 
 PHOTOS = Path('/usr/share/doc/opencv-doc/examples/data')

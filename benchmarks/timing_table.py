@@ -40,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import REPO, OriginalFKDPath, export_original_files, machine, versions
+from benchmarks.common import REPO, OriginalFKDPath, export_original_files, versions
+from fkd_ffcv.devices import machine
 from fkd_ffcv.fields import image_fields
 from fkd_ffcv.labeling import LabelingSettings, label_beton
 from fkd_ffcv.models import build_model, save_weights

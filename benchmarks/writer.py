@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import interleaved_times, machine, make_photo_tree, versions
+from benchmarks.common import interleaved_times, make_photo_tree, versions
+from fkd_ffcv.devices import machine
 from fkd_ffcv.fields import image_fields
 from fkd_ffcv.sources import ImageFolderSource
 from fkd_ffcv.writer import write_beton

@@ -68,7 +68,7 @@ def unknown_keys(data: dict, known: Iterable[Tuple[str, ...]]) -> List[str]:
                     continue  # a value: its option's own check judges it
                 if isinstance(value, dict):
                     walk(value, path)
-                else:
+                elif value is not None:  # `model:` with nothing under it is an empty section
                     name = '.'.join(path)
                     errors.append(f"{name} is a section: give its keys ({name}: {{key: value}}), "
                                   f"not {value!r}")

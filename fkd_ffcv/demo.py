@@ -42,17 +42,6 @@ def curve(folder: Path) -> tuple:
     return tuple(zip(*points))
 
 
-def machine() -> str:
-    """The CPU, its cores, and whether torch computes bf16 on it (precision auto uses it):
-    the demo's numbers repeat on the same machine, not across machines (docs/results.md)."""
-    import os
-    from .devices import cpu_has_bf16
-    cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-                if line.startswith('model name')), 'unknown CPU')
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, bf16 on this CPU: "
-            f"{'yes' if cpu_has_bf16() else 'no'}")
-
-
 def report(out: Path, summaries: dict, folders: dict) -> str:
     labelling = json.loads((out / 'labelling.json').read_text()) \
         if (out / 'labelling.json').exists() else None
@@ -68,8 +57,8 @@ def report(out: Path, summaries: dict, folders: dict) -> str:
     if labelling:
         lines.append(f"| labelling {labelling['records']} crop records per image (once) | | | "
                      f"| {labelling['seconds']:.0f} | |")
-    precision = '/'.join(sorted({s.get('precision', 'not recorded') for s in summaries.values()}))
-    table = '\n'.join(lines + ['', f"{machine()}; precision {precision}."])
+    from .devices import machine, precision_of
+    table = '\n'.join(lines + ['', f"{machine()}; precision {precision_of(summaries.values())}."])
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

@@ -69,6 +69,9 @@ def _drop_numba_finalizer_noise(unraisable, previous=sys.unraisablehook):
 sys.unraisablehook = _drop_numba_finalizer_noise
 
 
+_NOTED = set()  # (threads asked for, cores there are) already said
+
+
 class LoaderError(RuntimeError):
     """A loader's worker thread failed; the cause is chained."""
 
@@ -192,10 +195,13 @@ class Loader(ffcv.loader.Loader):
     again."""
 
     def __init__(self, fname, batch_size: int, num_workers: int = -1, *args, **kwargs):
-        available = nb.config.NUMBA_NUM_THREADS  # numba refuses more threads than this
+        # numba refuses more threads than NUMBA_NUM_THREADS; the process may use fewer cores
+        available = min(nb.config.NUMBA_NUM_THREADS, len(os.sched_getaffinity(0)))
         if num_workers > available:
-            print(f"note: {num_workers} loader threads asked for, {available} available here "
-                  f"(cores numba may use); using {available}", file=sys.stderr)
+            if (num_workers, available) not in _NOTED:  # once, not per loader
+                _NOTED.add((num_workers, available))
+                print(f"note: {num_workers} loader threads asked for, {available} cores here; "
+                      f"using {available}", file=sys.stderr)
             num_workers = available
         super().__init__(fname, batch_size, num_workers, *args, **kwargs)
         self._buffers = {}

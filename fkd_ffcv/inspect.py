@@ -1,4 +1,5 @@
-"""`python -m fkd_ffcv.inspect <beton> [--read]`: what a beton holds, and whether it reads back.
+"""`fkd-inspect <beton> [--read]` (or `python -m fkd_ffcv.inspect`): what a beton holds, and
+whether it reads back.
 
 Prints the fields, sample and class counts, the source and write options from the manifest, any
 skipped inputs, and for crop records: records per image, label type, teacher(s), bytes per
@@ -12,18 +13,22 @@ import argparse
 import sys
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
-from ffcv.fields.rgb_image import IMAGE_MODES
 
-from .beton import Beton
-from ffcv.types import ALLOC_TABLE_TYPE
+from .defaults import CLASSES_FIELD, IMAGE_FIELD, LABEL_FIELD
 
-from .fields import CLASSES_FIELD, IMAGE_FIELD, LABEL_FIELD, RECORD_FIELDS
-from .soft_labels import top1_agreement
+if TYPE_CHECKING:
+    from .beton import Beton
+# ffcv, torch and the rest are imported where they are used: `--help` and a missing file answer
+# in a fraction of a second.
 
 
 def describe_soft_labels(beton: Beton, info: dict, epochs: int) -> list:
+    from ffcv.types import ALLOC_TABLE_TYPE
+    from .fields import RECORD_FIELDS
+    from .soft_labels import top1_agreement
     n = info['num_records']
     per_image = sum(beton.fields[name].element_size for name in RECORD_FIELDS)
     # each per-image field also costs a metadata pointer and an allocation-table row
@@ -66,6 +71,7 @@ def describe(beton: Beton, epochs: int = 0) -> str:
                      f"min {min(per_class, default=0)}, max {max(per_class, default=0)}")
     if IMAGE_FIELD in beton.fields:
         meta = beton.field_metadata(IMAGE_FIELD)
+        from ffcv.fields.rgb_image import IMAGE_MODES
         jpg = int((meta['mode'] == IMAGE_MODES['jpg']).sum())
         lines.append(f"  images: {jpg} JPEG, {len(meta) - jpg} raw; sides "
                      f"{int(meta['height'].min())}-{int(meta['height'].max())} x "
@@ -115,7 +121,8 @@ def read_back(beton: Beton, batch_size: int, resolution: int, ratio: float,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m fkd_ffcv.inspect', description=__doc__,
+    import os
+    parser = argparse.ArgumentParser(prog='fkd-inspect', description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('beton')
     parser.add_argument('--read', action='store_true', help='read every image back')
@@ -127,6 +134,10 @@ def main(argv=None) -> int:
     parser.add_argument('--epochs', type=int, default=0,
                         help='warn if a run of this many epochs would reuse crop records')
     args = parser.parse_args(argv)
+    if not os.path.isfile(args.beton):  # before ffcv loads (seconds)
+        print(f"error: {args.beton}: no such beton file", file=sys.stderr)
+        return 1
+    from .beton import Beton
     try:
         beton = Beton(args.beton)
         print(describe(beton, args.epochs))

@@ -223,7 +223,10 @@ def call_entry_point(spec: str, what: str, known: str) -> tuple:
         build = getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"{what} {spec!r}: {e}") from None
-    made = build()
+    try:
+        made = build()
+    except ImportError as e:  # a package the entry point needs (efficientnet_lite0: .[teacher])
+        raise ValueError(f"{what} {spec!r} needs a package that is not installed: {e}") from None
     return made if isinstance(made, tuple) else (made, {})
 
 
@@ -307,9 +310,9 @@ def plain_state_dict(checkpoint) -> dict:
 
 def start_from(model: nn.Module, path) -> list:
     """Load the weights in `path` (a trainer's final_weights.pt, a torchvision or other
-    state-dict checkpoint) into `model`; tensors whose shape differs (the classifier, when
-    the class counts differ) keep their fresh values. Returns their names. Names missing on
-    either side are refused, with the first few listed."""
+    state-dict checkpoint) into `model`; the classifier's tensors keep their fresh values when
+    their shape differs (another class count). Returns their names. Names missing on either
+    side, or other tensors of another shape, are refused, the first few named."""
     from .files import load_data
     state = plain_state_dict(load_data(path))
     own = model.state_dict()
@@ -319,6 +322,12 @@ def start_from(model: nn.Module, path) -> list:
         raise ValueError(f"{path} does not fit the model: missing {missing[:4]}, unexpected "
                          f"{extra[:4]} ({len(missing)} and {len(extra)} in all)")
     fresh = [k for k, v in state.items() if v.shape != own[k].shape]
+    head = classifier_name(model)
+    other = [k for k in fresh if head is None or not k.startswith(head + '.')]
+    if other:
+        raise ValueError(f"{path} does not fit the model: {len(other)} tensor(s) of other shapes "
+                         f"besides the classifier, e.g. {other[0]} {tuple(state[other[0]].shape)} "
+                         f"against {tuple(own[other[0]].shape)}")
     model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
     return fresh
 

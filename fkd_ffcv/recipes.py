@@ -32,8 +32,12 @@ def recipe(path_or_name, overrides: Optional[dict] = None) -> dict:
     problems = unknown_keys(data, known)
     if problems:
         raise ValueError(f"{path}: {'; '.join(problems)}")
-    flat = {f'{section}.{key}': value for section, values in data.items()
-            for key, value in values.items()}
+    flat = {}
+    for section, values in data.items():  # sections of keys, or 'section.key' at the top
+        if isinstance(values, dict):
+            flat.update({f'{section}.{key}': value for key, value in values.items()})
+        elif values is not None:
+            flat[section] = values
     return options({**flat, **(overrides or {})})
 
 

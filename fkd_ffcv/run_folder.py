@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .files import atomic_write, load_data
+from .options import PARAMS
 from .errors import TrainingError
 
 CHECKPOINT_FORMAT = 'fkd-ffcv checkpoint 1'
@@ -67,9 +68,10 @@ class RunFolder:
             raise TrainingError(str(e)) from None
         if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
             raise TrainingError(f"{self.checkpoint} is not a fkd-ffcv checkpoint")
+        recorded = state['options']
         changed = [f'{s}.{k}' for s, values in opts.items() for k, v in values.items()
-                   if (s, k) not in RESUMABLE_CHANGES
-                   and state['options'].get(s, {}).get(k) != v]
+                   if (s, k) not in RESUMABLE_CHANGES  # options added since: their default
+                   and recorded.get(s, {}).get(k, PARAMS[s][1][k].default) != v]
         if changed:
             raise TrainingError(f"--resume: options differ from the checkpointed run's: "
                                 f"{', '.join(changed)} (resume with the same options)")

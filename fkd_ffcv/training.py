@@ -237,6 +237,7 @@ class Trainer:
         state = None
         if t['resume']:
             state = self.folder.read_checkpoint(self.opts, self.world_size, self.device)
+            self.passes_done = state['passes_done']  # what a Ctrl-C from here on keeps
         elif self.folder.checkpoint.exists():
             raise TrainingError(f"{self.folder.path} already holds a run; continue it with "
                                 f"--resume or choose another --logging.folder")
@@ -529,6 +530,8 @@ def interrupted(trainer, argv) -> str:
                 f"with: {command}")
     if '--resume' not in argv and '--training.resume=true' not in argv:
         command += ' --resume'
+    if trainer.world_size > 1:
+        command = f"the same torchrun command ({trainer.world_size} processes) with --resume"
     return (f"interrupted: {trainer.folder.checkpoint} holds {done} of {trainer.passes} passes "
             f"(epoch {done * trainer.num_crops}); continue with: {command}")
 

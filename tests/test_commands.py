@@ -70,3 +70,15 @@ def test_progress_bars_stay_out_of_logs():
     from fkd_ffcv.progress import bar
     assert bar(True, total=3).disable  # stderr is not a terminal under pytest
     assert bar(False, total=3).disable
+
+
+def test_recipes_take_sections_or_dotted_keys_and_refuse_unknown_ones(tmp_path):
+    from fkd_ffcv.recipes import recipe
+    (tmp_path / 'a.yaml').write_text('training.epochs: 8\nmodel:\nlr: {lr: 0.05}\n')
+    opts = recipe(tmp_path / 'a.yaml', {'lr.peak_epoch': 1.0})
+    assert (opts['training']['epochs'], opts['lr']['lr'], opts['lr']['peak_epoch']) == \
+        (8, 0.05, 1.0)
+    assert recipe('plain')['training']['mode'] == 'plain'  # the demo's, from the package
+    (tmp_path / 'b.yaml').write_text('training: {epoch: 4}\n')
+    with pytest.raises(ValueError, match='training.epoch; did you mean training.epochs'):
+        recipe(tmp_path / 'b.yaml')

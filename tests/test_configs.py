@@ -43,7 +43,18 @@ def test_recipe_is_valid(path):
 
 @pytest.mark.parametrize('path', WRITE_RECIPES, ids=lambda p: p.name)
 def test_write_recipe_is_valid(path):
-    """write_dataset.py checks a recipe's keys before --help answers."""
-    done = subprocess.run([sys.executable, 'write_dataset.py', '--config-file', str(path),
-                           '--help'], capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert done.returncode == 0, done.stderr
+    """Every key of a writing recipe names an option of write_dataset.py (an unknown one is
+    refused with exit 2 before anything runs: shown with a misspelt copy)."""
+    bad = path.parent / f'.{path.stem}-misspelt.yaml'
+    bad.write_text(path.read_text() + '\nwrite:\n  jpeg_qualty: 80\n')
+    try:
+        done = [subprocess.run([sys.executable, 'write_dataset.py', '--config-file', str(p),
+                                '--data.split=val', '--data.source=folder',
+                                '--data.root=/nonexistent'],
+                               capture_output=True, text=True, cwd=REPO, timeout=60)
+                for p in (path, bad)]
+    finally:
+        bad.unlink()
+    assert done[0].returncode == 2 and '/nonexistent: no such directory' in done[0].stderr
+    assert done[1].returncode == 2 and 'jpeg_qualty; did you mean write.jpeg_quality' in \
+        done[1].stderr

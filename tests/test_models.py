@@ -145,3 +145,30 @@ def test_unknown_architectures_are_named_with_the_known_ones():
     for arch in ('resnet5', 'nowhere:model', 'test_models:nothing'):
         with pytest.raises(ValueError, match=f"unknown architecture '{arch}'; known: .*resnet18"):
             check_arch(arch)
+
+
+def needs_a_missing_package():
+    import importlib
+    return importlib.import_module('not_installed_anywhere')
+
+
+def test_an_export_of_an_entry_point_model_is_a_teacher_with_its_normalisation(tmp_path):
+    from fkd_ffcv.models import input_normalisation, save_weights
+    from fkd_ffcv.teachers import Teacher
+    model = build_model('test_models:pretrained_toy', 3)
+    mean, std = input_normalisation(model)
+    save_weights(tmp_path / 'w.pt', model, {'arch': 'test_models:pretrained_toy'}, list('abc'),
+                 {'input_size': 16, 'mean': list(mean), 'std': list(std)})
+    teacher = Teacher(f"checkpoint:{tmp_path / 'w.pt'}")
+    assert teacher.num_classes == 3 and teacher.preprocess[0].std == (0.25, 0.25, 0.25)
+    assert torch.equal(teacher.models[0][3].weight, model[3].weight)
+    with pytest.raises(ValueError, match="needs a package that is not installed"):
+        build_model('test_models:needs_a_missing_package', 3)
+
+
+def test_weights_of_another_shape_beyond_the_classifier_are_refused(tmp_path):
+    from fkd_ffcv.models import save_weights
+    save_weights(tmp_path / 'w.pt', build_model('small_resnet', 10, width=4, depth=1),
+                 {'arch': 'small_resnet'}, list('abcdefghij'), {'input_size': 32})
+    with pytest.raises(ValueError, match='other shapes besides the classifier, e.g. stem'):
+        build_model('small_resnet', 10, width=8, depth=1, weights=str(tmp_path / 'w.pt'))

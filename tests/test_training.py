@@ -371,3 +371,17 @@ def test_fine_tuning_starts_from_weights_and_trains_only_the_head_first(plain_ru
     now = dict(trainer.model.named_parameters())
     assert not torch.equal(now[body[0]], begin[body[0]])  # the second epoch moved the body
     assert Teacher(f"checkpoint:{tmp_path / 'run' / 'final_weights.pt'}").num_classes == 10
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes(fkd_run, fkd_options, tmp_path):
+    """Options added later (model.weights, model.head_epochs) count as their defaults in an
+    older checkpoint, which therefore still resumes."""
+    folder = tmp_path / 'run'
+    folder.mkdir()
+    state = torch.load(fkd_run[0] / 'checkpoint.pt', weights_only=True)
+    state['options'] = fkd_options(folder)
+    for key in ('weights', 'head_epochs'):
+        del state['options']['model'][key]
+    torch.save(state, folder / 'checkpoint.pt')
+    summary = Trainer(fkd_options(folder, training__resume=True)).run()
+    assert summary['top1'] == fkd_run[1]['top1']  # every pass was done: the same model
