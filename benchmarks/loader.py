@@ -27,9 +27,10 @@ from pathlib import Path
 import cv2
 
 from benchmarks.common import (IMAGES_PER_BATCH, SIDE, export_original_files, interleaved_times,
-                               labelled_photos, machine, one_pass, original_path, versions)
+                               labelled_photos, one_pass, original_path, versions)
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import box_pixels, sample_records
+from fkd_ffcv.devices import machine
 from fkd_ffcv.loaders import FKDLoader, OrderOption
 
 

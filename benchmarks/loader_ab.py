@@ -24,8 +24,8 @@ from pathlib import Path
 
 import fkd_ffcv.loaders
 from benchmarks.common import (IMAGES_PER_BATCH, REPO, SIDE, export_original_files,
-                               interleaved_rates, labelled_photos, machine, original_path,
-                               versions)
+                               interleaved_rates, labelled_photos, original_path, versions)
+from fkd_ffcv.devices import machine
 
 
 def package_at(revision: str, folder: Path):

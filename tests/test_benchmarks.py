@@ -11,6 +11,7 @@ import torch
 
 from benchmarks import common, timing_table
 from conftest import REPO
+from fkd_ffcv.devices import machine
 
 SCRIPTS = sorted(p.stem for p in (REPO / 'benchmarks').glob('*.py') if p.stem != '__init__')
 
@@ -21,15 +22,6 @@ def test_scripts_import_as_modules_of_the_package(name):
     assert 'sys.path' not in text
     assert 'fkd_ffcv.demo' not in text and 'import demo' not in text
     importlib.import_module(f'benchmarks.{name}')
-
-
-def test_machine_line_names_the_cpu_and_its_bf16(monkeypatch):
-    line = common.machine()
-    assert line.startswith(f'{common.cpu_model()}, ')
-    monkeypatch.setattr(common, 'cpu_has_bf16', lambda: True)
-    assert common.machine().endswith('bf16 on this CPU: yes')
-    monkeypatch.setattr(common, 'cpu_has_bf16', lambda: False)
-    assert common.machine().endswith('bf16 on this CPU: no')
 
 
 def test_interleaved_times_alternate_the_entries_after_a_warm_up():
@@ -67,7 +59,7 @@ def test_results_are_written_as_rows_finish_even_without_matplotlib(tmp_path, mo
     text = timing_table.table(rows, timing_table.PRESETS['gpu'], None, ['fkd8'])
     timing_table.save(tmp_path / 'out', 'timing_gpu', rows, text)
     written = (tmp_path / 'out' / 'timing_gpu.md').read_text()
-    assert common.machine() in written.splitlines()[0]
+    assert machine() in written.splitlines()[0]
     assert '| FKD, K=4 | 1.00 | 0.50x | 200 | 0% |' in written
     assert 'Not measured (time limit): FKD, K=8.' in written
     assert json.loads((tmp_path / 'out' / 'timing_gpu.json').read_text()) == rows

@@ -71,3 +71,12 @@ def test_compiled_models_get_one_static_graph_per_input_side(monkeypatch):
     trainer.device, trainer.world_size, trainer.num_classes = torch.device('cpu'), 1, 10
     trainer.create_model()
     assert compiled == {'dynamic': False}  # progressive resizing: a graph per side
+
+
+def test_machine_line_names_the_cpu_and_its_bf16(monkeypatch):
+    assert devices.machine().startswith(f'{devices.cpu_model()}, ')
+    monkeypatch.setattr(devices, 'cpu_has_bf16', lambda: True)
+    assert devices.machine().endswith('bf16 on this CPU: yes')
+    monkeypatch.setattr(devices, 'cpu_has_bf16', lambda: False)
+    assert devices.machine().endswith('bf16 on this CPU: no')
+    assert devices.precision_of([{'precision': 'bf16'}, {}]) == 'bf16/not recorded'
