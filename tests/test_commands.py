@@ -82,3 +82,13 @@ def test_recipes_take_sections_or_dotted_keys_and_refuse_unknown_ones(tmp_path):
     (tmp_path / 'b.yaml').write_text('training: {epoch: 4}\n')
     with pytest.raises(ValueError, match='training.epoch; did you mean training.epochs'):
         recipe(tmp_path / 'b.yaml')
+
+
+@pytest.mark.parametrize('script', ['train_imagenet.py', 'write_dataset.py'])
+def test_help_is_plain_text_that_fits_a_log(script):
+    done = subprocess.run([sys.executable, script, '--help'], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert done.returncode == 0
+    assert '\x1b' not in done.stdout and not any(ch in done.stdout for ch in '┌┐└┘│─')
+    assert max(len(line) for line in done.stdout.splitlines()) <= 100
+    assert 'checkpoint:<final_weights.pt>' in done.stdout  # the teacher kinds, listed
