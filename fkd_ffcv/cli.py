@@ -288,8 +288,9 @@ def eval_teacher(argv=None) -> int:
                     'and resized to the teacher\'s input side.')
     parser.add_argument('teacher', help='e.g. checkpoint:runs/teacher/final_weights.pt')
     parser.add_argument('beton', help='a beton with the classes the teacher predicts')
-    parser.add_argument('--ratio', type=float, default=224 / 256,
-                        help='centre crop side / shorter image side (default 0.875)')
+    parser.add_argument('--ratio', type=float, default=0,
+                        help='centre crop side / shorter image side (default: the teacher\'s '
+                             'own, timm\'s crop_pct, else 0.875)')
     parser.add_argument('--resolution', type=int, default=0,
                         help='side fed to the teacher (default: its own input size)')
     parser.add_argument('--batch-size', type=int, default=256)
@@ -315,5 +316,5 @@ def eval_teacher(argv=None) -> int:
         return 1
     print(f"{args.teacher} on {args.beton}: top-1 {result['top1']:.2%}  top-5 "
           f"{result['top5']:.2%}  ({result['images']} images at {result['resolution']} px, "
-          f"ratio {args.ratio:.3f})")
+          f"ratio {result['ratio']:.3f})")
     return 0

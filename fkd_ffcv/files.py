@@ -11,8 +11,19 @@ from typing import Callable, IO
 def load_data(path, map_location='cpu'):
     """`torch.load` of a file that may hold only tensors and plain Python data (weights_only).
     Anything else in a pickle could run code while it loads; such a file is refused with its
-    name (ValueError)."""
+    name (ValueError). A .safetensors file (timm's and the Hugging Face hub's format) holds
+    only tensors by design and is read with safetensors."""
     import torch
+    if str(path).endswith('.safetensors'):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ValueError(f"{path}: reading .safetensors files needs `pip install "
+                             f"safetensors`") from None
+        try:
+            return load_file(str(path), device=str(map_location))
+        except Exception as e:  # safetensors' own error types: a damaged or other file
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -1,9 +1,10 @@
-"""Student models: torchvision ResNets, a small ResNet family for 32 px inputs, and a ViT whose
-position embeddings follow the input size; plus BlurPool and the export of plain weights.
+"""Student models: torchvision ResNets, a small ResNet family for 32 px inputs, any timm model
+(`timm:<name>`, timm_models.py), pretrained entry points; plus BlurPool and the export of plain
+weights.
 
 `build_model(arch, num_classes, ...)` is the one constructor the trainer calls; it takes the
 builder registered in `MODELS` under the name (or a 'family:' prefix of it), so a new family
-(timm, SReT) registers its builder and needs no edit elsewhere. Exported
+(SReT) registers its builder and needs no edit elsewhere. Exported
 weights (`export_state_dict`) carry no BlurPool, DDP or torch.compile names, so a torchvision
 architecture's export loads into the plain torchvision model. `save_weights` / `load_weights`
 keep them in a file that also records how to rebuild and feed the model (a trainer's
@@ -12,7 +13,6 @@ keep them in a file that also records how to rebuild and feed the model (a train
 from __future__ import annotations
 
 import importlib
-import math
 import sys
 
 import torch
@@ -25,10 +25,6 @@ from .registry import Registry
 
 MODELS = Registry('architecture')  # name (or 'family:' prefix) -> builder, see build_model
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-VIT_PRESETS = {  # width, depth, heads, patch size
-    'deit_tiny': (192, 12, 3, 16),
-    'deit_small': (384, 12, 6, 16),
-}
 
 
 class BlurPoolConv2d(nn.Module):
@@ -88,90 +84,6 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop a residual branch per sample with probability `p`."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= self.p
-        return x * keep.to(x.dtype) / (1 - self.p)
-
-
-class _Block(nn.Module):
-    def __init__(self, width: int, heads: int, drop_path: float, mlp_ratio: int = 4):
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
-                                 nn.Linear(mlp_ratio * width, width))
-        self.drop_path = DropPath(drop_path)
-
-    def attention(self, x):
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
-
-    def forward(self, x):
-        x = x + self.drop_path(self.attention(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class VisionTransformer(nn.Module):
-    """ViT / DeiT with a class token. Position embeddings are learnt for a grid of
-    `image_size / patch_size` patches and resized bicubically to any other grid, so progressive
-    resizing and validation at another resolution work."""
-
-    def __init__(self, num_classes: int, image_size: int = 224, patch_size: int = 16,
-                 width: int = 192, depth: int = 12, heads: int = 3, drop_path: float = 0.1):
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"ViT width {width} is not a multiple of its {heads} heads")
-        if image_size % patch_size:
-            raise ValueError(f"ViT image size {image_size} is not a multiple of patch size "
-                             f"{patch_size}")
-        self.patch_size = patch_size
-        self.patches = nn.Conv2d(3, width, patch_size, patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        grid = image_size // patch_size
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, width))
-        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.Sequential(*[_Block(width, heads, r) for r in rates])
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, num_classes)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-
-    def position_embedding(self, rows: int, cols: int) -> torch.Tensor:
-        cls, grid = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        side = math.isqrt(grid.shape[1])
-        if (rows, cols) == (side, side):
-            return self.pos_embed
-        grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(rows, cols), mode='bicubic', align_corners=False)
-        return torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
-
-    def forward(self, x):
-        if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is not a multiple of the ViT's "
-                             f"{self.patch_size} px patches")
-        x = self.patches(x)
-        rows, cols = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.blocks(x + self.position_embedding(rows, cols))
-        return self.head(self.norm(x)[:, 0])
-
-
 def _torchvision_resnet(arch, num_classes, *, small_input, **_):
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if small_input:
@@ -189,18 +101,22 @@ def _small_resnet(arch, num_classes, *, width, depth, **_):
     return SmallResNet(num_classes, width, depth)
 
 
-@MODELS.register('vit')
-def _vit(arch, num_classes, *, image_size, patch_size, width, depth, heads, drop_path, **_):
-    return VisionTransformer(num_classes, image_size, patch_size, width, depth, heads, drop_path)
+@MODELS.register('timm:', prefix=True)
+def _timm(arch, num_classes, **options):
+    """`timm:<name>`: any timm model (timm_models.student); it loads --model.weights itself,
+    through timm's loader, which adapts position and patch embeddings to the model's sizes."""
+    from .timm_models import student
+    return student(arch, num_classes, **options)
 
 
-def _vit_preset(arch, num_classes, *, image_size, drop_path, **_):
-    width, depth, heads, patch_size = VIT_PRESETS[arch]
-    return VisionTransformer(num_classes, image_size, patch_size, width, depth, heads, drop_path)
+def _check_timm(arch):
+    from .timm_models import resolve
+    resolve(arch[len('timm:'):])
 
 
-for _arch in VIT_PRESETS:
-    MODELS.register(_arch)(_vit_preset)
+# It loads --model.weights itself, can check a name early, and is built as timm builds it (no
+# BlurPool), so that its export loads into timm unchanged.
+_timm.loads_weights, _timm.check, _timm.blurpool = True, _check_timm, False
 
 
 @MODELS.register('torchvision:', prefix=True)
@@ -247,6 +163,9 @@ def check_arch(arch: str) -> None:
     """Raise ValueError naming the known architectures unless `arch` is one, a
     'torchvision:<name>', or an importable '<module>:<function>' (not called here)."""
     if MODELS.registered(arch):
+        check = getattr(MODELS[arch], 'check', None)  # a family that can tell early (timm)
+        if check:
+            check(arch)
         return
     module, _, function = arch.partition(':')
     try:
@@ -333,19 +252,19 @@ def start_from(model: nn.Module, path) -> list:
 
 
 def build_model(arch: str, num_classes: int, *, small_input: bool = False, width: int = 16,
-                depth: int = 2, heads: int = 3, patch_size: int = 4, image_size: int = 224,
+                depth: int = 2, patch_size: int = 0, image_size: int = 0,
                 drop_path: float = 0.0, blurpool: bool = False, weights: str = '') -> nn.Module:
     """A student from the builder MODELS holds for `arch`: freshly initialised, or started
-    from `weights` (see start_from; an entry point may bring its own). `small_input` gives a
-    torchvision ResNet a CIFAR stem (3x3 stride-1 convolution, no max-pool) for inputs of
-    about 32 px; `width`, `depth`, `heads` and `patch_size` size `small_resnet` and `vit`;
-    `image_size` is the side the ViT's position embeddings are learnt for. A builder takes
-    (arch, num_classes, **these options) and uses the ones it needs."""
+    from `weights` (see start_from; an entry point may bring its own, and a builder marked
+    `loads_weights` loads them itself). `small_input` gives a torchvision ResNet a CIFAR stem
+    (3x3 stride-1 convolution, no max-pool) for inputs of about 32 px; `width` and `depth` size
+    `small_resnet`; `image_size`, `patch_size` (0: the model's own) and `drop_path` go to timm
+    models. A builder takes (arch, num_classes, **these options) and uses the ones it needs."""
     build = MODELS[arch]
     model = build(arch, num_classes, small_input=small_input, width=width, depth=depth,
-                  heads=heads, patch_size=patch_size, image_size=image_size,
-                  drop_path=drop_path)
-    if weights:
+                  patch_size=patch_size, image_size=image_size, drop_path=drop_path,
+                  weights=weights)
+    if weights and not getattr(build, 'loads_weights', False):
         fresh = start_from(model, weights)  # plain names: before any BlurPool wrapper
         if fresh:
             print(f"note: started from {weights}; new (shapes differ): {', '.join(fresh)}",
@@ -354,6 +273,18 @@ def build_model(arch: str, num_classes: int, *, small_input: bool = False, width
         print(f"note: --model.blurpool adds low-pass filters that {arch}'s weights were not "
               f"trained with (--model.blurpool=false keeps their function)", file=sys.stderr)
     return add_blurpool(model) if blurpool else model
+
+
+def takes_blurpool(arch: str) -> bool:
+    """Whether --model.blurpool applies to `arch` (not to a family marked `blurpool = False`)."""
+    return getattr(MODELS[arch], 'blurpool', True)
+
+
+def saved_options(options: dict) -> dict:
+    """build_model's keywords from options recorded by an earlier version (a checkpoint's
+    model_options, an export's 'arch'): 'heads' sized the hand-written ViT that timm's
+    replaced, and is dropped."""
+    return {k: v for k, v in options.items() if k != 'heads'}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -387,11 +318,15 @@ def save_weights(path, model: nn.Module, arch: dict, classes, preprocess: dict,
     """Write plain weights with their architecture options (build_model's keywords, 'arch'
     included), class names and input preprocessing (input_size, interpolation, mean, std),
     atomically. Under 'model' is a plain state dict, so tools that only know torchvision
-    (`torch.load(f)['model']`) read it too; a model trained with BlurPool computes the same
+    (`torch.load(f)['model']`) read it too; a timm model's creation arguments are under
+    'timm'; a model trained with BlurPool computes the same
     function only with the filters put back (`add_blurpool`, as `load_weights` does)."""
     from .files import atomic_write
     saved = {'model': export_state_dict(model), 'arch': arch, 'num_classes': len(classes),
              'classes': list(classes), 'preprocess': preprocess, **extra}
+    timm_args = getattr(unwrap(model), 'timm_args', None)
+    if timm_args:  # timm.create_model(**saved['timm']) + load_state_dict(saved['model'])
+        saved['timm'] = dict(timm_args)
     atomic_write(path, lambda f: torch.save(saved, f))
 
 
@@ -403,7 +338,7 @@ def load_weights(path) -> tuple:
         raise ValueError(f"{path} was not written by save_weights (a trainer's "
                          f"final_weights.pt); for a plain state dict use "
                          f"torchvision:<arch>:{path}")
-    arch = dict(saved['arch'])
+    arch = saved_options(saved['arch'])
     blurpool = arch.pop('blurpool', False)  # the weights carry plain names: wrap after loading
     model = build_model(arch.pop('arch'), saved['num_classes'], **arch)
     model.load_state_dict(saved['model'])

@@ -49,26 +49,27 @@ PARAMS = {
     )),
     'model': ('the student', dict(
         arch=Param(str, 'architecture: a name the model registry knows (resnet18/34/50/101, '
-                   'small_resnet, vit, deit_tiny, deit_small), torchvision:<name>, or '
-                   '<module>:<function> returning a (pretrained) model', default='resnet50'),
+                   'small_resnet), timm:<name>, torchvision:<name>, or <module>:<function> '
+                   'returning a (pretrained) model', default='resnet50'),
         weights=Param(str, 'start from these weights: a final_weights.pt or a state-dict '
-                      'checkpoint (a classifier of another class count starts new)', default=''),
+                      'checkpoint (.pt/.pth/.safetensors; a classifier of another class '
+                      'count starts new)', default=''),
         head_epochs=Param(And(float, InRange(min=0)), 'train only the classifier for the first '
                           'epochs (fine-tuning a pretrained model)', default=0.0),
         num_classes=Param(And(int, InRange(min=0)), 'class count (0: the data set\'s)',
                           default=0),
         small_input=Param(Flag(), 'torchvision ResNets: CIFAR stem for ~32 px inputs',
                           default=False),
-        width=Param(And(int, InRange(min=1)), 'small_resnet base width / vit width',
-                    default=16),
-        depth=Param(And(int, InRange(min=1)), 'small_resnet blocks per stage / vit blocks',
-                    default=2),
-        heads=Param(And(int, InRange(min=1)), 'vit attention heads', default=3),
-        patch_size=Param(And(int, InRange(min=1)), 'vit patch side', default=4),
-        image_size=Param(And(int, InRange(min=1)), 'vit: side its position embeddings are '
-                         'learnt for (others are interpolated)', default=224),
-        drop_path=Param(And(float, InRange(0, 1)), 'vit stochastic depth rate', default=0.0),
-        blurpool=Param(Flag(), 'low-pass filter before strided convolutions', default=True),
+        width=Param(And(int, InRange(min=1)), 'small_resnet base width', default=16),
+        depth=Param(And(int, InRange(min=1)), 'small_resnet blocks per stage', default=2),
+        image_size=Param(And(int, InRange(min=0)), 'timm: img_size, the side a ViT\'s position '
+                         'embeddings are learnt for (0: the model\'s own)', default=0),
+        patch_size=Param(And(int, InRange(min=0)), 'timm: patch side of a ViT (0: the model\'s '
+                         'own)', default=0),
+        drop_path=Param(And(float, InRange(0, 1)), 'timm: stochastic depth rate',
+                        default=0.0),
+        blurpool=Param(Flag(), 'low-pass filter before strided convolutions (not timm models, '
+                       'kept as timm builds them)', default=True),
     )),
     'lr': ('learning rate, per step from a schedule written in epochs', dict(
         lr=Param(And(float, InRange(min=0)), 'peak learning rate', default=0.5),
@@ -190,6 +191,12 @@ def check(opts: dict) -> None:
     weights = opts['model']['weights']
     if weights and not os.path.isfile(weights):
         raise OptionError(f"--model.weights: {weights}: no such file")
+    m = opts['model']
+    timm_only = [f"--model.{key}={m[key]}" for key in ('image_size', 'patch_size', 'drop_path')
+                 if m[key]]
+    if timm_only and not m['arch'].startswith('timm:'):
+        raise OptionError(f"{', '.join(timm_only)}: for timm models (--model.arch=timm:<name>), "
+                          f"not {m['arch']}")
     if opts['model']['head_epochs'] >= t['epochs']:
         raise OptionError(f"--model.head_epochs={opts['model']['head_epochs']} must end before "
                           f"--training.epochs={t['epochs']}")
@@ -319,10 +326,10 @@ def check_writing_paths(data: dict, labels: dict) -> None:
 
 def check_teacher_files(option: str, specs: str) -> None:
     """The files a teacher spec names (checkpoint:<file>, torchscript:<file>,
-    torchvision:<arch>:<file>; teachers.py reads them) must be there."""
+    torchvision:<arch>:<file>, timm:<name>:<file>; teachers.py reads them) must be there."""
     for spec in filter(None, specs.split(',')):
         kind, _, rest = spec.partition(':')
-        path = {'checkpoint': rest, 'torchscript': rest,
-                'torchvision': rest.partition(':')[2]}.get(kind)
+        path = {'checkpoint': rest, 'torchscript': rest, 'torchvision': rest.partition(':')[2],
+                'timm': rest.partition(':')[2]}.get(kind)
         if path and not os.path.isfile(path):
             raise OptionError(f"{option}={spec}: {path}: no such file")

@@ -31,6 +31,20 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+# Options whose default changed: in a run recorded by a version that had the hand-written ViT
+# (its options include model.heads), patch_size and image_size at their old defaults mean the
+# new ones (0: the timm model's own).
+FORMER_DEFAULTS = {('model', 'patch_size'): 4, ('model', 'image_size'): 224}
+
+
+def _current(recorded: dict, section: str, key: str):
+    """The recorded value of an option, as this version would record it."""
+    value = recorded.get(section, {}).get(key, PARAMS[section][1][key].default)
+    if 'heads' in recorded.get('model', {}) and FORMER_DEFAULTS.get((section, key)) == value:
+        return PARAMS[section][1][key].default
+    return value
+
+
 class RunFolder:
     def __init__(self, path, is_main: bool = True):
         self.path, self.is_main = Path(path), is_main
@@ -71,7 +85,7 @@ class RunFolder:
         recorded = state['options']
         changed = [f'{s}.{k}' for s, values in opts.items() for k, v in values.items()
                    if (s, k) not in RESUMABLE_CHANGES  # options added since: their default
-                   and recorded.get(s, {}).get(k, PARAMS[s][1][k].default) != v]
+                   and _current(recorded, s, k) != v]
         if changed:
             raise TrainingError(f"--resume: options differ from the checkpointed run's: "
                                 f"{', '.join(changed)} (resume with the same options)")

@@ -9,6 +9,10 @@ A teacher is named by a spec string:
 - `torchscript:<file>`: a TorchScript module;
 - `checkpoint:<file>`: weights exported by the trainer (`final_weights.pt`), which record
   their architecture, class count and preprocessing;
+- `timm:<name>[.<tag>]:<checkpoint>`: a timm model (timm_models.py) with weights from a local
+  file (.pth/.pt/.safetensors; never downloaded), fed as timm's pretrained configuration for
+  that name and tag says (input size, interpolation, mean, std); deprecated names such as
+  `tf_efficientnet_l2_ns_475` or `gluon_senet154` are resolved to their current ones;
 - `<module>:<function>`: a Python entry point returning a model, or (model, preprocessing dict)
   with keys input_size, mean, std, interpolation. `fkd_ffcv.teachers:efficientnet_lite0` is one.
 
@@ -48,11 +52,14 @@ from .registry import Registry
 @dataclass(frozen=True)
 class Preprocess:
     """How a teacher wants its input: side in pixels, resize interpolation, normalisation of
-    RGB values scaled to [0, 1]."""
+    RGB values scaled to [0, 1]; whether it takes only that side (a timm ViT's
+    fixed_input_size), and the centre-crop fraction it was evaluated with."""
     input_size: int = 224
     interpolation: str = 'bicubic'
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
+    fixed_input_size: bool = False
+    crop_pct: float = 224 / 256
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
@@ -125,6 +132,14 @@ def _torchvision_model(spec: str):
     except RuntimeError as e:
         raise ValueError(f"{checkpoint} does not fit torchvision {arch}: {e}") from None
     return model, Preprocess()
+
+
+@TEACHERS.register('timm:', prefix=True)
+def _timm_model(spec: str):
+    """`timm:<name>[.<tag>]:<checkpoint>`; the class count is read from the checkpoint."""
+    from .timm_models import teacher
+    model, options = teacher(spec)
+    return model, Preprocess(**options)
 
 
 @TEACHERS.register('checkpoint:', prefix=True)
@@ -216,6 +231,11 @@ class Teacher:
             torch.set_num_threads(cpu_threads if cpu_threads > 0 else
                                   len(os.sched_getaffinity(0)))
         members = [load_member(spec) for spec in self.specs]
+        for spec, (_, p) in zip(self.specs, members):
+            if p.fixed_input_size and input_size and input_size != p.input_size:
+                raise ValueError(f"teacher {spec} takes only {p.input_size} px inputs, not the "
+                                 f"{input_size} px asked for (leave the input size to the "
+                                 f"teacher)")
         overrides = {k: v for k, v in (('input_size', input_size),
                                        ('interpolation', interpolation)) if v}
         self.preprocess = [replace(p, **overrides) for _, p in members]
@@ -224,6 +244,7 @@ class Teacher:
             raise ValueError(f"ensemble members want different crops {sorted(shapes)}; give "
                              f"one input_size and interpolation for all")
         self.input_size, self.interpolation = shapes.pop()
+        self.crop_pct = self.preprocess[0].crop_pct  # the first member's, for evaluation
         self.models = [m.to(self.device).to(memory_format=torch.channels_last)
                        for m, _ in members]
         if precision != 'fp32':
@@ -231,9 +252,16 @@ class Teacher:
         self._norm = [(torch.tensor(p.mean, device=self.device).view(1, 3, 1, 1) * 255,
                        torch.tensor(p.std, device=self.device).view(1, 3, 1, 1) * 255)
                       for p in self.preprocess]
+        counts = set()
         with torch.no_grad():
             probe = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device)
-            counts = {m(probe).shape[-1] for m in self.models}
+            for model, spec in zip(self.models, self.specs):
+                try:
+                    counts.add(model(probe).shape[-1])
+                except (RuntimeError, AssertionError, ValueError) as e:
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise ValueError(f"teacher {spec} cannot take {self.input_size} px crops: "
+                                     f"{first[:200]}") from None
         if len(counts) > 1:
             raise ValueError(f"ensemble members disagree on the class count: {sorted(counts)}")
         self.num_classes = counts.pop()
@@ -274,10 +302,12 @@ class Teacher:
 
 
 @torch.no_grad()
-def evaluate(teacher: Teacher, beton_path, ratio: float = 224 / 256, resolution: int = 0,
+def evaluate(teacher: Teacher, beton_path, ratio: float = 0, resolution: int = 0,
              batch_size: int = 256, num_workers: int = -1) -> dict:
     """Top-1 and top-5 of `teacher` on every image of a beton, centre-cropped (side `ratio` x
-    the shorter side) and resized to `resolution` (default: the teacher's input size)."""
+    the shorter side; default: the teacher's own crop fraction) and resized to `resolution`
+    (default: the teacher's input size)."""
+    ratio = ratio or teacher.crop_pct
     from .beton import Beton
     from .loaders import eval_loader
     classes = Beton(beton_path).classes
@@ -293,4 +323,4 @@ def evaluate(teacher: Teacher, beton_path, ratio: float = 224 / 256, resolution:
         top1 += int((top[:, 0] == labels).sum())
         top5 += int((top == labels[:, None]).any(1).sum())
         n += labels.shape[0]
-    return {'top1': top1 / n, 'top5': top5 / n, 'images': n, 'resolution': side}
+    return {'top1': top1 / n, 'top5': top5 / n, 'images': n, 'resolution': side, 'ratio': ratio}

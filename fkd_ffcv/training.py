@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from .devices import autocast_dtype, local_device, resolve_backend, resolve_precision
 from .mixing import mix
-from .models import build_model, check_arch, classifier_name, input_normalisation, unwrap
+from .models import (build_model, check_arch, classifier_name, input_normalisation,
+                     saved_options, takes_blurpool, unwrap)
 from .modes import MODES
 from .errors import OptionError, TrainingError
 from .files import load_data
@@ -121,9 +122,9 @@ class Trainer:
     def model_options(self) -> dict:
         m = self.opts['model']
         return {'arch': m['arch'], 'small_input': m['small_input'], 'width': m['width'],
-                'depth': m['depth'], 'heads': m['heads'], 'patch_size': m['patch_size'],
+                'depth': m['depth'], 'patch_size': m['patch_size'],
                 'image_size': m['image_size'], 'drop_path': m['drop_path'],
-                'blurpool': m['blurpool']}
+                'blurpool': m['blurpool'] and takes_blurpool(m['arch'])}
 
     def create_model(self):
         torch.manual_seed(self.opts['training']['seed'])
@@ -161,8 +162,9 @@ class Trainer:
                                     "to train on its own")
             head = {id(p) for p in self.model.get_submodule(name).parameters()}
         groups = {}
+        own = getattr(self.model, 'no_weight_decay', set)()  # timm: position, class tokens
         for name, p in self.model.named_parameters():
-            flat = p.ndim <= 1 or name.endswith('pos_embed') or name.endswith('cls_token')
+            flat = p.ndim <= 1 or name in own
             groups.setdefault((id(p) in head, flat), []).append(p)
         groups = [{'params': params, 'weight_decay': 0.0 if flat else t['weight_decay'],
                    'head': is_head} for (is_head, flat), params in sorted(groups.items())]
@@ -205,7 +207,7 @@ class Trainer:
                 try:
                     with torch.no_grad(), torch.autocast(**self.autocast):
                         forward(probe)
-                except (RuntimeError, ValueError) as e:
+                except (RuntimeError, ValueError, AssertionError) as e:  # timm asserts
                     raise TrainingError(f"{who} does not accept {side} x {side} px inputs: "
                                         f"{e}") from None
 
@@ -429,7 +431,8 @@ class Trainer:
             self.set_normalisation(preprocess['mean'], preprocess['std'])
             stored = state.get('validation', {})
         else:
-            self.model = build_model(num_classes=self.num_classes, **state['model_options'])
+            self.model = build_model(num_classes=self.num_classes,
+                                     **saved_options(state['model_options']))
             self.model.load_state_dict(state['ema'] if state.get('ema') else state['model'])
             self.set_normalisation(*input_normalisation(self.model))
             stored = state['options']['validation']

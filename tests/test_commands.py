@@ -47,6 +47,12 @@ def test_eval_teacher_scores_an_export_on_a_validation_beton(fashion_betons, tmp
     assert 'top-1 ' in line and '(300 images at 32 px, ratio 1.000)' in line
     assert eval_teacher(['checkpoint:nowhere.pt', str(val)]) == 2
     assert eval_teacher([f"checkpoint:{tmp_path / 'w.pt'}", str(tmp_path / 'x.beton')]) == 2
+    # a timm teacher: its own input size and, by default, its own crop fraction (crop_pct)
+    import timm
+    torch.save(timm.create_model('test_resnet', num_classes=10).state_dict(), tmp_path / 't.pth')
+    assert eval_teacher([f"timm:test_resnet:{tmp_path / 't.pth'}", str(val),
+                         '--batch-size=100']) == 0
+    assert '(300 images at 160 px, ratio 0.950)' in capsys.readouterr().out
 
 
 def test_an_interrupted_labelling_says_what_was_kept(fashion_betons, tmp_path, monkeypatch,

@@ -58,3 +58,14 @@ def test_write_recipe_is_valid(path):
     assert done[0].returncode == 2 and '/nonexistent: no such directory' in done[0].stderr
     assert done[1].returncode == 2 and 'jpeg_qualty; did you mean write.jpeg_quality' in \
         done[1].stderr
+
+
+def test_the_deit_recipe_is_fkds():
+    """FKD's DeiT-Tiny recipe on timm's model: 1,024 crops per step over 8 processes."""
+    raw = yaml.safe_load((REPO / 'deit_configs' / 'deit_tiny_fkd_300_epochs.yaml').read_text())
+    opts = options({f'{s}.{k}': v for s, values in raw.items() for k, v in values.items()})
+    m, t, lr = opts['model'], opts['training'], opts['lr']
+    assert m['arch'] == 'timm:deit_tiny_patch16_224' and m['drop_path'] == 0.1
+    assert (t['optimizer'], t['weight_decay'], t['epochs']) == ('adamw', 0.05, 300)
+    assert (lr['lr'], lr['schedule'], lr['warmup_epochs']) == (0.002, 'cosine', 5)
+    assert opts['fkd']['num_crops'] == 4 and t['batch_size'] * 8 == 1024

@@ -1,4 +1,5 @@
-"""Student models: shapes, ViT position embeddings at other sizes, BlurPool, plain exports."""
+"""Student models: shapes, BlurPool, plain exports, starting from weights (timm models:
+test_timm_models.py)."""
 import pytest
 import torch
 import torchvision
@@ -11,7 +12,7 @@ from fkd_ffcv.models import BlurPoolConv2d, build_model, export_state_dict, unwr
     ('small_resnet', dict(width=8, depth=2), 32),
     ('resnet18', dict(small_input=True), 32),
     ('resnet18', dict(blurpool=True), 64),
-    ('vit', dict(width=32, depth=2, heads=2, patch_size=4, image_size=32, drop_path=0.1), 32),
+    ('timm:test_vit', dict(patch_size=4, image_size=32, drop_path=0.1), 32),
 ])
 def test_models_give_one_logit_per_class(arch, options, side):
     model = build_model(arch, 7, **options).to(memory_format=torch.channels_last)
@@ -19,24 +20,9 @@ def test_models_give_one_logit_per_class(arch, options, side):
     assert model(x).shape == (2, 7)
 
 
-def test_vit_position_embeddings_follow_the_input_size():
-    torch.manual_seed(0)
-    model = build_model('vit', 5, width=32, depth=1, heads=2, patch_size=4,
-                        image_size=32).eval()
-    x = torch.randn(1, 3, 32, 32)
-    # at its own size the learnt embedding is used as is; other sizes interpolate it
-    assert model.position_embedding(8, 8) is model.pos_embed
-    assert model.position_embedding(12, 10).shape == (1, 1 + 12 * 10, 32)
-    assert model(torch.randn(2, 3, 48, 40)).shape == (2, 5)
-    assert torch.allclose(model(x), model(x))
-    with pytest.raises(ValueError, match='multiple'):
-        model(torch.randn(1, 3, 30, 30))
-
-
 def test_drop_path_is_off_in_eval_and_random_in_training():
     torch.manual_seed(0)
-    model = build_model('vit', 3, width=16, depth=4, heads=2, patch_size=8, image_size=32,
-                        drop_path=0.5)
+    model = build_model('timm:test_vit', 3, patch_size=8, image_size=32, drop_path=0.5)
     x = torch.randn(4, 3, 32, 32)
     model.eval()
     assert torch.equal(model(x), model(x))

@@ -69,6 +69,17 @@ def test_an_unknown_architecture_is_an_option_error(fashion_betons):
     assert "--model.arch: unknown architecture 'resnet5'; known:" in done.stderr
 
 
+def test_timm_names_and_options_are_checked_before_training(fashion_betons):
+    done = train_cli(fashion_betons, '--model.arch=timm:resnet5o')
+    assert done.returncode == 2
+    assert "--model.arch: unknown timm model 'resnet5o'; close: resnet50" in done.stderr
+    train, val = fashion_betons
+    with pytest.raises(OptionError, match='--model.drop_path=0.1: for timm models'):
+        check(options({'data.train_dataset': str(train), 'data.val_dataset': str(val),
+                       'training.mode': 'plain', 'model.arch': 'resnet18',
+                       'model.drop_path': 0.1}))
+
+
 def test_a_teacher_file_that_is_not_there_is_named_at_once(fashion_betons):
     done = train_cli(fashion_betons, '--training.mode=online_kd',
                      '--fkd.teacher=torchvision:resnet18,checkpoint:nowhere/final_weights.pt')

@@ -199,9 +199,12 @@ def test_bad_inputs_are_named(fashion_betons, labelled, fkd_options, plain_run, 
     fails(run_options(fashion_betons, tmp_path / 'c', training__mode='plain',
                       model__num_classes=5), 'num_classes=5', '10 classes')
     fails(fkd_options(tmp_path / 'd', training__epochs=3), 'multiple of --fkd.num_crops=2')
-    fails(run_options(fashion_betons, tmp_path / 'e', training__mode='plain', model__arch='vit',
-                      model__patch_size=5, model__width=16, model__heads=2,
-                      model__image_size=30), 'does not accept 32 x 32')
+    fails(run_options(fashion_betons, tmp_path / 'e', training__mode='plain',
+                      model__arch='timm:test_vit', model__patch_size=5, model__image_size=30),
+          'does not accept 32 x 32')
+    fails(run_options(fashion_betons, tmp_path / 'e2', training__mode='plain',
+                      model__arch='timm:test_vitt'), "unknown timm model 'test_vitt'",
+          'test_vit')
     fails(run_options(fashion_betons, tmp_path / 'f', training__mode='online_kd',
                       fkd__teacher='torchvision:resnet18'), 'predicts 1000 classes')
     fails(run_options(fashion_betons, tmp_path / 'g', training__mode='online_kd'),
@@ -375,13 +378,40 @@ def test_fine_tuning_starts_from_weights_and_trains_only_the_head_first(plain_ru
 
 def test_a_checkpoint_from_before_an_option_existed_resumes(fkd_run, fkd_options, tmp_path):
     """Options added later (model.weights, model.head_epochs) count as their defaults in an
-    older checkpoint, which therefore still resumes."""
+    older checkpoint, and options retired since (model.heads) are ignored, so it resumes."""
     folder = tmp_path / 'run'
     folder.mkdir()
     state = torch.load(fkd_run[0] / 'checkpoint.pt', weights_only=True)
     state['options'] = fkd_options(folder)
     for key in ('weights', 'head_epochs'):
         del state['options']['model'][key]
+    # the version with the hand-written ViT: its options, their old defaults
+    state['options']['model'].update(heads=3, patch_size=4, image_size=224)
+    state['model_options'].update(heads=3, patch_size=4, image_size=224)
     torch.save(state, folder / 'checkpoint.pt')
     summary = Trainer(fkd_options(folder, training__resume=True)).run()
     assert summary['top1'] == fkd_run[1]['top1']  # every pass was done: the same model
+
+
+def test_a_timm_vit_student_trains_an_fkd_pass_and_its_export_loads_into_timm(fkd_options,
+                                                                               tmp_path):
+    import timm
+    folder = tmp_path / 'vit'
+    trainer = Trainer(fkd_options(folder, model__arch='timm:test_vit', model__patch_size=4,
+                                  model__image_size=32, model__drop_path=0.1,
+                                  training__epochs=2, training__optimizer='adamw',
+                                  training__weight_decay=0.05, lr__lr=1e-3,
+                                  lr__schedule='cosine', validation__resolution=48))
+    summary = trainer.run()
+    assert math.isfinite(trainer.history[-1]['loss']) and summary['top1'] >= 0
+    no_decay = {id(p) for g in trainer.optimizer.param_groups if g['weight_decay'] == 0
+                for p in g['params']}
+    assert {id(trainer.model.pos_embed), id(trainer.model.cls_token)} <= no_decay
+    saved = torch.load(folder / 'final_weights.pt', weights_only=True)
+    plain = timm.create_model(**saved['timm']).eval()
+    plain.load_state_dict(saved['model'])  # strict: the export is timm's own layout
+    teacher = Teacher(f"checkpoint:{folder / 'final_weights.pt'}")
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    x = (images.float() / 255 - 0.5) / 0.5  # test_vit's own mean and std
+    with torch.no_grad():
+        assert torch.allclose(teacher.forward(images), torch.softmax(plain(x), 1), atol=1e-5)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds build/gpu_bundle/ for a lent GPU machine that has no network, no package registry and
 # possibly no pip:
-#   wheels/          ffcv (C extension compiled here for CPython 3.12), fastargs, terminaltables
+#   wheels/          ffcv (C extension compiled here for CPython 3.12), fastargs, terminaltables,
+#                    timm and safetensors (the device image may lack them or hold other versions)
 #   site/            those wheels unpacked, ready to import from PYTHONPATH (no install step)
 #   site/ffcv.libs/  the shared libraries that ffcv's extension needs beyond glibc, libstdc++,
 #                    libgcc_s and libz, found through DT_RPATH ($ORIGIN...) set with patchelf,
@@ -37,7 +38,9 @@ fi
 mkdir -p "$OUT/wheels"
 
 # --no-build-isolation: build with the pinned setuptools above, not whatever is newest.
-specs="$(pin ffcv) $(pin fastargs) $(pin terminaltables)"
+# timm is pure Python; safetensors' wheel (compiled, abi3) is downloaded for this Python. timm
+# imports without huggingface_hub, which is left out (nothing is downloaded on the device).
+specs="$(pin ffcv) $(pin fastargs) $(pin terminaltables) $(pin timm) $(pin safetensors)"
 for spec in $specs; do
     name=${spec%%==*}; ver=${spec##*==}
     if ls "$OUT/wheels/$name-$ver-"*.whl >/dev/null 2>&1; then continue; fi

@@ -7,8 +7,10 @@ written under --out as soon as it is known (a GPU machine returns only that fold
 Steps:
   data      write a small ImageNet-shaped beton (synthetic photos) and label it with a teacher
             on the device, in fp32 (records precision and device in the manifest)
-  train     plain, online KD and FKD (torch.compile, progressive resizing: a static graph per
-            side), about 50 steps each, auto precision (bf16 on the GPU), channels-last
+  train     plain, online KD (a timm teacher) and FKD (a timm ViT student; then ResNet with
+            torch.compile, progressive resizing: a static graph per side), about 50 steps
+            each, auto precision (bf16 on the GPU), channels-last; timm is imported with
+            huggingface_hub unimportable, as on a GPU machine without it
   resume    an FKD run killed after its first checkpoint, resumed from the command line, then
             evaluated with --eval-only on its final_weights.pt, which must load in a process
             that sees no GPU
@@ -46,6 +48,8 @@ SIZES = {
     # short; the timing table measures ResNet-50. The budget (8 minutes, preparation included)
     # and caps fit one 10-minute device command.
     'gpu': dict(train=2048, val=512, side=500, records=8, arch={'model.arch': 'resnet18'},
+                timm_student={'model.arch': 'timm:deit_tiny_patch16_224',
+                              'resolution.round_to': 16}, timm_teacher='resnet50.a1_in1k',
                 batch=256, k=4, min_res=160, max_res=192, val_res=224, val_ratio=224 / 256,
                 plain_epochs=6, budget=480,
                 caps={'data': 60, 'train': 200, 'resume': 100, 'torchrun': 80}),
@@ -54,6 +58,8 @@ SIZES = {
     # backward graphs at other sides (docs/gpu.md).
     'cpu': dict(train=256, val=64, side=96, records=4,
                 arch={'model.arch': 'small_resnet', 'model.width': 8, 'model.depth': 1},
+                timm_student={'model.arch': 'timm:test_vit', 'model.patch_size': 4},
+                timm_teacher='test_resnet',
                 batch=32, k=2, min_res=32, max_res=32, val_res=32, val_ratio=1.0,
                 plain_epochs=2, budget=200,
                 caps={'data': 60, 'train': 100, 'resume': 90, 'torchrun': 70}),
@@ -268,14 +274,28 @@ def summary_line(summary: dict, history: list) -> str:
             f"{summary['precision']} on {summary['device']}")
 
 
+def timm_teacher(args) -> str:
+    """A timm teacher spec with random weights saved to a file (timm never downloads here)."""
+    import timm
+    import torch
+    name, path = sizes_of(args)['timm_teacher'], args.work / 'timm_teacher.pth'
+    torch.manual_seed(0)
+    torch.save(timm.create_model(name, pretrained=False).state_dict(), path)
+    return f'timm:{name}:{path}'
+
+
 def step_train(args) -> None:
     import math
     from fkd_ffcv.options import options
     from fkd_ffcv.training import Trainer
     lines = []
-    for mode, extra in (('plain', {}), ('online_kd', {'fkd.teacher': teacher_spec(args)}),
-                        ('fkd', {'training.compile': True})):  # the slow compile last
-        trainer = Trainer(options(run_options(args, mode, args.work / 'runs' / mode, **extra)))
+    s = sizes_of(args)
+    for name, mode, extra in (('plain', 'plain', {}),
+                              ('online_kd', 'online_kd', {'fkd.teacher': timm_teacher(args)}),
+                              ('fkd_timm', 'fkd', {**s['timm_student'], 'lr.lr': 1e-3,
+                                                   'training.optimizer': 'adamw'}),
+                              ('fkd', 'fkd', {'training.compile': True})):  # slow compile last
+        trainer = Trainer(options(run_options(args, mode, args.work / 'runs' / name, **extra)))
         t0 = time.perf_counter()
         summary = trainer.run()
         losses = [line['loss'] for line in trainer.history]
@@ -285,7 +305,7 @@ def step_train(args) -> None:
         lines.append(f"{summary_line(summary, trainer.history)}, "
                      f"{trainer.steps_per_pass * trainer.passes} steps in "
                      f"{time.perf_counter() - t0:.0f} s"
-                     + (' (compiled)' if mode == 'fkd' else ''))
+                     + (' (compiled)' if extra.get('training.compile') else ''))
         done('; '.join(lines))  # after each run: a time-out keeps the runs that finished
 
 
@@ -404,6 +424,9 @@ def main() -> int:
     if args.step is None:
         return drive(args)
     sys.path.insert(0, str(REPO))
+    # timm imports without huggingface_hub, as on a GPU machine that lacks it: make sure here
+    # too (a dry run) that nothing of this project needs it.
+    sys.modules['huggingface_hub'] = None
     globals()[f'step_{args.step}'](args)
     return 0
 

@@ -1,7 +1,8 @@
 # Prepares a lent GPU machine (no network, no registry, maybe no pip; the image's python3 3.12
 # already has torch, numpy, numba, opencv) to run this repo, from the bundle that
 # tools/gpu_bundle.sh built here and the device run carried (carry=["build/gpu_bundle"]).
-# Nothing is installed: the bundle's site/ holds ffcv, fastargs and terminaltables unpacked, and
+# Nothing is installed: the bundle's site/ holds ffcv, fastargs, terminaltables, timm and
+# safetensors unpacked (timm imports without huggingface_hub, which is not carried), and
 # ffcv's extension finds its libraries in site/ffcv.libs/ through its own RPATH, so no
 # LD_LIBRARY_PATH is set. Meant to be SOURCED from bash:
 #     source tools/gpu_prepare.sh && python3 ...
@@ -50,9 +51,10 @@ ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
 [ "$ver" = 3.12 ] || { echo "gpu_prepare: $PY is Python $ver; the bundle is built for 3.12 (set PYTHON=...)" >&2; exit 1; }
 ext=$(ls "$SITE"/ffcv/_libffcv.cpython-312-*.so 2>/dev/null | head -1) || true
 if [ -z "$ext" ] || [ ! -d "$SITE/fastargs" ] || [ ! -d "$SITE/terminaltables" ] \
+        || [ ! -d "$SITE/timm" ] || [ ! -d "$SITE/safetensors" ] \
         || ! ls "$SITE"/ffcv.libs/lib*.so* >/dev/null 2>&1; then
     echo "gpu_prepare: $B is missing or incomplete (no site/ with ffcv, its ffcv.libs/, fastargs," >&2
-    echo "  terminaltables): run 'bash tools/gpu_bundle.sh' on the build machine and carry" >&2
+    echo "  terminaltables, timm, safetensors): run 'bash tools/gpu_bundle.sh' on the build machine and carry" >&2
     echo "  build/gpu_bundle to this one (see docs/gpu.md), or point --bundle/FKD_GPU_BUNDLE at it" >&2
     exit 1
 fi
@@ -82,12 +84,13 @@ export PYTHONPATH=$SITE:$_fkd_root${PYTHONPATH:+:$PYTHONPATH}
 # Imports, versions, and ffcv's JPEG decode (libjpeg-turbo) and resize (OpenCV) on one image.
 "$PY" - "$SITE" <<'EOF'
 import importlib.metadata as md, os, sys
+sys.modules["huggingface_hub"] = None  # timm must import without it, as the check runs it
 import numpy as np
-import ffcv, fastargs, fkd_ffcv.loaders, torch
+import ffcv, fastargs, fkd_ffcv.loaders, torch, timm, safetensors
 import cv2
 from ffcv.libffcv import imdecode, resize_crop
 site = os.path.realpath(sys.argv[1])
-for m in (ffcv, fastargs):
+for m in (ffcv, fastargs, timm, safetensors):
     if not os.path.realpath(m.__file__).startswith(site + os.sep):
         sys.exit(f"gpu_prepare: {m.__name__} comes from {m.__file__}, not from {site}")
 img = np.add.outer(np.arange(48) * 5, np.arange(64) * 3).astype(np.uint8)[..., None].repeat(3, 2)
@@ -105,7 +108,7 @@ def version(p):
     except md.PackageNotFoundError:
         return "absent"
 print("gpu_prepare: python", sys.version.split()[0], "|",
-      ", ".join(f"{p} {version(p)}" for p in ("ffcv", "fastargs", "torch", "torchvision", "numpy", "numba")),
+      ", ".join(f"{p} {version(p)}" for p in ("ffcv", "fastargs", "timm", "safetensors", "torch", "torchvision", "numpy", "numba")),
       "| ffcv imdecode/resize ok")
 print("gpu_prepare: cuda available:", torch.cuda.is_available(),
       "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no device")
