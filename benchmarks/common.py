@@ -226,7 +226,7 @@ class OriginalFKDPath:
     def set_resolution(self, side):
         self.data.side = side  # read by the workers when the next pass starts them
 
-    def start_at(self, pass_index):
+    def start_at(self, pass_index, epoch=None):
         pass
 
     def __iter__(self):

@@ -118,9 +118,10 @@ class OriginalPathTrainer(Trainer):
     def create_loaders(self):
         super().create_loaders()
         files, label_files, labels = self.files
-        self.train_loader = OriginalFKDPath(files, label_files, labels, self.num_crops,
-                                            self.opts['training']['batch_size'] // self.num_crops,
-                                            self.resolution_at(0), self.threads, self.device)
+        self.train_loaders = {self.num_crops: OriginalFKDPath(
+            files, label_files, labels, self.num_crops,
+            self.opts['training']['batch_size'] // self.num_crops, self.resolution_at(0),
+            self.threads, self.device)}
 
 
 def timed_run(key, work, train, val, overrides, preset, trainer_class=Trainer):

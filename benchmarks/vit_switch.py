@@ -63,7 +63,11 @@ def train(root: Path, options: dict) -> dict:
     if not Path(found).resolve().is_relative_to(root.resolve()):
         sys.exit(f"{root}: fkd_ffcv would be imported from {found}, not from there")
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    try:  # the limit: at most 10 minutes per run
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+                              timeout=600)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"{root}: the run took over 10 minutes; lower --epochs")
     if done.returncode:
         sys.exit(f"{root}: train_imagenet.py failed:\n{done.stderr[-3000:]}")
     summary = json.loads((Path(options['logging.folder']) / 'summary.json').read_text())

@@ -223,8 +223,9 @@ def _declare_writing_sections() -> None:
         beton=Param(str, 'label this existing beton instead of writing images', default=''),
         out=Param(str, 'output beton (default: replace the labelled one)', default=''),
         teacher=Param(str, 'teacher spec(s), comma-separated for an ensemble: '
-                      'checkpoint:<final_weights.pt>, torchvision:<arch>:<ckpt>, '
-                      'torchscript:<file>, <module>:<function>', default=''),
+                      'checkpoint:<final_weights.pt>, timm:<name>[.<tag>]:<ckpt>, '
+                      'torchvision:<arch>:<ckpt>, torchscript:<file>, <module>:<function>',
+                      default=''),
         import_root=Param(str, 'FKD soft-label tree (<root>/<split>/<class>/<stem>.tar)',
                           default=''),
         num_records=Param(And(int, InRange(min=0)), 'crop records per image (0: teacher '

@@ -2,16 +2,18 @@
 
 `MultiCropDecoder` decodes each image once and cuts K recorded crops from it (box, resize,
 flip), one (K, S, S, 3) uint8 array per image; `RecordLabelDecoder` gives the same K records'
-stored labels (classes, probability codes, flags). Both pick the records of pass p with
-`record_index`, a function of (seed, pass, sample, slot) only, so the two pipelines agree
-without talking. `SeededRandomResizedCropDecoder` is the plain (hard-label) training crop:
-`crops.seeded_crop` (torchvision's RandomResizedCrop and a flip) drawn from (seed, pass,
-sample), so runs and resumes repeat (FFCV's own draws from numba's unseeded generator).
+stored labels (classes, probability codes, flags). Both pick the records of a pass with
+`record_index`, a function of (seed, epoch, sample, slot) only, so the two pipelines agree
+without talking; a pass of K crops that starts at epoch e replays the draws e .. e + K - 1, so
+passes of different K (FKD's single-crop phases) continue one sequence of draws.
+`SeededRandomResizedCropDecoder` is the plain (hard-label) training crop: `crops.seeded_crop`
+(torchvision's RandomResizedCrop and a flip) drawn from (seed, epoch, sample), so runs and
+resumes repeat (FFCV's own draws from numba's unseeded generator).
 
 The two image decoders share one decode loop (`ImageDecoder`): decode each image once into a
 per-thread buffer, then hand it to the subclass's compiled `cut`. The output side S and the
-pass number reach the compiled code through buffer shapes (ffcv_loader.pass_tag_query), so
-neither progressive resizing nor a new pass recompiles.
+pass's first epoch reach the compiled code through buffer shapes (ffcv_loader.pass_tag_query),
+so neither progressive resizing nor a new pass recompiles.
 
 Cross-field reads: a decoder only sees its own field's metadata, so the decoders capture the
 per-sample file offsets of the record fields they read (8 B per image per field) and read the
@@ -35,13 +37,14 @@ from .soft_labels import FLAG_FLIP
 
 
 @nb.njit(cache=False)
-def record_index(seed, pass_index, sample, slot, n, k):
-    """Record used by `sample` in slot `slot` of pass `pass_index` (K = k crops per pass).
+def record_index(seed, epoch, sample, slot, n):
+    """Record used by `sample` in slot `slot` of the pass that starts at `epoch` (one draw per
+    epoch: a pass of K crops spans K epochs).
 
-    Draw t = pass * k + slot belongs to cycle t // n; within a cycle the records are visited in
+    Draw t = epoch + slot belongs to cycle t // n; within a cycle the records are visited in
     the order of a bijection a * pos + b (mod n), a coprime to n, seeded by (seed, cycle,
     sample): every record once per cycle, a different order each cycle."""
-    t = pass_index * k + slot
+    t = epoch + slot
     cycle, pos = t // n, t % n
     h = mix64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + mix64(
         np.uint64(cycle) * np.uint64(0xD1B54A32D192ED03) + np.uint64(sample)))
@@ -116,12 +119,12 @@ def _raise_if_failed(failed):
 
 class ImageDecoder(Operation):
     """The image field -> a uint8 array of `output_shape()` per image: each image decoded once
-    (into its thread's buffer), then `cut(out, pixels, sample, pass_index, storage_state)`
-    from `make_cut()` fills that image's output."""
+    (into its thread's buffer), then `cut(out, pixels, sample, epoch, storage_state)` from
+    `make_cut()` fills that image's output; `epoch` is the first epoch of the pass."""
 
     def __init__(self, output_size: int):
         super().__init__()
-        self.output_size, self.pass_index = output_size, 0
+        self.output_size, self.epoch = output_size, 0
 
     def output_shape(self) -> tuple:
         raise NotImplementedError
@@ -137,7 +140,7 @@ class ImageDecoder(Operation):
                 (AllocationQuery(shape, np.dtype('u1')),
                  AllocationQuery((largest * np.uint64(3),), np.dtype('u1')),  # decode buffer
                  AllocationQuery((1,), np.dtype('u1')),  # decode failed
-                 pass_tag_query(self.pass_index)))
+                 pass_tag_query(self.epoch)))
 
     def generate_code(self):
         my_range = Compiler.get_iterator()
@@ -146,7 +149,7 @@ class ImageDecoder(Operation):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage, failed, tag = my_storage
-            pass_index = pass_of(tag)
+            epoch = pass_of(tag)
             per_thread = len(batch_indices) >= nb.get_num_threads()
             chunk = nb.set_parallel_chunksize(1)  # images cost unequal time: hand them out singly
             for dst in my_range(len(batch_indices)):
@@ -155,7 +158,7 @@ class ImageDecoder(Operation):
                                         temp_storage[scratch_row(dst, per_thread)], storage_state)
                 failed[dst, 0] = not ok
                 if ok:
-                    cut(destination[dst], pixels, sample, pass_index, storage_state)
+                    cut(destination[dst], pixels, sample, epoch, storage_state)
             nb.set_parallel_chunksize(chunk)
             _raise_if_failed(failed[:len(batch_indices)])
             return destination[:len(batch_indices)]
@@ -200,12 +203,12 @@ class MultiCropDecoder(ImageDecoder):
         box_ptrs, flag_ptrs = rec.boxes, rec.flags
         n, k_crops, seed = rec.num_records, rec.num_crops, rec.seed
 
-        def cut(out, pixels, sample, pass_index, storage_state):
+        def cut(out, pixels, sample, epoch, storage_state):
             height, width = pixels.shape[0], pixels.shape[1]
             boxes = mem_read(box_ptrs[sample], storage_state).view(np.int16)
             flags = mem_read(flag_ptrs[sample], storage_state)
             for slot in range(k_crops):
-                r = record_index(seed, pass_index, sample, slot, n, k_crops)
+                r = record_index(seed, epoch, sample, slot, n)
                 i, j, h, w = box_pixels(boxes[4 * r:4 * r + 4], height, width)
                 resize_crop_c(pixels, i, i + h, j, j + w, out[slot])
                 if flags[r] & FLAG_FLIP:
@@ -215,8 +218,8 @@ class MultiCropDecoder(ImageDecoder):
 
 
 class SeededRandomResizedCropDecoder(ImageDecoder):
-    """Image field -> (S, S, 3) uint8: a RandomResizedCrop and flip drawn from (seed, pass,
-    sample), resized with INTER_AREA; S and the pass change at run time as above."""
+    """Image field -> (S, S, 3) uint8: a RandomResizedCrop and flip drawn from (seed, epoch,
+    sample), resized with INTER_AREA; S and the epoch change at run time as above."""
 
     def __init__(self, output_size: int, seed: int = 0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
         super().__init__(output_size)
@@ -230,9 +233,9 @@ class SeededRandomResizedCropDecoder(ImageDecoder):
         seed = self.seed
         (scale_lo, scale_hi), (ratio_lo, ratio_hi) = self.scale, self.ratio
 
-        def cut(out, pixels, sample, pass_index, storage_state):
+        def cut(out, pixels, sample, epoch, storage_state):
             height, width = np.int64(pixels.shape[0]), np.int64(pixels.shape[1])
-            i, j, h, w, flip = seeded_crop(seed, pass_index, sample, height, width, scale_lo,
+            i, j, h, w, flip = seeded_crop(seed, epoch, sample, height, width, scale_lo,
                                            scale_hi, ratio_lo, ratio_hi)
             resize_crop_c(pixels, i, i + h, j, j + w, out)
             if flip:
@@ -243,18 +246,18 @@ class SeededRandomResizedCropDecoder(ImageDecoder):
 
 class RecordLabelDecoder(Operation):
     """Class-indices field -> (K, 2k + 1) int16 per image for the same K records that
-    MultiCropDecoder cut (same seed and pass): the top-k classes, the k probability codes and
+    MultiCropDecoder cut (same seed and epoch): the top-k classes, the k probability codes and
     the flags byte, as stored. soft_labels.decode_probs turns the codes into probabilities on
     the training device (one implementation of the coding)."""
 
     def __init__(self, beton, num_crops: int, seed: int = 0):
         super().__init__()
-        self.records, self.pass_index = _Records(beton, num_crops, seed), 0
+        self.records, self.epoch = _Records(beton, num_crops, seed), 0
 
     def declare_state_and_memory(self, previous_state):
         shape = (self.records.num_crops, 2 * self.records.k + 1)
         return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('<i2')),
-                (AllocationQuery(shape, np.dtype('<i2')), pass_tag_query(self.pass_index)))
+                (AllocationQuery(shape, np.dtype('<i2')), pass_tag_query(self.epoch)))
 
     def generate_code(self):
         mem_read = self.memory_read
@@ -265,14 +268,14 @@ class RecordLabelDecoder(Operation):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, tag = my_storage
-            pass_index = pass_of(tag)
+            epoch = pass_of(tag)
             for dst in my_range(len(batch_indices)):
                 sample = batch_indices[dst]
                 classes = mem_read(class_ptrs[sample], storage_state).view(np.int16)
                 codes = mem_read(code_ptrs[sample], storage_state)
                 flags = mem_read(flag_ptrs[sample], storage_state)
                 for slot in range(k_crops):
-                    r = record_index(seed, pass_index, sample, slot, n, k_crops)
+                    r = record_index(seed, epoch, sample, slot, n)
                     for c in range(k):
                         destination[dst, slot, c] = classes[r * k + c]
                         destination[dst, slot, k + c] = codes[r * k + c]

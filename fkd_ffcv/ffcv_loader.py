@@ -81,14 +81,15 @@ class _Failure:
         self.error = error
 
 
-def pass_tag_query(pass_index: int) -> AllocationQuery:
-    """The tag buffer whose shape, (1 + p // 256, 1 + p % 256) per sample, carries pass p."""
-    return AllocationQuery((1 + pass_index // 256, 1 + pass_index % 256), np.dtype('u1'))
+def pass_tag_query(number: int) -> AllocationQuery:
+    """The tag buffer whose shape, (1 + n // 256, 1 + n % 256) per sample, carries a number n
+    about the pass to the compiled decoders (decoders.py: the pass's first epoch)."""
+    return AllocationQuery((1 + number // 256, 1 + number % 256), np.dtype('u1'))
 
 
 @nb.njit(cache=False)
 def pass_of(tag):
-    """The pass number carried by a batch of tag buffers (see pass_tag_query)."""
+    """The number carried by a batch of tag buffers (see pass_tag_query)."""
     return (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
 
 

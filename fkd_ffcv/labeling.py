@@ -239,6 +239,13 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
         raise ValueError(f"the teacher predicts {teacher.num_classes} classes; {beton.path} has "
                          f"{len(classes)} ({', '.join(classes[:3])}, ...)")
     spec = LabelSpec.parse(settings.label_type, len(classes))
+    meta = beton.field_metadata(IMAGE_FIELD)
+    longest = int(np.maximum(meta['height'], meta['width']).max()) if len(beton) else 0
+    if rank == 0 and 0 < longest < teacher.input_size:
+        print(f"warning: the teacher takes {teacher.input_size} px crops, larger than the "
+              f"largest image of {beton.path} ({longest} px): every crop is enlarged for it "
+              f"(write the images at a larger --write.max_resolution for such a teacher)",
+              file=sys.stderr)
     if any(name in beton.fields for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD,
                                              CODES_FIELD)):
         raise ValueError(already_labelled(beton))

@@ -52,25 +52,31 @@ def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float
 
 
 class _PassLoader:
-    """An FFCV loader whose decoders learn the pass number before each pass (their tag buffer,
-    ffcv_loader.pass_tag_query)."""
+    """An FFCV loader whose decoders learn the first epoch of each pass before it (their tag
+    buffer, ffcv_loader.pass_tag_query). A pass of K crops per image spans K epochs; by
+    default pass p starts at epoch p * K."""
 
-    def __init__(self, loader: Loader, decoders):
-        self.loader, self.decoders, self.passes = loader, decoders, 0
+    def __init__(self, loader: Loader, decoders, num_crops: int = 1):
+        self.loader, self.decoders, self.num_crops = loader, decoders, num_crops
+        self.passes, self.epoch = 0, 0
 
     def __len__(self):
         return len(self.loader)
 
-    def start_at(self, pass_index: int) -> None:
-        """Make the next iteration pass `pass_index` (its order, records and crops), as an
-        uninterrupted run would have it: how a resumed run continues."""
+    def start_at(self, pass_index: int, epoch: int = None) -> None:
+        """Make the next iteration pass `pass_index` (its order), starting at `epoch` (its
+        records and crops; default pass_index * K), as an uninterrupted run would have it: how
+        a resumed run continues, and how a run whose passes hold different K (FKD's
+        single-crop phases) places each pass."""
         self.passes = pass_index
+        self.epoch = pass_index * self.num_crops if epoch is None else epoch
         self.loader.next_epoch = pass_index
 
     def _next_pass(self):
         for decoder in self.decoders:
-            decoder.pass_index = self.passes
+            decoder.epoch = self.epoch
         self.passes += 1
+        self.epoch += self.num_crops
         return self.loader
 
 
@@ -109,7 +115,7 @@ class FKDLoader(_PassLoader):
         super().__init__(Loader(str(path), batch_size=batch_size // num_crops,
                                 num_workers=num_workers, order=order, seed=seed,
                                 distributed=distributed, drop_last=drop_last,
-                                pipelines=pipelines), [self.images, labels])
+                                pipelines=pipelines), [self.images, labels], num_crops)
 
     def set_resolution(self, resolution: int) -> None:
         self.images.output_size = resolution

@@ -1,10 +1,10 @@
 """Student models: torchvision ResNets, a small ResNet family for 32 px inputs, any timm model
-(`timm:<name>`, timm_models.py), pretrained entry points; plus BlurPool and the export of plain
-weights.
+(`timm:<name>`, timm_models.py), SReT (sret.py), pretrained entry points; plus BlurPool and the
+export of plain weights.
 
 `build_model(arch, num_classes, ...)` is the one constructor the trainer calls; it takes the
 builder registered in `MODELS` under the name (or a 'family:' prefix of it), so a new family
-(SReT) registers its builder and needs no edit elsewhere. Exported
+registers its builder and needs no edit elsewhere. Exported
 weights (`export_state_dict`) carry no BlurPool, DDP or torch.compile names, so a torchvision
 architecture's export loads into the plain torchvision model. `save_weights` / `load_weights`
 keep them in a file that also records how to rebuild and feed the model (a trainer's
@@ -117,6 +117,17 @@ def _check_timm(arch):
 # It loads --model.weights itself, can check a name early, and is built as timm builds it (no
 # BlurPool), so that its export loads into timm unchanged.
 _timm.loads_weights, _timm.check, _timm.blurpool = True, _check_timm, False
+
+
+def _sret(arch, num_classes, *, image_size, small_input, drop_path, **_):
+    """SReT-T, -LT, -S (sret.py); `small_input` for ~32 px inputs."""
+    from .sret import SReT
+    return SReT(arch, num_classes, image_size, small_input, drop_path)
+
+
+_sret.blurpool = False  # its strided convolutions are its own design: kept as they are
+for _arch in ('sret_t', 'sret_lt', 'sret_s'):
+    MODELS.register(_arch)(_sret)
 
 
 @MODELS.register('torchvision:', prefix=True)
@@ -257,9 +268,9 @@ def build_model(arch: str, num_classes: int, *, small_input: bool = False, width
     """A student from the builder MODELS holds for `arch`: freshly initialised, or started
     from `weights` (see start_from; an entry point may bring its own, and a builder marked
     `loads_weights` loads them itself). `small_input` gives a torchvision ResNet a CIFAR stem
-    (3x3 stride-1 convolution, no max-pool) for inputs of about 32 px; `width` and `depth` size
-    `small_resnet`; `image_size`, `patch_size` (0: the model's own) and `drop_path` go to timm
-    models. A builder takes (arch, num_classes, **these options) and uses the ones it needs."""
+    (3x3 stride-1 convolution, no max-pool) and an SReT a stem of one stride for inputs of about
+    32 px; `width` and `depth` size `small_resnet`; `image_size`, `patch_size` (0: the model's
+    own) and `drop_path` go to timm models, `image_size` and `drop_path` to SReT. A builder takes (arch, num_classes, **these options) and uses the ones it needs."""
     build = MODELS[arch]
     model = build(arch, num_classes, small_input=small_input, width=width, depth=depth,
                   patch_size=patch_size, image_size=image_size, drop_path=drop_path,
@@ -269,6 +280,7 @@ def build_model(arch: str, num_classes: int, *, small_input: bool = False, width
         if fresh:
             print(f"note: started from {weights}; new (shapes differ): {', '.join(fresh)}",
                   file=sys.stderr)
+    blurpool = blurpool and takes_blurpool(arch)
     if blurpool and not MODELS.registered(arch):
         print(f"note: --model.blurpool adds low-pass filters that {arch}'s weights were not "
               f"trained with (--model.blurpool=false keeps their function)", file=sys.stderr)
@@ -337,7 +349,7 @@ def load_weights(path) -> tuple:
     if not isinstance(saved, dict) or not {'arch', 'model', 'preprocess'} <= saved.keys():
         raise ValueError(f"{path} was not written by save_weights (a trainer's "
                          f"final_weights.pt); for a plain state dict use "
-                         f"torchvision:<arch>:{path}")
+                         f"timm:<name>:{path} or torchvision:<arch>:{path}")
     arch = saved_options(saved['arch'])
     blurpool = arch.pop('blurpool', False)  # the weights carry plain names: wrap after loading
     model = build_model(arch.pop('arch'), saved['num_classes'], **arch)

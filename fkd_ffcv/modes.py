@@ -7,6 +7,8 @@ a teacher needed, crop records read) to check a command line before torch is loa
 """
 from __future__ import annotations
 
+import math
+
 from .errors import TrainingError
 from .registry import Registry
 
@@ -25,6 +27,17 @@ class Mode:
         """K: crops per decoded image and pass (a pass is K epochs)."""
         return 1
 
+    @classmethod
+    def pass_plan(cls, opts: dict) -> list:
+        """Crops per image of each pass, summing to the epochs: K for every pass. Raises
+        ValueError when K does not divide the epochs."""
+        k, epochs = cls.crops_per_image(opts), opts['training']['epochs']
+        if epochs % k:
+            raise ValueError(f"--training.epochs={epochs} is not a multiple of "
+                             f"--fkd.num_crops={k}: a pass over the images with K crops each is "
+                             f"K epochs (--fkd.single_crop_phases runs the rest with one crop)")
+        return [k] * (epochs // k)
+
     def check_data(self, trainer) -> None:
         """Raise TrainingError where the training beton lacks what the mode reads."""
 
@@ -36,8 +49,9 @@ class Mode:
         the trainer's check of every input side."""
         return []
 
-    def train_loader(self, trainer, **common):
-        """The training loader; `common` holds resolution, seed, workers and distributed."""
+    def train_loader(self, trainer, num_crops: int, **common):
+        """The training loader for passes of `num_crops` crops per image; `common` holds
+        resolution, seed, workers and distributed."""
         raise NotImplementedError
 
     def unpack(self, batch) -> tuple:
@@ -69,7 +83,7 @@ def mixed(loss_of, perm, lam):
 class Plain(Mode):
     """Hard labels with label smoothing, on a seeded RandomResizedCrop per image and pass."""
 
-    def train_loader(self, trainer, **common):
+    def train_loader(self, trainer, num_crops: int, **common):
         from .loaders import PlainLoader
         data, t = trainer.opts['data'], trainer.opts['training']
         return PlainLoader(data['train_dataset'], t['batch_size'],
@@ -128,6 +142,19 @@ class FKD(Mode):
     def crops_per_image(cls, opts):
         return opts['fkd']['num_crops']
 
+    @classmethod
+    def pass_plan(cls, opts):
+        """With --fkd.single_crop_phases, FKD's own schedule: the learning rate's warm-up
+        epochs with one crop per image, then K crops while at least K epochs remain, then the
+        leftover epochs with one crop again (300 epochs, 5 of warm-up, K = 4: 5 x 1, 73 x 4,
+        3 x 1)."""
+        if not opts['fkd']['single_crop_phases']:
+            return super().pass_plan(opts)
+        k, epochs, lr = opts['fkd']['num_crops'], opts['training']['epochs'], opts['lr']
+        warmup = 0 if lr['schedule'] == 'cyclic' else min(epochs, math.ceil(lr['warmup_epochs']))
+        middle = (epochs - warmup) // k
+        return [1] * warmup + [k] * middle + [1] * (epochs - warmup - middle * k)
+
     def check_data(self, trainer):
         """options.check has seen the manifest's word on these; the beton's own is final."""
         from .fields import CLASSES_FIELD
@@ -147,18 +174,17 @@ class FKD(Mode):
         check_records(self.crops_per_image(trainer.opts), self.num_records, path)
         self.label_spec = LabelSpec.parse(info['label_type'], info['num_classes'])
 
-    def train_loader(self, trainer, **common):
+    def train_loader(self, trainer, num_crops: int, **common):
         import sys
         from .loaders import FKDLoader
         data, t = trainer.opts['data'], trainer.opts['training']
-        k = self.crops_per_image(trainer.opts)
-        used = t['epochs']  # K crops per image and pass, epochs / K passes
-        if used > self.num_records and trainer.is_main:
+        used = t['epochs']  # one crop per image and epoch, whatever the passes' K
+        if used > self.num_records and trainer.is_main and num_crops == max(trainer.plan):
             print(f"note: {t['epochs']} epochs use {used} crops per image; "
                   f"{data['train_dataset']} holds {self.num_records} records per image, so "
                   f"records are reused", file=sys.stderr)
-        return FKDLoader(data['train_dataset'], t['batch_size'], k, device=trainer.device,
-                         **common)
+        return FKDLoader(data['train_dataset'], t['batch_size'], num_crops,
+                         device=trainer.device, **common)
 
     def unpack(self, batch):
         images, classes, probs, hard = batch

@@ -49,8 +49,9 @@ PARAMS = {
     )),
     'model': ('the student', dict(
         arch=Param(str, 'architecture: a name the model registry knows (resnet18/34/50/101, '
-                   'small_resnet), timm:<name>, torchvision:<name>, or <module>:<function> '
-                   'returning a (pretrained) model', default='resnet50'),
+                   'small_resnet, sret_t, sret_lt, sret_s), timm:<name>, torchvision:<name>, '
+                   'or <module>:<function> returning a (pretrained) model',
+                   default='resnet50'),
         weights=Param(str, 'start from these weights: a final_weights.pt or a state-dict '
                       'checkpoint (.pt/.pth/.safetensors; a classifier of another class '
                       'count starts new)', default=''),
@@ -58,15 +59,15 @@ PARAMS = {
                           'epochs (fine-tuning a pretrained model)', default=0.0),
         num_classes=Param(And(int, InRange(min=0)), 'class count (0: the data set\'s)',
                           default=0),
-        small_input=Param(Flag(), 'torchvision ResNets: CIFAR stem for ~32 px inputs',
+        small_input=Param(Flag(), 'torchvision ResNets, SReT: a stem for ~32 px inputs',
                           default=False),
         width=Param(And(int, InRange(min=1)), 'small_resnet base width', default=16),
         depth=Param(And(int, InRange(min=1)), 'small_resnet blocks per stage', default=2),
-        image_size=Param(And(int, InRange(min=0)), 'timm: img_size, the side a ViT\'s position '
-                         'embeddings are learnt for (0: the model\'s own)', default=0),
+        image_size=Param(And(int, InRange(min=0)), 'timm, SReT: the side position embeddings '
+                         'are learnt for (0: the model\'s own)', default=0),
         patch_size=Param(And(int, InRange(min=0)), 'timm: patch side of a ViT (0: the model\'s '
                          'own)', default=0),
-        drop_path=Param(And(float, InRange(0, 1)), 'timm: stochastic depth rate',
+        drop_path=Param(And(float, InRange(0, 1)), 'timm, SReT: stochastic depth rate',
                         default=0.0),
         blurpool=Param(Flag(), 'low-pass filter before strided convolutions (not timm models, '
                        'kept as timm builds them)', default=True),
@@ -132,11 +133,15 @@ PARAMS = {
     'fkd': ('distillation', dict(
         num_crops=Param(And(int, InRange(min=1)), 'FKD: crops per decoded image (K)',
                         default=4),
+        single_crop_phases=Param(Flag(), 'FKD: the lr warm-up epochs and the epochs K does not '
+                                 'divide with one crop per image, as FKD ran them (docs/'
+                                 'training.md)', default=False),
         temperature=Param(And(float, InRange(min=1e-6)), 'softmax temperature of the '
                           'student in the distillation loss', default=1.0),
         teacher=Param(str, 'online_kd: teacher spec(s), comma-separated for an ensemble: '
-                      'checkpoint:<final_weights.pt>, torchvision:<arch>[:<checkpoint>], '
-                      'torchscript:<file>, <module>:<function>', default=''),
+                      'checkpoint:<final_weights.pt>, timm:<name>[.<tag>]:<checkpoint>, '
+                      'torchvision:<arch>[:<checkpoint>], torchscript:<file>, '
+                      '<module>:<function>', default=''),
     )),
     'logging': ('outputs', dict(
         folder=Param(str, 'run folder (default: runs/<mode>_<arch>)', default=''),
@@ -192,11 +197,14 @@ def check(opts: dict) -> None:
     if weights and not os.path.isfile(weights):
         raise OptionError(f"--model.weights: {weights}: no such file")
     m = opts['model']
-    timm_only = [f"--model.{key}={m[key]}" for key in ('image_size', 'patch_size', 'drop_path')
-                 if m[key]]
-    if timm_only and not m['arch'].startswith('timm:'):
-        raise OptionError(f"{', '.join(timm_only)}: for timm models (--model.arch=timm:<name>), "
-                          f"not {m['arch']}")
+    takes = ('image_size', 'patch_size', 'drop_path') if m['arch'].startswith('timm:') else \
+        ('image_size', 'drop_path') if m['arch'].startswith('sret_') else ()
+    misplaced = [f"--model.{key}={m[key]}" for key in ('image_size', 'patch_size', 'drop_path')
+                 if m[key] and key not in takes]
+    if misplaced:
+        raise OptionError(f"{', '.join(misplaced)}: not an option of {m['arch']} (image_size, "
+                          f"patch_size and drop_path are for timm models, image_size and "
+                          f"drop_path for SReT)")
     if opts['model']['head_epochs'] >= t['epochs']:
         raise OptionError(f"--model.head_epochs={opts['model']['head_epochs']} must end before "
                           f"--training.epochs={t['epochs']}")
@@ -212,10 +220,10 @@ def check(opts: dict) -> None:
     if lr['schedule'] != 'cyclic' and lr['warmup_epochs'] >= t['epochs']:
         raise OptionError(f"--lr.warmup_epochs={lr['warmup_epochs']} must end before "
                           f"--training.epochs={t['epochs']}")
-    if t['epochs'] % k:
-        raise OptionError(f"--training.epochs={t['epochs']} is not a multiple of "
-                          f"--fkd.num_crops={k}: a pass over the images with K crops each is K "
-                          f"epochs")
+    try:
+        mode.pass_plan(opts)
+    except ValueError as e:
+        raise OptionError(str(e)) from None
     if t['batch_size'] % k:
         raise OptionError(f"--training.batch_size={t['batch_size']} counts crops and must be a "
                           f"multiple of --fkd.num_crops={k}")

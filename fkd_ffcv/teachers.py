@@ -60,6 +60,7 @@ class Preprocess:
     std: Tuple[float, float, float] = IMAGENET_STD
     fixed_input_size: bool = False
     crop_pct: float = 224 / 256
+    model: str = ''  # what the spec resolved to, where that can change (a timm name and tag)
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
@@ -270,7 +271,8 @@ class Teacher:
         return {'specs': self.specs, 'input_size': self.input_size,
                 'interpolation': self.interpolation, 'temperature': self.temperature,
                 'precision': self.precision, 'device': self.device.type,
-                'normalisation': [{'mean': p.mean, 'std': p.std} for p in self.preprocess]}
+                'normalisation': [{'mean': p.mean, 'std': p.std} for p in self.preprocess],
+                'models': [p.model or spec for p, spec in zip(self.preprocess, self.specs)]}
 
     def probs(self, crops: np.ndarray) -> torch.Tensor:
         """uint8 crops (B, S, S, 3) -> float32 probabilities (B, C) on the CPU."""

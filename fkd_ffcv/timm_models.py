@@ -37,8 +37,6 @@ def resolve(name: str) -> str:
     arch, dot, tag = name.partition('.')
     moved = t.models.get_deprecated_models()
     if arch in moved:
-        if moved[arch] is None:
-            raise ValueError(f"timm model {arch!r} was removed from timm")
         if tag:
             raise ValueError(f"timm model {arch!r} is an old name for {moved[arch]!r}; give "
                              f"that name with its tag instead of {name!r}")
@@ -91,7 +89,7 @@ def _classifiers(cfg: dict) -> tuple:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
-def checkpoint_classes(name: str, state: dict, source) -> int:
+def checkpoint_classes(name: str, state: dict) -> int:
     """The class count of `state`'s classifier (0 if it has none)."""
     for head in _classifiers(pretrained_config(name)):
         if head + '.weight' in state:
@@ -100,7 +98,8 @@ def checkpoint_classes(name: str, state: dict, source) -> int:
 
 
 def _misfit(name: str, model_args: dict, state: dict, source) -> str:
-    """Why `state` does not load into the model: first missing, unexpected and resized keys."""
+    """Why `state` does not load into the model: first missing, unexpected and resized keys
+    ('' when the keys and shapes all fit, and the cause lies elsewhere)."""
     own = timm().create_model(name, pretrained=False, **model_args).state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
@@ -108,7 +107,7 @@ def _misfit(name: str, model_args: dict, state: dict, source) -> str:
                for k in own if k in state and state[k].shape != own[k].shape]
     parts = [f"{label} {keys[:4]} ({len(keys)} in all)" for label, keys in
              (('missing', missing), ('unexpected', extra), ('other shapes', resized)) if keys]
-    return f"{source} does not fit timm {name}: " + ('; '.join(parts) or 'see above')
+    return f"{source} does not fit timm {name}: " + '; '.join(parts) if parts else ''  # '': no key differs
 
 
 def create(name: str, num_classes: int, state: dict = None, source='the checkpoint',
@@ -125,11 +124,12 @@ def create(name: str, num_classes: int, state: dict = None, source='the checkpoi
                                                       'num_classes': num_classes},
                               **model_args)
     except (RuntimeError, KeyError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         try:
             why = _misfit(name, dict(model_args, num_classes=num_classes), state, source)
         except Exception:  # the model itself cannot be built: timm's own message says why
-            why = f"{source} does not fit timm {name}: {e}"
-        raise ValueError(why) from None
+            why = ''
+        raise ValueError(why or f"{source} does not fit timm {name}: {first}") from None
 
 
 def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
@@ -145,7 +145,7 @@ def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
     args = {'drop_path_rate': drop_path} if drop_path else {}
     args.update({k: v for k, v in (('img_size', image_size), ('patch_size', patch_size)) if v})
     state = plain_state_dict(load_data(weights)) if weights else None
-    classes = checkpoint_classes(name, state, weights) if state is not None else num_classes
+    classes = checkpoint_classes(name, state) if state is not None else num_classes
     source = weights or 'the checkpoint'
     try:
         model = create(name, classes, state, source, dynamic_img_size=True, **args)
@@ -153,7 +153,14 @@ def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
     except TypeError as e:  # a model without that argument (CNNs take any size)
         if 'dynamic_img_size' not in str(e):
             raise ValueError(f"timm {name}: {e}") from None
-        model = create(name, classes, state, source, **args)
+        try:
+            model = create(name, classes, state, source, **args)
+        except TypeError as e:
+            given = [f"--model.{key}" for key, arg in (('image_size', 'img_size'),
+                                                       ('patch_size', 'patch_size'))
+                     if arg in args]
+            raise ValueError(f"timm {name} takes no {' or '.join(given) or 'such argument'} "
+                             f"(they size ViT-like models): {e}") from None
     fresh = []
     if classes != num_classes:
         model.reset_classifier(num_classes)
@@ -172,7 +179,8 @@ student.loads_weights = True  # build_model leaves --model.weights to it
 
 def teacher(spec: str):
     """`timm:<name>[.<tag>]:<checkpoint>` -> (model, preprocessing dict). The class count is
-    the checkpoint's; the preprocessing is the pretrained configuration's for that name."""
+    the checkpoint's; the preprocessing is the pretrained configuration's for that name, and
+    `model` names the timm model and tag it resolved to (recorded in labelled betons)."""
     import os
     from .files import load_data
     from .models import plain_state_dict
@@ -184,5 +192,16 @@ def teacher(spec: str):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     name = resolve(name)
     state = plain_state_dict(load_data(path))
-    model = create(name, checkpoint_classes(name, state, path), state, path)
-    return model, preprocessing(name)
+    classes = checkpoint_classes(name, state)
+    if not classes:
+        misfit = _misfit(name, {'num_classes': 0}, state, path)  # another architecture?
+        if misfit:
+            raise ValueError(misfit)
+        heads = [h + '.weight' for h in _classifiers(pretrained_config(name))]
+        raise ValueError(f"{path} holds no classifier for timm {name} (looked for "
+                         f"{', '.join(heads) or 'none named by timm'}; its first keys: "
+                         f"{list(state)[:4]}): a teacher must predict classes")
+    model = create(name, classes, state, path)
+    cfg = pretrained_config(name)
+    full = name if '.' in name or not cfg.get('tag') else f"{name}.{cfg['tag']}"
+    return model, dict(preprocessing(name), model=f'timm:{full}')

@@ -50,7 +50,9 @@ class Trainer:
             raise OptionError(f"--model.arch: {e}") from None
         self.mode = MODES[t['mode']]()
         self.num_crops = self.mode.crops_per_image(self.opts)  # K
-        self.passes = t['epochs'] // self.num_crops
+        self.plan = self.mode.pass_plan(self.opts)  # crops per image in each pass
+        self.passes = len(self.plan)
+        self.first_epoch = [sum(self.plan[:p]) for p in range(self.passes + 1)]
         self.setup_distributed()
         self.setup_precision()
         self.folder = RunFolder(self.opts['logging']['folder'] or
@@ -98,7 +100,7 @@ class Trainer:
         self.check_shapes()
         if self.ema is not None:
             self.ema_decay = ema_decay(self.opts['training']['ema_epochs'],
-                                       self.steps_per_pass / self.num_crops)
+                                       self.pass_steps[0] / self.plan[0])  # steps per epoch
         self.history = []
 
     def read_data(self):
@@ -177,18 +179,20 @@ class Trainer:
         from .loaders import eval_loader
         data, t, v = self.opts['data'], self.opts['training'], self.opts['validation']
         workers = data['num_workers'] if data['num_workers'] > 0 else self.threads
-        self.train_loader = self.mode.train_loader(
-            self, resolution=self.resolution_at(0), seed=t['seed'], num_workers=workers,
-            distributed=self.world_size > 1)
-        self.steps_per_pass = len(self.train_loader)
-        if self.steps_per_pass < self.num_crops:
-            images = len(self.train_beton) // self.world_size  # per process
-            largest = images // self.num_crops * self.num_crops
-            raise TrainingError(f"{data['train_dataset']}: a pass of its {len(self.train_beton)} "
-                                f"images gives {self.steps_per_pass} step(s) of "
-                                f"{t['batch_size'] // self.num_crops} images per process, "
-                                f"fewer than the {self.num_crops} epochs it must hold; lower "
-                                f"--training.batch_size to {largest} or less")
+        # one loader per K the plan uses (each compiles its pipeline once)
+        self.train_loaders = {k: self.mode.train_loader(
+            self, k, resolution=self.resolution_at(0), seed=t['seed'], num_workers=workers,
+            distributed=self.world_size > 1) for k in sorted(set(self.plan))}
+        for k, loader in self.train_loaders.items():
+            if len(loader) < k:
+                images = len(self.train_beton) // self.world_size  # per process
+                raise TrainingError(f"{data['train_dataset']}: a pass of its "
+                                    f"{len(self.train_beton)} images gives {len(loader)} step(s) "
+                                    f"of {t['batch_size'] // k} images per process, fewer than "
+                                    f"the {k} epochs it must hold; lower --training.batch_size "
+                                    f"to {images // k * k} or less")
+        self.pass_steps = [len(self.train_loaders[k]) for k in self.plan]
+        self.first_step = [sum(self.pass_steps[:p]) for p in range(self.passes + 1)]
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
                                       v['ratio'], workers, str(self.device), self.rank,
                                       self.world_size)
@@ -215,14 +219,13 @@ class Trainer:
 
     def resolution_at(self, pass_index: int) -> int:
         r = self.opts['resolution']
-        return resolution(pass_index * self.num_crops,
+        return resolution(self.first_epoch[pass_index],
                           min_res=r['min_res'], max_res=r['max_res'],
                           start_ramp=r['start_ramp'], end_ramp=r['end_ramp'],
                           round_to=r['round_to'])
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, epoch: float) -> float:
         lr, t = self.opts['lr'], self.opts['training']
-        epoch = step / self.steps_per_pass * self.num_crops
         return lr['lr'] * lr_factor(epoch, schedule=lr['schedule'], epochs=t['epochs'],
                                     warmup_epochs=lr['warmup_epochs'],
                                     peak_epoch=lr['peak_epoch'],
@@ -247,10 +250,9 @@ class Trainer:
         start = self.restore(state) if state else 0
         if state and self.is_main:
             print(f"resuming {self.folder.path} after pass {start} of {self.passes} "
-                  f"(epoch {start * self.num_crops} of {self.opts['training']['epochs']})")
+                  f"(epoch {self.first_epoch[start]} of {self.opts['training']['epochs']})")
         self.passes_done = start
         self.folder.start(self.opts, self.history)
-        self.train_loader.start_at(start)
         for p in range(start, self.passes):
             evaluated = self.train_pass(p)
             self.sync_buffers()
@@ -265,11 +267,13 @@ class Trainer:
         return summary
 
     def train_pass(self, p: int):
-        """One pass over the images (K epochs); logs a line at every epoch boundary and
-        returns the last one, unlogged, when the pass ends with a validation."""
-        k, steps = self.num_crops, self.steps_per_pass
+        """One pass over the images (K epochs, K = plan[p]); logs a line at every epoch
+        boundary and returns the last one, unlogged, when the pass ends with a validation."""
+        k, steps, first = self.plan[p], self.pass_steps[p], self.first_epoch[p]
         side = self.resolution_at(p)
-        self.train_loader.set_resolution(side)
+        loader = self.train_loaders[k]
+        loader.start_at(p, first)  # its order, and the records of epochs first .. first + K - 1
+        loader.set_resolution(side)
         torch.manual_seed(self.opts['training']['seed'] * 1_000_003 + 1000 * p + self.rank)
         self.train_model.train()
         bounds = [round((e + 1) * steps / k) for e in range(k)]  # step ending each epoch
@@ -278,7 +282,7 @@ class Trainer:
                            leave=False)
         totals = torch.zeros(4, device=self.device)
         epoch_start, wait, i, evaluated = time.perf_counter(), 0.0, 0, None
-        iterator = iter(self.train_loader)
+        iterator = iter(loader)
         while True:
             t0 = time.perf_counter()
             batch = next(iterator, None)
@@ -287,14 +291,14 @@ class Trainer:
                 break
             if i == 0 and self.device.type == 'cpu':
                 torch.set_num_threads(self.threads)
-            lr = self.train_step(batch, p * steps + i, totals)
+            lr = self.train_step(batch, self.first_step[p] + i, first + i * k / steps, totals)
             i += 1
             bar.update(1)
             if i in bounds:
-                epoch = p * k + bounds.index(i) + 1
+                epoch = first + bounds.index(i) + 1
                 line = self.epoch_line(epoch, totals, lr, epoch_start, wait, side)
                 bar.set_postfix(loss=f"{line['loss']:.3f}", crops_s=f"{line['crops_per_s']:,.0f}")
-                if epoch % k or not self.evaluate_now(p):
+                if epoch < first + k or not self.evaluate_now(p):  # not the pass's last
                     self.log(line)
                 else:
                     evaluated = line
@@ -303,10 +307,11 @@ class Trainer:
         bar.close()
         return evaluated
 
-    def train_step(self, batch, step: int, totals: torch.Tensor):
-        lr = self.lr_at(step)
-        body_learns = step / self.steps_per_pass * self.num_crops >= \
-            self.opts['model']['head_epochs']
+    def train_step(self, batch, step: int, epoch: float, totals: torch.Tensor):
+        """One optimiser step; `step` counts steps from the run's start (it seeds mixing),
+        `epoch` is where the step lies in the schedule."""
+        lr = self.lr_at(epoch)
+        body_learns = epoch >= self.opts['model']['head_epochs']
         for group in self.optimizer.param_groups:
             group['lr'] = lr if group.get('head') or body_learns else 0.0
         t = self.opts['training']
@@ -536,7 +541,7 @@ def interrupted(trainer, argv) -> str:
     if trainer.world_size > 1:
         command = f"the same torchrun command ({trainer.world_size} processes) with --resume"
     return (f"interrupted: {trainer.folder.checkpoint} holds {done} of {trainer.passes} passes "
-            f"(epoch {done * trainer.num_crops}); continue with: {command}")
+            f"(epoch {trainer.first_epoch[done]}); continue with: {command}")
 
 
 def main(opts: dict, argv=None) -> int:

@@ -69,3 +69,17 @@ def test_the_deit_recipe_is_fkds():
     assert (t['optimizer'], t['weight_decay'], t['epochs']) == ('adamw', 0.05, 300)
     assert (lr['lr'], lr['schedule'], lr['warmup_epochs']) == (0.002, 'cosine', 5)
     assert opts['fkd']['num_crops'] == 4 and t['batch_size'] * 8 == 1024
+
+
+def test_the_sret_recipe_is_fkds():
+    """FKD's SReT-LT recipe, with its single-crop warm-up and tail (5 x 1, 73 x 4, 3 x 1)."""
+    from fkd_ffcv.modes import MODES
+    raw = yaml.safe_load((REPO / 'sret_configs' / 'sret_lt_fkd_300_epochs.yaml').read_text())
+    opts = options({f'{s}.{k}': v for s, values in raw.items() for k, v in values.items()})
+    m, t, lr = opts['model'], opts['training'], opts['lr']
+    assert (m['arch'], m['drop_path']) == ('sret_lt', 0.1)
+    assert (t['optimizer'], t['weight_decay'], t['epochs']) == ('adamw', 0.05, 300)
+    assert (lr['lr'], lr['schedule'], lr['warmup_epochs']) == (0.002, 'cosine', 5)
+    assert lr['lr'] * lr['end_factor'] == pytest.approx(1e-5)
+    assert MODES['fkd'].pass_plan(opts) == [1] * 5 + [4] * 73 + [1] * 3
+    assert t['batch_size'] * 8 == 1024

@@ -20,11 +20,11 @@ K = 2
 @pytest.mark.parametrize('n, k', [(6, 2), (5, 2), (500, 4), (1, 1), (7, 7)])
 def test_every_record_once_per_cycle(n, k):
     for sample in (0, 3, 12345):
-        draws = [record_index(0, p, sample, s, n, k) for p in range(2 * n) for s in range(k)]
+        draws = [record_index(0, p * k, sample, s, n) for p in range(2 * n) for s in range(k)]
         for cycle in range(len(draws) // n):
             assert sorted(draws[cycle * n:(cycle + 1) * n]) == list(range(n))
-    first = [record_index(0, 0, 1, s, 500, 4) for s in range(4)]
-    assert first != [record_index(1, 0, 1, s, 500, 4) for s in range(4)]  # the seed matters
+    first = [record_index(0, 0, 1, s, 500) for s in range(4)]
+    assert first != [record_index(1, 0, 1, s, 500) for s in range(4)]  # the seed matters
 
 
 @pytest.fixture(scope='module')
@@ -57,7 +57,7 @@ def test_crops_and_labels_replay_the_records(labelled, images_per_batch):
         assert hard.tolist() == np.repeat(beton.field_metadata('label'), K).tolist()
         for sample in range(len(beton)):
             for slot in range(K):
-                r = record_index(0, p, sample, slot, N, K)
+                r = record_index(0, p * K, sample, slot, N)
                 row = sample * K + slot
                 got = images[row].permute(1, 2, 0).numpy()
                 assert np.abs(got.astype(int) - reference(beton, sample, r, size)).max() <= 1
@@ -67,6 +67,21 @@ def test_crops_and_labels_replay_the_records(labelled, images_per_batch):
                                                          & FLAG_P1_STORED)]))
                 assert torch.allclose(probs[row], stored[0], atol=1e-6)
     assert math.isclose(loader.passes, 2)
+
+
+def test_a_one_crop_pass_continues_the_draws_where_it_starts(labelled):
+    """FKD's single-crop phases: a K = 1 pass placed at epoch 5 replays draw 5 of each image,
+    the record a K = 4 pass starting at epoch 4 uses in its second slot."""
+    beton = Beton(labelled)
+    loader = FKDLoader(labelled, batch_size=5, num_crops=1, resolution=16, num_workers=2,
+                       order=OrderOption.SEQUENTIAL, drop_last=False)
+    loader.start_at(3, epoch=5)
+    images = torch.cat([batch[0].clone() for batch in loader])
+    for sample in range(len(beton)):
+        r = record_index(0, 5, sample, 0, N)
+        assert r == record_index(0, 4, sample, 1, N)
+        got = images[sample].permute(1, 2, 0).numpy()
+        assert np.abs(got.astype(int) - reference(beton, sample, r, 16)).max() <= 1
 
 
 def test_batch_size_counts_crops(labelled):

@@ -74,7 +74,7 @@ def test_timm_names_and_options_are_checked_before_training(fashion_betons):
     assert done.returncode == 2
     assert "--model.arch: unknown timm model 'resnet5o'; close: resnet50" in done.stderr
     train, val = fashion_betons
-    with pytest.raises(OptionError, match='--model.drop_path=0.1: for timm models'):
+    with pytest.raises(OptionError, match='--model.drop_path=0.1: not an option of resnet18'):
         check(options({'data.train_dataset': str(train), 'data.val_dataset': str(val),
                        'training.mode': 'plain', 'model.arch': 'resnet18',
                        'model.drop_path': 0.1}))

@@ -149,3 +149,53 @@ def test_a_timm_student_starts_from_weights_of_another_size_and_class_count(tmp_
     torch.save(timm.create_model('test_resnet').state_dict(), tmp_path / 'resnet.pth')
     with pytest.raises(ValueError, match=r"resnet.pth does not fit timm test_vit.*missing"):
         build_model('timm:test_vit', 5, weights=str(tmp_path / 'resnet.pth'))
+
+
+class Broken(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError('mat1 and mat2 shapes cannot be multiplied')
+
+
+def broken_teacher():
+    return Broken(), {'input_size': 48}
+
+
+def test_teacher_checkpoints_and_probes_that_cannot_work_are_named(checkpoints, tmp_path):
+    state = timm.create_model('test_resnet', num_classes=3).state_dict()
+    torch.save({k: v for k, v in state.items() if not k.startswith('fc.')}, tmp_path / 'n.pth')
+    with pytest.raises(ValueError, match=r"n.pth holds no classifier for timm test_resnet "
+                                         r"\(looked for fc.weight"):
+        Teacher(f"timm:test_resnet:{tmp_path / 'n.pth'}")
+    with pytest.raises(ValueError, match='teacher test_timm_models:broken_teacher cannot take '
+                                         '48 px crops: mat1 and mat2'):
+        Teacher('test_timm_models:broken_teacher')
+    (tmp_path / 'bad.safetensors').write_bytes(b'not a safetensors file at all')
+    with pytest.raises(ValueError, match='bad.safetensors: not a readable safetensors file'):
+        Teacher(f"timm:test_resnet:{tmp_path / 'bad.safetensors'}")
+    teacher = Teacher(f"timm:test_resnet:{checkpoints['test_resnet']}")
+    assert teacher.describe()['models'] == ['timm:test_resnet.r160_in1k']  # the tag it used
+
+
+def test_names_and_configurations_that_cannot_work_are_named(monkeypatch):
+    from fkd_ffcv import timm_models
+    with pytest.raises(ValueError, match="'gluon_senet154' is an old name for "
+                                         "'senet154.gluon_in1k'"):
+        resolve('gluon_senet154.gluon_in1k')
+    real = timm_models.pretrained_config
+    monkeypatch.setattr(timm_models, 'pretrained_config',
+                        lambda name: {**real(name), 'input_size': (3, 224, 160)})
+    with pytest.raises(ValueError, match='takes 224x160 inputs; crops here are square'):
+        timm_models.preprocessing('test_resnet')
+    monkeypatch.setattr(timm_models, 'pretrained_config',
+                        lambda name: {**real(name), 'interpolation': 'nearest'})
+    with pytest.raises(ValueError, match="trained with 'nearest' interpolation"):
+        timm_models.preprocessing('test_resnet')
+
+
+def test_a_timm_cnn_student_is_built_as_timm_builds_it(tmp_path):
+    from fkd_ffcv.models import BlurPoolConv2d
+    model = build_model('timm:test_resnet', 4, blurpool=True)  # blurpool is not for timm
+    assert not any(isinstance(m, BlurPoolConv2d) for m in model.modules())
+    assert model.timm_args == {'model_name': 'test_resnet', 'num_classes': 4}
+    with pytest.raises(ValueError, match='timm test_resnet takes no --model.image_size'):
+        build_model('timm:test_resnet', 4, image_size=64)

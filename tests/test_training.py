@@ -117,10 +117,10 @@ def test_interrupted_run_resumes_to_the_same_metrics(fkd_run, fkd_options, tmp_p
     trainer = Trainer(fkd_options(folder))
     real_step = Trainer.train_step
 
-    def failing_step(self, batch, step, totals):
-        if step == self.steps_per_pass + 12:  # past the first epoch of pass 2
+    def failing_step(self, batch, step, epoch, totals):
+        if step == self.pass_steps[0] + 12:  # past the first epoch of pass 2
             raise KeyboardInterrupt
-        return real_step(self, batch, step, totals)
+        return real_step(self, batch, step, epoch, totals)
 
     monkeypatch.setattr(Trainer, 'train_step', failing_step)
     with pytest.raises(KeyboardInterrupt):
@@ -133,6 +133,34 @@ def test_interrupted_run_resumes_to_the_same_metrics(fkd_run, fkd_options, tmp_p
     resumed.run()
     assert metrics(resumed.history) == metrics(fkd_run[2])  # bit for bit: same threads
     assert metrics(read_log(folder)) == metrics(fkd_run[2])
+
+
+def test_single_crop_phases_run_fkds_schedule_and_resume(fkd_options, tmp_path, monkeypatch):
+    """6 epochs, K = 2, one warm-up epoch: passes of 1, 2, 2 and 1 crops per image. Every
+    epoch is logged with the learning rate of the schedule, and a run interrupted in the
+    third pass resumes to the same metrics."""
+    extra = dict(training__epochs=6, fkd__single_crop_phases=True, lr__schedule='cosine',
+                 lr__warmup_epochs=1.0, validation__every_passes=0)
+    whole = Trainer(fkd_options(tmp_path / 'whole', **extra))
+    whole.run()
+    assert whole.plan == [1, 2, 2, 1] and whole.first_epoch == [0, 1, 3, 5, 6]
+    assert [line['epoch'] for line in whole.history] == [1, 2, 3, 4, 5, 6]
+    steps = whole.pass_steps
+    assert steps[1] == steps[2] == 2 * steps[0] == 2 * steps[3]  # same crops per step
+    real_step = Trainer.train_step
+
+    def failing_step(self, batch, step, epoch, totals):
+        if step == self.first_step[2] + 3:
+            raise KeyboardInterrupt
+        return real_step(self, batch, step, epoch, totals)
+
+    monkeypatch.setattr(Trainer, 'train_step', failing_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(fkd_options(tmp_path / 'cut', **extra)).run()
+    monkeypatch.setattr(Trainer, 'train_step', real_step)
+    resumed = Trainer(fkd_options(tmp_path / 'cut', training__resume=True, **extra))
+    resumed.run()
+    assert metrics(read_log(tmp_path / 'cut')) == metrics(whole.history)
 
 
 def test_eval_only_matches_the_final_log_line(fkd_run, fkd_options):
@@ -415,3 +443,23 @@ def test_a_timm_vit_student_trains_an_fkd_pass_and_its_export_loads_into_timm(fk
     x = (images.float() / 255 - 0.5) / 0.5  # test_vit's own mean and std
     with torch.no_grad():
         assert torch.allclose(teacher.forward(images), torch.softmax(plain(x), 1), atol=1e-5)
+
+
+def test_a_small_input_sret_trains_an_fkd_pass_and_its_export_loads_back(fkd_options, tmp_path):
+    folder = tmp_path / 'sret'
+    trainer = Trainer(fkd_options(folder, model__arch='sret_t', model__small_input=True,
+                                  model__drop_path=0.1, training__epochs=2,
+                                  training__optimizer='adamw', training__weight_decay=0.05,
+                                  lr__lr=1e-3, lr__schedule='cosine', training__ema_epochs=0))
+    trainer.run()
+    assert math.isfinite(trainer.history[-1]['loss'])
+    no_decay = {id(p) for g in trainer.optimizer.param_groups if g['weight_decay'] == 0
+                for p in g['params']}
+    assert id(trainer.model.pos_embed) in no_decay
+    teacher = Teacher(f"checkpoint:{folder / 'final_weights.pt'}")  # rebuilt from the export
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    trainer.model.eval()
+    with torch.no_grad():
+        x = (images.float() - trainer.mean) / trainer.std
+        assert torch.allclose(teacher.forward(images), torch.softmax(trainer.model(x), 1),
+                              atol=1e-5)

@@ -7,10 +7,11 @@ written under --out as soon as it is known (a GPU machine returns only that fold
 Steps:
   data      write a small ImageNet-shaped beton (synthetic photos) and label it with a teacher
             on the device, in fp32 (records precision and device in the manifest)
-  train     plain, online KD (a timm teacher) and FKD (a timm ViT student; then ResNet with
-            torch.compile, progressive resizing: a static graph per side), about 50 steps
-            each, auto precision (bf16 on the GPU), channels-last; timm is imported with
-            huggingface_hub unimportable, as on a GPU machine without it
+  train     plain, online KD (a timm teacher, random weights from a file), FKD (ResNet with
+            torch.compile, progressive resizing: a static graph per side) and FKD with a timm
+            ViT student, about 50 steps each, auto precision (bf16 on the GPU),
+            channels-last; timm is imported with huggingface_hub unimportable, as on a GPU
+            machine without it (and, where a bundle was built, from the bundle)
   resume    an FKD run killed after its first checkpoint, resumed from the command line, then
             evaluated with --eval-only on its final_weights.pt, which must load in a process
             that sees no GPU
@@ -52,7 +53,7 @@ SIZES = {
                               'resolution.round_to': 16}, timm_teacher='resnet50.a1_in1k',
                 batch=256, k=4, min_res=160, max_res=192, val_res=224, val_ratio=224 / 256,
                 plain_epochs=6, budget=480,
-                caps={'data': 60, 'train': 200, 'resume': 100, 'torchrun': 80}),
+                caps={'data': 60, 'train': 230, 'resume': 100, 'torchrun': 80}),
     # CPU: about 100 s on 2 cores. The budget only decides the timing step (which it leaves
     # out); the caps only catch hangs. One side: inductor's C++ backend crashes on some CPU
     # backward graphs at other sides (docs/gpu.md).
@@ -290,11 +291,15 @@ def step_train(args) -> None:
     from fkd_ffcv.training import Trainer
     lines = []
     s = sizes_of(args)
+    import timm
+    lines.append(f"timm {timm.__version__} from {Path(timm.__file__).parent.parent}, "
+                 f"huggingface_hub not importable")
+    # in order of importance: a time-out keeps the runs before it
     for name, mode, extra in (('plain', 'plain', {}),
                               ('online_kd', 'online_kd', {'fkd.teacher': timm_teacher(args)}),
+                              ('fkd', 'fkd', {'training.compile': True}),
                               ('fkd_timm', 'fkd', {**s['timm_student'], 'lr.lr': 1e-3,
-                                                   'training.optimizer': 'adamw'}),
-                              ('fkd', 'fkd', {'training.compile': True})):  # slow compile last
+                                                   'training.optimizer': 'adamw'})):
         trainer = Trainer(options(run_options(args, mode, args.work / 'runs' / name, **extra)))
         t0 = time.perf_counter()
         summary = trainer.run()
@@ -303,7 +308,7 @@ def step_train(args) -> None:
         if not args.dry_run:
             assert summary['precision'] == 'bf16' and summary['device'].startswith('cuda')
         lines.append(f"{summary_line(summary, trainer.history)}, "
-                     f"{trainer.steps_per_pass * trainer.passes} steps in "
+                     f"{sum(trainer.pass_steps)} steps in "
                      f"{time.perf_counter() - t0:.0f} s"
                      + (' (compiled)' if extra.get('training.compile') else ''))
         done('; '.join(lines))  # after each run: a time-out keeps the runs that finished

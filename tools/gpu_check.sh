@@ -43,6 +43,15 @@ if ! "$PY" -c 'import ffcv, fastargs' >/dev/null 2>&1; then
     export PYTHONPATH="$bundle/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    # A dry run imports timm and safetensors as the device will, from the bundle, when one
+    # was built here (its ffcv is for CPython 3.12, so only these two are put in front).
+    site=${FKD_GPU_BUNDLE:-build/gpu_bundle}/site
+    if [ -d "$site/timm" ] && [ -d "$site/safetensors" ]; then
+        overlay=$(mktemp -d)
+        ln -s "$(cd "$site" && pwd)/timm" "$(cd "$site" && pwd)/safetensors" "$overlay/"
+        export PYTHONPATH="$overlay:$PYTHONPATH"
+        say "timm and safetensors from the bundle ($site), as on the device"
+    fi
 fi
 say "python $("$PY" -c 'import sys; print(sys.version.split()[0])') at $PY"
 if command -v nvidia-smi >/dev/null; then
