@@ -16,6 +16,7 @@ top-1, training time and crops/s per run, with the machine line.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,7 @@ def main():
         roots = [package_at(args.base, Path(base)), REPO]
         for (name, arch), root in zip(ARCHS.items(), roots):
             folder = args.work / name.split()[0]
+            shutil.rmtree(folder, ignore_errors=True)  # a fresh measurement every time
             options = {**recipe(train_beton, val_beton, args.epochs, folder), **arch}
             print(f"training {name} ({args.epochs} epochs) ...", flush=True)
             summary = train(root, options)

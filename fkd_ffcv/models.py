@@ -270,7 +270,8 @@ def build_model(arch: str, num_classes: int, *, small_input: bool = False, width
     `loads_weights` loads them itself). `small_input` gives a torchvision ResNet a CIFAR stem
     (3x3 stride-1 convolution, no max-pool) and an SReT a stem of one stride for inputs of about
     32 px; `width` and `depth` size `small_resnet`; `image_size`, `patch_size` (0: the model's
-    own) and `drop_path` go to timm models, `image_size` and `drop_path` to SReT. A builder takes (arch, num_classes, **these options) and uses the ones it needs."""
+    own) and `drop_path` go to timm models, `image_size` and `drop_path` to SReT. A builder
+    takes (arch, num_classes, **these options) and uses the ones it needs."""
     build = MODELS[arch]
     model = build(arch, num_classes, small_input=small_input, width=width, depth=depth,
                   patch_size=patch_size, image_size=image_size, drop_path=drop_path,

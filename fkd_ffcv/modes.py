@@ -35,7 +35,8 @@ class Mode:
         if epochs % k:
             raise ValueError(f"--training.epochs={epochs} is not a multiple of "
                              f"--fkd.num_crops={k}: a pass over the images with K crops each is "
-                             f"K epochs (--fkd.single_crop_phases runs the rest with one crop)")
+                             f"K epochs (--fkd.single_crop_phases=true runs the rest with one "
+                             f"crop)")
         return [k] * (epochs // k)
 
     def check_data(self, trainer) -> None:
@@ -144,10 +145,10 @@ class FKD(Mode):
 
     @classmethod
     def pass_plan(cls, opts):
-        """With --fkd.single_crop_phases, FKD's own schedule: the learning rate's warm-up
-        epochs with one crop per image, then K crops while at least K epochs remain, then the
-        leftover epochs with one crop again (300 epochs, 5 of warm-up, K = 4: 5 x 1, 73 x 4,
-        3 x 1)."""
+        """With --fkd.single_crop_phases (the default), FKD's own schedule: the learning
+        rate's warm-up epochs with one crop per image, then K crops while at least K epochs
+        remain, then the leftover epochs with one crop again (300 epochs, 5 of warm-up,
+        K = 4: 5 x 1, 73 x 4, 3 x 1). A cyclic schedule has no warm-up epochs."""
         if not opts['fkd']['single_crop_phases']:
             return super().pass_plan(opts)
         k, epochs, lr = opts['fkd']['num_crops'], opts['training']['epochs'], opts['lr']

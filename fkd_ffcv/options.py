@@ -134,8 +134,8 @@ PARAMS = {
         num_crops=Param(And(int, InRange(min=1)), 'FKD: crops per decoded image (K)',
                         default=4),
         single_crop_phases=Param(Flag(), 'FKD: the lr warm-up epochs and the epochs K does not '
-                                 'divide with one crop per image, as FKD ran them (docs/'
-                                 'training.md)', default=False),
+                                 'divide with one crop per image, as FKD ran them (measured: '
+                                 'docs/results.md)', default=True),
         temperature=Param(And(float, InRange(min=1e-6)), 'softmax temperature of the '
                           'student in the distillation loss', default=1.0),
         teacher=Param(str, 'online_kd: teacher spec(s), comma-separated for an ensemble: '

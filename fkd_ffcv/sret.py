@@ -5,9 +5,10 @@ Written from the paper and the sizes of its authors' model file:
 
 - stem: three 3x3 convolutions (bias, BatchNorm, ReLU), channels 3 -> C/2 -> C -> C, each of
   stride 2 (224 px -> a 28 x 28 grid of C-channel tokens); `small_input` keeps only the first
-  stride (32 px -> 16 x 16), so that the 32 px demo data gives token grids (16/8/4) as large,
-  relative to the groups, as ImageNet's (28/14/7). A learnt position embedding of that grid is
-  added, resized bicubically for other input sizes.
+  stride (32 px -> 16 x 16), so that the 32 px demo data gives token grids of 16/8/4 (ImageNet's
+  are 28/14/7) that every group count divides, with 32 tokens per group in stage 1 (98 at
+  224 px). A learnt position embedding of that grid is added, resized bicubically for other
+  input sizes.
 - three stages of widths 64/128/256 (SReT-T, -LT; head dimension 32) or 126/252/504 (SReT-S,
   42). A stage of depth D has D/2 shared blocks, each applied twice in a row; after every
   application an unshared mixing layer ("NLL": x = b1 x + b2 MLP(LN x)).
@@ -15,21 +16,24 @@ Written from the paper and the sizes of its authors' model file:
   scalars a1..a4 (initialised to 1) shared with the block; LayerNorm eps 1e-6.
 - sliced group attention: the tokens, in row-major order, are split into G contiguous groups
   and attend within their group. In a block's first application G is 8/4/1 per stage, in the
-  second 2/1/1, and there the tokens are permuted before grouping and put back after. Training
-  draws a new permutation per forward, as the original does; evaluation uses a permutation
-  from a seed stored with the model (the original draws one there too, so its inference does
-  not repeat), so evaluation groups tokens the way training does and repeats exactly.
+  second 2/1/1, and there the tokens are permuted before grouping and put back after.
+  Training draws a new permutation per block and forward, as the original does; evaluation
+  uses a fixed one per block, from a seed stored with the weights (a buffer) through an
+  integer hash, so it is the same on every machine and torch version (the original draws one
+  in evaluation too, so its inference does not repeat); evaluation thus groups tokens as
+  training does and repeats exactly.
 - between stages, a depthwise-grouped 3x3 convolution of stride 2 doubles the channels; the
   head is a global average pool, LayerNorm and a Linear classifier (no class token).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# name -> head dimension, heads per stage, depths, groups (first, second application) per stage,
-# MLP ratio, NLL ratio; sizes in the docstring of each test (tests/test_sret.py)
+# name -> head dimension, heads per stage, MLP ratio, NLL ratio (the depths and groups are
+# the same for every size); tests/test_sret.py checks their parameter and MAC counts
 SIZES = {
     'sret_t': dict(head_dim=32, heads=(2, 4, 8), mlp_ratio=3.6, nll_ratio=1.0),
     'sret_lt': dict(head_dim=32, heads=(2, 4, 8), mlp_ratio=4.0, nll_ratio=1.0),
@@ -37,6 +41,18 @@ SIZES = {
 }
 DEPTHS = (4, 10, 6)
 GROUPS = ((8, 2), (4, 1), (1, 1))
+
+
+def fixed_order(seed: int, n: int) -> torch.Tensor:
+    """A permutation of n tokens from `seed` alone: tokens sorted by a splitmix64 hash of
+    (seed, index), computed with numpy integers (the same everywhere, unlike torch.randperm,
+    whose output torch does not promise to keep)."""
+    with np.errstate(over='ignore'):
+        x = np.arange(n, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return torch.from_numpy(np.argsort(x, kind='stable'))
 
 
 def _mlp(width: int, ratio: float) -> nn.Sequential:
@@ -117,25 +133,28 @@ class Stage(nn.Module):
                                     for i in range(depth // 2))
         self.mixers = nn.ModuleList(Mixer(width, nll_ratio) for _ in range(depth))
         self.register_buffer('seed', torch.tensor(seed), persistent=True)
+        self._orders = {}  # (block, tokens, device) -> evaluation permutation
 
-    def order(self, n: int, device) -> torch.Tensor:
-        """The permutation of the second application: random in training, seeded in eval."""
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._orders.clear()  # another seed may come with the weights
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def order(self, block: int, n: int, device) -> torch.Tensor:
+        """The permutation of a block's second application: random in training, fixed per
+        block in evaluation (computed once per token count and device)."""
         if self.training:
             return torch.randperm(n, device=device)
-        generator = torch.Generator().manual_seed(int(self.seed))
-        return torch.randperm(n, generator=generator).to(device)
-
-    def check(self, n: int, side: str) -> None:
-        for g in self.groups:
-            if n % g:
-                raise ValueError(f"{side} gives {n} tokens, which {g} groups do not divide")
+        key = (block, n, str(device))
+        if key not in self._orders:
+            self._orders[key] = fixed_order(int(self.seed) * 1000 + block, n).to(device)
+        return self._orders[key]
 
     def forward(self, x):
         first, second = self.groups
         mixers = iter(self.mixers)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             x = next(mixers)(block(x, first))
-            order = self.order(x.shape[1], x.device) if second > 1 else None
+            order = self.order(i, x.shape[1], x.device) if second > 1 else None
             x = next(mixers)(block(x, second, order))
         return x
 
@@ -223,8 +242,9 @@ class SReT(nn.Module):
 def macs(model: SReT, side: int) -> int:
     """Multiply-accumulates of one forward at side x side, counted by torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
+    counter, training = FlopCounterMode(display=False), model.training
     with counter, torch.no_grad():
         model.eval()(torch.zeros(1, 3, side, side))
+    model.train(training)
     return counter.get_total_flops() // 2
 

@@ -107,7 +107,9 @@ def _misfit(name: str, model_args: dict, state: dict, source) -> str:
                for k in own if k in state and state[k].shape != own[k].shape]
     parts = [f"{label} {keys[:4]} ({len(keys)} in all)" for label, keys in
              (('missing', missing), ('unexpected', extra), ('other shapes', resized)) if keys]
-    return f"{source} does not fit timm {name}: " + '; '.join(parts) if parts else ''  # '': no key differs
+    if not parts:  # every key and shape fits: the cause lies elsewhere
+        return ''
+    return f"{source} does not fit timm {name}: " + '; '.join(parts)
 
 
 def create(name: str, num_classes: int, state: dict = None, source='the checkpoint',

@@ -100,7 +100,7 @@ class Trainer:
         self.check_shapes()
         if self.ema is not None:
             self.ema_decay = ema_decay(self.opts['training']['ema_epochs'],
-                                       self.pass_steps[0] / self.plan[0])  # steps per epoch
+                                       sum(self.pass_steps) / sum(self.plan))  # per epoch
         self.history = []
 
     def read_data(self):

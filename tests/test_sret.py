@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fkd_ffcv.models import build_model
-from fkd_ffcv.sret import SReT, SharedBlock, SlicedAttention, macs
+from fkd_ffcv.sret import SReT, SharedBlock, SlicedAttention, fixed_order, macs
 
 
 @pytest.mark.parametrize('size, params, gmacs', [
@@ -60,9 +60,12 @@ def test_evaluation_repeats_and_training_permutes():
     with torch.no_grad():
         model.eval()
         assert torch.equal(model(x), model(x))
-        again = SReT('sret_t', 5, small_input=True)
+        again = SReT('sret_t', 5, small_input=True, seed=7).eval()
+        again.load_state_dict({k: v for k, v in model.state_dict().items()
+                               if not k.endswith('.seed')}, strict=False)
+        assert not torch.equal(again(x), model(x))  # the same weights, other permutations
         again.load_state_dict(model.state_dict())  # the seed travels with the weights
-        assert torch.equal(again.eval()(x), model(x))
+        assert torch.equal(again(x), model(x))
         model.train()
         assert not torch.equal(model(x), model(x))  # a new permutation per forward
 
@@ -77,3 +80,11 @@ def test_sides_the_groups_cannot_divide_are_refused_with_sides_that_work():
     with torch.no_grad():
         assert small(torch.zeros(1, 3, 64, 64)).shape == (1, 10)  # embedding resized to 32 x 32
     assert small.position_embedding(32, 32).shape == (1, 64, 32, 32)
+
+
+def test_the_fixed_order_is_a_permutation_known_in_advance():
+    order = fixed_order(3, 10)
+    assert sorted(order.tolist()) == list(range(10))
+    assert order.tolist() == fixed_order(3, 10).tolist() != fixed_order(4, 10).tolist()
+    # pinned: the evaluation of saved weights must not change with numpy or torch versions
+    assert fixed_order(0, 8).tolist() == [0, 7, 3, 1, 5, 4, 6, 2]

@@ -163,6 +163,22 @@ def test_single_crop_phases_run_fkds_schedule_and_resume(fkd_options, tmp_path, 
     assert metrics(read_log(tmp_path / 'cut')) == metrics(whole.history)
 
 
+def test_single_crop_phases_take_epochs_k_does_not_divide_with_progressive_resizing(
+        fkd_options, tmp_path):
+    """5 epochs, K = 2, no warm-up (cyclic): passes of 2, 2 and 1 crops; the side of each pass
+    follows the epoch it starts at (0, 2, 4: 32, 40, 48 px on a ramp over epochs 0-4)."""
+    # width 16: torch 2.14.1's oneDNN crashes in the backward of an 8-channel 1x1 stride-2
+    # channels-last convolution at 48 px on AVX-512 CPUs (docs/gpu.md)
+    trainer = Trainer(fkd_options(tmp_path / 'run', training__epochs=5, model__width=16,
+                                  fkd__single_crop_phases=True, resolution__min_res=32,
+                                  resolution__max_res=48, resolution__start_ramp=0.0,
+                                  resolution__end_ramp=4.0, resolution__round_to=8,
+                                  validation__every_passes=0))
+    trainer.run()
+    assert trainer.plan == [2, 2, 1]
+    assert [line['resolution'] for line in trainer.history] == [32, 32, 40, 40, 48]
+
+
 def test_eval_only_matches_the_final_log_line(fkd_run, fkd_options):
     folder, summary, _ = fkd_run
     for checkpoint in ('checkpoint.pt', 'final_weights.pt'):
@@ -226,13 +242,19 @@ def test_bad_inputs_are_named(fashion_betons, labelled, fkd_options, plain_run, 
                       training__mode='plain'), 'classes')
     fails(run_options(fashion_betons, tmp_path / 'c', training__mode='plain',
                       model__num_classes=5), 'num_classes=5', '10 classes')
-    fails(fkd_options(tmp_path / 'd', training__epochs=3), 'multiple of --fkd.num_crops=2')
+    fails(fkd_options(tmp_path / 'd', training__epochs=3, fkd__single_crop_phases=False),
+          'multiple of --fkd.num_crops=2')
     fails(run_options(fashion_betons, tmp_path / 'e', training__mode='plain',
                       model__arch='timm:test_vit', model__patch_size=5, model__image_size=30),
           'does not accept 32 x 32')
     fails(run_options(fashion_betons, tmp_path / 'e2', training__mode='plain',
                       model__arch='timm:test_vitt'), "unknown timm model 'test_vitt'",
           'test_vit')
+    fails(run_options(fashion_betons, tmp_path / 'e3', training__mode='plain',
+                      model__arch='sret_t', model__small_input=True, resolution__min_res=36,
+                      resolution__max_res=36, resolution__round_to=4,
+                      validation__resolution=36), 'does not accept 36 x 36',
+          '18 x 18 = 324 tokens in stage 1', 'square sides that work')
     fails(run_options(fashion_betons, tmp_path / 'f', training__mode='online_kd',
                       fkd__teacher='torchvision:resnet18'), 'predicts 1000 classes')
     fails(run_options(fashion_betons, tmp_path / 'g', training__mode='online_kd'),
