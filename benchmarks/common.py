@@ -17,11 +17,14 @@ original data path and interleaved timing.
 """
 from __future__ import annotations
 
+import io
 import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
@@ -44,6 +47,22 @@ REPO = Path(__file__).resolve().parents[1]
 LANDSCAPES = Path('/usr/share/games/endless-sky/images/land')
 SIDE = 224             # output side of the loader benchmarks
 IMAGES_PER_BATCH = 64  # images decoded per batch, on every path of the loader benchmarks
+
+
+# ------------------------------------------------------------------------- other revisions
+
+def extract_revision(revision: str, paths: list, folder: Path) -> Path:
+    """The files under `paths` as of git `revision`, extracted into `folder` (a before/after
+    comparison runs the old code from there); a revision git does not know exits, named."""
+    try:
+        tar = subprocess.run(['git', 'archive', '--format=tar', revision, *paths], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"git archive {revision}: {e.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # Python >= 3.11.4
+        archive.extractall(folder, **safe)
+    return folder
 
 
 # ------------------------------------------------------------------------- the machine

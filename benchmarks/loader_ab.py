@@ -13,17 +13,14 @@ docs/benchmarks.md asks for a performance change.
 import argparse
 import importlib
 import importlib.util
-import io
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
 import fkd_ffcv.loaders
-from benchmarks.common import (IMAGES_PER_BATCH, REPO, SIDE, export_original_files,
+from benchmarks.common import (IMAGES_PER_BATCH, SIDE, export_original_files, extract_revision,
                                interleaved_rates, labelled_photos, original_path, versions)
 from fkd_ffcv.devices import machine
 
@@ -31,14 +28,7 @@ from fkd_ffcv.devices import machine
 def package_at(revision: str, folder: Path):
     """fkd_ffcv's loaders as of `revision`, imported from `folder` as package
     `fkd_ffcv_base` (registered in sys.modules, so its relative imports resolve there)."""
-    try:
-        tar = subprocess.run(['git', 'archive', '--format=tar', revision, 'fkd_ffcv'], cwd=REPO,
-                             capture_output=True, check=True).stdout
-    except subprocess.CalledProcessError as e:
-        sys.exit(f"git archive {revision}: {e.stderr.decode().strip()}")
-    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-        safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # Python >= 3.11.4
-        archive.extractall(folder, **safe)
+    extract_revision(revision, ['fkd_ffcv'], folder)
     package = folder / 'fkd_ffcv_base'
     (folder / 'fkd_ffcv').rename(package)
     spec = importlib.util.spec_from_file_location('fkd_ffcv_base', package / '__init__.py',

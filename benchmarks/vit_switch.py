@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, versions
+from benchmarks.common import REPO, extract_revision, versions
 from fkd_ffcv.devices import machine
 from fkd_ffcv.recipes import fashion_mnist_betons
 
@@ -45,14 +45,6 @@ def recipe(train, val, epochs, folder) -> dict:
             'validation.resolution': 32, 'validation.ratio': 1.0,
             'validation.every_passes': max(1, epochs // 3), 'model.blurpool': False,
             'logging.folder': folder, 'logging.progress': False}
-
-
-def package_at(revision: str, folder: Path) -> Path:
-    """`fkd_ffcv` and `train_imagenet.py` of `revision`, extracted into `folder`."""
-    tar = subprocess.run(['git', 'archive', '--format=tar', revision, 'fkd_ffcv',
-                          'train_imagenet.py'], cwd=REPO, capture_output=True, check=True).stdout
-    subprocess.run(['tar', 'x', '-C', str(folder)], input=tar, check=True)
-    return folder
 
 
 def train(root: Path, options: dict) -> dict:
@@ -86,7 +78,8 @@ def main():
     train_beton, val_beton = fashion_mnist_betons(args.work, 2000, 2000)
     rows = []
     with tempfile.TemporaryDirectory() as base:
-        roots = [package_at(args.base, Path(base)), REPO]
+        roots = [extract_revision(args.base, ['fkd_ffcv', 'train_imagenet.py'], Path(base)),
+                 REPO]
         for (name, arch), root in zip(ARCHS.items(), roots):
             folder = args.work / name.split()[0]
             shutil.rmtree(folder, ignore_errors=True)  # a fresh measurement every time
