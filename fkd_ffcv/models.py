@@ -238,11 +238,12 @@ def plain_state_dict(checkpoint) -> dict:
     return cleaned
 
 
-def start_from(model: nn.Module, path) -> list:
+def start_from(model: nn.Module, path, new_head: bool = True) -> list:
     """Load the weights in `path` (a trainer's final_weights.pt, a torchvision or other
     state-dict checkpoint) into `model`; the classifier's tensors keep their fresh values when
-    their shape differs (another class count). Returns their names. Names missing on either
-    side, or other tensors of another shape, are refused, the first few named."""
+    their shape differs (another class count) and `new_head` allows it. Returns their names.
+    Names missing on either side, or other tensors of another shape, are refused, the first
+    few named."""
     from .files import load_data
     state = plain_state_dict(load_data(path))
     own = model.state_dict()
@@ -252,7 +253,7 @@ def start_from(model: nn.Module, path) -> list:
         raise ValueError(f"{path} does not fit the model: missing {missing[:4]}, unexpected "
                          f"{extra[:4]} ({len(missing)} and {len(extra)} in all)")
     fresh = [k for k, v in state.items() if v.shape != own[k].shape]
-    head = classifier_name(model)
+    head = classifier_name(model) if new_head else None
     other = [k for k in fresh if head is None or not k.startswith(head + '.')]
     if other:
         raise ValueError(f"{path} does not fit the model: {len(other)} tensor(s) of other shapes "
@@ -264,10 +265,12 @@ def start_from(model: nn.Module, path) -> list:
 
 def build_model(arch: str, num_classes: int, *, small_input: bool = False, width: int = 16,
                 depth: int = 2, patch_size: int = 0, image_size: int = 0,
-                drop_path: float = 0.0, blurpool: bool = False, weights: str = '') -> nn.Module:
+                drop_path: float = 0.0, blurpool: bool = False, weights: str = '',
+                new_head: bool = True) -> nn.Module:
     """A student from the builder MODELS holds for `arch`: freshly initialised, or started
     from `weights` (see start_from; an entry point may bring its own, and a builder marked
-    `loads_weights` loads them itself). `small_input` gives a torchvision ResNet a CIFAR stem
+    `loads_weights` loads them itself); without `new_head`, weights of another class count are
+    refused rather than given a new classifier. `small_input` gives a torchvision ResNet a CIFAR stem
     (3x3 stride-1 convolution, no max-pool) and an SReT a stem of one stride for inputs of about
     32 px; `width` and `depth` size `small_resnet`; `image_size`, `patch_size` (0: the model's
     own) and `drop_path` go to timm models, `image_size` and `drop_path` to SReT. A builder
@@ -275,9 +278,9 @@ def build_model(arch: str, num_classes: int, *, small_input: bool = False, width
     build = MODELS[arch]
     model = build(arch, num_classes, small_input=small_input, width=width, depth=depth,
                   patch_size=patch_size, image_size=image_size, drop_path=drop_path,
-                  weights=weights)
+                  weights=weights, new_head=new_head)
     if weights and not getattr(build, 'loads_weights', False):
-        fresh = start_from(model, weights)  # plain names: before any BlurPool wrapper
+        fresh = start_from(model, weights, new_head)  # plain names: before any BlurPool wrapper
         if fresh:
             print(f"note: started from {weights}; new (shapes differ): {', '.join(fresh)}",
                   file=sys.stderr)

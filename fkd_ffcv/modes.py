@@ -21,6 +21,10 @@ class Mode:
     making a mode; the trainer makes one per run (no arguments)."""
     needs_teacher = False  # the mode runs a teacher (--fkd.teacher)
     reads_records = False  # the mode replays the beton's crop records
+    starts_from_weights = False  # needs --model.weights, of the data set's class count
+    sections = ()  # option sections only this mode may set (options.check refuses them elsewhere)
+    metrics = ()  # names of the step means `loss` leaves in `step_metrics`, logged per epoch
+    step_metrics = None
 
     @classmethod
     def crops_per_image(cls, opts: dict) -> int:
@@ -50,6 +54,11 @@ class Mode:
         the trainer's check of every input side."""
         return []
 
+    def parameter_groups(self, trainer) -> list:
+        """Optimiser groups of the mode's own trained modules (a discriminator), after the
+        student's; a group's 'lr_scale' multiplies the scheduled learning rate."""
+        return []
+
     def train_loader(self, trainer, num_crops: int, **common):
         """The training loader for passes of `num_crops` crops per image; `common` holds
         resolution, seed, workers and distributed."""
@@ -61,7 +70,8 @@ class Mode:
 
     def loss(self, trainer, logits, targets, images255, perm, lam):
         """The loss of a step. With mixing (perm is not None), images255 holds the mixed
-        images, and `lam` is the weight of the unpermuted targets."""
+        images, and `lam` is the weight of the unpermuted targets. A mode with `metrics` sets
+        `self.step_metrics` to a tensor of their step means."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -125,11 +135,15 @@ class OnlineKD(Plain):
     def forwards(self):
         return [(f"the teacher {self.spec}", self.teacher.forward)]
 
-    def loss(self, trainer, logits, labels, images255, perm, lam):
+    def distribution(self, trainer, labels, images255, perm, lam):
+        """The teacher's probabilities (N, C) on the (mixed) images themselves."""
         import torch
+        with torch.no_grad():
+            return self.teacher.forward(images255)
+
+    def loss(self, trainer, logits, labels, images255, perm, lam):
         from .soft_labels import dense_cross_entropy
-        with torch.no_grad():  # the teacher sees the mixed images themselves
-            q = self.teacher.forward(images255)
+        q = self.distribution(trainer, labels, images255, perm, lam)
         return dense_cross_entropy(logits, q, trainer.opts['fkd']['temperature'])
 
 
@@ -191,9 +205,108 @@ class FKD(Mode):
         images, classes, probs, hard = batch
         return images, (classes, probs), hard
 
+    def distribution(self, trainer, targets, images255, perm, lam):
+        """The recovered soft labels (N, C), mixed as the images were."""
+        from .soft_labels import recover
+        classes, probs = targets
+        q = recover(classes, probs, self.label_spec).to(probs.device)
+        return q if perm is None else lam * q + (1 - lam) * q[perm]
+
     def loss(self, trainer, logits, targets, images255, perm, lam):
         from .soft_labels import soft_cross_entropy
         classes, probs = targets
         temperature = trainer.opts['fkd']['temperature']
         return mixed(lambda i: soft_cross_entropy(logits, classes[i], probs[i],
                                                   self.label_spec, temperature), perm, lam)
+
+
+class WithDiscriminator:
+    """MEAL V2 (discriminator.py) on top of a distillation mode that gives the teacher's
+    distribution: the student starts from --model.weights, learns the soft cross-entropy to
+    the teacher's distribution (no hard labels) plus --meal.disc_weight x the discriminator's
+    BCE, and the discriminator is a second optimiser group at --meal.disc_lr_ratio x the
+    student's learning rate, checkpointed with the run."""
+    starts_from_weights = True
+    sections = ('meal',)
+
+    def check_teacher_count(self, trainer, specs, where: str) -> None:
+        """Warn when the labels come from another number of teachers than --meal.teachers
+        asks for (`specs`: the teachers' specs, None where they were not recorded)."""
+        import sys
+        wanted = trainer.opts['meal']['teachers']
+        if not wanted or (specs and len(specs) == wanted) or not trainer.is_main:
+            return
+        came = (f"{len(specs)} teacher(s) ({', '.join(specs)})" if specs else
+                "teachers that were not recorded (imported labels)")
+        print(f"warning: {where} come from {came}; the recipe asks for an ensemble of "
+              f"{wanted} (--meal.teachers)", file=sys.stderr)
+
+    def setup(self, trainer):
+        super().setup(trainer)
+        import torch
+        from .discriminator import Discriminator
+        meal = trainer.opts['meal']
+        self.discriminator = None
+        if not meal['discriminator']:
+            return
+        with torch.random.fork_rng(devices=[]):  # its own seed, whatever ran before
+            torch.manual_seed(trainer.opts['training']['seed'] + 7919)
+            self.discriminator = Discriminator(trainer.num_classes).to(trainer.device)
+        self.train_discriminator = self.discriminator
+        if trainer.world_size > 1:
+            self.train_discriminator = torch.nn.parallel.DistributedDataParallel(
+                self.discriminator, device_ids=[trainer.device.index]
+                if trainer.device.type == 'cuda' else None)
+        self.metrics = ('disc_loss', 'disc_right')
+
+    def parameter_groups(self, trainer):
+        if self.discriminator is None:
+            return []
+        meal = trainer.opts['meal']
+        return [{'params': list(self.discriminator.parameters()), 'weight_decay': 0.0,
+                 'head': True, 'lr_scale': meal['disc_lr_ratio']}]
+
+    def loss(self, trainer, logits, targets, images255, perm, lam):
+        import torch
+        from .discriminator import discriminator_loss
+        from .soft_labels import dense_cross_entropy
+        q = self.distribution(trainer, targets, images255, perm, lam)
+        loss = dense_cross_entropy(logits, q, trainer.opts['fkd']['temperature'])
+        if self.discriminator is None:
+            return loss
+        meal = trainer.opts['meal']
+        bce, right = discriminator_loss(self.train_discriminator,
+                                        torch.softmax(logits.float(), dim=-1), q,
+                                        meal['disc_gradient'])
+        self.step_metrics = torch.stack([bce.detach(), right])
+        return loss + meal['disc_weight'] * bce
+
+    def state_dict(self):
+        return {} if self.discriminator is None else \
+            {'discriminator': self.discriminator.state_dict()}
+
+    def load_state_dict(self, state):
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict(state['discriminator'])
+
+
+@MODES.register('meal_v2')
+class FastMealV2(WithDiscriminator, FKD):
+    """Fast MEAL V2: MEAL V2 on the soft labels an ensemble stored in the beton (FKD's
+    variant): K recorded crops per decoded image, the discriminator on the recovered labels."""
+
+    def check_data(self, trainer):
+        super().check_data(trainer)
+        info = trainer.train_beton.manifest['soft_labels']
+        self.check_teacher_count(trainer, (info.get('teacher') or {}).get('specs'),
+                                 f"the soft labels of {trainer.opts['data']['train_dataset']}")
+
+
+@MODES.register('online_meal_v2')
+class OnlineMealV2(WithDiscriminator, OnlineKD):
+    """MEAL V2 as published: the ensemble (--fkd.teacher, comma-separated) runs on every batch,
+    on the student's crops; the baseline Fast MEAL V2 is timed against."""
+
+    def setup(self, trainer):
+        super().setup(trainer)
+        self.check_teacher_count(trainer, self.teacher.specs, "the online distributions")

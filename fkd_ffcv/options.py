@@ -86,8 +86,8 @@ PARAMS = {
                          default=0.0),
     )),
     'training': ('the optimisation', dict(
-        mode=Param(Registered(MODES), 'a training mode of modes.py: fkd, plain, online_kd',
-                   default='fkd'),
+        mode=Param(Registered(MODES), 'a training mode of modes.py: fkd, plain, online_kd, '
+                   'meal_v2 (Fast MEAL V2), online_meal_v2', default='fkd'),
         epochs=Param(And(int, InRange(min=1)), 'epochs (crops = epochs x images)', default=16),
         batch_size=Param(And(int, InRange(min=1)), 'crops per step and process', default=512),
         optimizer=Param(OneOf(['sgd', 'adamw']), 'sgd (momentum) or adamw', default='sgd'),
@@ -122,6 +122,8 @@ PARAMS = {
         lr_tta=Param(Flag(), 'average the logits of the image and its mirror', default=True),
         every_passes=Param(And(int, InRange(min=0)), 'evaluate every n passes (0: at the '
                            'end only)', default=0),
+        at_start=Param(Flag(), 'evaluate before the first step too (logged as epoch 0): the '
+                       'starting point of a run from --model.weights', default=False),
     )),
     'resolution': ('progressive resizing, changed at pass boundaries', dict(
         min_res=Param(And(int, InRange(min=1)), 'side until start_ramp', default=160),
@@ -142,6 +144,19 @@ PARAMS = {
                       'checkpoint:<final_weights.pt>, timm:<name>[.<tag>]:<checkpoint>, '
                       'torchvision:<arch>[:<checkpoint>], torchscript:<file>, '
                       '<module>:<function>', default=''),
+    )),
+    'meal': ('MEAL V2 (modes meal_v2 and online_meal_v2; discriminator.py)', dict(
+        discriminator=Param(Flag(), 'the discriminator term (false: distillation alone)',
+                            default=True),
+        disc_weight=Param(And(float, InRange(min=0)), 'weight of its BCE in the loss',
+                          default=1.0),
+        disc_lr_ratio=Param(And(float, InRange(min=0)), 'its learning rate / the student\'s '
+                            '(it follows the schedule)', default=1.0),
+        disc_gradient=Param(OneOf(['shared', 'reversed']), 'shared: the student minimises '
+                            'its BCE too (MEAL V2); reversed: the student learns to fool it',
+                            default='shared'),
+        teachers=Param(And(int, InRange(min=0)), 'teachers the labels should come from (a '
+                       'warning names another count; 0: any)', default=0),
     )),
     'logging': ('outputs', dict(
         folder=Param(str, 'run folder (default: runs/<mode>_<arch>)', default=''),
@@ -209,6 +224,12 @@ def check(opts: dict) -> None:
         raise OptionError(f"--model.head_epochs={opts['model']['head_epochs']} must end before "
                           f"--training.epochs={t['epochs']}")
     mode = MODES[t['mode']]  # the class: its facts, nothing loaded
+    check_sections(opts, t['mode'], mode)
+    if mode.starts_from_weights and not weights:
+        raise OptionError(f"{t['mode']} mode starts the student from weights: give "
+                          f"--model.weights (a final_weights.pt, torchvision or timm "
+                          f"checkpoint of the data set's classes); for a student from scratch "
+                          f"use --training.mode=fkd")
     k = mode.crops_per_image(opts)
     manifest = read_manifest(data['train_dataset']) if mode.reads_records else {}
     if 'fields' in manifest and CLASSES_FIELD not in manifest['fields']:
@@ -237,6 +258,18 @@ def check(opts: dict) -> None:
         check_teacher_files('--fkd.teacher', opts['fkd']['teacher'])
     check_records(k, (manifest.get('soft_labels') or {}).get('num_records'),
                   data['train_dataset'])
+
+
+def check_sections(opts: dict, name: str, mode) -> None:
+    """A section that belongs to other modes (meal) must keep its defaults."""
+    owned = {section for _, m in MODES.items() for section in m.sections}
+    for section in sorted(owned - set(mode.sections)):
+        changed = [f"--{section}.{key}={value}" for key, value in opts[section].items()
+                   if value != PARAMS[section][1][key].default]
+        if changed:
+            owners = [n for n, m in MODES.items() if section in m.sections]
+            raise OptionError(f"{', '.join(changed)}: an option of the {' and '.join(owners)} "
+                              f"mode(s), not of {name} mode")
 
 
 def check_records(k: int, records: Optional[int], path: str) -> None:

@@ -52,6 +52,10 @@ class Registry:
             raise ValueError(f"unknown {self.what} {name!r}; known: {self.describe()}")
         return builder
 
+    def items(self) -> list:
+        """(name, builder) of the exact names."""
+        return sorted(self._exact.items())
+
     def names(self) -> list:
         return sorted(self._exact) + sorted(f"{p}..." for p in self._prefixes)
 

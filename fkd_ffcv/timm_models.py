@@ -135,10 +135,10 @@ def create(name: str, num_classes: int, state: dict = None, source='the checkpoi
 
 
 def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
-            drop_path: float, weights: str = '', **_):
+            drop_path: float, weights: str = '', new_head: bool = True, **_):
     """`timm:<name>` as a student: fresh, or started from `weights` (a checkpoint of this
     architecture, e.g. timm's pretrained weights kept locally; another class count gets a new
-    classifier). ViT-like models take inputs of any size (dynamic_img_size), so progressive
+    classifier, unless `new_head` is False). ViT-like models take inputs of any size (dynamic_img_size), so progressive
     resizing and validation at another side work. The arguments the model was created with are
     kept on it (`timm_args`) and recorded by the export."""
     from .files import load_data
@@ -164,6 +164,9 @@ def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
             raise ValueError(f"timm {name} takes no {' or '.join(given) or 'such argument'} "
                              f"(they size ViT-like models): {e}") from None
     fresh = []
+    if classes != num_classes and not new_head:
+        raise ValueError(f"{weights} holds a classifier for {classes} classes; the data set has "
+                         f"{num_classes}")
     if classes != num_classes:
         model.reset_classifier(num_classes)
         fresh = [k for head in _classifiers(pretrained_config(name))

@@ -132,7 +132,8 @@ class Trainer:
         torch.manual_seed(self.opts['training']['seed'])
         try:
             self.model = build_model(num_classes=self.num_classes, **self.model_options(),
-                                     weights=self.opts['model']['weights'])
+                                     weights=self.opts['model']['weights'],
+                                     new_head=not self.mode.starts_from_weights)
         except (ValueError, FileNotFoundError) as e:
             if not self.opts['model']['weights'] and ':' not in self.opts['model']['arch']:
                 raise
@@ -154,7 +155,8 @@ class Trainer:
 
     def create_optimizer(self):
         """SGD or AdamW; no weight decay on 1-d parameters. With model.head_epochs, the
-        classifier's parameters get groups of their own: only they learn in those epochs."""
+        classifier's parameters get groups of their own: only they learn in those epochs. The
+        mode's own trained modules (a discriminator) come after, in groups of their own."""
         t = self.opts['training']
         head = set()
         if self.opts['model']['head_epochs'] > 0:
@@ -170,6 +172,7 @@ class Trainer:
             groups.setdefault((id(p) in head, flat), []).append(p)
         groups = [{'params': params, 'weight_decay': 0.0 if flat else t['weight_decay'],
                    'head': is_head} for (is_head, flat), params in sorted(groups.items())]
+        groups += self.mode.parameter_groups(self)
         if t['optimizer'] == 'sgd':
             self.optimizer = torch.optim.SGD(groups, lr=0.0, momentum=t['momentum'])
         else:
@@ -253,6 +256,9 @@ class Trainer:
                   f"(epoch {self.first_epoch[start]} of {self.opts['training']['epochs']})")
         self.passes_done = start
         self.folder.start(self.opts, self.history)
+        if start == 0 and self.opts['validation']['at_start']:
+            self.log({'epoch': 0, 'seconds': 0.0, 'crops': 0, 'crops_per_s': 0.0,
+                      'data_wait': 0.0, **self.evaluate()})
         for p in range(start, self.passes):
             evaluated = self.train_pass(p)
             self.sync_buffers()
@@ -280,7 +286,7 @@ class Trainer:
         bar = progress_bar(self.is_main and self.opts['logging']['progress'], total=steps,
                            desc=f"pass {p + 1}/{self.passes} ({side} px)", unit='step',
                            leave=False)
-        totals = torch.zeros(4, device=self.device)
+        totals = torch.zeros(4 + len(self.mode.metrics), device=self.device)
         epoch_start, wait, i, evaluated = time.perf_counter(), 0.0, 0, None
         iterator = iter(loader)
         while True:
@@ -313,7 +319,8 @@ class Trainer:
         lr = self.lr_at(epoch)
         body_learns = epoch >= self.opts['model']['head_epochs']
         for group in self.optimizer.param_groups:
-            group['lr'] = lr if group.get('head') or body_learns else 0.0
+            group['lr'] = lr * group.get('lr_scale', 1.0) if group.get('head') or body_learns \
+                else 0.0
         t = self.opts['training']
         images, targets, hard = self.mode.unpack(batch)  # on self.device already
         images255, perm, lam = mix(images.float(), t['seed'], self.rank, step,
@@ -332,6 +339,8 @@ class Trainer:
         totals[1] += (logits.detach().argmax(-1) == hard).sum()
         totals[2] += n
         totals[3] += (~torch.isfinite(loss)).float()
+        if self.mode.metrics:
+            totals[4:] += self.mode.step_metrics * n
         return lr
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -352,7 +361,7 @@ class Trainer:
         the epoch's time is taken after it."""
         if self.world_size > 1:
             dist.all_reduce(totals)
-        loss_sum, correct, n, bad = totals.tolist()
+        (loss_sum, correct, n, bad), extra = totals[:4].tolist(), totals[4:].tolist()
         seconds = time.perf_counter() - epoch_start
         if bad:
             raise TrainingError(f"the loss became NaN or infinite in epoch {epoch}; the last "
@@ -360,7 +369,8 @@ class Trainer:
                                 f"--lr.lr, or try --training.precision=fp32)")
         return {'epoch': epoch, 'loss': loss_sum / n, 'train_top1': correct / n, 'lr': lr,
                 'resolution': side, 'crops': int(n), 'seconds': seconds,
-                'crops_per_s': n / seconds, 'data_wait': wait / seconds}
+                'crops_per_s': n / seconds, 'data_wait': wait / seconds,
+                **{name: value / n for name, value in zip(self.mode.metrics, extra)}}
 
     @torch.no_grad()
     def sync_buffers(self) -> None:

@@ -1,0 +1,206 @@
+"""MEAL V2 (modes meal_v2 and online_meal_v2, discriminator.py): the student starts exactly from
+its weights, the discriminator is trained, checkpointed and resumed, and the faults are named."""
+import pytest
+import torch
+
+from fkd_ffcv.discriminator import Discriminator, discriminator_loss
+from fkd_ffcv.errors import OptionError, TrainingError
+from fkd_ffcv.labeling import LabelingSettings, label_beton
+from fkd_ffcv.models import IMAGENET_MEAN, IMAGENET_STD, build_model, save_weights
+from fkd_ffcv.sources import FashionMNISTSource
+from fkd_ffcv.teachers import Teacher
+from fkd_ffcv.training import Trainer
+from test_training import metrics, read_log, run_options
+
+SMALL = dict(arch='small_resnet', width=8, depth=1)
+PREPROCESS = {'input_size': 32, 'interpolation': 'area', 'mean': list(IMAGENET_MEAN),
+              'std': list(IMAGENET_STD)}
+
+
+def export(path, seed, classes=FashionMNISTSource.classes, **arch):
+    torch.manual_seed(seed)
+    arch = {**SMALL, **arch}
+    save_weights(path, build_model(num_classes=len(classes), **arch), arch, classes,
+                 PREPROCESS)
+    return path
+
+
+@pytest.fixture(scope='module')
+def meal_data(fashion_betons, tmp_path_factory):
+    """(labelled train beton, val beton, teacher specs, start weights): the train subset with 4
+    records per image labelled by an ensemble of two random small ResNets of other widths, and
+    a random student export as the starting point."""
+    out = tmp_path_factory.mktemp('meal')
+    specs = [f"checkpoint:{export(out / f't{i}.pt', 10 + i, width=12 + 4 * i)}"
+             for i in range(2)]
+    labelled = out / 'train_meal.beton'
+    label_beton(fashion_betons[0], labelled, Teacher(specs),
+                LabelingSettings(num_records=4, label_type='marginal_smoothing_k3',
+                                 chunk_images=300), out / 'work', progress=False)
+    return labelled, fashion_betons[1], specs, export(out / 'start.pt', 0)
+
+
+def meal_options(meal_data, folder, **overrides):
+    train, val, specs, start = meal_data
+    return run_options((train, val), folder, **{
+        'training__mode': 'meal_v2', 'model__weights': str(start), 'training__epochs': 4,
+        'fkd__num_crops': 2, 'lr__schedule': 'step', 'lr__lr': 0.05, 'lr__step_length': 3.0,
+        'training__weight_decay': 0.0, 'validation__at_start': True, 'meal__teachers': 2,
+        **overrides})
+
+
+class Recording(Trainer):
+    """Keeps the discriminator's state as the run started."""
+
+    def prepare(self):
+        super().prepare()
+        self.disc_start = {k: v.clone() for k, v in
+                           self.mode.discriminator.state_dict().items()}
+
+
+@pytest.fixture(scope='module')
+def meal_run(meal_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('meal_run') / 'run'
+    trainer = Recording(meal_options(meal_data, folder))
+    trainer.run()
+    return folder, trainer
+
+
+def test_the_student_starts_where_eval_only_on_its_weights_does(meal_data, meal_run):
+    folder, trainer = meal_run
+    start = trainer.history[0]
+    assert start['epoch'] == 0 and read_log(folder)[0] == start
+    train, val, _, weights = meal_data
+    alone = Trainer(run_options((train, val), folder.parent / 'eval', training__eval_only=True,
+                                training__checkpoint=str(weights))).run()
+    assert {k: alone[k] for k in ('top1', 'top5', 'val_loss', 'val_images')} == \
+        {k: start[k] for k in ('top1', 'top5', 'val_loss', 'val_images')}
+    trained = trainer.history[1:]
+    assert [line['epoch'] for line in trained] == [1, 2, 3, 4]
+    # the discriminator is trained and logged: its BCE, and the share of vectors it tells right
+    assert all(0 <= line['disc_right'] <= 1 and line['disc_loss'] > 0 for line in trained)
+    assert trained[-1]['loss'] < trained[0]['loss']
+
+
+def test_the_discriminator_learns_at_its_share_of_the_students_rate(meal_run):
+    _, trainer = meal_run
+    groups = trainer.optimizer.param_groups
+    disc = groups[-1]
+    assert [id(p) for p in disc['params']] == [id(p) for p in
+                                                trainer.mode.discriminator.parameters()]
+    assert disc['lr'] == groups[0]['lr'] * 1.0 and disc['weight_decay'] == 0.0
+    now = trainer.mode.discriminator.state_dict()
+    assert any(not torch.equal(now[k], v) for k, v in trainer.disc_start.items())
+
+
+def test_the_discriminators_state_survives_resume_exactly(meal_data, meal_run, tmp_path,
+                                                          monkeypatch):
+    folder = tmp_path / 'run'
+    real_step = Trainer.train_step
+
+    def failing_step(self, batch, step, epoch, totals):
+        if step == self.pass_steps[0] + 3:  # inside the second pass
+            raise KeyboardInterrupt
+        return real_step(self, batch, step, epoch, totals)
+
+    monkeypatch.setattr(Trainer, 'train_step', failing_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(meal_options(meal_data, folder)).run()
+    monkeypatch.setattr(Trainer, 'train_step', real_step)
+    saved = torch.load(folder / 'checkpoint.pt', weights_only=True)
+    assert saved['passes_done'] == 1 and set(saved['mode']) == {'discriminator'}
+    resumed = Trainer(meal_options(meal_data, folder, training__resume=True))
+    resumed.run()
+    straight = meal_run[1]
+    assert metrics(resumed.history) == metrics(straight.history)
+    for name, value in straight.mode.discriminator.state_dict().items():
+        assert torch.equal(resumed.mode.discriminator.state_dict()[name], value), name
+    assert [line['disc_loss'] for line in resumed.history[1:]] == \
+        [line['disc_loss'] for line in straight.history[1:]]
+
+
+def test_online_meal_v2_runs_the_ensemble_with_a_reversed_gradient(meal_data, tmp_path):
+    train, val, specs, _ = meal_data
+    trainer = Trainer(meal_options(meal_data, tmp_path / 'run', training__mode='online_meal_v2',
+                                   data__train_dataset=str(val), fkd__teacher=','.join(specs),
+                                   meal__disc_gradient='reversed', meal__disc_lr_ratio=0.5,
+                                   fkd__num_crops=1, training__epochs=2,
+                                   validation__at_start=False))
+    trainer.run()
+    assert len(trainer.mode.teacher.models) == 2
+    groups = trainer.optimizer.param_groups
+    assert groups[-1]['lr'] == pytest.approx(groups[0]['lr'] * 0.5)
+    assert [line['epoch'] for line in trainer.history] == [1, 2]
+    assert all('disc_right' in line for line in trainer.history)
+
+
+def test_without_the_discriminator_it_is_distillation_from_the_weights(meal_data, tmp_path):
+    """MEAL V2's FKD variant crashed without its discriminator flag; here it trains."""
+    trainer = Trainer(meal_options(meal_data, tmp_path / 'run', meal__discriminator=False,
+                                   training__epochs=2, validation__at_start=False))
+    trainer.run()
+    assert trainer.mode.discriminator is None
+    assert 'disc_loss' not in trainer.history[-1]
+    assert len(trainer.optimizer.param_groups) == 2  # the student's: with and without decay
+    state = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)
+    assert state['mode'] == {}
+
+
+def test_the_gradient_choice_negates_what_the_student_gets():
+    torch.manual_seed(0)
+    disc = Discriminator(10)
+    teacher = torch.softmax(torch.randn(6, 10), -1)
+    grads = {}
+    for gradient in ('shared', 'reversed'):
+        student = torch.softmax(torch.randn(6, 10, generator=torch.Generator().manual_seed(1)),
+                                -1).requires_grad_()
+        disc.zero_grad()
+        loss, right = discriminator_loss(disc, student, teacher, gradient)
+        loss.backward()
+        grads[gradient] = (student.grad.clone(), [p.grad.clone() for p in disc.parameters()])
+        assert 0 <= float(right) <= 1
+    assert torch.equal(grads['reversed'][0], -grads['shared'][0])
+    assert grads['shared'][0].abs().sum() > 0
+    # the discriminator itself learns the same way in both
+    assert all(torch.equal(a, b) for a, b in zip(grads['shared'][1], grads['reversed'][1]))
+
+
+def test_the_discriminator_has_meal_v2s_shape():
+    widths = [m.out_channels for m in Discriminator(1000).modules()
+              if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [125, 15, 2]
+    scores = Discriminator(10)(torch.softmax(torch.randn(4, 10), -1))
+    assert scores.shape == (4, 2) and (scores >= 0).all()  # ReLU after the last layer too
+
+
+def test_no_discriminator_starts_dead():
+    """With PyTorch's default initialisation alone, seeds 0, 2 and 5 of 0-11 start with both last ReLUs
+    closed for every input (a quarter of them): no gradient, ever. Started open, none does."""
+    x = torch.softmax(3 * torch.randn(256, 10, generator=torch.Generator().manual_seed(0)), -1)
+    for seed in range(50):
+        torch.manual_seed(seed)
+        assert (Discriminator(10)(x) > 0).all(), seed
+
+
+def test_bad_inputs_are_named(meal_data, tmp_path, capsys):
+    train, val, specs, start = meal_data
+    with pytest.raises(OptionError, match='meal_v2 mode starts the student from weights'):
+        Trainer(meal_options(meal_data, tmp_path / 'a', model__weights=''))
+    with pytest.raises(OptionError, match=r"--meal.disc_weight=0.5: an option of the meal_v2 "
+                                          r"and online_meal_v2 mode\(s\), not of fkd mode"):
+        Trainer(meal_options(meal_data, tmp_path / 'b', training__mode='fkd',
+                             model__weights='', meal__teachers=0, meal__disc_weight=0.5))
+    five = export(tmp_path / 'five.pt', 0, classes=[str(i) for i in range(5)])
+    with pytest.raises(TrainingError, match=r"five.pt does not fit the model: 2 tensor\(s\) of "
+                                            r"other shapes.*fc.weight \(5, 32\) against "
+                                            r"\(10, 32\)"):
+        Trainer(meal_options(meal_data, tmp_path / 'c', model__weights=str(five))).run()
+    wide = export(tmp_path / 'wide.pt', 0, width=16)
+    with pytest.raises(TrainingError, match=r"wide.pt does not fit the model: .* e\.g\. \S+ "
+                                            r"\(16, "):
+        Trainer(meal_options(meal_data, tmp_path / 'd', model__weights=str(wide))).run()
+    capsys.readouterr()
+    Trainer(meal_options(meal_data, tmp_path / 'e', meal__teachers=3)).prepare()
+    err = capsys.readouterr().err
+    assert f"come from 2 teacher(s) ({specs[0]}, {specs[1]}); the recipe asks for an " \
+           f"ensemble of 3 (--meal.teachers)" in err
