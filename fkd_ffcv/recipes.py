@@ -70,22 +70,28 @@ def run_or_reuse(opts: dict) -> dict:
     return Trainer(opts).run()
 
 
-def label_as_demo(train_beton: Path, teacher_file: Path, out: Path, records: int) -> Path:
-    """`records` crops per image labelled by the teacher (an export) as the demo labels them,
-    into out/fashion_mnist_train_fkd.beton; the time it took goes to out/labelling.json."""
+def label_as_demo(train_beton: Path, teacher_files, out: Path, records: int,
+                  name: str = 'fashion_mnist_train_fkd.beton') -> Path:
+    """`records` crops per image labelled as the demo labels them, by a teacher's export or by
+    the ensemble of several (a list of exports: their probabilities averaged), into out/<name>;
+    the time it took goes to out/labelling.json (out/<name stem>.labelling.json for another
+    name)."""
     from .labeling import LabelingSettings, label_beton
     from .teachers import Teacher
-    labelled = Path(out) / 'fashion_mnist_train_fkd.beton'
+    labelled = Path(out) / name
     if labelled.exists():
         print(f"  reusing {labelled}")
         return labelled
+    files = teacher_files if isinstance(teacher_files, (list, tuple)) else [teacher_files]
     data = recipe('plain')['data']
     settings = LabelingSettings(num_records=records, label_type=DEMO_LABEL_TYPE,
                                 scale=(data['crop_scale_min'], data['crop_scale_max']),
                                 batch_size=512)
+    tag = '' if name == 'fashion_mnist_train_fkd.beton' else f'{labelled.stem}.'
     started = time.perf_counter()
-    label_beton(train_beton, labelled, Teacher(f'checkpoint:{teacher_file}'), settings,
-                Path(out) / 'labelling.work')
-    (Path(out) / 'labelling.json').write_text(json.dumps(
-        {'seconds': time.perf_counter() - started, 'records': records}))
+    label_beton(train_beton, labelled, Teacher([f'checkpoint:{f}' for f in files]), settings,
+                Path(out) / f'{tag}labelling.work')
+    (Path(out) / f'{tag}labelling.json').write_text(json.dumps(
+        {'seconds': time.perf_counter() - started, 'records': records,
+         'teachers': len(files)}))
     return labelled

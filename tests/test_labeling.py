@@ -290,3 +290,31 @@ def test_torchscript_teachers_and_ensembles(teacher, tmp_path):
 
 def small_input_model():
     return NaNModel(), {'input_size': 64, 'interpolation': 'area'}
+
+
+def test_an_ensembles_stored_labels_are_the_average_of_its_teachers(images, teacher, tmp_path):
+    """MEAL V2's labels: two teachers label the same crops; each stored record recovers the
+    mean of their probabilities, within the stored codes' precision."""
+    from fkd_ffcv.soft_labels import LabelSpec, recover
+    torch.manual_seed(2)
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / 'b.pt')
+    other = Teacher(f'torchvision:resnet18:{tmp_path}/b.pt', input_size=32)
+    settings = LabelingSettings(num_records=3, label_type='full', chunk_images=6)
+    label_beton(images, tmp_path / 'both.beton', Teacher(teacher.specs + other.specs,
+                                                          input_size=32),
+                settings, tmp_path / 'work', progress=False)
+    beton = Beton(tmp_path / 'both.beton')
+    assert beton.manifest['soft_labels']['teacher']['specs'] == teacher.specs + other.specs
+    spec = LabelSpec.parse('full', 3)
+    for i in (0, 5, 11):
+        rec = records(beton, i)
+        pixels = beton.image(i)
+        boxes, flips = sample_records(0, i, *pixels.shape[:2], 3)
+        crops = cut_crops(pixels, boxes, flips, 32, 'bicubic')
+        mean = (teacher.probs(crops) + other.probs(crops)) / 2
+        alone = teacher.probs(crops)
+        stored = recover(torch.from_numpy(rec['fkd_classes']), decode_probs(
+            torch.from_numpy(rec['fkd_codes']),
+            torch.from_numpy(rec['fkd_flags'] & FLAG_P1_STORED > 0)), spec)
+        assert torch.allclose(stored, mean, rtol=0.03, atol=1e-6)  # codes: 2.7% at most
+        assert not torch.allclose(alone, mean, rtol=0.03, atol=1e-6)  # the test could fail

@@ -1,0 +1,155 @@
+"""Fast MEAL V2 on the CPU demo data: a plain student's export continued by MEAL V2 with the
+labels of a two-teacher ensemble, against continuing plain training and online MEAL V2.
+
+    python -m benchmarks.meal_v2 [--demo build/demo] [--seeds 3] [--epochs 4] [--out FILE.md]
+
+Uses the demo's runs (`make demo` first): its betons (10,000 training and 5,000 validation
+Fashion-MNIST images at 32 px), its teacher (ResNet-20: small_resnet width 16, depth 3) and its
+plain student's export (small_resnet width 16, depth 1), the starting point of every row. A
+second teacher of another shape (small_resnet width 20, depth 2) is trained here with the
+teacher's recipe, and the two label 4 crops of every training image as an ensemble (their
+probabilities averaged). Every row continues from the same export with the recipe
+`fkd_ffcv/small_configs/fashion_mnist_meal_v2.yaml` (SGD, lr 0.01 with x0.1 after 3 of 4
+epochs, no weight decay, 64 crops per step):
+
+- Fast MEAL V2 (meal_v2, K = 2 records per decoded image): the discriminator as in MEAL V2
+  (shared gradient), with a reversed gradient, and without a discriminator;
+- plain: hard labels with the plain recipe's label smoothing, the same crops' distribution;
+- online MEAL V2: both teachers run on every batch, the discriminator as in MEAL V2.
+
+Top-1 on the 5,000 validation images (at the start: the export's), training seconds (without
+validation). Runs are kept under <demo>/meal_v2 and reused by a later invocation (delete them
+to rerun).
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import versions
+from fkd_ffcv.devices import machine, precision_of
+from fkd_ffcv.options import options
+from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
+
+SECOND_TEACHER = {'model.width': 20, 'model.depth': 2}
+ROWS = {  # name: overrides of the MEAL V2 recipe
+    'Fast MEAL V2 (discriminator, shared gradient)': {},
+    'Fast MEAL V2 (discriminator, reversed gradient)': {'meal.disc_gradient': 'reversed'},
+    'Fast MEAL V2 without discriminator': {'meal.discriminator': False},
+    'plain training continued (hard labels)': {'training.mode': 'plain'},
+    'online MEAL V2 (both teachers on every batch)': {'training.mode': 'online_meal_v2'},
+}
+PLAIN_ONLY = ('training.label_smoothing',)  # what the plain row takes from the plain recipe
+
+
+def row_options(overrides, base, plain, teachers, seed, folder):
+    mode = overrides.get('training.mode', 'meal_v2')
+    opts = dict(base)
+    if mode == 'plain':  # no meal options, and the plain recipe's labels
+        opts = {k: v for k, v in opts.items() if not k.startswith(('meal.', 'fkd.'))}
+        opts.update({k: plain[k] for k in PLAIN_ONLY})
+    if mode == 'online_meal_v2':
+        opts['fkd.teacher'] = ','.join(f'checkpoint:{t}' for t in teachers)
+    return {**opts, **overrides, 'training.seed': seed, 'logging.folder': str(folder)}
+
+
+def flat(opts: dict) -> dict:
+    return {f'{s}.{k}': v for s, values in opts.items() for k, v in values.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--demo', type=Path, default=Path('build/demo'))
+    parser.add_argument('--seeds', type=int, default=3)
+    parser.add_argument('--epochs', type=int, default=4)
+    parser.add_argument('--out', type=Path, default=None)
+    args = parser.parse_args()
+    runs = args.demo / 'runs'
+    first, start = runs / 'teacher' / 'final_weights.pt', runs / 'plain' / 'final_weights.pt'
+    for needed in (first, start):
+        if not needed.exists():
+            sys.exit(f"{needed} is missing: run `make demo` first (or give --demo)")
+    started = time.perf_counter()
+    work = args.demo / 'meal_v2'
+    work.mkdir(exist_ok=True)
+    train, val = fashion_mnist_betons(args.demo, 10_000, 5_000)  # the demo's own
+    common = {'data.val_dataset': str(val), 'logging.progress': False}
+    print("second teacher (small_resnet width 20, depth 2, the teacher recipe)", flush=True)
+    second_summary = run_or_reuse(recipe('teacher', {
+        **common, **SECOND_TEACHER, 'data.train_dataset': str(train),
+        'logging.folder': str(work / 'runs' / 'teacher2')}))
+    second = work / 'runs' / 'teacher2' / 'final_weights.pt'
+    print("ensemble labels: 4 records per image", flush=True)
+    labelled = label_as_demo(train, [first, second], work, 4,
+                             name='fashion_mnist_train_ensemble.beton')
+    base = flat(recipe('meal_v2', {**common, 'data.train_dataset': str(labelled),
+                                   'model.weights': str(start),
+                                   'training.epochs': args.epochs}))
+    base.update({'data.train_dataset': str(labelled), 'logging.progress': False})
+    plain = flat(recipe('plain'))
+    results = {row: [] for row in ROWS}
+    for seed in range(args.seeds):
+        for row, overrides in ROWS.items():
+            mode = overrides.get('training.mode', 'meal_v2')
+            if mode != 'meal_v2':
+                overrides = {**overrides, 'data.train_dataset': str(train)}
+            slug = '_'.join(f"{k.split('.')[-1]}-{v}" for k, v in overrides.items()
+                            if k != 'data.train_dataset') or 'meal_v2'
+            folder = work / 'runs' / f"{slug}_e{args.epochs}_seed{seed}"
+            print(f"{row}, seed {seed} ...", flush=True)
+            opts = row_options(overrides, base, plain, (first, second), seed, folder)
+            results[row].append(run_or_reuse(options(opts)))
+    start_top1 = load_start(work, results)
+    text = table(args, results, start_top1, second_summary, labelled, started)
+    print(text)
+    if args.out:
+        args.out.write_text(text + '\n')
+
+
+def load_start(work: Path, results: dict):
+    """The export's top-1 as a MEAL V2 run logged it before its first step (epoch 0)."""
+    import json
+    for summary in results[next(iter(ROWS))]:
+        log = Path(summary['folder']) / 'log.jsonl'
+        first = json.loads(log.read_text().splitlines()[0])
+        if first['epoch'] == 0:
+            return first['top1']
+    return None
+
+
+def table(args, results, start_top1, second_summary, labelled, started) -> str:
+    import json
+    labelling = json.loads((labelled.parent / f'{labelled.stem}.labelling.json').read_text()) \
+        if (labelled.parent / f'{labelled.stem}.labelling.json').exists() else {}
+    precision = precision_of([s for summaries in results.values() for s in summaries])
+    lines = [f"MEAL V2 on the demo data: the demo's plain student (small_resnet width 16, depth "
+             f"1; top-1 {start_top1:.2%} at the start) continued {args.epochs} epochs, "
+             f"{args.seeds} seeds; teachers: the demo's ResNet-20 and a small_resnet width 20 "
+             f"depth 2 ({second_summary['top1']:.2%}); 10,000 training images at 32 px, top-1 on "
+             f"5,000 validation images; {precision}. {machine()}; "
+             f"{versions('torch', 'ffcv')}; {time.strftime('%Y-%m-%d')}, "
+             f"{time.perf_counter() - started:.0f} s.", '',
+             '| run | top-1 mean | min - max | training s (mean) | crops/s | discriminator '
+             'right (last epoch) |', '|---|---|---|---|---|---|']
+    for row, summaries in results.items():
+        top1 = [s['top1'] for s in summaries]
+        right = [last_line(s).get('disc_right') for s in summaries]
+        right = '' if None in right else f"{statistics.mean(right):.0%}"
+        lines.append(f"| {row} | {statistics.mean(top1):.2%} | {min(top1):.2%} - "
+                     f"{max(top1):.2%} | {statistics.mean(s['train_seconds'] for s in summaries):.0f}"
+                     f" | {statistics.mean(s['crops_per_s'] for s in summaries):.0f} | {right} |")
+    if labelling:
+        lines += ['', f"One-off ensemble labelling ({labelling['records']} records per image, "
+                      f"{labelling.get('teachers', 2)} teachers): {labelling['seconds']:.0f} s."]
+    return '\n'.join(lines)
+
+
+def last_line(summary: dict) -> dict:
+    import json
+    log = (Path(summary['folder']) / 'log.jsonl').read_text().splitlines()
+    return json.loads(log[-1])
+
+
+if __name__ == '__main__':
+    main()
