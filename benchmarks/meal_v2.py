@@ -1,7 +1,7 @@
 """Fast MEAL V2 on the CPU demo data: a plain student's export continued by MEAL V2 with the
 labels of a two-teacher ensemble, against continuing plain training and online MEAL V2.
 
-    python -m benchmarks.meal_v2 [--demo build/demo] [--seeds 3] [--epochs 4] [--out FILE.md]
+    python -m benchmarks.meal_v2 [--demo build/demo] [--seeds 3] [--epochs 16] [--out FILE.md]
 
 Uses the demo's runs (`make demo` first): its betons (10,000 training and 5,000 validation
 Fashion-MNIST images at 32 px), its teacher (ResNet-20: small_resnet width 16, depth 3) and its
@@ -9,11 +9,13 @@ plain student's export (small_resnet width 16, depth 1), the starting point of e
 second teacher of another shape (small_resnet width 20, depth 2) is trained here with the
 teacher's recipe, and the two label 4 crops of every training image as an ensemble (their
 probabilities averaged). Every row continues from the same export with the recipe
-`fkd_ffcv/small_configs/fashion_mnist_meal_v2.yaml` (SGD, lr 0.01 with x0.1 after 3 of 4
+`fkd_ffcv/small_configs/fashion_mnist_meal_v2.yaml` (SGD, lr 0.01 with x0.1 after 3/4 of the
 epochs, no weight decay, 64 crops per step):
 
 - Fast MEAL V2 (meal_v2, K = 2 records per decoded image): the discriminator as in MEAL V2
-  (shared gradient), with a reversed gradient, and without a discriminator;
+  (shared gradient, the student's learning rate, a ReLU after its last layer); without that
+  ReLU (discriminator.py: it closes for good while the discriminator cannot tell the two
+  apart), with the shared and with a reversed gradient; and without a discriminator;
 - plain: hard labels with the plain recipe's label smoothing, the same crops' distribution;
 - online MEAL V2: both teachers run on every batch, the discriminator as in MEAL V2.
 
@@ -34,8 +36,11 @@ from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or
 
 SECOND_TEACHER = {'model.width': 20, 'model.depth': 2}
 ROWS = {  # name: overrides of the MEAL V2 recipe
-    'Fast MEAL V2 (discriminator, shared gradient)': {},
-    'Fast MEAL V2 (discriminator, reversed gradient)': {'meal.disc_gradient': 'reversed'},
+    'Fast MEAL V2, discriminator as MEAL V2 (shared gradient)': {},
+    'Fast MEAL V2, discriminator without its last ReLU, shared gradient': {
+        'meal.disc_last_relu': False},
+    'Fast MEAL V2, discriminator without its last ReLU, reversed gradient': {
+        'meal.disc_last_relu': False, 'meal.disc_gradient': 'reversed'},
     'Fast MEAL V2 without discriminator': {'meal.discriminator': False},
     'plain training continued (hard labels)': {'training.mode': 'plain'},
     'online MEAL V2 (both teachers on every batch)': {'training.mode': 'online_meal_v2'},
@@ -62,7 +67,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--demo', type=Path, default=Path('build/demo'))
     parser.add_argument('--seeds', type=int, default=3)
-    parser.add_argument('--epochs', type=int, default=4)
+    parser.add_argument('--epochs', type=int, default=16)
     parser.add_argument('--out', type=Path, default=None)
     args = parser.parse_args()
     runs = args.demo / 'runs'
@@ -85,7 +90,8 @@ def main():
                              name='fashion_mnist_train_ensemble.beton')
     base = flat(recipe('meal_v2', {**common, 'data.train_dataset': str(labelled),
                                    'model.weights': str(start),
-                                   'training.epochs': args.epochs}))
+                                   'training.epochs': args.epochs,
+                                   'lr.step_length': 0.75 * args.epochs}))
     base.update({'data.train_dataset': str(labelled), 'logging.progress': False})
     plain = flat(recipe('plain'))
     results = {row: [] for row in ROWS}

@@ -1,5 +1,6 @@
-"""Training time per epoch: plain training, online KD and FKD with K = 1, 2, 4, 8, through the
-trainer (fkd_ffcv.training.Trainer), on one data set in one run; FKD's speed table, here.
+"""Training time per epoch: plain training, online KD and FKD with K = 1, 2, 4, 8, and MEAL V2
+online against Fast MEAL V2, through the trainer (fkd_ffcv.training.Trainer), on one data set
+in one run; FKD's speed table, here.
 
     python -m benchmarks.timing_table [--preset cpu|gpu] [--images N] [--batch B] [--side S]
                                       [--work DIR] [--out DIR] [--rows ROW,...]
@@ -17,6 +18,11 @@ Presets:
   px JPEGs, 1000 classes; a lent GPU machine has no data sets), student ResNet-50 with BlurPool
   at 176 px (the middle of ffcv-imagenet's 160-192 ramp), bf16, channels-last, 512 crops per
   step; crop records labelled by a random ResNet-50, online-KD teacher a random ResNet-101.
+MEAL V2 rows: the student starts from an export of itself (random weights), with MEAL V2's
+discriminator; online MEAL V2 runs two teachers on every batch (cpu: the online-KD teacher and
+one of its shape with other weights; gpu: random ResNet-152 and ResNet-101, standing in for
+MEAL V2's SENet-154 and ResNet-152-v1s), Fast MEAL V2 replays the crop records (K = 4; one
+teacher's labels, which replay at the same cost as an ensemble's).
 The last row feeds the same trainer step from FKD's own data path (as in train_FKD.py, written
 again in benchmarks/common.py): a torch DataLoader whose worker processes open each image's
 JPEG file with PIL, torch.load its soft-label file and cut K = 4 of its recorded crops with
@@ -28,7 +34,8 @@ records are written once (8 per image); that one-off cost is reported separately
 Each row is printed as it finishes and the table is rewritten under --out DIR
 (`timing_<preset>.md`, `.json`, and a `.png` where matplotlib is installed), so a run stopped
 by a time limit keeps what it measured. --time-limit skips the rows that would not fit; rows
-run in order of importance (plain, online KD, FKD K=4, the original path, then K=1, 2, 8) and
+run in order of importance (plain, online KD, FKD K=4, the original path, K=1, 2, 8, then the
+MEAL V2 pair) and
 are shown in the usual order. The table's first line names the machine: the CPU model and
 whether torch computes bf16 on it (and the GPU where there is one).
 """
@@ -41,6 +48,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import REPO, OriginalFKDPath, export_original_files, versions
+from fkd_ffcv.beton import Beton
 from fkd_ffcv.devices import machine
 from fkd_ffcv.fields import image_fields
 from fkd_ffcv.labeling import LabelingSettings, label_beton
@@ -63,6 +71,7 @@ PRESETS = {
                 batch=512, write_mode='jpg',
                 student={'model.arch': 'resnet50', 'model.blurpool': True},
                 label_teacher='torchvision:resnet50', online_teacher='torchvision:resnet101',
+                meal_teachers='torchvision:resnet152,torchvision:resnet101',
                 describe='synthetic photo-like images (about 500 x 375 px, JPEG 90, 1000 '
                          'classes) at {side} px, student ResNet-50 with BlurPool, online-KD '
                          'teacher ResNet-101 (random weights)'),
@@ -73,12 +82,27 @@ ROWS = {'plain': ('plain', 'plain', 1), 'online_kd': ('online KD', 'online_kd', 
         'fkd1': ('FKD, K=1', 'fkd', 1), 'fkd2': ('FKD, K=2', 'fkd', 2),
         'fkd4': ('FKD, K=4', 'fkd', 4), 'fkd8': ('FKD, K=8', 'fkd', 8),
         'original': ("FKD, K=4, FKD's original data path (PIL, label files, DataLoader)",
-                     'fkd', 4)}
-RUN_ORDER = ['plain', 'online_kd', 'fkd4', 'original', 'fkd1', 'fkd2', 'fkd8']
+                     'fkd', 4),
+        'online_meal_v2': ('online MEAL V2 (two teachers)', 'online_meal_v2', 1),
+        'meal_v2': ('Fast MEAL V2, K=4', 'meal_v2', 4)}
+RUN_ORDER = ['plain', 'online_kd', 'fkd4', 'original', 'fkd1', 'fkd2', 'fkd8', 'online_meal_v2',
+             'meal_v2']
+
+
+def export(path: Path, arch: dict, seed: int, classes=FashionMNISTSource.classes,
+           side: int = 32) -> Path:
+    """A random model of `arch` saved as an export (a teacher, or a student's starting point)."""
+    if not path.exists():
+        torch.manual_seed(seed)
+        save_weights(path, build_model(num_classes=len(classes), **arch), arch, classes,
+                     {'input_size': side, 'interpolation': 'area',
+                      'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)})
+    return path
 
 
 def prepare(work: Path, preset: dict, images: int, records: int):
-    """Betons (train with crop records, val) and the teacher specs; reused if present."""
+    """Betons (train with crop records, val) and the teacher specs (labels, online KD, online
+    MEAL V2); reused if present."""
     work.mkdir(parents=True, exist_ok=True)
     betons = {}
     for split, n in (('train', images), ('val', preset['val'])):
@@ -91,15 +115,12 @@ def prepare(work: Path, preset: dict, images: int, records: int):
         betons[split] = path
     if 'label_teacher' in preset:
         label_spec, online_spec = preset['label_teacher'], preset['online_teacher']
+        meal_specs = preset['meal_teachers']
     else:
-        teacher_file = work / 'teacher.pt'
-        if not teacher_file.exists():
-            torch.manual_seed(0)
-            save_weights(teacher_file, build_model(num_classes=10, **SMALL_TEACHER),
-                         SMALL_TEACHER, FashionMNISTSource.classes,
-                         {'input_size': 32, 'interpolation': 'area',
-                          'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)})
-        label_spec = online_spec = f'checkpoint:{teacher_file}'
+        first, second = (export(work / f'teacher{i or ""}.pt', SMALL_TEACHER, i)
+                         for i in (0, 1))
+        label_spec = online_spec = f'checkpoint:{first}'
+        meal_specs = f'{online_spec},checkpoint:{second}'
     labelled, label_seconds = work / 'train_fkd.beton', None
     if not labelled.exists():
         started = time.perf_counter()
@@ -108,7 +129,8 @@ def prepare(work: Path, preset: dict, images: int, records: int):
                     LabelingSettings(num_records=records, label_type='marginal_smoothing_k5'),
                     work / 'labelling', progress=True)
         label_seconds = time.perf_counter() - started
-    return betons, labelled, online_spec, label_seconds
+    specs = {'online_kd': online_spec, 'online_meal_v2': meal_specs}
+    return betons, labelled, specs, label_seconds
 
 
 class OriginalPathTrainer(Trainer):
@@ -128,7 +150,7 @@ def timed_run(key, work, train, val, overrides, preset, trainer_class=Trainer):
     """Two passes; returns the second pass's seconds per epoch, crops/s, data wait."""
     folder = work / 'runs' / key
     shutil.rmtree(folder, ignore_errors=True)
-    k = overrides.get('fkd.num_crops', 1) if overrides['training.mode'] == 'fkd' else 1
+    k = ROWS[key][2]
     side = preset['side']
     opts = options({**preset['student'], 'data.train_dataset': str(train),
                     'data.val_dataset': str(val), 'training.epochs': 2 * k,
@@ -220,7 +242,7 @@ def main():
         parser.error(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(ROWS)}")
     wanted = [r for r in RUN_ORDER if r in wanted]
     work = Path(args.work or REPO / 'build' / f'timing-{args.preset}')
-    betons, labelled, online_spec, label_seconds = prepare(work, preset, preset['images'], 8)
+    betons, labelled, specs, label_seconds = prepare(work, preset, preset['images'], 8)
     rows, skipped = [], []
     for key in wanted:
         left = args.time_limit - (time.perf_counter() - started)
@@ -231,15 +253,21 @@ def main():
             continue
         name, mode, k = ROWS[key]
         overrides = {'training.mode': mode}
-        if mode == 'online_kd':
-            overrides['fkd.teacher'] = online_spec
-        if mode == 'fkd':
+        if mode in ('online_kd', 'online_meal_v2'):
+            overrides['fkd.teacher'] = specs[mode]
+        if mode in ('fkd', 'meal_v2'):
             overrides['fkd.num_crops'] = k
+        if mode in ('meal_v2', 'online_meal_v2'):  # from weights, with MEAL V2's optimiser
+            student = {k.split('.')[1]: v for k, v in preset['student'].items()}
+            start = export(work / 'student_start.pt', student, 2,
+                           Beton(betons['train']).classes, preset['side'])
+            overrides.update({'model.weights': str(start), 'training.weight_decay': 0.0})
         trainer_class = Trainer
         if key == 'original':
             OriginalPathTrainer.files = export_original_files(labelled, work / 'original_files')
             trainer_class = OriginalPathTrainer
-        rows.append(timed_run(key, work, labelled if mode == 'fkd' else betons['train'],
+        rows.append(timed_run(key, work, labelled if mode in ('fkd', 'meal_v2')
+                              else betons['train'],
                               betons['val'], overrides, preset, trainer_class))
         r = rows[-1]
         print(f"row: {name}: {r['seconds_per_epoch']:.2f} s/epoch, {r['crops_per_s']:,.0f} "

@@ -12,6 +12,11 @@ initialisation alone, about a quarter of these discriminators start dead (both l
 closed for every input: BCE fixed at ln 2, no gradient, ever); measured over 200 seeds for 10
 and for 1000 classes.
 
+The last ReLU also kills it in training: while it cannot tell the two apart, BCE's gradient on
+a score z >= 0 is sigmoid(z) - target, which averages to sigmoid(z) - 1/2 >= 0 over the two
+labels, so every score is pushed down until its ReLU closes for good. `last_relu=False` drops
+that ReLU (the scores are then true logits); docs/training.md has what each does in training.
+
 How the student meets it (`gradient`):
 - 'shared' (MEAL V2's): student and discriminator minimise the same BCE in one backward pass,
   so the student is pushed to look *more* like a student. Its author calls the term a
@@ -31,16 +36,18 @@ MIN_WIDTH = 8
 
 
 class Discriminator(nn.Module):
-    """(N, C) probability vectors -> (N, 2) non-negative scores (student, teacher)."""
+    """(N, C) probability vectors -> (N, 2) scores (student, teacher); non-negative with
+    `last_relu` (MEAL V2's)."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, last_relu: bool = True):
         super().__init__()
         wide = max(num_classes // 8, MIN_WIDTH)
         narrow = max(wide // 8, MIN_WIDTH)
         self.layers = nn.Sequential(nn.Conv2d(num_classes, wide, 1), nn.ReLU(),
                                     nn.Conv2d(wide, narrow, 1), nn.ReLU(),
-                                    nn.Conv2d(narrow, 2, 1), nn.ReLU())
-        nn.init.constant_(self.layers[4].bias, 1.0)  # both scores start open (docstring)
+                                    nn.Conv2d(narrow, 2, 1), *([nn.ReLU()] if last_relu else []))
+        if last_relu:
+            nn.init.constant_(self.layers[4].bias, 1.0)  # both scores start open (docstring)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x[:, :, None, None]).flatten(1)

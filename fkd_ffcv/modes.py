@@ -251,12 +251,9 @@ class WithDiscriminator:
             return
         with torch.random.fork_rng(devices=[]):  # its own seed, whatever ran before
             torch.manual_seed(trainer.opts['training']['seed'] + 7919)
-            self.discriminator = Discriminator(trainer.num_classes).to(trainer.device)
-        self.train_discriminator = self.discriminator
-        if trainer.world_size > 1:
-            self.train_discriminator = torch.nn.parallel.DistributedDataParallel(
-                self.discriminator, device_ids=[trainer.device.index]
-                if trainer.device.type == 'cuda' else None)
+            self.discriminator = Discriminator(trainer.num_classes,
+                                               meal['disc_last_relu']).to(trainer.device)
+        self.train_discriminator = trainer.parallel(self.discriminator)
         self.metrics = ('disc_loss', 'disc_right')
 
     def parameter_groups(self, trainer):

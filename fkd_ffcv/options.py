@@ -86,8 +86,8 @@ PARAMS = {
                          default=0.0),
     )),
     'training': ('the optimisation', dict(
-        mode=Param(Registered(MODES), 'a training mode of modes.py: fkd, plain, online_kd, '
-                   'meal_v2 (Fast MEAL V2), online_meal_v2', default='fkd'),
+        mode=Param(Registered(MODES), 'a training mode of modes.py (meal_v2: Fast MEAL V2)',
+                   default='fkd'),
         epochs=Param(And(int, InRange(min=1)), 'epochs (crops = epochs x images)', default=16),
         batch_size=Param(And(int, InRange(min=1)), 'crops per step and process', default=512),
         optimizer=Param(OneOf(['sgd', 'adamw']), 'sgd (momentum) or adamw', default='sgd'),
@@ -155,6 +155,8 @@ PARAMS = {
         disc_gradient=Param(OneOf(['shared', 'reversed']), 'shared: the student minimises '
                             'its BCE too (MEAL V2); reversed: the student learns to fool it',
                             default='shared'),
+        disc_last_relu=Param(Flag(), 'MEAL V2\'s ReLU after the last layer (false: the scores '
+                             'may be negative; docs/training.md)', default=True),
         teachers=Param(And(int, InRange(min=0)), 'teachers the labels should come from (a '
                        'warning names another count; 0: any)', default=0),
     )),

@@ -143,15 +143,19 @@ class Trainer:
         self.ema = None
         if self.opts['training']['ema_epochs'] > 0:
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.train_model = self.model
-        if self.world_size > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == 'cuda'
-                else None)
+        self.train_model = self.parallel(self.model)
         if self.opts['training']['compile']:
             # One static graph per input side (progressive resizing has a few), not a
             # dynamic-shape graph that is slower for every side.
             self.train_model = torch.compile(self.train_model, dynamic=False)
+
+    def parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` as it trains: under DDP when there are several processes (the student, a
+        mode's discriminator), its gradients averaged over them."""
+        if self.world_size == 1:
+            return module
+        return torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
 
     def create_optimizer(self):
         """SGD or AdamW; no weight decay on 1-d parameters. With model.head_epochs, the

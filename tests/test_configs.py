@@ -9,6 +9,7 @@ import yaml
 from conftest import REPO
 from fkd_ffcv.config import unknown_keys
 from fkd_ffcv.models import check_arch
+from fkd_ffcv.modes import MODES
 from fkd_ffcv.options import PARAMS, options
 
 RECIPES = sorted(p for p in [*REPO.glob('*_configs/*.yaml'), *REPO.glob('fkd_ffcv/*_configs/*.yaml')]
@@ -34,8 +35,9 @@ def test_recipe_is_valid(path):
     opts = options(flat)
     check_arch(opts["model"]["arch"])  # raises for an unknown one
     t = opts['training']
-    k = opts['fkd']['num_crops'] if t['mode'] == 'fkd' else 1
-    assert t['epochs'] % k == 0 and t['batch_size'] % k == 0
+    mode = MODES[t['mode']]
+    assert t['batch_size'] % mode.crops_per_image(opts) == 0
+    assert sum(mode.pass_plan(opts)) == t['epochs']
     r = opts['resolution']
     assert r['start_ramp'] <= r['end_ramp'] <= t['epochs']
     assert r['min_res'] % r['round_to'] == 0 and r['max_res'] % r['round_to'] == 0
@@ -83,3 +85,23 @@ def test_the_sret_recipe_is_fkds():
     assert lr['lr'] * lr['end_factor'] == pytest.approx(1e-5)
     assert MODES['fkd'].pass_plan(opts) == [1] * 5 + [4] * 73 + [1] * 3
     assert t['batch_size'] * 8 == 1024
+
+
+@pytest.mark.parametrize('epochs', [180, 88])
+def test_the_meal_v2_recipes_are_meal_v2s(epochs):
+    """MEAL V2's optimiser and FKD variant's 64 images x 8 crops per step over 8 processes;
+    K = 8 leaves 4 of 180 epochs to single-crop passes."""
+    raw = yaml.safe_load((REPO / 'rn50_configs' /
+                          f'rn50_meal_v2_fkd_{epochs}_epochs.yaml').read_text())
+    opts = options({f'{s}.{k}': v for s, values in raw.items() for k, v in values.items()})
+    t, lr, meal = opts['training'], opts['lr'], opts['meal']
+    assert (t['mode'], t['optimizer'], t['momentum'], t['weight_decay']) == \
+        ('meal_v2', 'sgd', 0.9, 0.0)
+    assert (lr['lr'], lr['schedule'], lr['step_ratio']) == (0.01, 'step', 0.1)
+    assert lr['step_length'] / epochs == pytest.approx(100 / 180, abs=0.01)
+    assert opts['fkd']['num_crops'] == 8 and t['batch_size'] * 8 == 512
+    assert opts['fkd']['temperature'] == 1.0 and meal['discriminator'] and \
+        meal['disc_weight'] == 1.0 and meal['teachers'] == 2
+    assert opts['model']['arch'].startswith('timm:resnet50') and opts['model']['weights']
+    plan = MODES['meal_v2'].pass_plan(opts)
+    assert plan == [8] * (epochs // 8) + [1] * (epochs % 8)

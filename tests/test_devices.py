@@ -73,6 +73,27 @@ def test_compiled_models_get_one_static_graph_per_input_side(monkeypatch):
     assert compiled == {'dynamic': False}  # progressive resizing: a graph per side
 
 
+def test_ddp_wraps_the_student_and_a_discriminator_on_the_ranks_gpu(monkeypatch):
+    """Trainer.parallel: DDP on the rank's GPU (device_ids) on CUDA, without on the CPU, and
+    nothing with one process. MEAL V2's discriminator goes through it as the student does."""
+    wrapped = []
+
+    class FakeDDP:
+        def __init__(self, module, device_ids=None):
+            wrapped.append((module, device_ids))
+
+    monkeypatch.setattr(torch.nn.parallel, 'DistributedDataParallel', FakeDDP)
+    trainer = Trainer.__new__(Trainer)
+    module = torch.nn.Linear(2, 2)
+    trainer.world_size, trainer.device = 1, torch.device('cuda', 1)
+    assert trainer.parallel(module) is module and not wrapped
+    trainer.world_size = 2
+    assert isinstance(trainer.parallel(module), FakeDDP)
+    trainer.device = torch.device('cpu')
+    trainer.parallel(module)
+    assert wrapped == [(module, [1]), (module, None)]
+
+
 def test_machine_line_names_the_cpu_and_its_bf16(monkeypatch):
     assert devices.machine().startswith(f'{devices.cpu_model()}, ')
     monkeypatch.setattr(devices, 'cpu_has_bf16', lambda: True)
