@@ -17,7 +17,9 @@ epochs, no weight decay, 64 crops per step):
   ReLU (discriminator.py: it closes for good while the discriminator cannot tell the two
   apart), with the shared and with a reversed gradient; and without a discriminator;
 - plain: hard labels with the plain recipe's label smoothing, the same crops' distribution;
-- online MEAL V2: both teachers run on every batch, the discriminator as in MEAL V2.
+- online MEAL V2: both teachers run on every batch, the discriminator as in MEAL V2;
+- a probe, seed 0 only: the discriminator without its last ReLU at 10x the student's rate
+  (one that does learn here), shared and reversed.
 
 Top-1 on the 5,000 validation images (at the start: the export's), training seconds (without
 validation). Runs are kept under <demo>/meal_v2 and reused by a later invocation (delete them
@@ -44,6 +46,14 @@ ROWS = {  # name: overrides of the MEAL V2 recipe
     'Fast MEAL V2 without discriminator': {'meal.discriminator': False},
     'plain training continued (hard labels)': {'training.mode': 'plain'},
     'online MEAL V2 (both teachers on every batch)': {'training.mode': 'online_meal_v2'},
+}
+# Seed 0 only (a probe of a discriminator that learns): without the last ReLU, at 10x the rate.
+PROBE_ROWS = {
+    'probe: no last ReLU, lr x10, shared gradient': {
+        'meal.disc_last_relu': False, 'meal.disc_lr_ratio': 10.0},
+    'probe: no last ReLU, lr x10, reversed gradient': {
+        'meal.disc_last_relu': False, 'meal.disc_lr_ratio': 10.0,
+        'meal.disc_gradient': 'reversed'},
 }
 PLAIN_ONLY = ('training.label_smoothing',)  # what the plain row takes from the plain recipe
 
@@ -92,20 +102,20 @@ def main():
                                    'model.weights': str(start),
                                    'training.epochs': args.epochs,
                                    'lr.step_length': 0.75 * args.epochs}))
-    base.update({'data.train_dataset': str(labelled), 'logging.progress': False})
+    base['logging.progress'] = False
     plain = flat(recipe('plain'))
-    results = {row: [] for row in ROWS}
-    for seed in range(args.seeds):
-        for row, overrides in ROWS.items():
-            mode = overrides.get('training.mode', 'meal_v2')
-            if mode != 'meal_v2':
-                overrides = {**overrides, 'data.train_dataset': str(train)}
-            slug = '_'.join(f"{k.split('.')[-1]}-{v}" for k, v in overrides.items()
-                            if k != 'data.train_dataset') or 'meal_v2'
-            folder = work / 'runs' / f"{slug}_e{args.epochs}_seed{seed}"
-            print(f"{row}, seed {seed} ...", flush=True)
-            opts = row_options(overrides, base, plain, (first, second), seed, folder)
-            results[row].append(run_or_reuse(options(opts)))
+    results = {row: [] for row in {**ROWS, **PROBE_ROWS}}
+    runs = [(seed, row, overrides) for seed in range(args.seeds) for row, overrides in ROWS.items()]
+    for seed, row, overrides in runs + [(0, row, o) for row, o in PROBE_ROWS.items()]:
+        mode = overrides.get('training.mode', 'meal_v2')
+        if mode != 'meal_v2':
+            overrides = {**overrides, 'data.train_dataset': str(train)}
+        slug = '_'.join(f"{k.split('.')[-1]}-{v}" for k, v in overrides.items()
+                        if k != 'data.train_dataset') or 'meal_v2'
+        folder = work / 'runs' / f"{slug}_e{args.epochs}_seed{seed}"
+        print(f"{row}, seed {seed} ...", flush=True)
+        opts = row_options(overrides, base, plain, (first, second), seed, folder)
+        results[row].append(run_or_reuse(options(opts)))
     start_top1 = load_start(work, results)
     text = table(args, results, start_top1, second_summary, labelled, started)
     print(text)
@@ -130,19 +140,19 @@ def table(args, results, start_top1, second_summary, labelled, started) -> str:
         if (labelled.parent / f'{labelled.stem}.labelling.json').exists() else {}
     precision = precision_of([s for summaries in results.values() for s in summaries])
     lines = [f"MEAL V2 on the demo data: the demo's plain student (small_resnet width 16, depth "
-             f"1; top-1 {start_top1:.2%} at the start) continued {args.epochs} epochs, "
+             f"1; top-1 {'n/a' if start_top1 is None else f'{start_top1:.2%}'} at the start) continued {args.epochs} epochs, "
              f"{args.seeds} seeds; teachers: the demo's ResNet-20 and a small_resnet width 20 "
              f"depth 2 ({second_summary['top1']:.2%}); 10,000 training images at 32 px, top-1 on "
              f"5,000 validation images; {precision}. {machine()}; "
              f"{versions('torch', 'ffcv')}; {time.strftime('%Y-%m-%d')}, "
              f"{time.perf_counter() - started:.0f} s.", '',
-             '| run | top-1 mean | min - max | training s (mean) | crops/s | discriminator '
-             'right (last epoch) |', '|---|---|---|---|---|---|']
+             '| run | seeds | top-1 mean | min - max | training s (mean) | crops/s | '
+             'discriminator right (last epoch) |', '|---|---|---|---|---|---|---|']
     for row, summaries in results.items():
         top1 = [s['top1'] for s in summaries]
         right = [last_line(s).get('disc_right') for s in summaries]
         right = '' if None in right else f"{statistics.mean(right):.0%}"
-        lines.append(f"| {row} | {statistics.mean(top1):.2%} | {min(top1):.2%} - "
+        lines.append(f"| {row} | {len(top1)} | {statistics.mean(top1):.2%} | {min(top1):.2%} - "
                      f"{max(top1):.2%} | {statistics.mean(s['train_seconds'] for s in summaries):.0f}"
                      f" | {statistics.mean(s['crops_per_s'] for s in summaries):.0f} | {right} |")
     if labelling:

@@ -257,7 +257,7 @@ def main():
             overrides['fkd.teacher'] = specs[mode]
         if mode in ('fkd', 'meal_v2'):
             overrides['fkd.num_crops'] = k
-        if mode in ('meal_v2', 'online_meal_v2'):  # from weights, with MEAL V2's optimiser
+        if mode in ('meal_v2', 'online_meal_v2'):  # from weights; timing only (the table's lr)
             student = {k.split('.')[1]: v for k, v in preset['student'].items()}
             start = export(work / 'student_start.pt', student, 2,
                            Beton(betons['train']).classes, preset['side'])

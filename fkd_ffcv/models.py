@@ -263,6 +263,30 @@ def start_from(model: nn.Module, path, new_head: bool = True) -> list:
     return fresh
 
 
+def check_start(path, classes, options: dict) -> None:
+    """Raise ValueError unless an export (a save_weights file) in `path` was trained on
+    `classes`, in that order, with the architecture, BlurPool and stem of `options`
+    (build_model's keywords): tensor shapes show none of these, and a student that must start
+    where the export stands (MEAL V2) would silently compute another function. A plain state
+    dict records none of them and passes."""
+    from .files import load_data
+    saved = load_data(path)
+    if not isinstance(saved, dict) or not {'arch', 'classes'} <= saved.keys():
+        return
+    if list(saved['classes']) != list(classes):
+        first = next((i for i, (a, b) in enumerate(zip(saved['classes'], classes)) if a != b),
+                     min(len(saved['classes']), len(classes)))
+        raise ValueError(f"{path} was trained on other classes or another order: class {first} "
+                         f"is {saved['classes'][first] if first < len(saved['classes']) else None!r}"
+                         f" there, {classes[first] if first < len(classes) else None!r} here")
+    differ = [f"{key}={saved['arch'][key]!r} (this run: {options[key]!r})"
+              for key in ('arch', 'blurpool', 'small_input')
+              if key in saved['arch'] and saved['arch'][key] != options[key]]
+    if differ:
+        raise ValueError(f"{path} was exported with {', '.join(differ)}: give the same "
+                         f"--model options")
+
+
 def build_model(arch: str, num_classes: int, *, small_input: bool = False, width: int = 16,
                 depth: int = 2, patch_size: int = 0, image_size: int = 0,
                 drop_path: float = 0.0, blurpool: bool = False, weights: str = '',

@@ -56,7 +56,8 @@ class Mode:
 
     def parameter_groups(self, trainer) -> list:
         """Optimiser groups of the mode's own trained modules (a discriminator), after the
-        student's; a group's 'lr_scale' multiplies the scheduled learning rate."""
+        student's; a group's 'lr_scale' multiplies the scheduled learning rate, and one marked
+        'always' learns in model.head_epochs too, while the student's body waits."""
         return []
 
     def train_loader(self, trainer, num_crops: int, **common):
@@ -254,14 +255,14 @@ class WithDiscriminator:
             self.discriminator = Discriminator(trainer.num_classes,
                                                meal['disc_last_relu']).to(trainer.device)
         self.train_discriminator = trainer.parallel(self.discriminator)
-        self.metrics = ('disc_loss', 'disc_right')
+        self.metrics = ('kd_loss', 'disc_loss', 'disc_right')
 
     def parameter_groups(self, trainer):
         if self.discriminator is None:
             return []
         meal = trainer.opts['meal']
         return [{'params': list(self.discriminator.parameters()), 'weight_decay': 0.0,
-                 'head': True, 'lr_scale': meal['disc_lr_ratio']}]
+                 'always': True, 'lr_scale': meal['disc_lr_ratio']}]
 
     def loss(self, trainer, logits, targets, images255, perm, lam):
         import torch
@@ -275,7 +276,7 @@ class WithDiscriminator:
         bce, right = discriminator_loss(self.train_discriminator,
                                         torch.softmax(logits.float(), dim=-1), q,
                                         meal['disc_gradient'])
-        self.step_metrics = torch.stack([bce.detach(), right])
+        self.step_metrics = torch.stack([loss.detach(), bce.detach(), right])
         return loss + meal['disc_weight'] * bce
 
     def state_dict(self):

@@ -165,8 +165,10 @@ def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
                              f"(they size ViT-like models): {e}") from None
     fresh = []
     if classes != num_classes and not new_head:
-        raise ValueError(f"{weights} holds a classifier for {classes} classes; the data set has "
-                         f"{num_classes}")
+        heads = [f"{k} {tuple(state[k].shape)}" for head in _classifiers(pretrained_config(name))
+                 for k in (head + '.weight', head + '.bias') if k in state]
+        raise ValueError(f"{weights} holds a classifier for {classes} classes ({', '.join(heads)}); "
+                         f"the data set has {num_classes}")
     if classes != num_classes:
         model.reset_classifier(num_classes)
         fresh = [k for head in _classifiers(pretrained_config(name))

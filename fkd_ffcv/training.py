@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from .devices import autocast_dtype, local_device, resolve_backend, resolve_precision
 from .mixing import mix
-from .models import (build_model, check_arch, classifier_name, input_normalisation,
-                     saved_options, takes_blurpool, unwrap)
+from .models import (build_model, check_arch, check_start, classifier_name,
+                     input_normalisation, saved_options, takes_blurpool, unwrap)
 from .modes import MODES
 from .errors import OptionError, TrainingError
 from .files import load_data
@@ -131,6 +131,8 @@ class Trainer:
     def create_model(self):
         torch.manual_seed(self.opts['training']['seed'])
         try:
+            if self.mode.starts_from_weights:  # as the export stands, or not at all
+                check_start(self.opts['model']['weights'], self.classes, self.model_options())
             self.model = build_model(num_classes=self.num_classes, **self.model_options(),
                                      weights=self.opts['model']['weights'],
                                      new_head=not self.mode.starts_from_weights)
@@ -323,8 +325,8 @@ class Trainer:
         lr = self.lr_at(epoch)
         body_learns = epoch >= self.opts['model']['head_epochs']
         for group in self.optimizer.param_groups:
-            group['lr'] = lr * group.get('lr_scale', 1.0) if group.get('head') or body_learns \
-                else 0.0
+            learns = body_learns or group.get('head') or group.get('always')
+            group['lr'] = lr * group.get('lr_scale', 1.0) if learns else 0.0
         t = self.opts['training']
         images, targets, hard = self.mode.unpack(batch)  # on self.device already
         images255, perm, lam = mix(images.float(), t['seed'], self.rank, step,

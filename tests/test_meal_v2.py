@@ -1,13 +1,8 @@
 """MEAL V2 (modes meal_v2 and online_meal_v2, discriminator.py): the student starts exactly from
 its weights, the discriminator is trained, checkpointed and resumed, and the faults are named."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from conftest import REPO
 from fkd_ffcv.discriminator import Discriminator, discriminator_loss
 from fkd_ffcv.errors import OptionError, TrainingError
 from fkd_ffcv.labeling import LabelingSettings, label_beton
@@ -15,7 +10,7 @@ from fkd_ffcv.models import IMAGENET_MEAN, IMAGENET_STD, build_model, save_weigh
 from fkd_ffcv.sources import FashionMNISTSource
 from fkd_ffcv.teachers import Teacher
 from fkd_ffcv.training import Trainer
-from test_training import metrics, read_log, run_options
+from test_training import metrics, read_log, run_options, two_process_run
 
 SMALL = dict(arch='small_resnet', width=8, depth=1)
 PREPROCESS = {'input_size': 32, 'interpolation': 'area', 'mean': list(IMAGENET_MEAN),
@@ -82,9 +77,12 @@ def test_the_student_starts_where_eval_only_on_its_weights_does(meal_data, meal_
         {k: start[k] for k in ('top1', 'top5', 'val_loss', 'val_images')}
     trained = trainer.history[1:]
     assert [line['epoch'] for line in trained] == [1, 2, 3, 4]
-    # the discriminator is trained and logged: its BCE, and the share of vectors it tells right
-    assert all(0 <= line['disc_right'] <= 1 and line['disc_loss'] > 0 for line in trained)
-    assert trained[-1]['loss'] < trained[0]['loss']
+    # logged: the distillation term, the discriminator's BCE (the loss is their sum, weight 1)
+    # and the share of vectors it tells right
+    for line in trained:
+        assert 0 <= line['disc_right'] <= 1 and line['disc_loss'] > 0
+        assert line['loss'] == pytest.approx(line['kd_loss'] + line['disc_loss'], rel=1e-5)
+    assert trained[-1]['kd_loss'] < trained[0]['kd_loss']
 
 
 def test_the_discriminator_learns_at_its_share_of_the_students_rate(meal_run):
@@ -206,6 +204,15 @@ def test_bad_inputs_are_named(meal_data, tmp_path, capsys):
     with pytest.raises(TrainingError, match=r"wide.pt does not fit the model: .* e\.g\. \S+ "
                                             r"\(16, "):
         Trainer(meal_options(meal_data, tmp_path / 'd', model__weights=str(wide))).run()
+    blurred = export(tmp_path / 'blurred.pt', 0, blurpool=True)  # no tensor shows BlurPool
+    with pytest.raises(TrainingError, match=r"blurred.pt was exported with blurpool=True \(this "
+                                            r"run: False\): give the same --model options"):
+        Trainer(meal_options(meal_data, tmp_path / 'f', model__weights=str(blurred))).run()
+    reordered = export(tmp_path / 'reordered.pt', 0, classes=FashionMNISTSource.classes[::-1])
+    with pytest.raises(TrainingError, match=r"reordered.pt was trained on other classes or "
+                                            r"another order: class 0 is 'Ankle boot' there, "
+                                            r"'T-shirt/top' here"):
+        Trainer(meal_options(meal_data, tmp_path / 'g', model__weights=str(reordered))).run()
     capsys.readouterr()
     Trainer(meal_options(meal_data, tmp_path / 'e', meal__teachers=3)).prepare()
     err = capsys.readouterr().err
@@ -218,22 +225,11 @@ def test_two_process_gloo_run_from_the_command_line(meal_data, tmp_path):
     work from the command line."""
     train, val, _, start = meal_data
     folder = tmp_path / 'ddp'
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    result = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-         '--master_port=29533', str(REPO / 'train_imagenet.py'),
-         f'--data.train_dataset={train}', f'--data.val_dataset={val}',
-         '--data.num_workers=1', '--model.arch=small_resnet', '--model.width=8',
-         '--model.depth=1', '--model.blurpool=false', f'--model.weights={start}',
-         '--training.mode=meal_v2', '--fkd.num_crops=2', '--training.epochs=2',
-         '--training.batch_size=64', '--lr.schedule=step', '--lr.lr=0.05',
-         '--training.weight_decay=0', '--meal.disc_lr_ratio=10', '--meal.teachers=2',
-         '--training.precision=fp32', '--validation.resolution=32', '--validation.ratio=1',
-         '--resolution.min_res=32', '--resolution.max_res=32', '--logging.progress=false',
-         f'--logging.folder={folder}'],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert 'warning' not in result.stderr  # two teachers, as asked
+    result = two_process_run((train, val), folder, 29533, f'--model.weights={start}',
+                             '--training.mode=meal_v2', '--fkd.num_crops=2',
+                             '--lr.schedule=step', '--lr.lr=0.05', '--training.weight_decay=0',
+                             '--meal.disc_lr_ratio=10', '--meal.teachers=2')
+    assert 'ensemble of' not in result.stderr  # two teachers, as asked
     log = read_log(folder)
     assert [line['epoch'] for line in log] == [1, 2] and log[-1]['val_images'] == 300
     assert all(0 < line['disc_loss'] for line in log)

@@ -202,23 +202,30 @@ def test_online_kd_with_mixing_and_weight_averaging(labelled, plain_run, tmp_pat
     assert not torch.equal(state['fc.weight'], live['fc.weight'])  # an average, not a copy
 
 
-def test_two_process_gloo_ddp_run(labelled, tmp_path):
-    folder = tmp_path / 'ddp'
-    train, val = labelled
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+def two_process_run(betons, folder, port: int, *options):
+    """train_imagenet.py under torchrun, two gloo processes of one thread each: a small
+    ResNet, 2 epochs of 64-crop steps at 32 px, `options` on top; the finished process."""
+    train, val = betons
     result = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-         '--master_port=29531', str(REPO / 'train_imagenet.py'),
+         f'--master_port={port}', str(REPO / 'train_imagenet.py'),
          f'--data.train_dataset={train}', f'--data.val_dataset={val}',
          '--data.num_workers=1', '--model.arch=small_resnet', '--model.width=8',
-         '--model.depth=1', '--model.blurpool=false', '--training.mode=fkd',
-         '--fkd.num_crops=2', '--training.epochs=2', '--training.batch_size=64',
-         '--lr.peak_epoch=0.5',
-         '--training.precision=fp32', '--validation.resolution=32', '--validation.ratio=1',
-         '--resolution.min_res=32', '--resolution.max_res=32', '--logging.progress=false',
-         f'--logging.folder={folder}'],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+         '--model.depth=1', '--model.blurpool=false', '--training.epochs=2',
+         '--training.batch_size=64', '--training.precision=fp32',
+         '--validation.resolution=32', '--validation.ratio=1', '--resolution.min_res=32',
+         '--resolution.max_res=32', '--logging.progress=false', f'--logging.folder={folder}',
+         *options],
+        capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'},
+        timeout=300, cwd=folder.parent)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_process_gloo_ddp_run(labelled, tmp_path):
+    folder = tmp_path / 'ddp'
+    result = two_process_run(labelled, folder, 29531, '--training.mode=fkd',
+                             '--fkd.num_crops=2', '--lr.peak_epoch=0.5')
     log = read_log(folder)
     assert [line['epoch'] for line in log] == [1, 2]
     assert log[-1]['val_images'] == 300  # every validation image once over both ranks
