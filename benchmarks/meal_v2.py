@@ -37,20 +37,22 @@ from fkd_ffcv.options import options
 from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
 
 SECOND_TEACHER = {'model.width': 20, 'model.depth': 2}
+SHARED = {'meal.disc_gradient': 'shared'}
 ROWS = {  # name: overrides of the MEAL V2 recipe
-    'Fast MEAL V2, discriminator as MEAL V2 (shared gradient)': {},
+    'Fast MEAL V2, discriminator as MEAL V2 (shared gradient)': SHARED,
     'Fast MEAL V2, discriminator without its last ReLU, shared gradient': {
-        'meal.disc_last_relu': False},
+        'meal.disc_last_relu': False, **SHARED},
     'Fast MEAL V2, discriminator without its last ReLU, reversed gradient': {
         'meal.disc_last_relu': False, 'meal.disc_gradient': 'reversed'},
     'Fast MEAL V2 without discriminator': {'meal.discriminator': False},
     'plain training continued (hard labels)': {'training.mode': 'plain'},
-    'online MEAL V2 (both teachers on every batch)': {'training.mode': 'online_meal_v2'},
+    'online MEAL V2 (both teachers on every batch)': {'training.mode': 'online_meal_v2',
+                                                      **SHARED},
 }
 # Seed 0 only (a probe of a discriminator that learns): without the last ReLU, at 10x the rate.
 PROBE_ROWS = {
     'probe: no last ReLU, lr x10, shared gradient': {
-        'meal.disc_last_relu': False, 'meal.disc_lr_ratio': 10.0},
+        'meal.disc_last_relu': False, 'meal.disc_lr_ratio': 10.0, **SHARED},
     'probe: no last ReLU, lr x10, reversed gradient': {
         'meal.disc_last_relu': False, 'meal.disc_lr_ratio': 10.0,
         'meal.disc_gradient': 'reversed'},
@@ -115,7 +117,9 @@ def main():
         folder = work / 'runs' / f"{slug}_e{args.epochs}_seed{seed}"
         print(f"{row}, seed {seed} ...", flush=True)
         opts = row_options(overrides, base, plain, (first, second), seed, folder)
-        results[row].append(run_or_reuse(options(opts)))
+        summary = run_or_reuse(options(opts))
+        summary['folder'] = str(folder)  # where it is now (a reused run may have moved)
+        results[row].append(summary)
     start_top1 = load_start(work, results)
     text = table(args, results, start_top1, second_summary, labelled, started)
     print(text)

@@ -66,7 +66,7 @@ class _Reverse(torch.autograd.Function):
 
 
 def discriminator_loss(discriminator: nn.Module, student: torch.Tensor, teacher: torch.Tensor,
-                       gradient: str = 'shared') -> tuple:
+                       gradient: str) -> tuple:
     """(BCE-with-logits of the discriminator on the student's rows, labelled [1, 0], and the
     teacher's, labelled [0, 1]; the share of rows it tells right). `student` carries the
     student's gradient; `teacher` is a target and gets none."""

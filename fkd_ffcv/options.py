@@ -152,9 +152,10 @@ PARAMS = {
                           default=1.0),
         disc_lr_ratio=Param(And(float, InRange(min=0)), 'its learning rate / the student\'s '
                             '(it follows the schedule)', default=1.0),
-        disc_gradient=Param(OneOf(['shared', 'reversed']), 'shared: the student minimises '
-                            'its BCE too (MEAL V2); reversed: the student learns to fool it',
-                            default='shared'),
+        disc_gradient=Param(OneOf(['shared', 'reversed']), 'reversed: the student learns to '
+                            'fool it; shared: it minimises its BCE too, as in MEAL V2 (it cost '
+                            '2.7 points where the discriminator learnt: docs/training.md)',
+                            default='reversed'),
         disc_last_relu=Param(Flag(), 'MEAL V2\'s ReLU after the last layer (false: the scores '
                              'may be negative; docs/training.md)', default=True),
         teachers=Param(And(int, InRange(min=0)), 'teachers the labels should come from (a '

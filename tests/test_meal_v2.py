@@ -253,7 +253,7 @@ def test_the_last_relu_closes_while_the_two_cannot_be_told_apart():
             disc = Discriminator(10, last_relu)
             optimiser = torch.optim.SGD(disc.parameters(), lr=0.5, momentum=0.9)
             for teacher in [x] * 300 + [smoothed] * 300:
-                loss, right = discriminator_loss(disc, x, teacher)
+                loss, right = discriminator_loss(disc, x, teacher, 'shared')
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
