@@ -268,17 +268,16 @@ def check_start(path, classes, options: dict) -> None:
     `classes`, in that order, with the architecture, BlurPool and stem of `options`
     (build_model's keywords): tensor shapes show none of these, and a student that must start
     where the export stands (MEAL V2) would silently compute another function. A plain state
-    dict records none of them and passes."""
+    dict records none of them and passes, and so does another class count, which the
+    classifier's shapes show (start_from names them)."""
     from .files import load_data
     saved = load_data(path)
     if not isinstance(saved, dict) or not {'arch', 'classes'} <= saved.keys():
         return
-    if list(saved['classes']) != list(classes):
-        first = next((i for i, (a, b) in enumerate(zip(saved['classes'], classes)) if a != b),
-                     min(len(saved['classes']), len(classes)))
+    if len(saved['classes']) == len(classes) and list(saved['classes']) != list(classes):
+        first = next(i for i, (a, b) in enumerate(zip(saved['classes'], classes)) if a != b)
         raise ValueError(f"{path} was trained on other classes or another order: class {first} "
-                         f"is {saved['classes'][first] if first < len(saved['classes']) else None!r}"
-                         f" there, {classes[first] if first < len(classes) else None!r} here")
+                         f"is {saved['classes'][first]!r} there, {classes[first]!r} here")
     differ = [f"{key}={saved['arch'][key]!r} (this run: {options[key]!r})"
               for key in ('arch', 'blurpool', 'small_input')
               if key in saved['arch'] and saved['arch'][key] != options[key]]

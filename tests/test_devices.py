@@ -5,6 +5,7 @@ import torch
 
 from fake_cuda import FakeCuda
 from fkd_ffcv import devices
+from fkd_ffcv.modes import MODES
 from fkd_ffcv.options import options
 from fkd_ffcv.training import Trainer
 
@@ -69,6 +70,7 @@ def test_compiled_models_get_one_static_graph_per_input_side(monkeypatch):
     trainer = Trainer.__new__(Trainer)
     trainer.o = trainer.opts = options({'model.arch': 'small_resnet', 'training.compile': True})
     trainer.device, trainer.world_size, trainer.num_classes = torch.device('cpu'), 1, 10
+    trainer.mode = MODES['fkd']()
     trainer.create_model()
     assert compiled == {'dynamic': False}  # progressive resizing: a graph per side
 
