@@ -18,8 +18,8 @@ epochs, no weight decay, 64 crops per step):
   apart), with the shared and with a reversed gradient; and without a discriminator;
 - plain: hard labels with the plain recipe's label smoothing, the same crops' distribution;
 - online MEAL V2: both teachers run on every batch, the discriminator as in MEAL V2;
-- a probe, seed 0 only: the discriminator without its last ReLU at 10x the student's rate
-  (one that does learn here), shared and reversed.
+- probes, seed 0 only: MEAL V2's discriminator at 10x the student's rate, and one without its
+  last ReLU at 10x the rate, shared and reversed.
 
 Top-1 on the 5,000 validation images (at the start: the export's), training seconds (without
 validation). Runs are kept under <demo>/meal_v2 and reused by a later invocation (delete them
@@ -39,21 +39,24 @@ from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or
 SECOND_TEACHER = {'model.width': 20, 'model.depth': 2}
 SHARED = {'meal.disc_gradient': 'shared'}
 ROWS = {  # name: overrides of the MEAL V2 recipe
-    'Fast MEAL V2, discriminator as MEAL V2 (shared gradient)': SHARED,
+    'Fast MEAL V2, discriminator as MEAL V2 (last ReLU, shared gradient, lr x1)': SHARED,
     'Fast MEAL V2, discriminator without its last ReLU, shared gradient': {
         'meal.disc_last_relu': False, **SHARED},
     'Fast MEAL V2, discriminator without its last ReLU, reversed gradient': {
         'meal.disc_last_relu': False, 'meal.disc_gradient': 'reversed'},
     'Fast MEAL V2 without discriminator': {'meal.discriminator': False},
-    'plain training continued (hard labels)': {'training.mode': 'plain'},
-    'online MEAL V2 (both teachers on every batch)': {'training.mode': 'online_meal_v2',
-                                                      **SHARED},
+    'plain training continued (hard labels, same epochs)': {'training.mode': 'plain'},
+    'online MEAL V2 (both teachers on every batch; shared gradient)': {
+        'training.mode': 'online_meal_v2', **SHARED},
 }
-# Seed 0 only (a probe of a discriminator that learns): without the last ReLU, at 10x the rate.
+# Seed 0 only: MEAL V2's discriminator at 10x the rate, and probes of one that learns (without
+# the last ReLU, at 10x the rate).
 PROBE_ROWS = {
-    'probe: no last ReLU, lr x10, shared gradient': {
+    'probe: discriminator as MEAL V2 but lr x10, shared gradient': {
+        'meal.disc_lr_ratio': 10.0, **SHARED},
+    'probe: no last ReLU, discriminator lr x10, shared gradient': {
         'meal.disc_last_relu': False, 'meal.disc_lr_ratio': 10.0, **SHARED},
-    'probe: no last ReLU, lr x10, reversed gradient': {
+    'probe: no last ReLU, discriminator lr x10, reversed gradient': {
         'meal.disc_last_relu': False, 'meal.disc_lr_ratio': 10.0,
         'meal.disc_gradient': 'reversed'},
 }
@@ -107,8 +110,9 @@ def main():
     base['logging.progress'] = False
     plain = flat(recipe('plain'))
     results = {row: [] for row in {**ROWS, **PROBE_ROWS}}
-    runs = [(seed, row, overrides) for seed in range(args.seeds) for row, overrides in ROWS.items()]
-    for seed, row, overrides in runs + [(0, row, o) for row, o in PROBE_ROWS.items()]:
+    planned = [(seed, row, overrides) for seed in range(args.seeds)
+               for row, overrides in ROWS.items()]
+    for seed, row, overrides in planned + [(0, row, o) for row, o in PROBE_ROWS.items()]:
         mode = overrides.get('training.mode', 'meal_v2')
         if mode != 'meal_v2':
             overrides = {**overrides, 'data.train_dataset': str(train)}
@@ -120,14 +124,14 @@ def main():
         summary = run_or_reuse(options(opts))
         summary['folder'] = str(folder)  # where it is now (a reused run may have moved)
         results[row].append(summary)
-    start_top1 = load_start(work, results)
+    start_top1 = load_start(results)
     text = table(args, results, start_top1, second_summary, labelled, started)
     print(text)
     if args.out:
         args.out.write_text(text + '\n')
 
 
-def load_start(work: Path, results: dict):
+def load_start(results: dict):
     """The export's top-1 as a MEAL V2 run logged it before its first step (epoch 0)."""
     import json
     for summary in results[next(iter(ROWS))]:
@@ -143,8 +147,9 @@ def table(args, results, start_top1, second_summary, labelled, started) -> str:
     labelling = json.loads((labelled.parent / f'{labelled.stem}.labelling.json').read_text()) \
         if (labelled.parent / f'{labelled.stem}.labelling.json').exists() else {}
     precision = precision_of([s for summaries in results.values() for s in summaries])
+    start = 'n/a' if start_top1 is None else f'{start_top1:.2%}'
     lines = [f"MEAL V2 on the demo data: the demo's plain student (small_resnet width 16, depth "
-             f"1; top-1 {'n/a' if start_top1 is None else f'{start_top1:.2%}'} at the start) continued {args.epochs} epochs, "
+             f"1; top-1 {start} at the start) continued {args.epochs} epochs, "
              f"{args.seeds} seeds; teachers: the demo's ResNet-20 and a small_resnet width 20 "
              f"depth 2 ({second_summary['top1']:.2%}); 10,000 training images at 32 px, top-1 on "
              f"5,000 validation images; {precision}. {machine()}; "
@@ -156,9 +161,10 @@ def table(args, results, start_top1, second_summary, labelled, started) -> str:
         top1 = [s['top1'] for s in summaries]
         right = [last_line(s).get('disc_right') for s in summaries]
         right = '' if None in right else f"{statistics.mean(right):.0%}"
+        seconds = statistics.mean(s['train_seconds'] for s in summaries)
         lines.append(f"| {row} | {len(top1)} | {statistics.mean(top1):.2%} | {min(top1):.2%} - "
-                     f"{max(top1):.2%} | {statistics.mean(s['train_seconds'] for s in summaries):.0f}"
-                     f" | {statistics.mean(s['crops_per_s'] for s in summaries):.0f} | {right} |")
+                     f"{max(top1):.2%} | {seconds:.0f} | "
+                     f"{statistics.mean(s['crops_per_s'] for s in summaries):,.0f} | {right} |")
     if labelling:
         lines += ['', f"One-off ensemble labelling ({labelling['records']} records per image, "
                       f"{labelling.get('teachers', 2)} teachers): {labelling['seconds']:.0f} s."]

@@ -269,7 +269,7 @@ def check_start(path, classes, options: dict) -> None:
     (build_model's keywords): tensor shapes show none of these, and a student that must start
     where the export stands (MEAL V2) would silently compute another function. A plain state
     dict records none of them and passes, and so does another class count, which the
-    classifier's shapes show (start_from names them)."""
+    classifier's shapes show (start_from, or timm's student builder, names them)."""
     from .files import load_data
     saved = load_data(path)
     if not isinstance(saved, dict) or not {'arch', 'classes'} <= saved.keys():
@@ -278,8 +278,9 @@ def check_start(path, classes, options: dict) -> None:
         first = next(i for i, (a, b) in enumerate(zip(saved['classes'], classes)) if a != b)
         raise ValueError(f"{path} was trained on other classes or another order: class {first} "
                          f"is {saved['classes'][first]!r} there, {classes[first]!r} here")
+    stem = MODELS.find(options['arch']) in (_torchvision_resnet, _sret)  # small_input counts
     differ = [f"{key}={saved['arch'][key]!r} (this run: {options[key]!r})"
-              for key in ('arch', 'blurpool', 'small_input')
+              for key in ('arch', 'blurpool') + (('small_input',) if stem else ())
               if key in saved['arch'] and saved['arch'][key] != options[key]]
     if differ:
         raise ValueError(f"{path} was exported with {', '.join(differ)}: give the same "
@@ -293,9 +294,9 @@ def build_model(arch: str, num_classes: int, *, small_input: bool = False, width
     """A student from the builder MODELS holds for `arch`: freshly initialised, or started
     from `weights` (see start_from; an entry point may bring its own, and a builder marked
     `loads_weights` loads them itself); without `new_head`, weights of another class count are
-    refused rather than given a new classifier. `small_input` gives a torchvision ResNet a CIFAR stem
-    (3x3 stride-1 convolution, no max-pool) and an SReT a stem of one stride for inputs of about
-    32 px; `width` and `depth` size `small_resnet`; `image_size`, `patch_size` (0: the model's
+    refused rather than given a new classifier. `small_input` gives a torchvision ResNet a
+    CIFAR stem (3x3 stride-1 convolution, no max-pool) and an SReT a stem of one stride for
+    inputs of about 32 px; `width` and `depth` size `small_resnet`; `image_size`, `patch_size` (0: the model's
     own) and `drop_path` go to timm models, `image_size` and `drop_path` to SReT. A builder
     takes (arch, num_classes, **these options) and uses the ones it needs."""
     build = MODELS[arch]

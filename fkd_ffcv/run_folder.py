@@ -2,7 +2,7 @@
 
 - `config.json`: the effective options;
 - `log.jsonl`: a JSON line per epoch (validation results on the lines that end an evaluated
-  pass);
+  pass; with `validation.at_start`, a first line for epoch 0: the starting point's);
 - `checkpoint.pt`: everything to continue, written atomically after every pass;
 - `final_weights.pt`: plain weights with what rebuilding and feeding the model takes
   (models.save_weights), on the CPU;

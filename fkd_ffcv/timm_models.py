@@ -138,8 +138,8 @@ def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
             drop_path: float, weights: str = '', new_head: bool = True, **_):
     """`timm:<name>` as a student: fresh, or started from `weights` (a checkpoint of this
     architecture, e.g. timm's pretrained weights kept locally; another class count gets a new
-    classifier, unless `new_head` is False). ViT-like models take inputs of any size (dynamic_img_size), so progressive
-    resizing and validation at another side work. The arguments the model was created with are
+    classifier, unless `new_head` is False). ViT-like models take inputs of any size
+    (dynamic_img_size), so progressive resizing and validation at another side work. The arguments the model was created with are
     kept on it (`timm_args`) and recorded by the export."""
     from .files import load_data
     from .models import plain_state_dict
@@ -167,8 +167,8 @@ def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
     if classes != num_classes and not new_head:
         heads = [f"{k} {tuple(state[k].shape)}" for head in _classifiers(pretrained_config(name))
                  for k in (head + '.weight', head + '.bias') if k in state]
-        raise ValueError(f"{weights} holds a classifier for {classes} classes ({', '.join(heads)}); "
-                         f"the data set has {num_classes}")
+        raise ValueError(f"{weights} holds a classifier for {classes} classes "
+                         f"({', '.join(heads)}); the data set has {num_classes}")
     if classes != num_classes:
         model.reset_classifier(num_classes)
         fresh = [k for head in _classifiers(pretrained_config(name))

@@ -102,6 +102,9 @@ def test_the_meal_v2_recipes_are_meal_v2s(epochs):
     assert opts['fkd']['num_crops'] == 8 and t['batch_size'] * 8 == 512
     assert opts['fkd']['temperature'] == 1.0 and meal['discriminator'] and \
         meal['disc_weight'] == 1.0 and meal['teachers'] == 2
+    # MEAL V2's discriminator, with the gradient reversed (measured: docs/training.md)
+    assert meal['disc_last_relu'] and meal['disc_lr_ratio'] == 1.0 and \
+        meal['disc_gradient'] == 'reversed'
     assert opts['model']['arch'].startswith('timm:resnet50') and opts['model']['weights']
     plan = MODES['meal_v2'].pass_plan(opts)
     assert plan == [8] * (epochs // 8) + [1] * (epochs % 8)

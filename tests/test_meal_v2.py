@@ -122,11 +122,11 @@ def test_the_discriminators_state_survives_resume_exactly(meal_data, meal_run, t
         [line['disc_loss'] for line in straight.history[1:]]
 
 
-def test_online_meal_v2_runs_the_ensemble_with_a_reversed_gradient(meal_data, tmp_path):
+def test_online_meal_v2_runs_the_ensemble_with_meal_v2s_shared_gradient(meal_data, tmp_path):
     train, val, specs, _ = meal_data
     trainer = Trainer(meal_options(meal_data, tmp_path / 'run', training__mode='online_meal_v2',
                                    data__train_dataset=str(val), fkd__teacher=','.join(specs),
-                                   meal__disc_gradient='reversed', meal__disc_lr_ratio=0.5,
+                                   meal__disc_gradient='shared', meal__disc_lr_ratio=0.5,
                                    fkd__num_crops=1, training__epochs=2,
                                    validation__at_start=False))
     trainer.run()

@@ -336,18 +336,18 @@ def started_until_first_checkpoint(command, folder, **pipes):
 
 def test_kill_mid_pass_then_resume_from_the_command_line(labelled, tmp_path):
     folder = tmp_path / 'run'
-    command = fkd_command(labelled, folder, 6)
+    command = fkd_command(labelled, folder, 40)  # 20 passes: killed well before the end
     process = started_until_first_checkpoint(command, folder, stdout=subprocess.PIPE,
                                              stderr=subprocess.STDOUT)
-    time.sleep(1.0)  # into the second pass
+    time.sleep(1.0)  # past the first pass
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     done = torch.load(folder / 'checkpoint.pt', weights_only=False)['passes_done']
-    assert done in (1, 2)
+    assert 1 <= done < 20
 
     result = subprocess.run(command + ['--resume'], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [line['epoch'] for line in read_log(folder)] == [1, 2, 3, 4, 5, 6]
+    assert [line['epoch'] for line in read_log(folder)] == list(range(1, 41))
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and 'already holds a run' in again.stderr
 
@@ -389,7 +389,9 @@ def test_a_batch_too_large_names_the_largest_that_works(labelled, fkd_options, t
 
 def test_ctrl_c_says_what_was_kept_and_the_resume_says_where_it_starts(labelled, tmp_path):
     folder = tmp_path / 'run'
-    command = fkd_command(labelled, folder, 8)
+    # 20 passes: on a fast CPU a pass takes well under a second, and with 4 the run once ended
+    # (exit 0) before the signal came, pytest waiting for a core under CI's load
+    command = fkd_command(labelled, folder, 40)
     process = started_until_first_checkpoint(command, folder, stdout=subprocess.PIPE,
                                              stderr=subprocess.PIPE)
     process.send_signal(signal.SIGINT)
