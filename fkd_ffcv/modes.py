@@ -210,7 +210,7 @@ class FKD(Mode):
         """The recovered soft labels (N, C), mixed as the images were."""
         from .soft_labels import recover
         classes, probs = targets
-        q = recover(classes, probs, self.label_spec).to(probs.device)
+        q = recover(classes, probs, self.label_spec)  # on the labels' device
         return q if perm is None else lam * q + (1 - lam) * q[perm]
 
     def loss(self, trainer, logits, targets, images255, perm, lam):
