@@ -64,11 +64,11 @@ def main():
             boxes, flips = sample_records(0, i, *pixels.shape[:2], args.records)
             crops.append(cut_crops(pixels, boxes, flips, 224, 'bicubic'))
         crops = np.concatenate(crops)
-        teacher.probs(crops[:args.batch_size])  # warm-up
+        teacher.outputs(crops[:args.batch_size])  # warm-up
         outputs = {}
 
         def bare_forward():
-            outputs['probs'] = torch.cat([teacher.probs(crops[s:s + args.batch_size])
+            outputs['probs'] = torch.cat([teacher.outputs(crops[s:s + args.batch_size])
                                           for s in range(0, len(crops), args.batch_size)])
 
         def end_to_end():  # the output is replaced, the chunks folder removed, each time

@@ -1,5 +1,5 @@
 """The command lines, one function each: installed as console commands (pyproject.toml:
-fkd-write, fkd-train, fkd-eval-teacher; fkd-inspect and fkd-demo are inspect.py's and demo.py's
+fkd-write, fkd-train, fkd-eval-teacher, fkd-probe; fkd-inspect and fkd-demo are inspect.py's and demo.py's
 main) and run by the top-level `write_dataset.py` and `train_imagenet.py`. Each checks its
 options before it imports torch or ffcv (seconds), and ends with an exit status: 0, 1 for an
 error in the run, 2 for options, 130 for Ctrl-C."""
@@ -27,6 +27,8 @@ Each split becomes `<out_dir>/<name>_<split>.beton` plus its manifest `<...>.bet
 (class names, source, options, skipped inputs). With `--labels.teacher` or
 `--labels.import_root`, the train split (or `--labels.beton`) gets N crop records per image;
 `--labels.beton` with only `--labels.out` writes a copy without crop records (to label again).
+`--labels.embedding=auto` stores a teacher's embedding per record instead (self-supervised
+FKD, --training.mode=ssl), e.g. from MoCo v2: --labels.teacher=moco:resnet50:<checkpoint>.
 Labelling under `torchrun --no-python fkd-write` splits the images over the ranks.
 `python write_dataset.py` in a checkout is the same command."""
 
@@ -115,7 +117,7 @@ def label(labels: dict, write: dict, beton: Path) -> None:
                       input_size=labels['input_size'] or None,
                       interpolation=labels['interpolation'] or None,
                       cpu_threads=max(1, len(os.sched_getaffinity(0)) // ranks_here),
-                      precision=labels['precision'])
+                      precision=labels['precision'], embedding=labels['embedding'])
     scale = (labels['scale_min'], labels['scale_max']) if labels['scale_max'] else None
     settings = LabelingSettings(num_records=labels['num_records'] or TEACHER_RECORDS,
                                 label_type=labels['label_type'] or 'marginal_smoothing_k5',
@@ -130,8 +132,10 @@ def label(labels: dict, write: dict, beton: Path) -> None:
         raise KeyboardInterrupt(f"labelling {beton} stopped: the chunks labelled so far are kept "
                                 f"in {work}, and the same command resumes from them") from None
     if report is not None:
+        what = (f"{teacher.dim}-d embeddings, {labels['embedding']}" if labels['embedding']
+                else settings.label_type)
         print(f"labelled {out}: {report.num_samples} images x {settings.num_records} crop "
-              f"records ({settings.label_type}) by {labels['teacher']} in {work}")
+              f"records ({what}) by {labels['teacher']} in {work}")
 
 
 def write_data(data: dict, write: dict, labels: dict) -> None:
@@ -250,6 +254,10 @@ def _declare_writing_sections() -> None:
                      'cuda:<n>', default='auto'),
         precision=Param(OneOf(defaults.TEACHER_PRECISIONS), 'teacher arithmetic: fp32 (exact), or bf16 / '
                         'fp16 with the classifier and softmax in fp32', default='fp32'),
+        embedding=Param(OneOf(['', 'auto', 'projection', 'features']), 'store the teacher\'s '
+                        'L2-normalised embedding per record instead of soft labels (ssl mode): '
+                        'its projection head\'s output, its pooled features, or auto (the '
+                        'projection where it has a head: moco:, ssl exports)', default=''),
     )
 
 
@@ -318,4 +326,88 @@ def eval_teacher(argv=None) -> int:
     print(f"{args.teacher} on {args.beton}: top-1 {result['top1']:.2%}  top-5 "
           f"{result['top5']:.2%}  ({result['images']} images at {result['resolution']} px, "
           f"ratio {result['ratio']:.3f})")
+    return 0
+
+
+# ------------------------------------------------------------------------------ fkd-probe
+
+def probe(argv=None) -> int:
+    """k-NN and linear-probe top-1 of a model's frozen features (probes.py)."""
+    import argparse
+    from .options import check_teacher_files
+    parser = argparse.ArgumentParser(
+        prog='fkd-probe', allow_abbrev=False,
+        description='k-NN top-1 and linear-probe top-1 of the frozen pooled features of an '
+                    'export (a final_weights.pt of any mode, ssl included) or of any teacher '
+                    'spec (moco:, timm:, torchvision:, ...; docs/teachers.md), from the hard '
+                    'labels of a train and a validation beton.')
+    parser.add_argument('model', help='final_weights.pt, or a teacher spec such as '
+                                      'moco:resnet50:moco_v2_800ep_pretrain.pth.tar')
+    parser.add_argument('train', help='beton whose images and labels fit the probe and vote')
+    parser.add_argument('val', help='beton the probe and k-NN are measured on')
+    parser.add_argument('--embedding', choices=['features', 'projection', 'auto'],
+                        default='features', help='what is measured: pooled features (the '
+                        'default, as a linear probe evaluates), or the projection')
+    parser.add_argument('--resolution', type=int, default=0,
+                        help='centre-crop side (default: the run\'s validation side for an '
+                             'export, else the model\'s input size)')
+    parser.add_argument('--ratio', type=float, default=0,
+                        help='centre crop side / shorter image side (default: as --resolution)')
+    parser.add_argument('--knn-k', type=int, default=20)
+    parser.add_argument('--knn-temperature', type=float, default=0.07)
+    parser.add_argument('--epochs', type=int, default=100, help='linear probe epochs (0: none)')
+    parser.add_argument('--lr', type=float, default=0.1, help='linear probe learning rate')
+    parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
+    parser.add_argument('--precision', choices=defaults.TEACHER_PRECISIONS, default='fp32')
+    args = parser.parse_args(argv)
+    spec = args.model if ':' in args.model and not os.path.isfile(args.model) else \
+        f'checkpoint:{args.model}'
+    try:
+        for path in (args.train, args.val):
+            if not os.path.isfile(path):
+                raise OptionError(f"{path}: no such beton file")
+        check_teacher_files('model', spec)
+        if args.knn_k < 1 or args.epochs < 0 or args.resolution < 0 or not 0 <= args.ratio <= 1:
+            raise OptionError(f"--knn-k must be positive, --epochs and --resolution at least 0, "
+                              f"--ratio in [0, 1]: {args.knn_k}, {args.epochs}, "
+                              f"{args.resolution}, {args.ratio}")
+    except OptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from .beton import Beton
+    from .devices import resolve_device
+    from .errors import TrainingError
+    from .files import load_data
+    from .probes import evaluate, require_labels
+    from .teachers import Teacher
+    try:
+        require_labels(args.train)
+        require_labels(args.val)
+        classes = Beton(args.train).classes
+        if Beton(args.val).classes != classes:
+            raise ValueError(f"{args.train} and {args.val} have other classes")
+        stored = {}
+        if spec.startswith('checkpoint:'):
+            saved = load_data(spec[len('checkpoint:'):])
+            stored = saved.get('validation', {}) if isinstance(saved, dict) else {}
+        teacher = Teacher(spec, device=resolve_device(args.device), precision=args.precision,
+                          embedding=args.embedding,
+                          input_size=args.resolution or stored.get('resolution'))
+        ratio = args.ratio or stored.get('ratio') or teacher.crop_pct
+        result = evaluate(teacher.forward, args.train, args.val, len(classes),
+                          resolution=teacher.input_size, ratio=ratio, knn_k=args.knn_k,
+                          knn_temperature=args.knn_temperature, probe_epochs=args.epochs,
+                          probe_lr=args.lr, seed=args.seed, batch_size=args.batch_size,
+                          device=teacher.device)
+    except (ValueError, FileNotFoundError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    probe_text = (f"  linear-probe top-1 {result['probe_top1']:.2%} (train "
+                  f"{result['probe_train_top1']:.2%}, {args.epochs} epochs)"
+                  if 'probe_top1' in result else '')
+    print(f"{args.model}: k-NN top-1 {result['knn_top1']:.2%} (k {args.knn_k}){probe_text}  "
+          f"({result['val_images']} images at {teacher.input_size} px, ratio {ratio:.3f}, "
+          f"{teacher.dim}-d {args.embedding})")
     return 0

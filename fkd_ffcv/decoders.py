@@ -2,7 +2,8 @@
 
 `MultiCropDecoder` decodes each image once and cuts K recorded crops from it (box, resize,
 flip), one (K, S, S, 3) uint8 array per image; `RecordLabelDecoder` gives the same K records'
-stored labels (classes, probability codes, flags). Both pick the records of a pass with
+stored labels (classes, probability codes, flags), `RecordEmbeddingDecoder` their stored
+teacher embeddings (self-supervised FKD). Both pick the records of a pass with
 `record_index`, a function of (seed, epoch, sample, slot) only, so the two pipelines agree
 without talking; a pass of K crops that starts at epoch e replays the draws e .. e + K - 1, so
 passes of different K (FKD's single-crop phases) continue one sequence of draws.
@@ -32,6 +33,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
 from .crops import box_pixels, mix64, seeded_crop
+from .defaults import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD, FLAGS_FIELD
 from .ffcv_loader import pass_of, pass_tag_query
 from .soft_labels import FLAG_FLIP
 
@@ -169,20 +171,23 @@ class ImageDecoder(Operation):
 
 class _Records:
     """A beton's crop-record fields as the decoders read them: per-sample file offsets of each
-    field, records per image N, classes per record k."""
+    field (`pointers[name]`), records per image N, and what each record holds: soft labels
+    (k classes per record) or a teacher embedding (D int8 values, `dim`)."""
 
     def __init__(self, beton, num_crops: int, seed: int):
-        from .fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
-        if CLASSES_FIELD not in beton.fields:
+        if BOXES_FIELD not in beton.fields:
             raise ValueError(f"{beton.path} has no crop records (write them with "
                              f"write_dataset.py --labels.*)")
         if not 1 <= num_crops:
             raise ValueError(f"num_crops must be positive, not {num_crops}")
-        self.num_records, self.k = beton.fields[CLASSES_FIELD].shape
+        self.num_records = beton.fields[BOXES_FIELD].shape[0]
         self.num_crops, self.seed = num_crops, seed
-        self.boxes, self.flags, self.classes, self.codes = (
-            np.ascontiguousarray(beton.field_metadata(name), dtype=np.uint64)
-            for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD))
+        held = [name for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD,
+                                  EMBEDDING_FIELD) if name in beton.fields]
+        self.pointers = {name: np.ascontiguousarray(beton.field_metadata(name), dtype=np.uint64)
+                         for name in held}
+        self.k = beton.fields[CLASSES_FIELD].shape[1] if CLASSES_FIELD in held else 0
+        self.dim = beton.fields[EMBEDDING_FIELD].shape[1] if EMBEDDING_FIELD in held else 0
 
 
 class MultiCropDecoder(ImageDecoder):
@@ -200,7 +205,7 @@ class MultiCropDecoder(ImageDecoder):
         mem_read = self.memory_read
         resize_crop_c = Compiler.compile(resize_crop)
         rec = self.records
-        box_ptrs, flag_ptrs = rec.boxes, rec.flags
+        box_ptrs, flag_ptrs = rec.pointers[BOXES_FIELD], rec.pointers[FLAGS_FIELD]
         n, k_crops, seed = rec.num_records, rec.num_crops, rec.seed
 
         def cut(out, pixels, sample, epoch, storage_state):
@@ -253,6 +258,8 @@ class RecordLabelDecoder(Operation):
     def __init__(self, beton, num_crops: int, seed: int = 0):
         super().__init__()
         self.records, self.epoch = _Records(beton, num_crops, seed), 0
+        if not self.records.k:
+            raise ValueError(f"{beton.path}: its crop records hold no soft labels")
 
     def declare_state_and_memory(self, previous_state):
         shape = (self.records.num_crops, 2 * self.records.k + 1)
@@ -263,7 +270,8 @@ class RecordLabelDecoder(Operation):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
         rec = self.records
-        class_ptrs, code_ptrs, flag_ptrs = rec.classes, rec.codes, rec.flags
+        class_ptrs, code_ptrs, flag_ptrs = (rec.pointers[name] for name in
+                                            (CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD))
         n, k_crops, k, seed = rec.num_records, rec.num_crops, rec.k, rec.seed
 
         def decode(batch_indices, my_storage, metadata, storage_state):
@@ -280,6 +288,44 @@ class RecordLabelDecoder(Operation):
                         destination[dst, slot, c] = classes[r * k + c]
                         destination[dst, slot, k + c] = codes[r * k + c]
                     destination[dst, slot, 2 * k] = flags[r]
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class RecordEmbeddingDecoder(Operation):
+    """Embedding field -> (K, D) int8 per image: the stored teacher embeddings of the same K
+    records that MultiCropDecoder cut (same seed and epoch); embeddings.decode makes them unit
+    vectors on the training device."""
+
+    def __init__(self, beton, num_crops: int, seed: int = 0):
+        super().__init__()
+        self.records, self.epoch = _Records(beton, num_crops, seed), 0
+        if not self.records.dim:
+            raise ValueError(f"{beton.path}: its crop records hold no teacher embeddings")
+
+    def declare_state_and_memory(self, previous_state):
+        shape = (self.records.num_crops, self.records.dim)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('i1')),
+                (AllocationQuery(shape, np.dtype('i1')), pass_tag_query(self.epoch)))
+
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        rec = self.records
+        pointers = rec.pointers[EMBEDDING_FIELD]
+        n, k_crops, dim, seed = rec.num_records, rec.num_crops, rec.dim, rec.seed
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, tag = my_storage
+            epoch = pass_of(tag)
+            for dst in my_range(len(batch_indices)):
+                sample = batch_indices[dst]
+                stored = mem_read(pointers[sample], storage_state).view(np.int8)
+                for slot in range(k_crops):
+                    r = record_index(seed, epoch, sample, slot, n)
+                    destination[dst, slot, :] = stored[r * dim:(r + 1) * dim]
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

@@ -16,14 +16,14 @@ from ffcv.fields import (BytesField, Field, FloatField, IntField, JSONField, NDA
 from ffcv.fields.base import ARG_TYPE
 from ffcv.types import TYPE_ID_HANDLER
 
-from .defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, IMAGE_FIELD,
-                       LABEL_FIELD, PATH_FIELD, SMART_THRESHOLD, WRITE_MODES)
+from .defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD, FLAGS_FIELD,
+                       IMAGE_FIELD, LABEL_FIELD, PATH_FIELD, SMART_THRESHOLD, WRITE_MODES)
 
 # The names are defined in defaults.py, where options.py reads them without loading ffcv.
-RECORD_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)
+RECORD_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD)
 __all__ = ['IMAGE_FIELD', 'LABEL_FIELD', 'PATH_FIELD', 'BOXES_FIELD', 'FLAGS_FIELD',
-           'CLASSES_FIELD', 'CODES_FIELD', 'RECORD_FIELDS', 'MAX_NAME_LENGTH', 'CUSTOM_TYPE_ID',
-           'image_fields', 'soft_label_fields', 'check_field_names', 'pointer_columns',
+           'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'RECORD_FIELDS', 'MAX_NAME_LENGTH', 'CUSTOM_TYPE_ID',
+           'image_fields', 'soft_label_fields', 'embedding_fields', 'check_field_names', 'pointer_columns',
            'Descriptor', 'descriptor_of', 'VerbatimValue', 'VerbatimField']
 MAX_NAME_LENGTH = 16  # FieldDescType['name'] is 16 bytes
 CUSTOM_TYPE_ID = 255
@@ -72,6 +72,16 @@ def soft_label_fields(num_records: int, k: int) -> Dict[str, Field]:
         FLAGS_FIELD: NDArrayField(np.dtype('u1'), (num_records,)),
         CLASSES_FIELD: NDArrayField(np.dtype('<i2'), (num_records, k)),
         CODES_FIELD: NDArrayField(np.dtype('u1'), (num_records, k)),
+    }
+
+
+def embedding_fields(num_records: int, dim: int) -> Dict[str, Field]:
+    """N crop records per image of an embedding teacher: box int16 (N, 4), flags uint8 (N,),
+    the embedding's direction int8 (N, D) (embeddings.encode): 9 + D bytes per record."""
+    return {
+        BOXES_FIELD: NDArrayField(np.dtype('<i2'), (num_records, 4)),
+        FLAGS_FIELD: NDArrayField(np.dtype('u1'), (num_records,)),
+        EMBEDDING_FIELD: NDArrayField(np.dtype('i1'), (num_records, dim)),
     }
 
 

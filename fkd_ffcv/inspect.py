@@ -30,9 +30,10 @@ def describe_soft_labels(beton: Beton, info: dict, epochs: int) -> list:
     from .fields import RECORD_FIELDS
     from .soft_labels import top1_agreement
     n = info['num_records']
-    per_image = sum(beton.fields[name].element_size for name in RECORD_FIELDS)
+    held = [name for name in RECORD_FIELDS if name in beton.fields]
+    per_image = sum(beton.fields[name].element_size for name in held)
     # each per-image field also costs a metadata pointer and an allocation-table row
-    overhead = len(RECORD_FIELDS) * (8 + ALLOC_TABLE_TYPE.itemsize)
+    overhead = len(held) * (8 + ALLOC_TABLE_TYPE.itemsize)
     agreement, looked_at = top1_agreement(beton)
     lines = [f"  crop records: {n} per image, {info['label_type']} of {info['num_classes']} "
              f"classes, {per_image / n:.1f} B per record ({(per_image + overhead) / n:.1f} B "
@@ -82,6 +83,12 @@ def describe(beton: Beton, epochs: int = 0) -> str:
         lines.append(f"  write options: {manifest['write_options']}")
     if 'soft_labels' in manifest and CLASSES_FIELD in beton.fields:
         lines += describe_soft_labels(beton, manifest['soft_labels'], epochs)
+    if 'embeddings' in manifest:
+        e = manifest['embeddings']
+        lines.append(f"  crop records: {e['num_records']} per image, teacher embeddings of "
+                     f"{e['dim']} dimensions ({e['bytes_per_record']} B per record) by "
+                     f"{' + '.join(e['teacher']['specs'])} ({e['teacher']['embedding']}) at "
+                     f"{e['teacher']['input_size']} px")
     skipped = manifest.get('skipped', [])
     if skipped:
         lines.append(f"  {len(skipped)} input(s) skipped:")

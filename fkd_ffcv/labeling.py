@@ -2,7 +2,8 @@
 
 For each image of a beton: decode the stored image once, draw N crop records (seeded by the
 sample index), cut each crop as the teacher wants it, run the teacher in batches, keep the
-compressed top-k. Work is split into chunks of images, each saved atomically in a work folder,
+compressed top-k (or, for an embedding teacher, the embedding's direction in int8:
+embeddings.py). Work is split into chunks of images, each saved atomically in a work folder,
 so a run resumes where it stopped, and ranks (`torchrun`, or RANK/WORLD_SIZE by hand) label
 disjoint chunks. Once every chunk exists, rank 0 merges: it copies the beton (images byte for
 byte) with the record fields added, then deletes the work folder. The folder records what is
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from .beton import Beton
 from .crops import RATIO, cut_crops, sample_records
-from .fields import IMAGE_FIELD, BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, soft_label_fields
+from .fields import (IMAGE_FIELD, RECORD_FIELDS, embedding_fields, soft_label_fields)
 from .soft_labels import LabelSpec, compress, record_flags
 from .teachers import Teacher
 from .writer import WriteReport, copy_beton
@@ -54,9 +55,12 @@ class LabelingSettings:
             raise ValueError(f"ratio must satisfy 0 < min <= max, not {self.ratio}")
 
 
-def _record_dtype(n: int, k: int) -> np.dtype:
-    return np.dtype([('boxes', '<i2', (n, 4)), ('flags', 'u1', (n,)),
-                     ('classes', '<i2', (n, k)), ('codes', 'u1', (n, k))])
+def _record_dtype(n: int, spec) -> np.dtype:
+    """One image's records: soft labels of `spec` (a LabelSpec), or embeddings of `spec`
+    dimensions (an int)."""
+    targets = [('embedding', 'i1', (n, spec))] if isinstance(spec, int) else \
+        [('classes', '<i2', (n, spec.k)), ('codes', 'u1', (n, spec.k))]
+    return np.dtype([('boxes', '<i2', (n, 4)), ('flags', 'u1', (n,))] + targets)
 
 
 class WorkFolder:
@@ -132,8 +136,8 @@ class _Estimate:
     def __getattr__(self, name):
         return getattr(self.teacher, name)
 
-    def probs(self, crops):
-        result = self.teacher.probs(crops)
+    def outputs(self, crops):
+        result = self.teacher.outputs(crops)
         now = self.clock()
         self.done += len(crops)
         if self.first_end is None:
@@ -179,15 +183,14 @@ class ChunkValues:
         if c not in self._open:
             self._open = {c: np.load(self.folder.chunk_path(c), mmap_mode='r')}
         rec = self._open[c][row]
-        return tuple(np.ascontiguousarray(rec[name])
-                     for name in ('boxes', 'flags', 'classes', 'codes'))
+        return tuple(np.ascontiguousarray(rec[name]) for name in rec.dtype.names)
 
 
 def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: LabelingSettings,
                    indices, pool: ThreadPoolExecutor) -> np.ndarray:
     """Label the images `indices`; returns one structured row per image."""
     n, size = settings.num_records, teacher.input_size
-    rows = np.zeros(len(indices), _record_dtype(n, spec.k))
+    rows = np.zeros(len(indices), _record_dtype(n, spec))
 
     def prepare(index):  # decode once, draw the records, cut every crop (in a worker thread)
         pixels = beton.image(index)
@@ -207,16 +210,21 @@ def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: La
             batch[fill:fill + take] = crops[pos:pos + take]
             fill, pos = fill + take, pos + take
             if fill == settings.batch_size:
-                outputs.append(teacher.probs(batch))
+                outputs.append(teacher.outputs(batch))
                 fill = 0
     if fill:
-        outputs.append(teacher.probs(batch[:fill]))
+        outputs.append(teacher.outputs(batch[:fill]))
     probs = torch.cat(outputs)
     if not torch.isfinite(probs).all():
         bad = sorted({int(indices[r // n]) for r in
                       torch.nonzero(~torch.isfinite(probs).all(1)).flatten().tolist()})
         raise ValueError(f"the teacher gave NaN or Inf for samples {bad[:10]} "
                          f"({beton.path}); no records were written for them")
+    if isinstance(spec, int):  # embeddings: their direction in int8
+        from .embeddings import encode
+        rows['embedding'] = encode(probs).numpy().reshape(len(indices), n, spec)
+        rows['flags'] = record_flags(flips, np.zeros_like(flips))
+        return rows
     classes, codes, p1_stored = compress(probs, spec)
     rows['classes'] = classes.numpy().reshape(len(indices), n, spec.k)
     rows['codes'] = codes.numpy().reshape(len(indices), n, spec.k)
@@ -235,10 +243,13 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
         raise ValueError(f"{beton.path} has no {IMAGE_FIELD!r} field to label (fields: "
                          f"{', '.join(beton.field_names)})")
     classes = beton.classes
-    if teacher.num_classes != len(classes):
+    if teacher.embedding:
+        spec = teacher.dim  # records hold embeddings (label_type does not apply)
+    elif teacher.num_classes != len(classes):
         raise ValueError(f"the teacher predicts {teacher.num_classes} classes; {beton.path} has "
                          f"{len(classes)} ({', '.join(classes[:3])}, ...)")
-    spec = LabelSpec.parse(settings.label_type, len(classes))
+    else:
+        spec = LabelSpec.parse(settings.label_type, len(classes))
     meta = beton.field_metadata(IMAGE_FIELD)
     longest = int(np.maximum(meta['height'], meta['width']).max()) if len(beton) else 0
     if rank == 0 and 0 < longest < teacher.input_size:
@@ -246,8 +257,7 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
               f"largest image of {beton.path} ({longest} px): every crop is enlarged for it "
               f"(write the images at a larger --write.max_resolution for such a teacher)",
               file=sys.stderr)
-    if any(name in beton.fields for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD,
-                                             CODES_FIELD)):
+    if any(name in beton.fields for name in RECORD_FIELDS):
         raise ValueError(already_labelled(beton))
     run = {'beton': beton.fingerprint(), 'settings': asdict(settings),
            'teacher': teacher.describe()}
@@ -278,14 +288,19 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
             raise TimeoutError(f"{len(missing)} chunk(s) of {folder.path} are still missing "
                                f"(first: {missing[0]}); rerun to resume them")
         time.sleep(2)
-    info = {'label_type': spec.name, 'k': spec.k, 'num_classes': spec.num_classes,
-            'num_records': settings.num_records, 'source': 'teacher',
-            'teacher': teacher.describe(), 'settings': asdict(settings),
-            'bytes_per_record': 9 + spec.record_bytes}
-    report = copy_beton(beton.path, dst, soft_label_fields(settings.num_records, spec.k),
+    common = {'num_records': settings.num_records, 'source': 'teacher',
+              'teacher': teacher.describe(), 'settings': asdict(settings)}
+    if isinstance(spec, int):
+        fields = embedding_fields(settings.num_records, spec)
+        described = {'embeddings': {'dim': spec, 'bytes_per_record': 9 + spec, **common}}
+    else:
+        fields = soft_label_fields(settings.num_records, spec.k)
+        described = {'soft_labels': {'label_type': spec.name, 'k': spec.k,
+                                     'num_classes': spec.num_classes, **common,
+                                     'bytes_per_record': 9 + spec.record_bytes}}
+    report = copy_beton(beton.path, dst, fields,
                         ChunkValues(folder, len(beton), settings.chunk_images),
-                        manifest_updates={'soft_labels': info}, progress=progress,
-                        **write_options)
+                        manifest_updates=described, progress=progress, **write_options)
     shutil.rmtree(folder.path)  # everything it held is in dst now
     return report
 
@@ -300,7 +315,7 @@ def already_labelled(beton: Beton) -> str:
     original = ''
     if str(origin) not in ('', '.') and origin.resolve() != path.resolve() and origin.is_file():
         try:
-            if not any(name in Beton(origin).fields for name in (BOXES_FIELD, CLASSES_FIELD)):
+            if not any(name in Beton(origin).fields for name in RECORD_FIELDS):
                 original = str(origin)
         except (OSError, ValueError, KeyError):
             pass

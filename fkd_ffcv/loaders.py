@@ -133,15 +133,61 @@ class FKDLoader(_PassLoader):
             yield images, stored[:, :top].long(), probs, hard.long().repeat_interleave(k)
 
 
+class EmbeddingLoader(_PassLoader):
+    """Self-supervised FKD's batches: as FKDLoader, B images decoded once and K recorded crops
+    cut from each, but with each crop's stored teacher embedding instead of soft labels, and
+    no hard labels (the label field is not read).
+
+    Iterating yields (images uint8 (B*K, 3, S, S) channels-last, unit embeddings float32
+    (B*K, D)) on `device`."""
+
+    def __init__(self, path, batch_size: int, num_crops: int, resolution: int = 224,
+                 seed: int = 0, num_workers: int = -1, order=OrderOption.RANDOM,
+                 distributed: bool = False, drop_last: bool = True, device='cpu'):
+        from ffcv.pipeline import PipelineSpec
+        from .decoders import MultiCropDecoder, RecordEmbeddingDecoder
+        from .fields import EMBEDDING_FIELD
+        if batch_size % num_crops:
+            raise ValueError(f"batch_size counts crops: {batch_size} is not a multiple of "
+                             f"num_crops {num_crops}")
+        beton = Beton(path)
+        self.num_crops = num_crops
+        self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
+        targets = RecordEmbeddingDecoder(beton, num_crops, seed)
+        to_device = _to_device(device)
+        pipelines = only(path, {
+            IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
+                                      transforms=[ToTensor(), *to_device]),
+            EMBEDDING_FIELD: PipelineSpec(EMBEDDING_FIELD, decoder=targets,
+                                          transforms=[ToTensor(), *to_device]),
+        })
+        super().__init__(Loader(str(path), batch_size=batch_size // num_crops,
+                                num_workers=num_workers, order=order, seed=seed,
+                                distributed=distributed, drop_last=drop_last,
+                                pipelines=pipelines), [self.images, targets], num_crops)
+
+    def set_resolution(self, resolution: int) -> None:
+        self.images.output_size = resolution
+
+    def __iter__(self):
+        from .embeddings import decode
+        k = self.num_crops
+        for images, stored in self._next_pass():
+            b, _, s = images.shape[:3]
+            yield (images.reshape(b * k, s, s, 3).permute(0, 3, 1, 2),
+                   decode(stored.reshape(b * k, -1)))
+
+
 class PlainLoader(_PassLoader):
     """Hard-label training batches: a seeded RandomResizedCrop and flip per image and pass,
     (images uint8 (B, 3, S, S) channels-last, labels int64 (B,)) on `device`; reproducible
-    from `seed`."""
+    from `seed`. With `labels=False` the label field is not read, and the labels are None
+    (online self-supervised distillation)."""
 
     def __init__(self, path, batch_size: int, resolution: int = 224, seed: int = 0,
                  num_workers: int = -1, order=OrderOption.RANDOM, distributed: bool = False,
                  drop_last: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 device='cpu'):
+                 device='cpu', labels: bool = True):
         from ffcv.pipeline import PipelineSpec
         from .decoders import SeededRandomResizedCropDecoder
         self.images = SeededRandomResizedCropDecoder(resolution, seed, scale, ratio)
@@ -150,15 +196,17 @@ class PlainLoader(_PassLoader):
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
                                       transforms=[ToTensor(), *to_device,
                                                   ToTorchImage(channels_last=True)]),
-            LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze(1), *to_device],
+            **({LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze(1), *to_device]}
+               if labels else {}),
         })
         super().__init__(Loader(str(path), batch_size=batch_size, num_workers=num_workers,
                                 order=order, seed=seed, distributed=distributed,
                                 drop_last=drop_last, pipelines=pipelines), [self.images])
+        self.labels = labels
 
     def set_resolution(self, resolution: int) -> None:
         self.images.output_size = resolution
 
     def __iter__(self):
-        for images, labels in self._next_pass():
-            yield images, labels.long()
+        for batch in self._next_pass():
+            yield (batch[0], batch[1].long()) if self.labels else (batch[0], None)

@@ -359,11 +359,16 @@ def save_weights(path, model: nn.Module, arch: dict, classes, preprocess: dict,
     included), class names and input preprocessing (input_size, interpolation, mean, std),
     atomically. Under 'model' is a plain state dict, so tools that only know torchvision
     (`torch.load(f)['model']`) read it too; a timm model's creation arguments are under
-    'timm'; a model trained with BlurPool computes the same
+    'timm'; an ssl student's projection head under 'embedding' (dim, hidden); a model trained
+    with BlurPool computes the same
     function only with the filters put back (`add_blurpool`, as `load_weights` does)."""
     from .files import atomic_write
     saved = {'model': export_state_dict(model), 'arch': arch, 'num_classes': len(classes),
              'classes': list(classes), 'preprocess': preprocess, **extra}
+    from .embeddings import projection_of
+    head = projection_of(unwrap(model))
+    if head is not None:  # an ssl student: rebuilt with its projection head
+        saved['embedding'] = {'dim': head.dim, 'hidden': head.hidden}
     timm_args = getattr(unwrap(model), 'timm_args', None)
     if timm_args:  # timm.create_model(**saved['timm']) + load_state_dict(saved['model'])
         saved['timm'] = dict(timm_args)
@@ -381,6 +386,9 @@ def load_weights(path) -> tuple:
     arch = saved_options(saved['arch'])
     blurpool = arch.pop('blurpool', False)  # the weights carry plain names: wrap after loading
     model = build_model(arch.pop('arch'), saved['num_classes'], **arch)
+    if 'embedding' in saved:
+        from .embeddings import with_projection
+        model = with_projection(model, saved['embedding']['dim'], saved['embedding']['hidden'])
     model.load_state_dict(saved['model'])
     return (add_blurpool(model) if blurpool else model).eval(), saved['preprocess'], \
         saved['classes']

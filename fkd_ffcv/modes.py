@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from .defaults import CLASSES_FIELD, EMBEDDING_FIELD
 from .errors import TrainingError
 from .registry import Registry
 
@@ -21,8 +22,10 @@ class Mode:
     making a mode; the trainer makes one per run (no arguments)."""
     needs_teacher = False  # the mode runs a teacher (--fkd.teacher)
     reads_records = False  # the mode replays the beton's crop records
+    record_field = CLASSES_FIELD  # the record field it reads (with boxes and flags)
     starts_from_weights = False  # needs --model.weights, of the data set's class count
     sections = ()  # option sections only this mode may set (options.check refuses them elsewhere)
+    reads_labels = True  # the training batches carry hard labels (train_top1 is logged)
     metrics = ()  # names of the step means `loss` leaves in `step_metrics`, logged per epoch
     step_metrics = None
 
@@ -49,6 +52,16 @@ class Mode:
     def setup(self, trainer) -> None:
         """Load what the mode needs besides the student (a teacher)."""
 
+    def student(self, trainer, model):
+        """The student as the mode trains it, from the model build_model gave (the mode may
+        replace its classifier)."""
+        return model
+
+    def evaluate(self, trainer):
+        """The validation line's numbers when the mode measures the student its own way (a
+        dict), or None for top-1/top-5 of its classifier."""
+        return None
+
     def forwards(self) -> list:
         """(who, forward) of the models besides the student that see the training crops, for
         the trainer's check of every input side."""
@@ -66,7 +79,8 @@ class Mode:
         raise NotImplementedError
 
     def unpack(self, batch) -> tuple:
-        """A loader batch -> (uint8 images, targets for `loss`, hard labels for accuracy)."""
+        """A loader batch -> (uint8 images, targets for `loss`, hard labels for accuracy, or
+        None in a mode that reads no labels)."""
         raise NotImplementedError
 
     def loss(self, trainer, logits, targets, images255, perm, lam):
@@ -173,12 +187,11 @@ class FKD(Mode):
 
     def check_data(self, trainer):
         """options.check has seen the manifest's word on these; the beton's own is final."""
-        from .fields import CLASSES_FIELD
         from .options import check_records, records_missing
         from .soft_labels import LabelSpec
         beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
         if CLASSES_FIELD not in beton.fields:
-            raise TrainingError(records_missing('fkd', path, beton.field_names))
+            raise TrainingError(records_missing('fkd', path, beton.field_names, CLASSES_FIELD))
         info = beton.manifest.get('soft_labels')
         if not info:
             raise TrainingError(f"{path}: its manifest does not describe the soft labels "
@@ -308,3 +321,134 @@ class OnlineMealV2(WithDiscriminator, OnlineKD):
     def setup(self, trainer):
         super().setup(trainer)
         self.check_teacher_count(trainer, self.teacher.specs, "the online distributions")
+
+
+class EmbeddingDistillation:
+    """Self-supervised distillation (S2-BNN's distillation-only recipe, FKD's SSL variant;
+    embeddings.py): the student is its backbone with a projection head of the teacher's D
+    dimensions instead of a classifier, and learns the soft cross-entropy between the
+    teacher's and its own L2-normalised outputs over --ssl.temperature. No hard label is read
+    in training; the validation measures the frozen features by k-NN and a linear probe
+    (probes.py)."""
+    sections = ('ssl',)
+    reads_labels = False
+
+    def set_dim(self, trainer, dim: int, where: str) -> None:
+        """The head's width: the teacher's D; --ssl.dim, when given, must agree."""
+        wanted = trainer.opts['ssl']['dim']
+        if wanted and wanted != dim:
+            raise TrainingError(f"--ssl.dim={wanted}: the student's projection head must have "
+                                f"the {dim} dimensions of {where}")
+        self.dim = dim
+
+    def student(self, trainer, model):
+        from .embeddings import with_projection
+        try:
+            return with_projection(model, self.dim, trainer.opts['ssl']['head_hidden'])
+        except ValueError as e:
+            raise TrainingError(f"--model.arch={trainer.opts['model']['arch']}: {e}") from None
+
+    def targets(self, trainer, targets, images255):
+        """The teacher's unit embeddings (N, D) of the unmixed crops."""
+        return targets
+
+    def loss(self, trainer, logits, targets, images255, perm, lam):
+        from .embeddings import embedding_loss
+        t = self.targets(trainer, targets, images255)
+        temperature = trainer.opts['ssl']['temperature']
+        return mixed(lambda i: embedding_loss(logits, t[i], temperature), perm, lam)
+
+    def evaluate(self, trainer):
+        import torch
+        from .embeddings import feature_model
+        from .models import unwrap
+        from .probes import evaluate
+        model = trainer.ema if trainer.ema is not None else unwrap(trainer.model)
+        features = feature_model(model, 'the student').eval()
+
+        def forward(images):
+            with torch.autocast(**trainer.autocast):
+                return features(trainer.normalise(images.float()))
+
+        s, v, d = trainer.opts['ssl'], trainer.opts['validation'], trainer.opts['data']
+        return evaluate(forward, d['train_dataset'], d['val_dataset'], trainer.num_classes,
+                        resolution=v['resolution'], ratio=v['ratio'], knn_k=s['knn_k'],
+                        knn_temperature=s['knn_temperature'], probe_epochs=s['probe_epochs'],
+                        probe_lr=s['probe_lr'], seed=trainer.opts['training']['seed'],
+                        batch_size=v['batch_size'], num_workers=trainer.workers,
+                        device=trainer.device, rank=trainer.rank,
+                        world_size=trainer.world_size)
+
+
+@MODES.register('ssl')
+class SelfSupervisedFKD(EmbeddingDistillation, FKD):
+    """Self-supervised FKD: K recorded crops per decoded image (FKDLoader's decoders) with the
+    teacher embedding each record stores (write_dataset.py --labels.embedding=...)."""
+    record_field = EMBEDDING_FIELD
+
+    def check_data(self, trainer):
+        beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
+        info = beton.manifest.get('embeddings')
+        from .options import check_records, records_missing
+        if EMBEDDING_FIELD not in beton.fields or not info:
+            raise TrainingError(records_missing('ssl', path, beton.field_names,
+                                                EMBEDDING_FIELD))
+        self.num_records = info['num_records']
+        check_records(self.crops_per_image(trainer.opts), self.num_records, path)
+        self.set_dim(trainer, beton.fields[EMBEDDING_FIELD].shape[1],
+                     f"the teacher embeddings in {path}")
+
+    def train_loader(self, trainer, num_crops: int, **common):
+        from .loaders import EmbeddingLoader
+        t = trainer.opts['training']
+        return EmbeddingLoader(trainer.opts['data']['train_dataset'], t['batch_size'],
+                               num_crops, device=trainer.device, **common)
+
+    def unpack(self, batch):
+        images, embeddings = batch
+        return images, embeddings, None
+
+
+@MODES.register('online_ssl')
+class OnlineSelfSupervised(EmbeddingDistillation, Plain):
+    """The baseline self-supervised FKD is timed against: the embedding teacher
+    (--fkd.teacher, --ssl.embedding) runs on every batch, on the student's random crops (the
+    plain loader's, label field unread)."""
+    needs_teacher = True
+
+    def setup(self, trainer):
+        from .teachers import Teacher
+        spec = trainer.opts['fkd']['teacher']
+        try:
+            self.teacher = Teacher(spec, device=trainer.device, cpu_threads=trainer.threads,
+                                   precision=trainer.precision,
+                                   embedding=trainer.opts['ssl']['embedding'])
+        except (ValueError, FileNotFoundError) as e:
+            raise TrainingError(f"--fkd.teacher: {e}") from None
+        self.spec = spec
+        self.set_dim(trainer, self.teacher.dim, f"the embeddings of --fkd.teacher {spec}")
+
+    def forwards(self):
+        return [(f"the teacher {self.spec}", self.teacher.forward)]
+
+    def train_loader(self, trainer, num_crops: int, **common):
+        from .loaders import PlainLoader
+        data, t = trainer.opts['data'], trainer.opts['training']
+        return PlainLoader(data['train_dataset'], t['batch_size'],
+                           scale=(data['crop_scale_min'], data['crop_scale_max']),
+                           device=trainer.device, labels=False, **common)
+
+    def unpack(self, batch):
+        images, _ = batch
+        return images, None, None
+
+    def targets(self, trainer, targets, images255):
+        import torch
+        with torch.no_grad():
+            return self.teacher.forward(images255)
+
+    def loss(self, trainer, logits, targets, images255, perm, lam):
+        """Against the teacher's embeddings of the (mixed) images themselves."""
+        from .embeddings import embedding_loss
+        return embedding_loss(logits, self.targets(trainer, targets, images255),
+                              trainer.opts['ssl']['temperature'])

@@ -16,7 +16,7 @@ from fastargs import Param, Section
 from fastargs.validation import And, Checker, InRange, OneOf
 
 from .config import Flag
-from .defaults import CLASSES_FIELD, PRECISIONS
+from .defaults import EMBEDDING_FIELD, PRECISIONS
 from .errors import OptionError
 from .modes import MODES
 from .schedules import LR_SCHEDULES
@@ -86,7 +86,8 @@ PARAMS = {
                          default=0.0),
     )),
     'training': ('the optimisation', dict(
-        mode=Param(Registered(MODES), 'a training mode of modes.py (meal_v2: Fast MEAL V2)',
+        mode=Param(Registered(MODES), 'a training mode of modes.py (meal_v2: Fast MEAL V2; '
+                   'ssl: self-supervised FKD)',
                    default='fkd'),
         epochs=Param(And(int, InRange(min=1)), 'epochs (crops = epochs x images)', default=16),
         batch_size=Param(And(int, InRange(min=1)), 'crops per step and process', default=512),
@@ -160,6 +161,24 @@ PARAMS = {
                              'may be negative; docs/training.md)', default=True),
         teachers=Param(And(int, InRange(min=0)), 'teachers the labels should come from (a '
                        'warning names another count; 0: any)', default=0),
+    )),
+    'ssl': ('self-supervised FKD (modes ssl and online_ssl; embeddings.py, probes.py)', dict(
+        temperature=Param(And(float, InRange(min=1e-6)), 'tau of the teacher\'s and the '
+                          'student\'s softmax over the embedding (S2-BNN: 0.2)', default=0.2),
+        dim=Param(And(int, InRange(min=0)), 'projection dimensions (0: the teacher\'s; another '
+                  'count is refused)', default=0),
+        head_hidden=Param(And(int, InRange(min=0)), 'hidden width of the projection head (0: '
+                          'the backbone\'s feature width, as MoCo\'s)', default=0),
+        embedding=Param(OneOf(['auto', 'projection', 'features']), 'online_ssl: what the '
+                        'teacher gives (auto: its projection head if it has one, else its '
+                        'pooled features)', default='auto'),
+        knn_k=Param(And(int, InRange(min=1)), 'k-NN evaluation: neighbours', default=20),
+        knn_temperature=Param(And(float, InRange(min=1e-6)), 'k-NN: vote weight '
+                              'exp(similarity / T)', default=0.07),
+        probe_epochs=Param(And(int, InRange(min=0)), 'linear probe on frozen features at '
+                           'each validation: epochs (0: k-NN only)', default=100),
+        probe_lr=Param(And(float, InRange(min=0)), 'linear probe: SGD learning rate',
+                       default=0.1),
     )),
     'logging': ('outputs', dict(
         folder=Param(str, 'run folder (default: runs/<mode>_<arch>)', default=''),
@@ -235,9 +254,9 @@ def check(opts: dict) -> None:
                           f"use --training.mode=fkd")
     k = mode.crops_per_image(opts)
     manifest = read_manifest(data['train_dataset']) if mode.reads_records else {}
-    if 'fields' in manifest and CLASSES_FIELD not in manifest['fields']:
+    if 'fields' in manifest and mode.record_field not in manifest['fields']:
         raise OptionError(records_missing(t['mode'], data['train_dataset'],
-                                          list(manifest['fields'])))
+                                          list(manifest['fields']), mode.record_field))
     if lr['schedule'] == 'cyclic' and lr['peak_epoch'] >= t['epochs']:
         raise OptionError(f"--lr.peak_epoch={lr['peak_epoch']} must come before the end of the "
                           f"run (--training.epochs={t['epochs']})")
@@ -259,8 +278,13 @@ def check(opts: dict) -> None:
         raise OptionError(f"{t['mode']} mode needs --fkd.teacher")
     if mode.needs_teacher:
         check_teacher_files('--fkd.teacher', opts['fkd']['teacher'])
-    check_records(k, (manifest.get('soft_labels') or {}).get('num_records'),
-                  data['train_dataset'])
+    described = manifest.get('embeddings' if mode.record_field == EMBEDDING_FIELD else
+                             'soft_labels') or {}
+    check_records(k, described.get('num_records'), data['train_dataset'])
+    if described.get('dim') and opts['ssl']['dim'] not in (0, described['dim']):
+        raise OptionError(f"--ssl.dim={opts['ssl']['dim']}: the student's projection head must "
+                          f"have the {described['dim']} dimensions of the teacher embeddings in "
+                          f"{data['train_dataset']}")
 
 
 def check_sections(opts: dict, name: str, mode) -> None:
@@ -292,8 +316,14 @@ def read_manifest(beton_path: str) -> dict:
         return {}
 
 
-def records_missing(mode: str, path: str, field_names) -> str:
-    """The message for a mode that replays crop records and a beton that has none."""
+def records_missing(mode: str, path: str, field_names, field: str) -> str:
+    """The message for a mode that replays crop records (of `field`) and a beton that has
+    none."""
+    if field == EMBEDDING_FIELD:
+        return (f"{mode} mode needs crop records with teacher embeddings, and {path} has none "
+                f"(fields: {', '.join(field_names)}); label it with write_dataset.py "
+                f"--labels.teacher=... --labels.embedding=auto, or use "
+                f"--training.mode=online_ssl")
     return (f"{mode} mode needs crop records with soft labels, and {path} has none (fields: "
             f"{', '.join(field_names)}); label it with write_dataset.py --labels.teacher=... "
             f"or use --training.mode=plain")
@@ -312,6 +342,12 @@ def check_writing(data: dict, write: dict, labels: dict) -> None:
     if labels['teacher'] and labels['import_root']:
         raise OptionError("--labels.teacher and --labels.import_root both give the labels; "
                           "choose one")
+    if labels.get('embedding') and not labels['teacher']:
+        raise OptionError(f"--labels.embedding={labels['embedding']} stores a teacher's "
+                          f"embeddings: give --labels.teacher")
+    if labels.get('embedding') and labels['label_type']:
+        raise OptionError(f"--labels.label_type={labels['label_type']} is a soft-label type; "
+                          f"--labels.embedding stores embeddings, not soft labels")
     if labels['scale_min'] and not labels['scale_max']:
         raise OptionError(f"--labels.scale_min={labels['scale_min']} needs --labels.scale_max "
                           f"(0 keeps FKD's default range)")

@@ -13,8 +13,15 @@ A teacher is named by a spec string:
   file (.pth/.pt/.safetensors; never downloaded), fed as timm's pretrained configuration for
   that name and tag says (input size, interpolation, mean, std); deprecated names such as
   `tf_efficientnet_l2_ns_475` or `gluon_senet154` are resolved to their current ones;
+- `moco:<arch>:<checkpoint>`: a MoCo (v1/v2) checkpoint of a torchvision ResNet: the query
+  encoder (`module.encoder_q.*`) with its projection head, loaded strictly; an embedding
+  teacher (self-supervised FKD, embeddings.py);
 - `<module>:<function>`: a Python entry point returning a model, or (model, preprocessing dict)
   with keys input_size, mean, std, interpolation. `fkd_ffcv.teachers:efficientnet_lite0` is one.
+
+Any of them can be an embedding teacher (`embedding=`): its output is then the L2-normalised
+embedding of each crop, either its projection (MoCo, an ssl-mode export) or its pooled
+features (the input of a classifier), instead of class probabilities.
 
 The kinds are builders in `TEACHERS`, by prefix; a new family registers one (spec -> model and
 preprocessing) and needs no edit elsewhere.
@@ -158,6 +165,44 @@ def _torchscript_model(spec: str):
     return torch.jit.load(path, map_location='cpu'), Preprocess()
 
 
+@TEACHERS.register('moco:', prefix=True)
+def _moco_model(spec: str):
+    """`moco:<arch>:<checkpoint>`: MoCo v2's query encoder, a torchvision ResNet whose `fc` is
+    the projection head (Linear, ReLU, Linear; embeddings.ProjectionHead), output normalised.
+    Only `module.encoder_q.*` is read (the key encoder and the queue are training state), and
+    it must fit exactly: the first missing or unexpected keys are named."""
+    import torchvision
+    from .embeddings import ProjectionHead
+    arch, _, checkpoint = spec[len('moco:'):].partition(':')
+    if arch not in torchvision.models.list_models(torchvision.models):
+        raise ValueError(f"{spec}: unknown torchvision architecture {arch!r} (moco:<arch>:<file>)")
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+    saved = load_data(checkpoint)
+    state = saved.get('state_dict', saved) if isinstance(saved, dict) else None
+    prefix = 'module.encoder_q.'
+    if not isinstance(state, dict) or not any(k.startswith(prefix) for k in state):
+        raise ValueError(f"{checkpoint} is not a MoCo checkpoint: no {prefix}* keys in its "
+                         f"state_dict")
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    model = torchvision.models.get_model(arch, weights=None)
+    if 'fc.0.weight' in state and 'fc.2.weight' in state:
+        hidden, width = state['fc.0.weight'].shape
+        model.fc = ProjectionHead(width, hidden, state['fc.2.weight'].shape[0])
+    elif 'fc.weight' in state:
+        raise ValueError(f"{checkpoint}: a MoCo v1 head (one Linear layer, fc.weight); only MoCo "
+                         f"v2's MLP head (fc.0, fc.2) is read")
+    own = model.state_dict()
+    missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or shapes:
+        raise ValueError(f"{checkpoint} does not fit a MoCo {arch}: missing {missing[:4]}, "
+                         f"unexpected {extra[:4]}, other shapes {shapes[:4]} ({len(missing)}, "
+                         f"{len(extra)} and {len(shapes)} in all, under {prefix})")
+    model.load_state_dict(state)
+    return model, Preprocess()
+
+
 def load_member(spec: str) -> Tuple[torch.nn.Module, Preprocess]:
     """One teacher from its spec string (module docstring), by the builder TEACHERS holds
     for its prefix."""
@@ -209,15 +254,23 @@ def _ieee_fp32(device: torch.device):
 
 
 class Teacher:
-    """One model or an ensemble; `probs` maps uint8 crops to averaged softmax(logits / T)."""
+    """One model or an ensemble; `outputs` maps uint8 crops to averaged softmax(logits / T).
+
+    With `embedding` ('auto', 'projection' or 'features'; embeddings.embedding_model) it is
+    an embedding teacher instead: one model, whose outputs are L2-normalised embeddings of
+    `dim` dimensions (`num_classes` is None)."""
 
     def __init__(self, specs: Sequence[str], device='cpu', temperature: float = 1.0,
                  input_size: Optional[int] = None, interpolation: Optional[str] = None,
-                 cpu_threads: int = -1, precision: str = 'fp32'):
+                 cpu_threads: int = -1, precision: str = 'fp32', embedding: str = ''):
         if isinstance(specs, str):
             specs = [s for s in specs.split(',') if s]
         if not specs:
             raise ValueError("no teacher given")
+        if embedding and len(specs) > 1:
+            raise ValueError(f"an embedding teacher is one model, not an ensemble of "
+                             f"{len(specs)} ({', '.join(specs)}): embeddings of different "
+                             f"models do not share a space to average in")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, not {temperature}")
         if precision not in TEACHER_PRECISIONS:
@@ -232,6 +285,11 @@ class Teacher:
             torch.set_num_threads(cpu_threads if cpu_threads > 0 else
                                   len(os.sched_getaffinity(0)))
         members = [load_member(spec) for spec in self.specs]
+        self.embedding = embedding
+        if embedding:
+            from .embeddings import embedding_model
+            members = [(embedding_model(m, embedding, f"teacher {spec}"), p)
+                       for spec, (m, p) in zip(self.specs, members)]
         for spec, (_, p) in zip(self.specs, members):
             if p.fixed_input_size and input_size and input_size != p.input_size:
                 raise ValueError(f"teacher {spec} takes only {p.input_size} px inputs, not the "
@@ -248,41 +306,50 @@ class Teacher:
         self.crop_pct = self.preprocess[0].crop_pct  # the first member's, for evaluation
         self.models = [m.to(self.device).to(memory_format=torch.channels_last)
                        for m, _ in members]
-        if precision != 'fp32':
+        if precision != 'fp32' and not embedding:
             self.models = [fp32_head(m, spec) for m, spec in zip(self.models, self.specs)]
         self._norm = [(torch.tensor(p.mean, device=self.device).view(1, 3, 1, 1) * 255,
                        torch.tensor(p.std, device=self.device).view(1, 3, 1, 1) * 255)
                       for p in self.preprocess]
         counts = set()
         with torch.no_grad():
-            probe = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device)
+            probe = torch.zeros(2, 3, self.input_size, self.input_size, device=self.device)
             for model, spec in zip(self.models, self.specs):
                 try:
-                    counts.add(model(probe).shape[-1])
+                    out = model(probe)
                 except (RuntimeError, AssertionError, ValueError) as e:
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     raise ValueError(f"teacher {spec} cannot take {self.input_size} px crops: "
                                      f"{first[:200]}") from None
+                if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != 2:
+                    what = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+                    raise ValueError(f"teacher {spec} yields no "
+                                     f"{'embedding' if embedding else 'class scores'}: its "
+                                     f"output is {what}, not one vector per crop")
+                counts.add(out.shape[-1])
         if len(counts) > 1:
             raise ValueError(f"ensemble members disagree on the class count: {sorted(counts)}")
-        self.num_classes = counts.pop()
+        self.dim = counts.pop()  # classes, or embedding dimensions
+        self.num_classes = None if embedding else self.dim
 
     def describe(self) -> dict:
-        return {'specs': self.specs, 'input_size': self.input_size,
+        return {'specs': self.specs, **({'embedding': self.embedding, 'dim': self.dim}
+                                        if self.embedding else {}), 'input_size': self.input_size,
                 'interpolation': self.interpolation, 'temperature': self.temperature,
                 'precision': self.precision, 'device': self.device.type,
                 'normalisation': [{'mean': p.mean, 'std': p.std} for p in self.preprocess],
                 'models': [p.model or spec for p, spec in zip(self.preprocess, self.specs)]}
 
-    def probs(self, crops: np.ndarray) -> torch.Tensor:
-        """uint8 crops (B, S, S, 3) -> float32 probabilities (B, C) on the CPU."""
+    def outputs(self, crops: np.ndarray) -> torch.Tensor:
+        """uint8 crops (B, S, S, 3) -> float32 probabilities (B, C), or unit embeddings
+        (B, D), on the CPU."""
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device, non_blocking=True)
         return self.forward(x.permute(0, 3, 1, 2)).cpu()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, 3, H, W) on the teacher's device -> float32 probabilities (B, C)
-        there; images of another size are resized to the teacher's input size first (online
+        """uint8 images (B, 3, H, W) on the teacher's device -> float32 probabilities (B, C),
+        or unit embeddings (B, D), there; images of another size are resized to the teacher's input size first (online
         distillation feeds it the student's crops)."""
         x = images.float().contiguous(memory_format=torch.channels_last)
         if x.shape[-2:] != (self.input_size, self.input_size):
@@ -298,6 +365,8 @@ class Teacher:
                                 enabled=dtype is not None), \
                     (_ieee_fp32(self.device) if dtype is None else nullcontext()):
                 logits = model((x - mean) / std)
+            if self.embedding:
+                return torch.nn.functional.normalize(logits.float(), dim=-1)
             p = torch.softmax(logits.float() / self.temperature, dim=-1)
             total = p if total is None else total + p
         return total / len(self.models)

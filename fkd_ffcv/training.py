@@ -133,9 +133,10 @@ class Trainer:
         try:
             if self.mode.starts_from_weights:  # as the export stands, or not at all
                 check_start(self.opts['model']['weights'], self.classes, self.model_options())
-            self.model = build_model(num_classes=self.num_classes, **self.model_options(),
-                                     weights=self.opts['model']['weights'],
-                                     new_head=not self.mode.starts_from_weights)
+            self.model = self.mode.student(self, build_model(
+                num_classes=self.num_classes, **self.model_options(),
+                weights=self.opts['model']['weights'],
+                new_head=not self.mode.starts_from_weights))
         except (ValueError, FileNotFoundError) as e:
             if not self.opts['model']['weights'] and ':' not in self.opts['model']['arch']:
                 raise
@@ -187,7 +188,7 @@ class Trainer:
     def create_loaders(self):
         from .loaders import eval_loader
         data, t, v = self.opts['data'], self.opts['training'], self.opts['validation']
-        workers = data['num_workers'] if data['num_workers'] > 0 else self.threads
+        workers = self.workers = data['num_workers'] if data['num_workers'] > 0 else self.threads
         # one loader per K the plan uses (each compiles its pipeline once)
         self.train_loaders = {k: self.mode.train_loader(
             self, k, resolution=self.resolution_at(0), seed=t['seed'], num_workers=workers,
@@ -340,9 +341,10 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.update_ema()
-        n, loss = hard.shape[0], loss.detach().float()
+        n, loss = logits.shape[0], loss.detach().float()
         totals[0] += loss * n  # device-side sums: no host synchronisation in the step
-        totals[1] += (logits.detach().argmax(-1) == hard).sum()
+        if hard is not None:
+            totals[1] += (logits.detach().argmax(-1) == hard).sum()
         totals[2] += n
         totals[3] += (~torch.isfinite(loss)).float()
         if self.mode.metrics:
@@ -373,7 +375,8 @@ class Trainer:
             raise TrainingError(f"the loss became NaN or infinite in epoch {epoch}; the last "
                                 f"good checkpoint is {self.folder.checkpoint} (lower "
                                 f"--lr.lr, or try --training.precision=fp32)")
-        return {'epoch': epoch, 'loss': loss_sum / n, 'train_top1': correct / n, 'lr': lr,
+        return {'epoch': epoch, 'loss': loss_sum / n,
+                **({'train_top1': correct / n} if self.mode.reads_labels else {}), 'lr': lr,
                 'resolution': side, 'crops': int(n), 'seconds': seconds,
                 'crops_per_s': n / seconds, 'data_wait': wait / seconds,
                 **{name: value / n for name, value in zip(self.mode.metrics, extra)}}
@@ -399,7 +402,11 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Top-1, top-5 and loss of the averaged weights (if any) or the model, over the whole
-        validation beton (ranks read disjoint shards; counts are summed)."""
+        validation beton (ranks read disjoint shards; counts are summed); or the mode's own
+        measures (k-NN and linear-probe top-1 of an ssl student's features)."""
+        own = self.mode.evaluate(self)
+        if own is not None:
+            return own
         model = self.ema if self.ema is not None else unwrap(self.model)
         model.eval()
         tta = self.opts['validation']['lr_tta']
@@ -440,6 +447,11 @@ class Trainer:
             raise TrainingError(str(e)) from None
         if not isinstance(state, dict) or not {'classes', 'model'} <= state.keys():
             raise TrainingError(f"{path} is neither a checkpoint.pt nor a final_weights.pt")
+        if 'embedding' in state or not MODES[state.get('options', {}).get(
+                'training', {}).get('mode', 'plain')].reads_labels:
+            raise TrainingError(f"{path} holds an embedding model (ssl mode) without a "
+                                f"classifier; measure it with fkd-probe {path} "
+                                f"<train beton> <val beton>")
         data, v = self.opts['data'], self.opts['validation']
         classes = Beton(data['val_dataset']).classes
         if classes != state['classes']:
@@ -522,6 +534,7 @@ class Trainer:
         return {'mode': self.opts['training']['mode'], 'arch': self.opts['model']['arch'],
                 'epochs': self.opts['training']['epochs'], 'num_crops': self.num_crops,
                 'top1': last.get('top1'), 'top5': last.get('top5'),
+                **{key: last[key] for key in ('knn_top1', 'probe_top1') if key in last},
                 'train_seconds': train_seconds, 'crops_per_s': crops / train_seconds,
                 'wall_seconds': time.perf_counter() - self.started,
                 'data_wait': sum(l['data_wait'] * l['seconds'] for l in self.history)
@@ -536,8 +549,12 @@ def print_summary(summary: dict) -> None:
         print(f"{summary['checkpoint']}: top-1 {summary['top1']:.2%}  top-5 "
               f"{summary['top5']:.2%}  ({summary['val_images']} images)")
         return
-    print(f"{summary['mode']} {summary['arch']}: {summary['epochs']} epochs, "
-          f"top-1 {summary['top1']:.2%}, top-5 {summary['top5']:.2%}, "
+    scores = (f"top-1 {summary['top1']:.2%}, top-5 {summary['top5']:.2%}"
+              if summary['top1'] is not None else
+              ', '.join(f"{name} {summary[key]:.2%}" for name, key in
+                        (('k-NN top-1', 'knn_top1'), ('linear-probe top-1', 'probe_top1'))
+                        if key in summary))
+    print(f"{summary['mode']} {summary['arch']}: {summary['epochs']} epochs, {scores}, "
           f"{summary['train_seconds']:.1f} s training, {summary['crops_per_s']:,.0f} crops/s, "
           f"{summary['data_wait']:.0%} waiting for data; run in {summary['folder']}")
 

@@ -520,8 +520,9 @@ def copy_beton(src, dst, add_fields: Optional[Mapping[str, Field]] = None, value
     extra = {k: v for k, v in manifest.items()
              if k not in ('format', 'beton', 'fingerprint', 'num_samples', 'fields', 'skipped',
                           'written_at')}
-    if not set(RECORD_FIELDS) <= set(keep):
-        extra.pop('soft_labels', None)  # describes record fields this copy leaves out
+    if not set(RECORD_FIELDS) & set(beton.field_names) <= set(keep):
+        extra.pop('soft_labels', None)  # describe record fields this copy leaves out
+        extra.pop('embeddings', None)
     extra.update(manifest_updates or {})
     extra['derived_from'] = {'beton': str(Path(src)), 'fingerprint': beton.fingerprint(),
                              'added_fields': list(add_fields)}

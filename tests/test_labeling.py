@@ -60,7 +60,7 @@ def test_records_are_the_seeded_crops_labelled_by_the_teacher(images, labelled, 
         boxes, flips = sample_records(0, i, *pixels.shape[:2], 6)
         assert np.array_equal(rec['fkd_boxes'], boxes)
         assert np.array_equal(rec['fkd_flags'] & FLAG_FLIP, flips.astype(np.uint8))
-        direct = teacher.probs(cut_crops(pixels, boxes, flips, 32, 'bicubic'))
+        direct = teacher.outputs(cut_crops(pixels, boxes, flips, 32, 'bicubic'))
         top, order = torch.topk(direct, 2, dim=1)
         assert np.array_equal(rec['fkd_classes'], order.numpy())
         got = decode_probs(torch.from_numpy(rec['fkd_codes']),
@@ -213,7 +213,7 @@ def test_a_bf16_teacher_keeps_its_classifier_and_softmax_in_fp32(teacher):
     seen = {}
     head.linear.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0], out=out))
     crops = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
-    probs = bf16.probs(crops)
+    probs = bf16.outputs(crops)
     assert seen['out'].dtype == torch.float32
     exact = torch.nn.functional.linear(seen['x'].float(), head.linear.weight, head.linear.bias)
     assert torch.equal(seen['out'], exact)
@@ -280,8 +280,8 @@ def test_torchscript_teachers_and_ensembles(teacher, tmp_path):
     crops = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     ensemble = Teacher(teacher.specs + scripted.specs, input_size=32)
     assert ensemble.num_classes == 3
-    expected = (teacher.probs(crops) + scripted.probs(crops)) / 2
-    assert torch.allclose(ensemble.probs(crops), expected, atol=1e-6)
+    expected = (teacher.outputs(crops) + scripted.outputs(crops)) / 2
+    assert torch.allclose(ensemble.outputs(crops), expected, atol=1e-6)
     with pytest.raises(ValueError, match='want different crops'):
         Teacher([f'torchscript:{tmp_path}/other.pt', 'test_labeling:small_input_model'])
     with pytest.raises(ValueError, match="(?i)no module named 'nowhere'"):
@@ -311,8 +311,8 @@ def test_an_ensembles_stored_labels_are_the_average_of_its_teachers(images, teac
         pixels = beton.image(i)
         boxes, flips = sample_records(0, i, *pixels.shape[:2], 3)
         crops = cut_crops(pixels, boxes, flips, 32, 'bicubic')
-        mean = (teacher.probs(crops) + other.probs(crops)) / 2
-        alone = teacher.probs(crops)
+        mean = (teacher.outputs(crops) + other.outputs(crops)) / 2
+        alone = teacher.outputs(crops)
         stored = recover(torch.from_numpy(rec['fkd_classes']), decode_probs(
             torch.from_numpy(rec['fkd_codes']),
             torch.from_numpy(rec['fkd_flags'] & FLAG_P1_STORED > 0)), spec)

@@ -46,6 +46,6 @@ def test_model_and_teacher_families_plug_in_by_registering(toy_families):
     model = build_model('toy:any', 5, width=6, blurpool=True)
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
     teacher = Teacher('toy:small')
-    probs = teacher.probs(np.zeros((3, 16, 16, 3), np.uint8))
+    probs = teacher.outputs(np.zeros((3, 16, 16, 3), np.uint8))
     assert teacher.num_classes == 4 and probs.shape == (3, 4)
     assert torch.allclose(probs.sum(1), torch.ones(3))

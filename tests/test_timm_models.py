@@ -57,7 +57,7 @@ def test_teachers_are_fed_as_their_timm_configuration_says(checkpoints):
     assert resnet.num_classes == efficientnet.num_classes == 3  # read from the checkpoints
     crops = np.random.default_rng(0).integers(0, 256, (4, 160, 160, 3), dtype=np.uint8)
     for name, teacher in teachers.items():
-        assert torch.allclose(teacher.probs(crops), own_probs(name, checkpoints[name], crops),
+        assert torch.allclose(teacher.outputs(crops), own_probs(name, checkpoints[name], crops),
                               atol=1e-5)
 
 
@@ -88,8 +88,8 @@ def test_timm_and_torchvision_teachers_make_one_ensemble(checkpoints, tmp_path):
     ensemble = Teacher(specs, input_size=64, interpolation='bilinear')
     crops = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     members = [Teacher([s], input_size=64, interpolation='bilinear') for s in specs]
-    expected = (members[0].probs(crops) + members[1].probs(crops)) / 2
-    assert torch.allclose(ensemble.probs(crops), expected, atol=1e-6)
+    expected = (members[0].outputs(crops) + members[1].outputs(crops)) / 2
+    assert torch.allclose(ensemble.outputs(crops), expected, atol=1e-6)
     assert [n['mean'] for n in ensemble.describe()['normalisation']] == \
         [(0.5, 0.5, 0.5), (0.485, 0.456, 0.406)]  # each member its own
 
