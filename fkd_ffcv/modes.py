@@ -335,7 +335,7 @@ class EmbeddingDistillation:
 
     def set_dim(self, trainer, dim: int, where: str) -> None:
         """The head's width: the teacher's D; --ssl.dim, when given, must agree."""
-        wanted = trainer.opts['ssl']['dim']
+        wanted, dim = trainer.opts['ssl']['dim'], int(dim)  # a beton's shapes are numpy's
         if wanted and wanted != dim:
             raise TrainingError(f"--ssl.dim={wanted}: the student's projection head must have "
                                 f"the {dim} dimensions of {where}")

@@ -65,7 +65,7 @@ def embed(forward, path, *, resolution: int, ratio: float, batch_size: int = 256
                                  str(device), rank, world_size):
         images = images.to(device, non_blocking=True)
         features.append(F.normalize(forward(images).float(), dim=-1))
-        labels.append(y.to(device).long())
+        labels.append(y.to(device).long().clone())  # FFCV reuses its batch buffers
     total = len(Beton(path))
     return (gather_rows(torch.cat(features), total, rank, world_size),
             gather_rows(torch.cat(labels), total, rank, world_size))

@@ -1,0 +1,138 @@
+"""Self-supervised FKD on the demo data: a student that reads no labels learns the demo
+teacher's embeddings, from records stored in the beton (FKD-SSL) or from the teacher run on
+every batch (online), measured by k-NN and linear-probe top-1 of its frozen features.
+
+Setup: the demo's betons (10,000 training and 5,000 validation Fashion-MNIST images at 32 px)
+and its teacher (ResNet-20, trained with hard labels) as the embedding teacher: its pooled
+features (64-d), L2-normalised. The teacher embeds 8 recorded crops per image once
+(fashion_mnist_train_ssl.beton; the crops' range is the plain recipe's). Rows, each for
+`--seeds` seeds, all with the recipe fkd_ffcv/small_configs/fashion_mnist_ssl.yaml (the plain
+recipe's student with a projection head; Adam 2e-3, linear decay, tau 0.2, 16 epochs):
+
+- FKD-SSL, K = 4 and K = 1 crops per decoded image;
+- online: the teacher embeds the student's random crops on every batch (mode online_ssl);
+- the randomly initialised student (each run's evaluation before its first step);
+- for reference, the plain recipe's supervised student (hard labels, same epochs), and the
+  teacher itself, measured the same way.
+
+k-NN (k 20, T 0.07) and the linear probe (100 epochs on standardised features) use the hard
+labels of the training images after training only. Training seconds exclude evaluation.
+Runs are kept under <demo>/ssl and reused by a later invocation (delete them to rerun).
+
+    python -m benchmarks.ssl [--demo build/demo] [--seeds 3] [--out docs/tables/ssl_cpu.md]
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import versions
+from fkd_ffcv.devices import machine, precision_of
+from fkd_ffcv.probes import evaluate
+from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
+from fkd_ffcv.teachers import Teacher
+
+RECORDS = 8
+ROWS = {  # name: overrides of the ssl recipe
+    'FKD-SSL, stored embeddings, K = 4': {},
+    'FKD-SSL, stored embeddings, K = 1': {'fkd.num_crops': 1},
+    'online: the teacher embeds every batch': {'training.mode': 'online_ssl'},
+}
+
+
+def probe(spec: str, train, val, precision: str) -> dict:
+    """k-NN and probe top-1 of a model's pooled features, as the ssl runs measure theirs."""
+    teacher = Teacher(spec, embedding='features', precision=precision)
+    return evaluate(teacher.forward, train, val, 10, resolution=32, ratio=1.0)
+
+
+def cell(values, fmt='{:.2%}') -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return (f"{fmt.format(statistics.mean(values))} ({fmt.format(min(values))} - "
+            f"{fmt.format(max(values))})")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--demo', type=Path, default=Path('build/demo'))
+    parser.add_argument('--seeds', type=int, default=3)
+    parser.add_argument('--out', type=Path, default=None)
+    args = parser.parse_args()
+    teacher_file = args.demo / 'runs' / 'teacher' / 'final_weights.pt'
+    if not teacher_file.exists():
+        sys.exit(f"{teacher_file} is missing: run `make demo` first (or give --demo)")
+    started = time.perf_counter()
+    work = args.demo / 'ssl'
+    work.mkdir(exist_ok=True)
+    train, val = fashion_mnist_betons(args.demo, 10_000, 5_000)  # the demo's own
+    labelled = label_as_demo(train, teacher_file, work, RECORDS,
+                             name='fashion_mnist_train_ssl.beton', embedding='features')
+    teacher_spec = f'checkpoint:{teacher_file}'
+    results, summaries = {}, []
+    random_init = {'knn_top1': [], 'probe_top1': []}
+    for name, overrides in ROWS.items():
+        online = overrides.get('training.mode') == 'online_ssl'
+        for seed in range(args.seeds):
+            tag = {'FKD-SSL, stored embeddings, K = 4': 'ssl_k4',
+                   'FKD-SSL, stored embeddings, K = 1': 'ssl_k1'}.get(name, 'online_ssl')
+            print(f"{name}, seed {seed}", flush=True)
+            summary = run_or_reuse(recipe('ssl', {
+                **overrides, 'data.train_dataset': str(train if online else labelled),
+                'data.val_dataset': str(val), 'training.seed': seed,
+                'validation.at_start': True, 'logging.progress': False,
+                'logging.folder': str(work / 'runs' / f'{tag}_seed{seed}'),
+                **({'fkd.teacher': teacher_spec, 'ssl.embedding': 'features'}
+                   if online else {})}))
+            summaries.append(summary)
+            results.setdefault(name, []).append(summary)
+            if tag == 'ssl_k4':  # the same seed starts every row from the same weights
+                first = json.loads((Path(summary['folder']) / 'log.jsonl').read_text()
+                                   .splitlines()[0])
+                for key in random_init:
+                    random_init[key].append(first[key])
+    precision = precision_of(summaries)
+    plain = []
+    for seed in range(args.seeds):
+        print(f"plain student, seed {seed}", flush=True)
+        folder = work / 'runs' / f'plain_seed{seed}'
+        summary = run_or_reuse(recipe('plain', {
+            'data.train_dataset': str(train), 'data.val_dataset': str(val),
+            'training.epochs': 16, 'training.seed': seed, 'logging.progress': False,
+            'logging.folder': str(folder)}))
+        plain.append({**summary, **probe(f"checkpoint:{folder / 'final_weights.pt'}", train,
+                                         val, precision)})
+    teacher = probe(teacher_spec, train, val, precision)
+
+    lines = ['| student | k-NN top-1 | linear-probe top-1 | training s |',
+             '|---|---|---|---|']
+    for name, runs in results.items():
+        lines.append(f"| {name} | {cell([r['knn_top1'] for r in runs])} | "
+                     f"{cell([r['probe_top1'] for r in runs])} | "
+                     f"{cell([r['train_seconds'] for r in runs], '{:.0f}')} |")
+    lines.append(f"| randomly initialised (no training) | {cell(random_init['knn_top1'])} | "
+                 f"{cell(random_init['probe_top1'])} | 0 |")
+    lines.append(f"| reference: plain student, hard labels (its classifier: "
+                 f"{cell([r['top1'] for r in plain])}) | {cell([r['knn_top1'] for r in plain])} "
+                 f"| {cell([r['probe_top1'] for r in plain])} | "
+                 f"{cell([r['train_seconds'] for r in plain], '{:.0f}')} |")
+    lines.append(f"| reference: the teacher's own features | {teacher['knn_top1']:.2%} | "
+                 f"{teacher['probe_top1']:.2%} | |")
+    labelling = json.loads((work / 'fashion_mnist_train_ssl.labelling.json').read_text())
+    lines += ['', f"Mean (min - max) over {args.seeds} seeds; 16 epochs of 10,000 crops, "
+              f"batch 64. Labelling {RECORDS} embedding records per image once: "
+              f"{labelling['seconds']:.0f} s. The whole experiment took "
+              f"{(time.perf_counter() - started) / 60:.0f} min (runs reused from an earlier "
+              f"invocation count as 0).", '',
+              f"{machine()}; precision {precision}; {versions('torch', 'ffcv')}."]
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + '\n')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,90 @@
+"""What a self-supervised FKD record should store: bytes per record against the fidelity of the
+training target, for a teacher's L2-normalised embeddings.
+
+The target of S2-BNN's loss is softmax(t / tau) over the D dimensions of the teacher's unit
+embedding t (tau = 0.2). Stored forms compared (each plus the record's 8-byte box and flags
+byte):
+
+- the embedding's direction in int8 (embeddings.encode; D bytes), tau free at training time;
+- the embedding in float16 (2D bytes);
+- softmax(t / tau) in the soft-label form of FKD mode (soft_labels.py): 'full' (all D
+  probabilities, 3D bytes) and marginal_smoothing_k<K> (the top K, 3K bytes); tau fixed when
+  labelling.
+
+Fidelity: KL(exact target || stored target) in nats (mean and worst over the crops) and, where
+the form stores the embedding, the cosine with the exact one. Embeddings: the demo teacher's
+pooled features (its classifier's input) of the validation images' centre crops.
+
+    python -m benchmarks.ssl_targets [--demo build/demo] [--out docs/tables/ssl_targets.md]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import versions
+from fkd_ffcv.devices import machine
+from fkd_ffcv.embeddings import decode, encode
+from fkd_ffcv.loaders import eval_loader
+from fkd_ffcv.soft_labels import LabelSpec, compress, decode_probs, kl_divergence, recover
+from fkd_ffcv.teachers import Teacher
+
+TAU = 0.2
+
+
+def stored_forms(t: torch.Tensor) -> dict:
+    """name -> (bytes per record, the target's distribution as stored, the embedding as stored
+    or None) for unit embeddings t (M, D)."""
+    d = t.shape[1]
+    p = torch.softmax(t / TAU, dim=-1)
+    forms = {'int8 direction (embeddings.encode)': (9 + d, decode(encode(t))),
+             'float16 embedding': (9 + 2 * d, F.normalize(t.half().float(), dim=-1))}
+    out = {name: (size, torch.softmax(e / TAU, dim=-1), e) for name, (size, e) in forms.items()}
+    for label_type in ['full'] + [f'marginal_smoothing_k{k}' for k in (5, 10, 20) if k < d]:
+        spec = LabelSpec.parse(label_type, d)
+        classes, codes, p1_stored = compress(p, spec)
+        q = recover(classes, decode_probs(codes, p1_stored), spec)
+        out[f'softmax(t / {TAU}) as soft labels, {label_type}'] = (9 + spec.record_bytes, q,
+                                                                    None)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--demo', type=Path, default=Path('build/demo'))
+    parser.add_argument('--out', type=Path, default=None)
+    args = parser.parse_args()
+    teacher_file = args.demo / 'runs' / 'teacher' / 'final_weights.pt'
+    val = args.demo / 'fashion_mnist_val.beton'
+    for needed in (teacher_file, val):
+        if not needed.exists():
+            sys.exit(f"{needed} is missing: run `make demo` first (or give --demo)")
+    teacher = Teacher(f'checkpoint:{teacher_file}', embedding='features')
+    t = torch.cat([teacher.forward(images) for images, _ in
+                   eval_loader(val, 500, teacher.input_size, 1.0)]).double()
+    exact = torch.softmax(t / TAU, dim=-1)
+    lines = [f"Teacher embeddings: the demo teacher's {teacher.dim}-d pooled features of "
+             f"{len(t):,} validation centre crops; tau = {TAU}.", '',
+             '| stored form | bytes per record | KL mean (nats) | KL worst | cosine mean | '
+             'cosine worst |', '|---|---|---|---|---|---|']
+    for name, (size, q, e) in stored_forms(t).items():
+        kl = kl_divergence(exact, q.double())
+        cos = (F.normalize(e.double(), dim=-1) * t).sum(-1) if e is not None else None
+        cells = [f"{kl.mean():.2e}", f"{kl.max():.2e}"] + \
+            ([f"{cos.mean():.6f}", f"{cos.min():.6f}"] if cos is not None else ['-', '-'])
+        lines.append(f"| {name} | {size} | {' | '.join(cells)} |")
+    entropy = -(exact * exact.clamp(min=1e-300).log()).sum(-1).mean()
+    lines += ['', f"The exact targets' mean entropy: {entropy:.3f} nats (uniform over "
+              f"{teacher.dim}: {torch.log(torch.tensor(float(teacher.dim))):.3f}).", '',
+              f"{machine()}; {versions('torch')}."]
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + '\n')
+
+
+if __name__ == '__main__':
+    main()
