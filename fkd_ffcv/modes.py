@@ -341,6 +341,13 @@ class EmbeddingDistillation:
                                 f"the {dim} dimensions of {where}")
         self.dim = dim
 
+    def check_probe_labels(self, trainer) -> None:
+        """The validations read both betons' hard labels (k-NN, probe): a beton without them
+        is named now, not after the training."""
+        from .probes import require_labels
+        for key in ('train_dataset', 'val_dataset'):
+            require_labels(trainer.opts['data'][key])
+
     def student(self, trainer, model):
         from .embeddings import with_projection
         try:
@@ -397,6 +404,7 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
         check_records(self.crops_per_image(trainer.opts), self.num_records, path)
         self.set_dim(trainer, beton.fields[EMBEDDING_FIELD].shape[1],
                      f"the teacher embeddings in {path}")
+        self.check_probe_labels(trainer)
 
     def train_loader(self, trainer, num_crops: int, **common):
         from .loaders import EmbeddingLoader
@@ -415,6 +423,9 @@ class OnlineSelfSupervised(EmbeddingDistillation, Plain):
     (--fkd.teacher, --ssl.embedding) runs on every batch, on the student's random crops (the
     plain loader's, label field unread)."""
     needs_teacher = True
+
+    def check_data(self, trainer):
+        self.check_probe_labels(trainer)
 
     def setup(self, trainer):
         from .teachers import Teacher

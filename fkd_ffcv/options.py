@@ -141,10 +141,10 @@ PARAMS = {
                                  'docs/results.md)', default=True),
         temperature=Param(And(float, InRange(min=1e-6)), 'softmax temperature of the '
                           'student in the distillation loss', default=1.0),
-        teacher=Param(str, 'online_kd: teacher spec(s), comma-separated for an ensemble: '
+        teacher=Param(str, 'online modes: teacher spec(s), comma-separated for an ensemble: '
                       'checkpoint:<final_weights.pt>, timm:<name>[.<tag>]:<checkpoint>, '
                       'torchvision:<arch>[:<checkpoint>], torchscript:<file>, '
-                      '<module>:<function>', default=''),
+                      'moco:<arch>:<checkpoint> (online_ssl), <module>:<function>', default=''),
     )),
     'meal': ('MEAL V2 (modes meal_v2 and online_meal_v2; discriminator.py)', dict(
         discriminator=Param(Flag(), 'the discriminator term (false: distillation alone)',
@@ -406,10 +406,11 @@ def check_writing_paths(data: dict, labels: dict) -> None:
 
 def check_teacher_files(option: str, specs: str) -> None:
     """The files a teacher spec names (checkpoint:<file>, torchscript:<file>,
-    torchvision:<arch>:<file>, timm:<name>:<file>; teachers.py reads them) must be there."""
+    torchvision:<arch>:<file>, timm:<name>:<file>, moco:<arch>:<file>; teachers.py reads them)
+    must be there."""
     for spec in filter(None, specs.split(',')):
         kind, _, rest = spec.partition(':')
         path = {'checkpoint': rest, 'torchscript': rest, 'torchvision': rest.partition(':')[2],
-                'timm': rest.partition(':')[2]}.get(kind)
+                'timm': rest.partition(':')[2], 'moco': rest.partition(':')[2]}.get(kind)
         if path and not os.path.isfile(path):
             raise OptionError(f"{option}={spec}: {path}: no such file")

@@ -23,11 +23,11 @@ def test_the_wheel_installs_commands_and_carries_the_demos_recipes(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         entry_points = next(z.read(n).decode() for n in names if n.endswith('entry_points.txt'))
-    for name in ('plain', 'fkd', 'online_kd', 'teacher'):
+    for name in ('plain', 'fkd', 'online_kd', 'teacher', 'ssl'):
         assert f'fkd_ffcv/small_configs/fashion_mnist_{name}.yaml' in names
     for command in ('fkd-write = fkd_ffcv.cli:write', 'fkd-train = fkd_ffcv.cli:train',
                     'fkd-eval-teacher = fkd_ffcv.cli:eval_teacher',
-                    'fkd-inspect = fkd_ffcv.inspect:main', 'fkd-demo = fkd_ffcv.demo:command'):
+                    'fkd-probe = fkd_ffcv.cli:probe', 'fkd-inspect = fkd_ffcv.inspect:main', 'fkd-demo = fkd_ffcv.demo:command'):
         assert command in entry_points
 
 

@@ -108,3 +108,23 @@ def test_the_meal_v2_recipes_are_meal_v2s(epochs):
     assert opts['model']['arch'].startswith('timm:resnet50') and opts['model']['weights']
     plan = MODES['meal_v2'].pass_plan(opts)
     assert plan == [8] * (epochs // 8) + [1] * (epochs % 8)
+
+
+def test_the_ssl_recipes_are_s2_bnns():
+    """S2-BNN's distillation-only facts: Adam (AdamW without decay) 3e-4, linear decay, tau
+    0.2, 256 crops per step, 200 epochs at 224 px; the demo's recipe keeps the loss and the
+    optimiser."""
+    raw = yaml.safe_load((REPO / 'rn18_configs' / 'rn18_ssl_fkd_200_epochs.yaml').read_text())
+    opts = options({f'{s}.{k}': v for s, values in raw.items() for k, v in values.items()})
+    t, lr, ssl = opts['training'], opts['lr'], opts['ssl']
+    assert (t['mode'], t['optimizer'], t['weight_decay'], t['epochs'], t['batch_size']) == \
+        ('ssl', 'adamw', 0.0, 200, 256)
+    assert (lr['lr'], lr['schedule'], lr['peak_epoch'], lr['end_factor']) == \
+        (3e-4, 'cyclic', 0.0, 0.0)
+    assert ssl['temperature'] == 0.2 and opts['model']['arch'] == 'resnet18'
+    assert opts['resolution']['min_res'] == opts['resolution']['max_res'] == 224
+    assert MODES['ssl'].pass_plan(opts) == [4] * 50
+    small = yaml.safe_load((REPO / 'fkd_ffcv' / 'small_configs' /
+                            'fashion_mnist_ssl.yaml').read_text())
+    assert small['training']['mode'] == 'ssl' and small['ssl']['temperature'] == 0.2
+    assert small['training']['optimizer'] == 'adamw' and small['training']['weight_decay'] == 0

@@ -272,6 +272,8 @@ def test_a_moco_checkpoint_is_an_embedding_teacher(tmp_path):
     assert torch.allclose(got, expected, atol=1e-5) and torch.allclose(got.norm(dim=1),
                                                                        torch.ones(4))
     assert Teacher(spec, embedding='features', input_size=32).dim == 512
+    # any other kind embeds its pooled features: a torchvision classifier's 512
+    assert Teacher('torchvision:resnet18', embedding='auto', input_size=32).dim == 512
 
 
 def test_moco_checkpoint_faults_are_named(tmp_path):
@@ -342,6 +344,9 @@ def test_probe_command_on_an_export_and_on_a_beton_without_labels(ssl_data, ssl_
     with redirect_stderr(err):
         assert cli.probe([str(folder / 'final_weights.pt'), str(train), str(unlabelled)]) == 1
     assert f"{unlabelled} has no 'label' field: the linear probe and k-NN need" in err.getvalue()
+    with pytest.raises(TrainingError, match=f"{unlabelled} has no 'label' field"):
+        Trainer(ssl_options((train, unlabelled, None, None), tmp_path / 'y')).run()
+    assert not (tmp_path / 'y' / 'checkpoint.pt').exists()  # refused before training
     with pytest.raises(TrainingError, match='holds an embedding model .* fkd-probe'):
         Trainer(run_options((train, val), tmp_path / 'x', training__eval_only=True,
                             training__checkpoint=str(folder / 'final_weights.pt'))).run()

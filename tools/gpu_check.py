@@ -8,8 +8,9 @@ Steps:
   data      write a small ImageNet-shaped beton (synthetic photos) and label it with a teacher
             on the device, in fp32 (records precision and device in the manifest)
   train     plain, online KD (a timm teacher, random weights from a file), FKD (ResNet with
-            torch.compile, progressive resizing: a static graph per side) and FKD with a timm
-            ViT student, about 50 steps each, auto precision (bf16 on the GPU),
+            torch.compile, progressive resizing: a static graph per side), FKD with a timm
+            ViT student and online self-supervised distillation (the probes on the device),
+            about 50 steps each, auto precision (bf16 on the GPU),
             channels-last; timm is imported with huggingface_hub unimportable, as on a GPU
             machine without it (and, where a bundle was built, from the bundle)
   resume    an FKD run killed after its first checkpoint, resumed from the command line, then
@@ -299,7 +300,11 @@ def step_train(args) -> None:
                               ('online_kd', 'online_kd', {'fkd.teacher': timm_teacher(args)}),
                               ('fkd', 'fkd', {'training.compile': True}),
                               ('fkd_timm', 'fkd', {**s['timm_student'], 'lr.lr': 1e-3,
-                                                   'training.optimizer': 'adamw'})):
+                                                   'training.optimizer': 'adamw'}),
+                              # self-supervised: the teacher's embeddings, the probes on the GPU
+                              ('online_ssl', 'online_ssl', {
+                                  'fkd.teacher': teacher_spec(args), 'ssl.probe_epochs': 10,
+                                  'training.optimizer': 'adamw', 'lr.lr': 1e-3})):
         trainer = Trainer(options(run_options(args, mode, args.work / 'runs' / name, **extra)))
         t0 = time.perf_counter()
         summary = trainer.run()
