@@ -12,8 +12,14 @@ byte):
   labelling.
 
 Fidelity: KL(exact target || stored target) in nats (mean and worst over the crops) and, where
-the form stores the embedding, the cosine with the exact one. Embeddings: the demo teacher's
-pooled features (its classifier's input) of the validation images' centre crops.
+the form stores the embedding, the cosine with the exact one. Embeddings of the validation
+images' centre crops, three kinds:
+
+- the demo teacher's pooled features (64-d, non-negative: its classifier's input);
+- the projection of the self-supervised student that benchmarks/ssl.py trained (64-d, signed),
+  where that run exists;
+- 128-d, signed: the teacher's features through a random head of MoCo's shape (Linear, ReLU,
+  Linear to 128; seed 0): the dimension and signs of MoCo's output, not its training.
 
     python -m benchmarks.ssl_targets [--demo build/demo] [--out docs/tables/ssl_targets.md]
 """
@@ -51,34 +57,54 @@ def stored_forms(t: torch.Tensor) -> dict:
     return out
 
 
+def embedding_sets(demo: Path) -> list:
+    """[(description, unit embeddings (M, D) float64)] of the validation centre crops."""
+    from fkd_ffcv.embeddings import ProjectionHead
+    val = demo / 'fashion_mnist_val.beton'
+    teacher = Teacher(f"checkpoint:{demo / 'runs' / 'teacher' / 'final_weights.pt'}",
+                      embedding='features')
+    crops = [images for images, _ in eval_loader(val, 500, teacher.input_size, 1.0)]
+    features = torch.cat([teacher.forward(images) for images in crops]).double()
+    out = [(f"the demo teacher's pooled features ({teacher.dim}-d, non-negative)", features)]
+    student = demo / 'ssl' / 'runs' / 'ssl_k4_seed0' / 'final_weights.pt'
+    if student.exists():
+        projection = Teacher(f'checkpoint:{student}', embedding='projection')
+        out.append((f"the ssl student's projection ({projection.dim}-d, signed; "
+                    f"benchmarks/ssl.py, seed 0)",
+                    torch.cat([projection.forward(images) for images in crops]).double()))
+    torch.manual_seed(0)
+    head = ProjectionHead(teacher.dim, teacher.dim, 128).double().eval()
+    with torch.no_grad():
+        out.append(("the teacher's features through a random MoCo-shaped head (128-d, "
+                    "signed)", head(features).double()))
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--demo', type=Path, default=Path('build/demo'))
     parser.add_argument('--out', type=Path, default=None)
     args = parser.parse_args()
-    teacher_file = args.demo / 'runs' / 'teacher' / 'final_weights.pt'
-    val = args.demo / 'fashion_mnist_val.beton'
-    for needed in (teacher_file, val):
+    for needed in (args.demo / 'runs' / 'teacher' / 'final_weights.pt',
+                   args.demo / 'fashion_mnist_val.beton'):
         if not needed.exists():
             sys.exit(f"{needed} is missing: run `make demo` first (or give --demo)")
-    teacher = Teacher(f'checkpoint:{teacher_file}', embedding='features')
-    t = torch.cat([teacher.forward(images) for images, _ in
-                   eval_loader(val, 500, teacher.input_size, 1.0)]).double()
-    exact = torch.softmax(t / TAU, dim=-1)
-    lines = [f"Teacher embeddings: the demo teacher's {teacher.dim}-d pooled features of "
-             f"{len(t):,} validation centre crops; tau = {TAU}.", '',
-             '| stored form | bytes per record | KL mean (nats) | KL worst | cosine mean | '
-             'cosine worst |', '|---|---|---|---|---|---|']
-    for name, (size, q, e) in stored_forms(t).items():
-        kl = kl_divergence(exact, q.double())
-        cos = (F.normalize(e.double(), dim=-1) * t).sum(-1) if e is not None else None
-        cells = [f"{kl.mean():.2e}", f"{kl.max():.2e}"] + \
-            ([f"{cos.mean():.6f}", f"{cos.min():.6f}"] if cos is not None else ['-', '-'])
-        lines.append(f"| {name} | {size} | {' | '.join(cells)} |")
-    entropy = -(exact * exact.clamp(min=1e-300).log()).sum(-1).mean()
-    lines += ['', f"The exact targets' mean entropy: {entropy:.3f} nats (uniform over "
-              f"{teacher.dim}: {torch.log(torch.tensor(float(teacher.dim))):.3f}).", '',
-              f"{machine()}; {versions('torch')}."]
+    lines = [f"Embeddings of the validation images' centre crops; tau = {TAU}."]
+    for description, t in embedding_sets(args.demo):
+        exact = torch.softmax(t / TAU, dim=-1)
+        entropy = -(exact * exact.clamp(min=1e-300).log()).sum(-1).mean()
+        uniform = torch.log(torch.tensor(float(t.shape[1])))
+        lines += ['', f"{description}: {len(t):,} crops; the exact targets' mean entropy "
+                  f"{entropy:.3f} nats (uniform: {uniform:.3f}).",
+                  '', '| stored form | bytes per record | KL mean (nats) | KL worst | cosine mean '
+                  '| cosine worst |', '|---|---|---|---|---|---|']
+        for name, (size, q, e) in stored_forms(t.float()).items():
+            kl = kl_divergence(exact, q.double())
+            cos = (F.normalize(e.double(), dim=-1) * t).sum(-1) if e is not None else None
+            cells = [f"{kl.mean():.2e}", f"{kl.max():.2e}"] + \
+                ([f"{cos.mean():.6f}", f"{cos.min():.6f}"] if cos is not None else ['-', '-'])
+            lines.append(f"| {name} | {size} | {' | '.join(cells)} |")
+    lines += ['', f"{machine()}; {versions('torch')}."]
     text = '\n'.join(lines)
     print(text)
     if args.out:

@@ -1,6 +1,6 @@
 """The command lines, one function each: installed as console commands (pyproject.toml:
-fkd-write, fkd-train, fkd-eval-teacher, fkd-probe; fkd-inspect and fkd-demo are inspect.py's and demo.py's
-main) and run by the top-level `write_dataset.py` and `train_imagenet.py`. Each checks its
+fkd-write, fkd-train, fkd-eval-teacher, fkd-probe; fkd-inspect and fkd-demo are inspect.py's and
+demo.py's main) and run by the top-level `write_dataset.py` and `train_imagenet.py`. Each checks its
 options before it imports torch or ffcv (seconds), and ends with an exit status: 0, 1 for an
 error in the run, 2 for options, 130 for Ctrl-C."""
 from __future__ import annotations
@@ -120,7 +120,8 @@ def label(labels: dict, write: dict, beton: Path) -> None:
                       precision=labels['precision'], embedding=labels['embedding'])
     scale = (labels['scale_min'], labels['scale_max']) if labels['scale_max'] else None
     settings = LabelingSettings(num_records=labels['num_records'] or TEACHER_RECORDS,
-                                label_type=labels['label_type'] or 'marginal_smoothing_k5',
+                                label_type=labels['label_type'] or
+                                ('' if labels['embedding'] else 'marginal_smoothing_k5'),
                                 scale=scale,
                                 seed=labels['seed'], chunk_images=labels['chunk_images'],
                                 batch_size=labels['batch_size'])
@@ -254,7 +255,7 @@ def _declare_writing_sections() -> None:
                      'cuda:<n>', default='auto'),
         precision=Param(OneOf(defaults.TEACHER_PRECISIONS), 'teacher arithmetic: fp32 (exact), or bf16 / '
                         'fp16 with the classifier and softmax in fp32', default='fp32'),
-        embedding=Param(OneOf(['', 'auto', 'projection', 'features']), 'store the teacher\'s '
+        embedding=Param(OneOf(('',) + defaults.EMBEDDING_KINDS), 'store the teacher\'s '
                         'L2-normalised embedding per record instead of soft labels (ssl mode): '
                         'its projection head\'s output, its pooled features, or auto (the '
                         'projection where it has a head: moco:, ssl exports)', default=''),
@@ -345,7 +346,7 @@ def probe(argv=None) -> int:
                                       'moco:resnet50:moco_v2_800ep_pretrain.pth.tar')
     parser.add_argument('train', help='beton whose images and labels fit the probe and vote')
     parser.add_argument('val', help='beton the probe and k-NN are measured on')
-    parser.add_argument('--embedding', choices=['features', 'projection', 'auto'],
+    parser.add_argument('--embedding', choices=defaults.EMBEDDING_KINDS,
                         default='features', help='what is measured: pooled features (the '
                         'default, as a linear probe evaluates), or the projection')
     parser.add_argument('--resolution', type=int, default=0,

@@ -3,8 +3,8 @@
 `MultiCropDecoder` decodes each image once and cuts K recorded crops from it (box, resize,
 flip), one (K, S, S, 3) uint8 array per image; `RecordLabelDecoder` gives the same K records'
 stored labels (classes, probability codes, flags), `RecordEmbeddingDecoder` their stored
-teacher embeddings (self-supervised FKD). Both pick the records of a pass with
-`record_index`, a function of (seed, epoch, sample, slot) only, so the two pipelines agree
+teacher embeddings (self-supervised FKD). All three pick the records of a pass with
+`record_index`, a function of (seed, epoch, sample, slot) only, so the pipelines agree
 without talking; a pass of K crops that starts at epoch e replays the draws e .. e + K - 1, so
 passes of different K (FKD's single-crop phases) continue one sequence of draws.
 `SeededRandomResizedCropDecoder` is the plain (hard-label) training crop: `crops.seeded_crop`

@@ -22,9 +22,10 @@ from .defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD,
 # The names are defined in defaults.py, where options.py reads them without loading ffcv.
 RECORD_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD)
 __all__ = ['IMAGE_FIELD', 'LABEL_FIELD', 'PATH_FIELD', 'BOXES_FIELD', 'FLAGS_FIELD',
-           'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'RECORD_FIELDS', 'MAX_NAME_LENGTH', 'CUSTOM_TYPE_ID',
-           'image_fields', 'soft_label_fields', 'embedding_fields', 'check_field_names', 'pointer_columns',
-           'Descriptor', 'descriptor_of', 'VerbatimValue', 'VerbatimField']
+           'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'RECORD_FIELDS', 'MAX_NAME_LENGTH',
+           'CUSTOM_TYPE_ID', 'image_fields', 'soft_label_fields', 'embedding_fields',
+           'check_field_names', 'pointer_columns', 'Descriptor', 'descriptor_of', 'VerbatimValue',
+           'VerbatimField']
 MAX_NAME_LENGTH = 16  # FieldDescType['name'] is 16 bytes
 CUSTOM_TYPE_ID = 255
 

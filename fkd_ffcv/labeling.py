@@ -169,11 +169,12 @@ def _duration(seconds: float) -> str:
 
 
 class ChunkValues:
-    """The record fields of sample i, read from the chunk files (memory-mapped, lazily)."""
+    """The record fields of sample i, read from the chunk files (memory-mapped, lazily), as
+    the chunk columns `columns` name them, in that order."""
 
-    def __init__(self, folder: WorkFolder, num_samples: int, chunk_images: int):
+    def __init__(self, folder: WorkFolder, num_samples: int, chunk_images: int, columns):
         self.folder, self.n, self.chunk_images = folder, num_samples, chunk_images
-        self._open = {}
+        self.columns, self._open = tuple(columns), {}
 
     def __len__(self):
         return self.n
@@ -183,7 +184,7 @@ class ChunkValues:
         if c not in self._open:
             self._open = {c: np.load(self.folder.chunk_path(c), mmap_mode='r')}
         rec = self._open[c][row]
-        return tuple(np.ascontiguousarray(rec[name]) for name in rec.dtype.names)
+        return tuple(np.ascontiguousarray(rec[name]) for name in self.columns)
 
 
 def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: LabelingSettings,
@@ -222,6 +223,12 @@ def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: La
                          f"({beton.path}); no records were written for them")
     if isinstance(spec, int):  # embeddings: their direction in int8
         from .embeddings import encode
+        zero = torch.nonzero(probs.abs().amax(1) == 0).flatten().tolist()
+        if zero:
+            bad = sorted({int(indices[r // n]) for r in zero})
+            raise ValueError(f"the teacher gave all-zero embeddings (no direction to store) for "
+                             f"samples {bad[:10]} ({beton.path}); no records were written for "
+                             f"them")
         rows['embedding'] = encode(probs).numpy().reshape(len(indices), n, spec)
         rows['flags'] = record_flags(flips, np.zeros_like(flips))
         return rows
@@ -291,15 +298,17 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
     common = {'num_records': settings.num_records, 'source': 'teacher',
               'teacher': teacher.describe(), 'settings': asdict(settings)}
     if isinstance(spec, int):
-        fields = embedding_fields(settings.num_records, spec)
+        fields, columns = embedding_fields(settings.num_records, spec), \
+            ('boxes', 'flags', 'embedding')
         described = {'embeddings': {'dim': spec, 'bytes_per_record': 9 + spec, **common}}
     else:
-        fields = soft_label_fields(settings.num_records, spec.k)
+        fields, columns = soft_label_fields(settings.num_records, spec.k), \
+            ('boxes', 'flags', 'classes', 'codes')
         described = {'soft_labels': {'label_type': spec.name, 'k': spec.k,
                                      'num_classes': spec.num_classes, **common,
                                      'bytes_per_record': 9 + spec.record_bytes}}
     report = copy_beton(beton.path, dst, fields,
-                        ChunkValues(folder, len(beton), settings.chunk_images),
+                        ChunkValues(folder, len(beton), settings.chunk_images, columns),
                         manifest_updates=described, progress=progress, **write_options)
     shutil.rmtree(folder.path)  # everything it held is in dst now
     return report

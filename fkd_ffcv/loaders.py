@@ -80,7 +80,47 @@ class _PassLoader:
         return self.loader
 
 
-class FKDLoader(_PassLoader):
+class _RecordLoader(_PassLoader):
+    """B images per step, each decoded once, with K recorded crops cut from each
+    (MultiCropDecoder), plus the record fields a subclass reads (`target_pipelines`)."""
+
+    def __init__(self, path, batch_size: int, num_crops: int, resolution: int = 224,
+                 seed: int = 0, num_workers: int = -1, order=OrderOption.RANDOM,
+                 distributed: bool = False, drop_last: bool = True, device='cpu'):
+        from ffcv.pipeline import PipelineSpec
+        from .decoders import MultiCropDecoder
+        if batch_size % num_crops:
+            raise ValueError(f"batch_size counts crops: {batch_size} is not a multiple of "
+                             f"num_crops {num_crops}")
+        beton = Beton(path)
+        self.num_crops, self.device = num_crops, torch.device(device)
+        self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
+        to_device = _to_device(self.device)
+        decoders, targets = self.target_pipelines(beton, num_crops, seed, to_device)
+        pipelines = only(path, {
+            IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
+                                      transforms=[ToTensor(), *to_device]),
+            **targets})
+        super().__init__(Loader(str(path), batch_size=batch_size // num_crops,
+                                num_workers=num_workers, order=order, seed=seed,
+                                distributed=distributed, drop_last=drop_last,
+                                pipelines=pipelines), [self.images, *decoders], num_crops)
+
+    def target_pipelines(self, beton, num_crops: int, seed: int, to_device: list) -> tuple:
+        """(the decoders that replay records, {name: pipeline}) of the record fields read."""
+        raise NotImplementedError
+
+    def set_resolution(self, resolution: int) -> None:
+        self.images.output_size = resolution
+
+    def crops(self, images):
+        """(B, K, S, S, 3) per image -> (B*K, 3, S, S) channels-last, crops of an image
+        adjacent."""
+        b, _, s = images.shape[:3]
+        return images.reshape(b * self.num_crops, s, s, 3).permute(0, 3, 1, 2)
+
+
+class FKDLoader(_RecordLoader):
     """Batches of B*K crops with their soft labels: each of B images is decoded once and its K
     records for the current pass are replayed (see decoders.py).
 
@@ -91,91 +131,48 @@ class FKDLoader(_PassLoader):
     changes S without recompiling.
     """
 
-    def __init__(self, path, batch_size: int, num_crops: int, resolution: int = 224,
-                 seed: int = 0, num_workers: int = -1, order=OrderOption.RANDOM,
-                 distributed: bool = False, drop_last: bool = True, device='cpu'):
+    def target_pipelines(self, beton, num_crops, seed, to_device):
         from ffcv.pipeline import PipelineSpec
-        from .decoders import MultiCropDecoder, RecordLabelDecoder
+        from .decoders import RecordLabelDecoder
         from .fields import CLASSES_FIELD
-        if batch_size % num_crops:
-            raise ValueError(f"batch_size counts crops: {batch_size} is not a multiple of "
-                             f"num_crops {num_crops}")
-        beton = Beton(path)
-        self.num_crops, self.device = num_crops, torch.device(device)
-        self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
         labels = RecordLabelDecoder(beton, num_crops, seed)
-        to_device = _to_device(self.device)
-        pipelines = only(path, {
-            IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
-                                      transforms=[ToTensor(), *to_device]),
+        return [labels], {
             LABEL_FIELD: [IntDecoder(), ToTensor(), Squeeze(1), *to_device],
             'soft_labels': PipelineSpec(CLASSES_FIELD, decoder=labels,
-                                        transforms=[ToTensor(), *to_device]),
-        })
-        super().__init__(Loader(str(path), batch_size=batch_size // num_crops,
-                                num_workers=num_workers, order=order, seed=seed,
-                                distributed=distributed, drop_last=drop_last,
-                                pipelines=pipelines), [self.images, labels], num_crops)
-
-    def set_resolution(self, resolution: int) -> None:
-        self.images.output_size = resolution
+                                        transforms=[ToTensor(), *to_device])}
 
     def __iter__(self):
         from .soft_labels import FLAG_P1_STORED, decode_probs
         k = self.num_crops
         for images, hard, stored in self._next_pass():  # on the device already (ToDevice)
-            b, _, s = images.shape[:3]
-            images = images.reshape(b * k, s, s, 3).permute(0, 3, 1, 2)
-            stored = stored.reshape(b * k, -1)
+            stored = stored.reshape(images.shape[0] * k, -1)
             top = (stored.shape[1] - 1) // 2
             codes = stored[:, top:2 * top].to(torch.uint8)
             probs = decode_probs(codes, (stored[:, -1] & FLAG_P1_STORED) != 0)
-            yield images, stored[:, :top].long(), probs, hard.long().repeat_interleave(k)
+            yield (self.crops(images), stored[:, :top].long(), probs,
+                   hard.long().repeat_interleave(k))
 
 
-class EmbeddingLoader(_PassLoader):
-    """Self-supervised FKD's batches: as FKDLoader, B images decoded once and K recorded crops
-    cut from each, but with each crop's stored teacher embedding instead of soft labels, and
-    no hard labels (the label field is not read).
+class EmbeddingLoader(_RecordLoader):
+    """Self-supervised FKD's batches: as FKDLoader's, with each crop's stored teacher
+    embedding instead of soft labels, and no hard labels (the label field is not read).
 
     Iterating yields (images uint8 (B*K, 3, S, S) channels-last, unit embeddings float32
     (B*K, D)) on `device`."""
 
-    def __init__(self, path, batch_size: int, num_crops: int, resolution: int = 224,
-                 seed: int = 0, num_workers: int = -1, order=OrderOption.RANDOM,
-                 distributed: bool = False, drop_last: bool = True, device='cpu'):
+    def target_pipelines(self, beton, num_crops, seed, to_device):
         from ffcv.pipeline import PipelineSpec
-        from .decoders import MultiCropDecoder, RecordEmbeddingDecoder
+        from .decoders import RecordEmbeddingDecoder
         from .fields import EMBEDDING_FIELD
-        if batch_size % num_crops:
-            raise ValueError(f"batch_size counts crops: {batch_size} is not a multiple of "
-                             f"num_crops {num_crops}")
-        beton = Beton(path)
-        self.num_crops = num_crops
-        self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
         targets = RecordEmbeddingDecoder(beton, num_crops, seed)
-        to_device = _to_device(device)
-        pipelines = only(path, {
-            IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,
-                                      transforms=[ToTensor(), *to_device]),
-            EMBEDDING_FIELD: PipelineSpec(EMBEDDING_FIELD, decoder=targets,
-                                          transforms=[ToTensor(), *to_device]),
-        })
-        super().__init__(Loader(str(path), batch_size=batch_size // num_crops,
-                                num_workers=num_workers, order=order, seed=seed,
-                                distributed=distributed, drop_last=drop_last,
-                                pipelines=pipelines), [self.images, targets], num_crops)
-
-    def set_resolution(self, resolution: int) -> None:
-        self.images.output_size = resolution
+        return [targets], {EMBEDDING_FIELD: PipelineSpec(EMBEDDING_FIELD, decoder=targets,
+                                                         transforms=[ToTensor(), *to_device])}
 
     def __iter__(self):
         from .embeddings import decode
-        k = self.num_crops
         for images, stored in self._next_pass():
-            b, _, s = images.shape[:3]
-            yield (images.reshape(b * k, s, s, 3).permute(0, 3, 1, 2),
-                   decode(stored.reshape(b * k, -1)))
+            yield self.crops(images), decode(stored.reshape(images.shape[0] * self.num_crops,
+                                                            -1))
 
 
 class PlainLoader(_PassLoader):

@@ -243,24 +243,30 @@ def start_from(model: nn.Module, path, new_head: bool = True) -> list:
     state-dict checkpoint) into `model`; the classifier's tensors keep their fresh values when
     their shape differs (another class count) and `new_head` allows it. Returns their names.
     Names missing on either side, or other tensors of another shape, are refused, the first
-    few named."""
+    few named. An ssl export's projection head counts as a classifier of another shape: its
+    backbone loads, the model's head starts new."""
     from .files import load_data
-    state = plain_state_dict(load_data(path))
+    saved = load_data(path)
+    state = plain_state_dict(saved)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    head = classifier_name(model) if new_head else None
+    new = []  # the model's head tensors, where the export's is a projection head
+    if isinstance(saved, dict) and 'embedding' in saved and head is not None:
+        state = {k: v for k, v in state.items() if not k.startswith(head + '.')}
+        new = [k for k in own if k.startswith(head + '.')]
+    missing = [k for k in own if k not in state and k not in new]
     extra = [k for k in state if k not in own]
     if missing or extra:
         raise ValueError(f"{path} does not fit the model: missing {missing[:4]}, unexpected "
                          f"{extra[:4]} ({len(missing)} and {len(extra)} in all)")
     fresh = [k for k, v in state.items() if v.shape != own[k].shape]
-    head = classifier_name(model) if new_head else None
     other = [k for k in fresh if head is None or not k.startswith(head + '.')]
     if other:
         raise ValueError(f"{path} does not fit the model: {len(other)} tensor(s) of other shapes "
                          f"besides the classifier, e.g. {other[0]} {tuple(state[other[0]].shape)} "
                          f"against {tuple(own[other[0]].shape)}")
     model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
-    return fresh
+    return fresh + new
 
 
 def check_start(path, classes, options: dict) -> None:

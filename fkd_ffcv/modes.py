@@ -114,7 +114,7 @@ class Plain(Mode):
         data, t = trainer.opts['data'], trainer.opts['training']
         return PlainLoader(data['train_dataset'], t['batch_size'],
                            scale=(data['crop_scale_min'], data['crop_scale_max']),
-                           device=trainer.device, **common)
+                           device=trainer.device, labels=self.reads_labels, **common)
 
     def unpack(self, batch):
         images, labels = batch
@@ -203,15 +203,19 @@ class FKD(Mode):
         check_records(self.crops_per_image(trainer.opts), self.num_records, path)
         self.label_spec = LabelSpec.parse(info['label_type'], info['num_classes'])
 
-    def train_loader(self, trainer, num_crops: int, **common):
+    def note_reuse(self, trainer, num_crops: int) -> None:
+        """Say once when the run uses more crops per image than the beton holds records."""
         import sys
+        epochs = trainer.opts['training']['epochs']  # one crop per image and epoch
+        if epochs > self.num_records and trainer.is_main and num_crops == max(trainer.plan):
+            print(f"note: {epochs} epochs use {epochs} crops per image; "
+                  f"{trainer.opts['data']['train_dataset']} holds {self.num_records} records "
+                  f"per image, so records are reused", file=sys.stderr)
+
+    def train_loader(self, trainer, num_crops: int, **common):
         from .loaders import FKDLoader
         data, t = trainer.opts['data'], trainer.opts['training']
-        used = t['epochs']  # one crop per image and epoch, whatever the passes' K
-        if used > self.num_records and trainer.is_main and num_crops == max(trainer.plan):
-            print(f"note: {t['epochs']} epochs use {used} crops per image; "
-                  f"{data['train_dataset']} holds {self.num_records} records per image, so "
-                  f"records are reused", file=sys.stderr)
+        self.note_reuse(trainer, num_crops)
         return FKDLoader(data['train_dataset'], t['batch_size'], num_crops,
                          device=trainer.device, **common)
 
@@ -355,15 +359,11 @@ class EmbeddingDistillation:
         except ValueError as e:
             raise TrainingError(f"--model.arch={trainer.opts['model']['arch']}: {e}") from None
 
-    def targets(self, trainer, targets, images255):
-        """The teacher's unit embeddings (N, D) of the unmixed crops."""
-        return targets
-
     def loss(self, trainer, logits, targets, images255, perm, lam):
+        """Against the stored embeddings (N, D) of the crops, mixed as the images were."""
         from .embeddings import embedding_loss
-        t = self.targets(trainer, targets, images255)
         temperature = trainer.opts['ssl']['temperature']
-        return mixed(lambda i: embedding_loss(logits, t[i], temperature), perm, lam)
+        return mixed(lambda i: embedding_loss(logits, targets[i], temperature), perm, lam)
 
     def evaluate(self, trainer):
         import torch
@@ -397,9 +397,13 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
         beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
         info = beton.manifest.get('embeddings')
         from .options import check_records, records_missing
-        if EMBEDDING_FIELD not in beton.fields or not info:
+        if EMBEDDING_FIELD not in beton.fields:
             raise TrainingError(records_missing('ssl', path, beton.field_names,
                                                 EMBEDDING_FIELD))
+        if not info:
+            raise TrainingError(f"{path}: its manifest does not describe the embedding records "
+                                f"(records per image, teacher); label it again with "
+                                f"write_dataset.py --labels.embedding=...")
         self.num_records = info['num_records']
         check_records(self.crops_per_image(trainer.opts), self.num_records, path)
         self.set_dim(trainer, beton.fields[EMBEDDING_FIELD].shape[1],
@@ -409,6 +413,7 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
     def train_loader(self, trainer, num_crops: int, **common):
         from .loaders import EmbeddingLoader
         t = trainer.opts['training']
+        self.note_reuse(trainer, num_crops)
         return EmbeddingLoader(trainer.opts['data']['train_dataset'], t['batch_size'],
                                num_crops, device=trainer.device, **common)
 
@@ -442,24 +447,14 @@ class OnlineSelfSupervised(EmbeddingDistillation, Plain):
     def forwards(self):
         return [(f"the teacher {self.spec}", self.teacher.forward)]
 
-    def train_loader(self, trainer, num_crops: int, **common):
-        from .loaders import PlainLoader
-        data, t = trainer.opts['data'], trainer.opts['training']
-        return PlainLoader(data['train_dataset'], t['batch_size'],
-                           scale=(data['crop_scale_min'], data['crop_scale_max']),
-                           device=trainer.device, labels=False, **common)
-
     def unpack(self, batch):
         images, _ = batch
         return images, None, None
 
-    def targets(self, trainer, targets, images255):
-        import torch
-        with torch.no_grad():
-            return self.teacher.forward(images255)
-
     def loss(self, trainer, logits, targets, images255, perm, lam):
         """Against the teacher's embeddings of the (mixed) images themselves."""
+        import torch
         from .embeddings import embedding_loss
-        return embedding_loss(logits, self.targets(trainer, targets, images255),
-                              trainer.opts['ssl']['temperature'])
+        with torch.no_grad():
+            t = self.teacher.forward(images255)
+        return embedding_loss(logits, t, trainer.opts['ssl']['temperature'])

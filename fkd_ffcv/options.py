@@ -16,7 +16,7 @@ from fastargs import Param, Section
 from fastargs.validation import And, Checker, InRange, OneOf
 
 from .config import Flag
-from .defaults import EMBEDDING_FIELD, PRECISIONS
+from .defaults import CLASSES_FIELD, EMBEDDING_FIELD, EMBEDDING_KINDS, PRECISIONS
 from .errors import OptionError
 from .modes import MODES
 from .schedules import LR_SCHEDULES
@@ -169,7 +169,7 @@ PARAMS = {
                   'count is refused)', default=0),
         head_hidden=Param(And(int, InRange(min=0)), 'hidden width of the projection head (0: '
                           'the backbone\'s feature width, as MoCo\'s)', default=0),
-        embedding=Param(OneOf(['auto', 'projection', 'features']), 'online_ssl: what the '
+        embedding=Param(OneOf(EMBEDDING_KINDS), 'online_ssl: what the '
                         'teacher gives (auto: its projection head if it has one, else its '
                         'pooled features)', default='auto'),
         knn_k=Param(And(int, InRange(min=1)), 'k-NN evaluation: neighbours', default=20),
@@ -247,6 +247,14 @@ def check(opts: dict) -> None:
                           f"--training.epochs={t['epochs']}")
     mode = MODES[t['mode']]  # the class: its facts, nothing loaded
     check_sections(opts, t['mode'], mode)
+    if 'ssl' in mode.sections:
+        if opts['fkd']['temperature'] != PARAMS['fkd'][1]['temperature'].default:
+            raise OptionError(f"--fkd.temperature={opts['fkd']['temperature']}: the "
+                              f"self-supervised loss takes tau from --ssl.temperature")
+        if not mode.needs_teacher and opts['ssl']['embedding'] != 'auto':
+            raise OptionError(f"--ssl.embedding={opts['ssl']['embedding']}: {t['mode']} mode "
+                              f"replays the embeddings the records store (chosen when labelling, "
+                              f"--labels.embedding); the option is online_ssl's")
     if mode.starts_from_weights and not weights:
         raise OptionError(f"{t['mode']} mode starts the student from weights: give "
                           f"--model.weights (a final_weights.pt, torchvision or timm "
@@ -319,13 +327,20 @@ def read_manifest(beton_path: str) -> dict:
 def records_missing(mode: str, path: str, field_names, field: str) -> str:
     """The message for a mode that replays crop records (of `field`) and a beton that has
     none."""
+    fields = ', '.join(field_names)
     if field == EMBEDDING_FIELD:
+        held = ("; it holds soft labels, for the fkd and meal_v2 modes"
+                if CLASSES_FIELD in field_names else "")
         return (f"{mode} mode needs crop records with teacher embeddings, and {path} has none "
-                f"(fields: {', '.join(field_names)}); label it with write_dataset.py "
+                f"(fields: {fields}){held}; label it with write_dataset.py "
                 f"--labels.teacher=... --labels.embedding=auto, or use "
                 f"--training.mode=online_ssl")
+    if EMBEDDING_FIELD in field_names:
+        return (f"{mode} mode needs crop records with soft labels, and {path} holds teacher "
+                f"embeddings instead (fields: {fields}): train it with --training.mode=ssl, "
+                f"or label the images again with soft labels")
     return (f"{mode} mode needs crop records with soft labels, and {path} has none (fields: "
-            f"{', '.join(field_names)}); label it with write_dataset.py --labels.teacher=... "
+            f"{fields}); label it with write_dataset.py --labels.teacher=... "
             f"or use --training.mode=plain")
 
 
@@ -348,6 +363,10 @@ def check_writing(data: dict, write: dict, labels: dict) -> None:
     if labels.get('embedding') and labels['label_type']:
         raise OptionError(f"--labels.label_type={labels['label_type']} is a soft-label type; "
                           f"--labels.embedding stores embeddings, not soft labels")
+    if labels.get('embedding') and labels.get('temperature', 1.0) != 1.0:
+        raise OptionError(f"--labels.temperature={labels['temperature']}: embeddings are "
+                          f"stored as they are; the self-supervised loss applies "
+                          f"--ssl.temperature when training")
     if labels['scale_min'] and not labels['scale_max']:
         raise OptionError(f"--labels.scale_min={labels['scale_min']} needs --labels.scale_max "
                           f"(0 keeps FKD's default range)")

@@ -12,9 +12,10 @@ is centre-cropped, embedded once and L2-normalised, then
   without affine, as MAE's probe), so one learning rate suits any backbone.
 
 The probe trains on fixed centre-crop features, not on augmented crops through the frozen
-network as S2-BNN's 100-epoch probe does: seconds instead of a training run, and a few points
-lower on ImageNet (docs/training.md). The trainer runs both at each validation of an `ssl` run;
-`fkd-probe` runs them on any export or teacher spec.
+network as S2-BNN's 100-epoch probe does: seconds on the demo data and minutes on ImageNet
+instead of a training run (how its top-1 compares there is not measured). The trainer runs
+both at each validation of an `ssl` or `online_ssl` run; `fkd-probe` runs them on any export or
+teacher spec.
 """
 from __future__ import annotations
 

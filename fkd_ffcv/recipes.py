@@ -85,7 +85,8 @@ def label_as_demo(train_beton: Path, teacher_files, out: Path, records: int,
         return labelled
     files = teacher_files if isinstance(teacher_files, (list, tuple)) else [teacher_files]
     data = recipe('plain')['data']
-    settings = LabelingSettings(num_records=records, label_type=DEMO_LABEL_TYPE,
+    settings = LabelingSettings(num_records=records,
+                                label_type='' if embedding else DEMO_LABEL_TYPE,
                                 scale=(data['crop_scale_min'], data['crop_scale_max']),
                                 batch_size=512)
     tag = '' if name == 'fashion_mnist_train_fkd.beton' else f'{labelled.stem}.'

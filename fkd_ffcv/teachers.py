@@ -174,8 +174,9 @@ def _moco_model(spec: str):
     import torchvision
     from .embeddings import ProjectionHead
     arch, _, checkpoint = spec[len('moco:'):].partition(':')
-    if arch not in torchvision.models.list_models(torchvision.models):
-        raise ValueError(f"{spec}: unknown torchvision architecture {arch!r} (moco:<arch>:<file>)")
+    if arch not in torchvision.models.list_models(torchvision.models) or not checkpoint:
+        raise ValueError(f"{spec}: give moco:<torchvision arch>:<checkpoint file> (arch "
+                         f"{arch!r}, file {checkpoint!r})")
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
     saved = load_data(checkpoint)
@@ -200,7 +201,7 @@ def _moco_model(spec: str):
                          f"unexpected {extra[:4]}, other shapes {shapes[:4]} ({len(missing)}, "
                          f"{len(extra)} and {len(shapes)} in all, under {prefix})")
     model.load_state_dict(state)
-    return model, Preprocess()
+    return model, Preprocess(interpolation='bilinear')  # MoCo's crops: torchvision's default
 
 
 def load_member(spec: str) -> Tuple[torch.nn.Module, Preprocess]:
@@ -349,8 +350,8 @@ class Teacher:
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, 3, H, W) on the teacher's device -> float32 probabilities (B, C),
-        or unit embeddings (B, D), there; images of another size are resized to the teacher's input size first (online
-        distillation feeds it the student's crops)."""
+        or unit embeddings (B, D), there; images of another size are resized to the teacher's
+        input size first (online distillation feeds it the student's crops)."""
         x = images.float().contiguous(memory_format=torch.channels_last)
         if x.shape[-2:] != (self.input_size, self.input_size):
             mode = self.interpolation  # bilinear, bicubic or area: torch's names too

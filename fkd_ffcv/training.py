@@ -449,8 +449,9 @@ class Trainer:
             raise TrainingError(f"{path} is neither a checkpoint.pt nor a final_weights.pt")
         if 'embedding' in state or not MODES[state.get('options', {}).get(
                 'training', {}).get('mode', 'plain')].reads_labels:
+            export = path if 'arch' in state else path.with_name('final_weights.pt')
             raise TrainingError(f"{path} holds an embedding model (ssl mode) without a "
-                                f"classifier; measure it with fkd-probe {path} "
+                                f"classifier; measure its export with fkd-probe {export} "
                                 f"<train beton> <val beton>")
         data, v = self.opts['data'], self.opts['validation']
         classes = Beton(data['val_dataset']).classes

@@ -27,7 +27,8 @@ def test_the_wheel_installs_commands_and_carries_the_demos_recipes(wheel):
         assert f'fkd_ffcv/small_configs/fashion_mnist_{name}.yaml' in names
     for command in ('fkd-write = fkd_ffcv.cli:write', 'fkd-train = fkd_ffcv.cli:train',
                     'fkd-eval-teacher = fkd_ffcv.cli:eval_teacher',
-                    'fkd-probe = fkd_ffcv.cli:probe', 'fkd-inspect = fkd_ffcv.inspect:main', 'fkd-demo = fkd_ffcv.demo:command'):
+                    'fkd-probe = fkd_ffcv.cli:probe', 'fkd-inspect = fkd_ffcv.inspect:main',
+                    'fkd-demo = fkd_ffcv.demo:command'):
         assert command in entry_points
 
 

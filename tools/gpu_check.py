@@ -9,7 +9,7 @@ Steps:
             on the device, in fp32 (records precision and device in the manifest)
   train     plain, online KD (a timm teacher, random weights from a file), FKD (ResNet with
             torch.compile, progressive resizing: a static graph per side), FKD with a timm
-            ViT student and online self-supervised distillation (the probes on the device),
+            ViT student, self-supervised FKD stored and online (the probes on the device),
             about 50 steps each, auto precision (bf16 on the GPU),
             channels-last; timm is imported with huggingface_hub unimportable, as on a GPU
             machine without it (and, where a bundle was built, from the bundle)
@@ -203,7 +203,8 @@ def sizes_of(args) -> dict:
 def data_paths(args) -> dict:
     folder = args.work / 'data'  # the names benchmarks/timing_table.py looks for
     return {'train': folder / 'train.beton', 'val': folder / 'val.beton',
-            'labelled': folder / 'train_fkd.beton', 'teacher': folder / 'teacher.pt',
+            'labelled': folder / 'train_fkd.beton', 'embedded': folder / 'train_ssl.beton',
+            'teacher': folder / 'teacher.pt',
             'folder': folder}
 
 
@@ -245,6 +246,11 @@ def step_data(args) -> None:
     label_seconds = time.perf_counter() - t0
     info = Beton(paths['labelled']).manifest['soft_labels']['teacher']
     assert (info['precision'], info['device']) == ('fp32', torch.device(device).type), info
+    # the same teacher's pooled features as embeddings, for the ssl run
+    label_beton(paths['train'], paths['embedded'],
+                Teacher(teacher_spec(args), device=device, embedding='features'),
+                LabelingSettings(num_records=s['records'], label_type=''),
+                paths['folder'] / 'embedding', progress=False)
     crops = s['train'] * s['records']
     done(f"{s['train']} + {s['val']} images written in {write_seconds:.0f} s; {crops} crops "
          f"labelled by {teacher_spec(args).split(':')[0]} on {device} in fp32 in "
@@ -254,10 +260,11 @@ def step_data(args) -> None:
 def run_options(args, mode: str, folder: Path, **extra) -> dict:
     """The options of a check run, as {'section.key': value}."""
     s, paths = sizes_of(args), data_paths(args)
-    k = s['k'] if mode == 'fkd' else 1
-    return {'data.train_dataset': str(paths['labelled'] if mode == 'fkd' else paths['train']),
+    records = {'fkd': paths['labelled'], 'ssl': paths['embedded']}.get(mode)
+    k = s['k'] if records else 1
+    return {'data.train_dataset': str(records or paths['train']),
             'data.val_dataset': str(paths['val']), **s['arch'], 'training.mode': mode,
-            'fkd.num_crops': k, 'training.epochs': 2 * k if mode == 'fkd' else
+            'fkd.num_crops': k, 'training.epochs': 2 * k if records else
             s['plain_epochs'], 'training.batch_size': s['batch'],
             'training.precision': 'auto', 'lr.lr': 0.1, 'lr.peak_epoch': 1.0,
             'resolution.min_res': s['min_res'], 'resolution.max_res': s['max_res'],
@@ -301,7 +308,10 @@ def step_train(args) -> None:
                               ('fkd', 'fkd', {'training.compile': True}),
                               ('fkd_timm', 'fkd', {**s['timm_student'], 'lr.lr': 1e-3,
                                                    'training.optimizer': 'adamw'}),
-                              # self-supervised: the teacher's embeddings, the probes on the GPU
+                              # self-supervised: stored embeddings (int8 records to the GPU),
+                              # the teacher online, the probes on the GPU
+                              ('ssl', 'ssl', {'ssl.probe_epochs': 10,
+                                              'training.optimizer': 'adamw', 'lr.lr': 1e-3}),
                               ('online_ssl', 'online_ssl', {
                                   'fkd.teacher': teacher_spec(args), 'ssl.probe_epochs': 10,
                                   'training.optimizer': 'adamw', 'lr.lr': 1e-3})):
