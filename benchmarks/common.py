@@ -49,6 +49,14 @@ SIDE = 224             # output side of the loader benchmarks
 IMAGES_PER_BATCH = 64  # images decoded per batch, on every path of the loader benchmarks
 
 
+def report(text: str, out=None) -> None:
+    """Print a benchmark's table and, given a path `out`, write it there too."""
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + '\n')
+
+
 # ------------------------------------------------------------------------- other revisions
 
 def extract_revision(revision: str, paths: list, folder: Path) -> Path:

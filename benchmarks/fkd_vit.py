@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import versions
+from benchmarks.common import report, versions
 from fkd_ffcv.devices import machine, precision_of
 from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
 
@@ -83,10 +83,7 @@ def main():
         lines.append(f"| {row} | {statistics.mean(top1):.2%} | {min(top1):.2%} - "
                      f"{max(top1):.2%} | {statistics.mean(s['train_seconds'] for s in summaries):.0f}"
                      f" | {statistics.mean(s['crops_per_s'] for s in summaries):.0f} |")
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + '\n')
+    report('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':

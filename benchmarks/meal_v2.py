@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import versions
+from benchmarks.common import report, versions
 from fkd_ffcv.devices import machine, precision_of
 from fkd_ffcv.options import options
 from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
@@ -125,10 +125,7 @@ def main():
         summary['folder'] = str(folder)  # where it is now (a reused run may have moved)
         results[row].append(summary)
     start_top1 = load_start(results)
-    text = table(args, results, start_top1, second_summary, labelled, started)
-    print(text)
-    if args.out:
-        args.out.write_text(text + '\n')
+    report(table(args, results, start_top1, second_summary, labelled, started), args.out)
 
 
 def load_start(results: dict):

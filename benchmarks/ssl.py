@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import versions
+from benchmarks.common import report, versions
 from fkd_ffcv.devices import machine, precision_of
 from fkd_ffcv.probes import evaluate
 from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
@@ -127,11 +127,7 @@ def main():
               f"{(time.perf_counter() - started) / 60:.0f} min (runs reused from an earlier "
               f"invocation count as 0).", '',
               f"{machine()}; precision {precision}; {versions('torch', 'ffcv')}."]
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + '\n')
+    report('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':

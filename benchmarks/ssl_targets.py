@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import versions
+from benchmarks.common import report, versions
 from fkd_ffcv.devices import machine
 from fkd_ffcv.embeddings import decode, encode
 from fkd_ffcv.loaders import eval_loader
@@ -105,11 +105,7 @@ def main():
                 ([f"{cos.mean():.6f}", f"{cos.min():.6f}"] if cos is not None else ['-', '-'])
             lines.append(f"| {name} | {size} | {' | '.join(cells)} |")
     lines += ['', f"{machine()}; {versions('torch')}."]
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + '\n')
+    report('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':

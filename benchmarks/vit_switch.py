@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, extract_revision, versions
+from benchmarks.common import REPO, extract_revision, report, versions
 from fkd_ffcv.devices import machine
 from fkd_ffcv.recipes import fashion_mnist_betons
 
@@ -95,9 +95,7 @@ def main():
         f"Machine: {machine()}; {versions('torch', 'timm')}", '',
         '| student | top-1 | training s | crops/s | precision |', '|---|---|---|---|---|',
         *rows])
-    print(table)
-    if args.out:
-        args.out.write_text(table + '\n')
+    report(table, args.out)
 
 
 if __name__ == '__main__':
