@@ -63,7 +63,8 @@ def embedding_sets(demo: Path) -> list:
     val = demo / 'fashion_mnist_val.beton'
     teacher = Teacher(f"checkpoint:{demo / 'runs' / 'teacher' / 'final_weights.pt'}",
                       embedding='features')
-    crops = [images for images, _ in eval_loader(val, 500, teacher.input_size, 1.0)]
+    crops = [images.clone()  # the loader reuses its batch buffers
+             for images, _ in eval_loader(val, 500, teacher.input_size, 1.0)]
     features = torch.cat([teacher.forward(images) for images in crops]).double()
     out = [(f"the demo teacher's pooled features ({teacher.dim}-d, non-negative)", features)]
     student = demo / 'ssl' / 'runs' / 'ssl_k4_seed0' / 'final_weights.pt'

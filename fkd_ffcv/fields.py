@@ -20,9 +20,10 @@ from .defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD,
                        IMAGE_FIELD, LABEL_FIELD, PATH_FIELD, SMART_THRESHOLD, WRITE_MODES)
 
 # The names are defined in defaults.py, where options.py reads them without loading ffcv.
-RECORD_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD)
+SOFT_LABEL_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)  # soft_label_fields
+RECORD_FIELDS = SOFT_LABEL_FIELDS + (EMBEDDING_FIELD,)  # every field a crop record may have
 __all__ = ['IMAGE_FIELD', 'LABEL_FIELD', 'PATH_FIELD', 'BOXES_FIELD', 'FLAGS_FIELD',
-           'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'RECORD_FIELDS', 'MAX_NAME_LENGTH',
+           'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'SOFT_LABEL_FIELDS', 'RECORD_FIELDS', 'MAX_NAME_LENGTH',
            'CUSTOM_TYPE_ID', 'image_fields', 'soft_label_fields', 'embedding_fields',
            'check_field_names', 'pointer_columns', 'Descriptor', 'descriptor_of', 'VerbatimValue',
            'VerbatimField']

@@ -251,7 +251,7 @@ def start_from(model: nn.Module, path, new_head: bool = True) -> list:
     own = model.state_dict()
     head = classifier_name(model) if new_head else None
     new = []  # the model's head tensors, where the export's is a projection head
-    if isinstance(saved, dict) and 'embedding' in saved and head is not None:
+    if is_ssl_export(saved) and head is not None:
         state = {k: v for k, v in state.items() if not k.startswith(head + '.')}
         new = [k for k in own if k.startswith(head + '.')]
     missing = [k for k in own if k not in state and k not in new]
@@ -269,6 +269,12 @@ def start_from(model: nn.Module, path, new_head: bool = True) -> list:
     return fresh + new
 
 
+def is_ssl_export(saved) -> bool:
+    """Whether a loaded file is an ssl-mode export (save_weights with a projection head)."""
+    return isinstance(saved, dict) and 'arch' in saved and isinstance(saved.get('embedding'),
+                                                                      dict)
+
+
 def check_start(path, classes, options: dict) -> None:
     """Raise ValueError unless an export (a save_weights file) in `path` was trained on
     `classes`, in that order, with the architecture, BlurPool and stem of `options`
@@ -278,6 +284,9 @@ def check_start(path, classes, options: dict) -> None:
     classifier's shapes show (start_from, or timm's student builder, names them)."""
     from .files import load_data
     saved = load_data(path)
+    if is_ssl_export(saved):
+        raise ValueError(f"{path} is an ssl export: a backbone with a projection head and no "
+                         f"classifier to start from (fine-tune it in another mode first)")
     if not isinstance(saved, dict) or not {'arch', 'classes'} <= saved.keys():
         return
     if len(saved['classes']) == len(classes) and list(saved['classes']) != list(classes):
@@ -306,14 +315,19 @@ def build_model(arch: str, num_classes: int, *, small_input: bool = False, width
     own) and `drop_path` go to timm models, `image_size` and `drop_path` to SReT. A builder
     takes (arch, num_classes, **these options) and uses the ones it needs."""
     build = MODELS[arch]
+    if weights and getattr(build, 'loads_weights', False):
+        from .files import load_data
+        if is_ssl_export(load_data(weights)):
+            raise ValueError(f"{weights} is an ssl export; {arch} loads weights through its own "
+                             f"loader, which cannot take a projection head's backbone")
     model = build(arch, num_classes, small_input=small_input, width=width, depth=depth,
                   patch_size=patch_size, image_size=image_size, drop_path=drop_path,
                   weights=weights, new_head=new_head)
     if weights and not getattr(build, 'loads_weights', False):
         fresh = start_from(model, weights, new_head)  # plain names: before any BlurPool wrapper
         if fresh:
-            print(f"note: started from {weights}; new (shapes differ): {', '.join(fresh)}",
-                  file=sys.stderr)
+            print(f"note: started from {weights}; new (other shapes, or in place of a "
+                  f"projection head): {', '.join(fresh)}", file=sys.stderr)
     blurpool = blurpool and takes_blurpool(arch)
     if blurpool and not MODELS.registered(arch):
         print(f"note: --model.blurpool adds low-pass filters that {arch}'s weights were not "

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .devices import autocast_dtype, local_device, resolve_backend, resolve_precision
 from .mixing import mix
 from .models import (build_model, check_arch, check_start, classifier_name,
-                     input_normalisation, saved_options, takes_blurpool, unwrap)
+                     input_normalisation, is_ssl_export, saved_options, takes_blurpool, unwrap)
 from .modes import MODES
 from .errors import OptionError, TrainingError
 from .files import load_data
@@ -447,7 +447,7 @@ class Trainer:
             raise TrainingError(str(e)) from None
         if not isinstance(state, dict) or not {'classes', 'model'} <= state.keys():
             raise TrainingError(f"{path} is neither a checkpoint.pt nor a final_weights.pt")
-        if 'embedding' in state or not MODES[state.get('options', {}).get(
+        if is_ssl_export(state) or not MODES[state.get('options', {}).get(
                 'training', {}).get('mode', 'plain')].reads_labels:
             export = path if 'arch' in state else path.with_name('final_weights.pt')
             raise TrainingError(f"{path} holds an embedding model (ssl mode) without a "

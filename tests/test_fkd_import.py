@@ -8,7 +8,7 @@ import torch
 
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import BOX_UNITS
-from fkd_ffcv.fields import RECORD_FIELDS
+from fkd_ffcv.fields import SOFT_LABEL_FIELDS
 from fkd_ffcv.fkd_import import fkd_label_path, import_fkd_labels, read_fkd_file
 from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
 from fkd_ffcv.writer import BadSample, WriteError
@@ -57,7 +57,7 @@ def test_import_reproduces_the_records(images, tmp_path):
     info = beton.manifest['soft_labels']
     assert info['label_type'] == f'marginal_smoothing_k{K}' and info['num_records'] == N
     for i, (coords, flips, labels) in enumerate(states):
-        read = {n: np.array(beton.array(n, i)) for n in RECORD_FIELDS}
+        read = {n: np.array(beton.array(n, i)) for n in SOFT_LABEL_FIELDS}
         assert np.array_equal(read['fkd_boxes'], np.round(coords.astype(np.float64) * BOX_UNITS))
         assert np.array_equal(read['fkd_flags'] & FLAG_FLIP, flips)
         assert np.array_equal(read['fkd_classes'], labels[:, 0])

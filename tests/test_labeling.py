@@ -10,7 +10,7 @@ from conftest import write_tree
 from fkd_ffcv import labeling
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import cut_crops, sample_records
-from fkd_ffcv.fields import RECORD_FIELDS, image_fields
+from fkd_ffcv.fields import SOFT_LABEL_FIELDS, image_fields
 from fkd_ffcv.labeling import LabelingSettings, label_beton
 from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
 from fkd_ffcv.sources import ImageFolderSource
@@ -22,7 +22,7 @@ SETTINGS = LabelingSettings(num_records=6, label_type='marginal_smoothing_k2', c
 
 
 def records(beton, i):
-    return {name: np.array(beton.array(name, i)) for name in RECORD_FIELDS if name in beton.fields}
+    return {name: np.array(beton.array(name, i)) for name in SOFT_LABEL_FIELDS}
 
 
 @pytest.fixture(scope='module')

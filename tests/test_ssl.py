@@ -24,6 +24,7 @@ from fkd_ffcv.fields import EMBEDDING_FIELD, FLAGS_FIELD, LABEL_FIELD
 from fkd_ffcv.labeling import LabelingSettings, label_beton
 from fkd_ffcv.loaders import EmbeddingLoader
 from fkd_ffcv.models import build_model, load_weights
+from fkd_ffcv import probes
 from fkd_ffcv.probes import embed, knn_top1, linear_probe
 from fkd_ffcv.teachers import Teacher
 from fkd_ffcv.training import Trainer
@@ -129,6 +130,9 @@ def test_the_ssl_student_trains_logs_the_probes_and_exports_its_head(ssl_data, s
                           weights=str(folder / 'final_weights.pt'))
     assert isinstance(student.fc, torch.nn.Linear) and student.fc.out_features == 10
     assert torch.equal(student.stem[0].weight, model.stem[0].weight)
+    from fkd_ffcv.models import check_start  # MEAL V2 must start from a classifier
+    with pytest.raises(ValueError, match='is an ssl export: a backbone with a projection head'):
+        check_start(folder / 'final_weights.pt', classes, {'arch': 'small_resnet'})
 
 
 def test_the_ssl_mode_reads_no_labels(ssl_data, ssl_run, tmp_path):
@@ -205,6 +209,22 @@ def test_embedded_features_keep_each_images_label(ssl_data):
     assert features.shape == (300, 3) and np.array_equal(labels.numpy(), stored)
 
 
+def test_gathered_rows_come_back_in_sample_order(monkeypatch):
+    """Rank r embeds samples r, r + W, ...; the gather puts every row back in its place."""
+    total, world = 7, 2
+    shards = [torch.arange(r, total, world) * 10 for r in range(world)]
+
+    def all_gather(parts, padded):  # what every rank receives: each rank's padded shard
+        for part, shard in zip(parts, shards):
+            part.zero_()
+            part[:len(shard)] = shard
+
+    monkeypatch.setattr(probes.dist, 'all_gather', all_gather)
+    for rank in range(world):
+        assert torch.equal(probes.gather_rows(shards[rank], total, rank, world),
+                           torch.arange(total) * 10)
+
+
 def test_knn_and_probe_on_a_known_case():
     torch.manual_seed(0)
     centres = F.normalize(torch.randn(3, 16), dim=1)
@@ -237,7 +257,7 @@ def test_the_loss_and_the_stored_form():
     stored = encode(t)
     assert stored.dtype == torch.int8 and stored.abs().amax(1).eq(127).all()
     assert ((decode(stored) * F.normalize(t, dim=1)).sum(1) > 0.9999).all()
-    with pytest.raises(ValueError, match='all-zero'):
+    with pytest.raises(ValueError, match='all zero, NaN or Inf'):
         encode(torch.zeros(2, 8))
 
 
@@ -385,8 +405,9 @@ def test_two_process_ssl_run_gathers_every_image_for_the_probes(ssl_data, tmp_pa
                              '--training.weight_decay=0', '--ssl.probe_epochs=5')
     log = read_log(folder)
     assert result.stdout.count('k-NN top-1') == 1  # rank 0 reports
-    # the ranks' features, gathered, give what one process measures on the export: a wrong
-    # interleave of the shards would pair features with other images' labels
+    assert log[-1]['val_images'] == 300
+    # the ranks' features, gathered, give what one process measures on the export (the ranks
+    # share averaged BatchNorm statistics before validating, so they embed with the export's)
     out = io.StringIO()
     with redirect_stdout(out):
         assert cli.probe([str(folder / 'final_weights.pt'), str(train), str(val),

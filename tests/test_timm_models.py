@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from conftest import write_tree
 from fkd_ffcv.beton import Beton
 from fkd_ffcv.crops import cut_crops
-from fkd_ffcv.fields import RECORD_FIELDS
+from fkd_ffcv.fields import SOFT_LABEL_FIELDS
 from fkd_ffcv.labeling import LabelingSettings, label_beton
 from fkd_ffcv.models import build_model, load_weights, save_weights
 from fkd_ffcv.soft_labels import FLAG_FLIP
@@ -71,7 +71,7 @@ def test_a_timm_teacher_labels_a_beton(image_tree, checkpoints, tmp_path):
     beton = Beton(tmp_path / 'labelled.beton')
     assert beton.manifest['soft_labels']['teacher']['input_size'] == 160
     for i in (0, 5):
-        rec = {name: np.array(beton.array(name, i)) for name in RECORD_FIELDS}
+        rec = {name: np.array(beton.array(name, i)) for name in SOFT_LABEL_FIELDS}
         # the recorded box, resized to 160 px with the model's own (bilinear) interpolation
         crops = cut_crops(beton.image(i), rec['fkd_boxes'], rec['fkd_flags'] & FLAG_FLIP > 0,
                           160, 'bilinear')

@@ -54,7 +54,7 @@ SIZES = {
                               'resolution.round_to': 16}, timm_teacher='resnet50.a1_in1k',
                 batch=256, k=4, min_res=160, max_res=192, val_res=224, val_ratio=224 / 256,
                 plain_epochs=6, budget=480,
-                caps={'data': 60, 'train': 230, 'resume': 100, 'torchrun': 80}),
+                caps={'data': 75, 'train': 270, 'resume': 100, 'torchrun': 80}),
     # CPU: about 100 s on 2 cores. The budget only decides the timing step (which it leaves
     # out); the caps only catch hangs. One side: inductor's C++ backend crashes on some CPU
     # backward graphs at other sides (docs/gpu.md).
@@ -64,7 +64,7 @@ SIZES = {
                 timm_teacher='test_resnet',
                 batch=32, k=2, min_res=32, max_res=32, val_res=32, val_ratio=1.0,
                 plain_epochs=2, budget=200,
-                caps={'data': 60, 'train': 100, 'resume': 90, 'torchrun': 70}),
+                caps={'data': 75, 'train': 140, 'resume': 90, 'torchrun': 70}),
 }
 
 
