@@ -23,8 +23,8 @@ from .defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD,
 SOFT_LABEL_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)  # soft_label_fields
 RECORD_FIELDS = SOFT_LABEL_FIELDS + (EMBEDDING_FIELD,)  # every field a crop record may have
 __all__ = ['IMAGE_FIELD', 'LABEL_FIELD', 'PATH_FIELD', 'BOXES_FIELD', 'FLAGS_FIELD',
-           'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'SOFT_LABEL_FIELDS', 'RECORD_FIELDS', 'MAX_NAME_LENGTH',
-           'CUSTOM_TYPE_ID', 'image_fields', 'soft_label_fields', 'embedding_fields',
+           'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'SOFT_LABEL_FIELDS', 'RECORD_FIELDS',
+           'MAX_NAME_LENGTH', 'CUSTOM_TYPE_ID', 'image_fields', 'soft_label_fields', 'embedding_fields',
            'check_field_names', 'pointer_columns', 'Descriptor', 'descriptor_of', 'VerbatimValue',
            'VerbatimField']
 MAX_NAME_LENGTH = 16  # FieldDescType['name'] is 16 bytes
