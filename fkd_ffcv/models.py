@@ -326,8 +326,8 @@ def build_model(arch: str, num_classes: int, *, small_input: bool = False, width
     if weights and not getattr(build, 'loads_weights', False):
         fresh = start_from(model, weights, new_head)  # plain names: before any BlurPool wrapper
         if fresh:
-            print(f"note: started from {weights}; new (other shapes, or in place of a "
-                  f"projection head): {', '.join(fresh)}", file=sys.stderr)
+            print(f"note: started from {weights}; new (shapes differ): {', '.join(fresh)}",
+                  file=sys.stderr)
     blurpool = blurpool and takes_blurpool(arch)
     if blurpool and not MODELS.registered(arch):
         print(f"note: --model.blurpool adds low-pass filters that {arch}'s weights were not "
