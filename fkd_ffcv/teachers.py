@@ -13,9 +13,9 @@ A teacher is named by a spec string:
   file (.pth/.pt/.safetensors; never downloaded), fed as timm's pretrained configuration for
   that name and tag says (input size, interpolation, mean, std); deprecated names such as
   `tf_efficientnet_l2_ns_475` or `gluon_senet154` are resolved to their current ones;
-- `moco:<arch>:<checkpoint>`: a MoCo (v1/v2) checkpoint of a torchvision ResNet: the query
-  encoder (`module.encoder_q.*`) with its projection head, loaded strictly; an embedding
-  teacher (self-supervised FKD, embeddings.py);
+- `moco:<arch>:<checkpoint>`: a MoCo v2 checkpoint of a torchvision ResNet: the query encoder
+  (`module.encoder_q.*`) with its projection head, loaded strictly; an embedding teacher
+  (self-supervised FKD, embeddings.py);
 - `<module>:<function>`: a Python entry point returning a model, or (model, preprocessing dict)
   with keys input_size, mean, std, interpolation. `fkd_ffcv.teachers:efficientnet_lite0` is one.
 

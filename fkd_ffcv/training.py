@@ -447,8 +447,8 @@ class Trainer:
             raise TrainingError(str(e)) from None
         if not isinstance(state, dict) or not {'classes', 'model'} <= state.keys():
             raise TrainingError(f"{path} is neither a checkpoint.pt nor a final_weights.pt")
-        if is_ssl_export(state) or not MODES[state.get('options', {}).get(
-                'training', {}).get('mode', 'plain')].reads_labels:
+        trained_as = state.get('options', {}).get('training', {}).get('mode')  # a checkpoint's
+        if is_ssl_export(state) or (trained_as in MODES and not MODES[trained_as].reads_labels):
             export = path if 'arch' in state else path.with_name('final_weights.pt')
             raise TrainingError(f"{path} holds an embedding model (ssl mode) without a "
                                 f"classifier; measure its export with fkd-probe {export} "
