@@ -33,7 +33,8 @@ Labelling under `torchrun --no-python fkd-write` splits the images over the rank
 `python write_dataset.py` in a checkout is the same command."""
 
 TRAIN_HELP = r"""Train an image classifier on FFCV betons: FKD (soft labels replayed from the
-beton), plain (hard labels) or online KD (a teacher forward on every batch).
+beton), plain (hard labels), online KD (a teacher forward on every batch), Fast MEAL V2, or a
+self-supervised student from stored teacher embeddings (--training.mode=ssl).
 
     fkd-train --config-file rn50_configs/rn50_fkd_88_epochs.yaml \
         --data.train_dataset=/data/betons/imagenet_train.beton \
@@ -229,8 +230,8 @@ def _declare_writing_sections() -> None:
         out=Param(str, 'output beton (default: replace the labelled one)', default=''),
         teacher=Param(str, 'teacher spec(s), comma-separated for an ensemble: '
                       'checkpoint:<final_weights.pt>, timm:<name>[.<tag>]:<ckpt>, '
-                      'torchvision:<arch>:<ckpt>, torchscript:<file>, <module>:<function>',
-                      default=''),
+                      'torchvision:<arch>:<ckpt>, torchscript:<file>, moco:<arch>:<ckpt> '
+                      '(with --labels.embedding), <module>:<function>', default=''),
         import_root=Param(str, 'FKD soft-label tree (<root>/<split>/<class>/<stem>.tar)',
                           default=''),
         num_records=Param(And(int, InRange(min=0)), 'crop records per image (0: teacher '
@@ -358,7 +359,8 @@ def probe(argv=None) -> int:
     parser.add_argument('--knn-temperature', type=float, default=0.07)
     parser.add_argument('--epochs', type=int, default=100, help='linear probe epochs (0: none)')
     parser.add_argument('--lr', type=float, default=0.1, help='linear probe learning rate')
-    parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--batch-size', type=int, default=256,
+                        help='images per forward while embedding (the probe steps on 256)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
     parser.add_argument('--precision', choices=defaults.TEACHER_PRECISIONS, default='fp32')
@@ -370,10 +372,13 @@ def probe(argv=None) -> int:
             if not os.path.isfile(path):
                 raise OptionError(f"{path}: no such beton file")
         check_teacher_files('model', spec)
-        if args.knn_k < 1 or args.epochs < 0 or args.resolution < 0 or not 0 <= args.ratio <= 1:
-            raise OptionError(f"--knn-k must be positive, --epochs and --resolution at least 0, "
-                              f"--ratio in [0, 1]: {args.knn_k}, {args.epochs}, "
-                              f"{args.resolution}, {args.ratio}")
+        if min(args.knn_k, args.batch_size) < 1 or min(args.epochs, args.resolution) < 0 or \
+                not 0 <= args.ratio <= 1 or args.knn_temperature <= 0 or args.lr < 0:
+            raise OptionError(f"--knn-k and --batch-size must be positive, --epochs, --resolution "
+                              f"and --lr at least 0, --ratio in [0, 1], --knn-temperature above "
+                              f"0: {args.knn_k}, {args.batch_size}, {args.epochs}, "
+                              f"{args.resolution}, {args.lr}, {args.ratio}, "
+                              f"{args.knn_temperature}")
     except OptionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -405,6 +410,9 @@ def probe(argv=None) -> int:
     except (ValueError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing is written; the same command starts again", file=sys.stderr)
+        return 130
     probe_text = (f"  linear-probe top-1 {result['probe_top1']:.2%} (train "
                   f"{result['probe_train_top1']:.2%}, {args.epochs} epochs)"
                   if 'probe_top1' in result else '')

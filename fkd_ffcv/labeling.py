@@ -115,7 +115,7 @@ def run_differences(recorded: dict, run: dict, prefix: str = '') -> list:
 
 
 def _short(value, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
+    text = value if isinstance(value, str) and value else json.dumps(value)
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
@@ -266,6 +266,11 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
               file=sys.stderr)
     if any(name in beton.fields for name in RECORD_FIELDS):
         raise ValueError(already_labelled(beton))
+    if rank == 0 and isinstance(spec, int):  # embedding records grow with D: say how much
+        size = len(beton) * settings.num_records * (9 + spec)
+        print(f"embedding records: {len(beton):,} images x {settings.num_records} records x "
+              f"{9 + spec} B = {size / 2 ** 30:.2f} GiB added to the beton "
+              f"(--labels.num_records sets the records per image)", file=sys.stderr)
     run = {'beton': beton.fingerprint(), 'settings': asdict(settings),
            'teacher': teacher.describe()}
     run = json.loads(json.dumps(run))  # tuples -> lists, as read back from run.json

@@ -360,6 +360,10 @@ def check_writing(data: dict, write: dict, labels: dict) -> None:
     if labels.get('embedding') and not labels['teacher']:
         raise OptionError(f"--labels.embedding={labels['embedding']} stores a teacher's "
                           f"embeddings: give --labels.teacher")
+    if not labels.get('embedding') and any(spec.startswith('moco:')
+                                           for spec in labels['teacher'].split(',')):
+        raise OptionError(f"--labels.teacher={labels['teacher']}: a MoCo checkpoint gives "
+                          f"embeddings, not class scores; add --labels.embedding=auto")
     if labels.get('embedding') and labels['label_type']:
         raise OptionError(f"--labels.label_type={labels['label_type']} is a soft-label type; "
                           f"--labels.embedding stores embeddings, not soft labels")

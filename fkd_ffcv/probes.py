@@ -76,7 +76,11 @@ def embed(forward, path, *, resolution: int, ratio: float, batch_size: int = 256
 def knn_top1(train_features, train_labels, val_features, val_labels, num_classes: int,
              k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> float:
     """Weighted k-NN top-1 of unit features (module docstring)."""
+    if len(train_features) < 1 or len(val_features) < 1:
+        raise ValueError(f"k-NN needs training and validation images: {len(train_features)} "
+                         f"and {len(val_features)}")
     k = min(k, len(train_features))
+    chunk = max(1, min(chunk, 2 ** 28 // len(train_features)))  # similarities: <= 1 GiB at fp32
     right = 0
     for start in range(0, len(val_features), chunk):
         similarity = val_features[start:start + chunk] @ train_features.T
@@ -92,7 +96,12 @@ def linear_probe(train_features, train_labels, val_features, val_labels, num_cla
                  seed: int = 0) -> dict:
     """Train a Linear classifier on standardised frozen features; {'probe_top1' (validation),
     'probe_train_top1'}. Deterministic for a seed."""
-    mean, std = train_features.mean(0), train_features.std(0).clamp(min=1e-6)
+    if len(train_features) < 2 or len(val_features) < 1:
+        raise ValueError(f"the linear probe needs at least 2 training images and 1 validation "
+                         f"image: {len(train_features)} and {len(val_features)}")
+    # BatchNorm's standardisation (eps 1e-6): a column that hardly varies is not blown up
+    mean = train_features.mean(0)
+    std = (train_features.var(0, unbiased=False) + 1e-6).sqrt()
     x, v = (train_features - mean) / std, (val_features - mean) / std
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):

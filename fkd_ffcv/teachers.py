@@ -331,6 +331,9 @@ class Teacher:
         if len(counts) > 1:
             raise ValueError(f"ensemble members disagree on the class count: {sorted(counts)}")
         self.dim = counts.pop()  # classes, or embedding dimensions
+        if embedding and self.dim < 2:
+            raise ValueError(f"teacher {self.specs[0]} gives a {self.dim}-dimensional embedding: "
+                             f"its softmax is constant, there is nothing to learn from it")
         self.num_classes = None if embedding else self.dim
 
     def describe(self) -> dict:

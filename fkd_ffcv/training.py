@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .devices import autocast_dtype, local_device, resolve_backend, resolve_precision
+from .embeddings import projection_of
 from .mixing import mix
 from .models import (build_model, check_arch, check_start, classifier_name,
                      input_normalisation, is_ssl_export, saved_options, takes_blurpool, unwrap)
@@ -171,7 +172,8 @@ class Trainer:
             if name is None:
                 raise TrainingError("--model.head_epochs: the model has no Linear classifier "
                                     "to train on its own")
-            head = {id(p) for p in self.model.get_submodule(name).parameters()}
+            module = projection_of(self.model) or self.model.get_submodule(name)  # ssl: all of it
+            head = {id(p) for p in module.parameters()}
         groups = {}
         own = getattr(self.model, 'no_weight_decay', set)()  # timm: position, class tokens
         for name, p in self.model.named_parameters():

@@ -242,6 +242,14 @@ def test_knn_and_probe_on_a_known_case():
     assert knn_top1(train, torch.tensor([1, 0, 0]), query, torch.tensor([1]), 2, k=3) == 1.0
     assert knn_top1(train, torch.tensor([1, 0, 0]), query, torch.tensor([0]), 2, k=3,
                     temperature=100.0) == 1.0
+    # a column that never varies in training and barely does in validation is not blown up
+    # by the standardisation (a BatchNorm's epsilon, not a clamp of the deviation)
+    flat_train = torch.cat([points, torch.zeros(150, 1)], dim=1)
+    flat_val = torch.cat([val, torch.full((30, 1), 0.01)], dim=1)
+    assert linear_probe(flat_train, labels, flat_val, val_labels, 3, epochs=20)['probe_top1'] \
+        == 1.0
+    with pytest.raises(ValueError, match='at least 2 training images'):
+        linear_probe(points[:1], labels[:1], val, val_labels, 3)
     # labels that features cannot tell apart: near chance
     shuffled = labels[torch.randperm(150)]
     assert linear_probe(points, shuffled, val, val_labels, 3, epochs=20)['probe_top1'] < 0.7
@@ -322,11 +330,19 @@ def test_a_teacher_that_yields_no_embedding_is_named(tmp_path):
         Teacher(f'torchscript:{tmp_path}/t.pt,torchscript:{tmp_path}/t.pt', embedding='auto')
     with pytest.raises(ValueError, match='yields no embedding'):
         feature_model(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), 'that model')
+    with pytest.raises(ValueError, match='1-dimensional embedding: its softmax is constant'):
+        Teacher('test_ssl:one_number', embedding='projection', input_size=32)
 
 
 def feature_maps():
     """An entry point whose output is a feature map, not one vector per image."""
     return torch.nn.Conv2d(3, 4, 3)
+
+
+def one_number():
+    """An entry point whose output is one number per image."""
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(3, 1))
 
 
 def test_dimension_and_record_faults_are_named_before_training(ssl_data, labelled_jpeg_beton,
@@ -392,6 +408,9 @@ def test_writing_options_for_embeddings(tmp_path):
         check_writing(data, {}, {**labels, 'teacher': 'x:y', 'label_type': 'full'})
     with pytest.raises(OptionError, match='--labels.temperature=2.0: embeddings are stored'):
         check_writing(data, {}, {**labels, 'teacher': 'x:y', 'temperature': 2.0})
+    with pytest.raises(OptionError, match='a MoCo checkpoint gives embeddings, not class '
+                                          'scores; add --labels.embedding=auto'):
+        check_writing(data, {}, {**labels, 'teacher': 'moco:resnet50:m.pth', 'embedding': ''})
     with pytest.raises(ValueError, match='give moco:<torchvision arch>:<checkpoint file>'):
         Teacher('moco:resnet50', embedding='auto')
 
