@@ -11,12 +11,14 @@ recipe's student with a projection head; Adam 2e-3, linear decay, tau 0.2, 16 ep
 
 - FKD-SSL, K = 4 and K = 1 crops per decoded image;
 - online: the teacher embeds the student's random crops on every batch (mode online_ssl);
-- the randomly initialised student (each run's evaluation before its first step);
+- the randomly initialised student (the weights each seed's runs start from);
 - for reference, the plain recipe's supervised student (hard labels, same epochs), and the
   teacher itself, measured the same way.
 
 k-NN (k 20, T 0.07) and the linear probe (100 epochs on standardised features) use the hard
-labels of the training images after training only. Training seconds exclude evaluation.
+labels of the training images after training only; every row is measured the same way, on the
+final export (or the initial weights) with the current probes.py, so a rerun that reuses the
+runs measures them again. Training seconds exclude evaluation.
 Runs are kept under <demo>/ssl and reused by a later invocation (delete them to rerun).
 
     python -m benchmarks.ssl [--demo build/demo] [--seeds 3] [--out docs/tables/ssl_cpu.md]
@@ -46,6 +48,23 @@ def probe(spec: str, train, val, precision: str) -> dict:
     """k-NN and probe top-1 of a model's pooled features, as the ssl runs measure theirs."""
     teacher = Teacher(spec, embedding='features', precision=precision)
     return evaluate(teacher.forward, train, val, 10, resolution=32, ratio=1.0)
+
+
+def initial_weights(folder: Path, seed: int, train) -> Path:
+    """The backbone an ssl run of `seed` starts from (the trainer seeds before building the
+    model; the head it adds after does not change the features), as an export."""
+    import torch
+    from fkd_ffcv.beton import Beton
+    from fkd_ffcv.models import IMAGENET_MEAN, IMAGENET_STD, build_model, save_weights
+    m = recipe('ssl')['model']
+    arch = {'arch': m['arch'], 'width': m['width'], 'depth': m['depth'], 'blurpool': False}
+    classes = Beton(train).classes
+    torch.manual_seed(seed)
+    path = folder / f'initial_seed{seed}.pt'
+    save_weights(path, build_model(num_classes=len(classes), **arch), arch, classes,
+                 {'input_size': 32, 'interpolation': 'area', 'mean': list(IMAGENET_MEAN),
+                  'std': list(IMAGENET_STD)})
+    return path
 
 
 def cell(values, fmt='{:.2%}') -> str:
@@ -88,12 +107,16 @@ def main():
                    if online else {})}))
             summaries.append(summary)
             results.setdefault(name, []).append(summary)
-            if tag == 'ssl_k4':  # the same seed starts every row from the same weights
-                first = json.loads((Path(summary['folder']) / 'log.jsonl').read_text()
-                                   .splitlines()[0])
-                for key in random_init:
-                    random_init[key].append(first[key])
     precision = precision_of(summaries)
+    for name, runs in results.items():
+        for i, summary in enumerate(runs):
+            export = Path(summary['folder']) / 'final_weights.pt'
+            runs[i] = {**summary, **probe(f"checkpoint:{export}", train, val, precision)}
+    for seed in range(args.seeds):  # the same seed starts every row from the same weights
+        start = probe(f"checkpoint:{initial_weights(work / 'runs', seed, train)}", train, val,
+                      precision)
+        for key in random_init:
+            random_init[key].append(start[key])
     plain = []
     for seed in range(args.seeds):
         print(f"plain student, seed {seed}", flush=True)
