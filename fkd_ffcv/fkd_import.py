@@ -163,6 +163,7 @@ def import_fkd_labels(src, dst, root, *, label_type: Optional[str] = None,
     n = num_records or len(coords)
     info = {'label_type': spec.name, 'k': spec.k, 'num_classes': spec.num_classes,
             'num_records': n, 'source': 'fkd-import', 'root': str(root),
+            'crop_resize': 'antialias',  # FKD cut them with torchvision on PIL images
             'bytes_per_record': 9 + spec.record_bytes,
             'extra_files': {'count': len(extra), 'first': extra[:20]}}
     report = copy_beton(beton.path, dst, soft_label_fields(n, spec.k),

@@ -301,6 +301,7 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
                                f"(first: {missing[0]}); rerun to resume them")
         time.sleep(2)
     common = {'num_records': settings.num_records, 'source': 'teacher',
+              'crop_resize': teacher.interpolation,  # loaders warn when they resize otherwise
               'teacher': teacher.describe(), 'settings': asdict(settings)}
     if isinstance(spec, int):
         fields, columns = embedding_fields(settings.num_records, spec), \

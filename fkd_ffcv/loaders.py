@@ -3,15 +3,16 @@ images and labels (the Loader itself, with its buffer and CUDA handling, is ffcv
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import OrderOption
 from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
 from .beton import Beton
+from .defaults import DEFAULT_RESIZE
 from .ffcv_loader import Loader
 from .fields import IMAGE_FIELD, LABEL_FIELD
 
@@ -32,17 +33,22 @@ def only(path, pipelines: dict) -> dict:
 
 def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float = 224 / 256,
                 num_workers: int = -1, device: str = 'cpu', rank: int = 0,
-                world_size: int = 1) -> Loader:
+                world_size: int = 1, resize: str = DEFAULT_RESIZE) -> Loader:
     """Every sample once, in order: centre crop of side `ratio` x the shorter side, resized to
-    `resolution`, as (N, 3, H, W) channels-last uint8, and int64 labels.
+    `resolution` with the filter `resize` (resample.py), as (N, 3, H, W) channels-last uint8,
+    and int64 labels.
 
     With world_size > 1, rank r reads samples r, r + world_size, ...: together the ranks read
     each sample exactly once (FFCV's distributed mode pads the last batch with repeats)."""
     if num_workers < 1:
         num_workers = len(os.sched_getaffinity(0))
+    from ffcv.pipeline import PipelineSpec
+    from .decoders import CenterCropDecoder
     device = torch.device(device)
-    image_pipeline = [CenterCropRGBImageDecoder((resolution, resolution), ratio), ToTensor(),
-                      *_to_device(device), ToTorchImage(channels_last=True)]
+    image_pipeline = PipelineSpec(IMAGE_FIELD, decoder=CenterCropDecoder(resolution, ratio,
+                                                                         resize),
+                                  transforms=[ToTensor(), *_to_device(device),
+                                              ToTorchImage(channels_last=True)])
     label_pipeline = [IntDecoder(), ToTensor(), Squeeze(1), *_to_device(device)]
     pipelines = only(path, {IMAGE_FIELD: image_pipeline, LABEL_FIELD: label_pipeline})
     indices = np.arange(rank, len(Beton(path)), world_size) if world_size > 1 else None
@@ -80,13 +86,28 @@ class _PassLoader:
         return self.loader
 
 
+def warn_if_resized_otherwise(beton: Beton, resize: str) -> None:
+    """Warn when the records' teacher crops were resized with another filter than `resize`:
+    the student then sees its crops' pixels other than the teacher did (the labelling run and
+    fkd-import record theirs as `crop_resize`; older betons as the teacher's interpolation)."""
+    for info in (beton.manifest.get('soft_labels'), beton.manifest.get('embeddings')):
+        recorded = info and (info.get('crop_resize')
+                             or info.get('teacher', {}).get('interpolation'))
+        if recorded and recorded != resize:
+            warnings.warn(f"{beton.path}: its records were labelled on crops resized with "
+                          f"{recorded!r}, and this loader resizes with {resize!r} (--data.resize"
+                          f"): student and teacher see the crops differently resampled",
+                          stacklevel=3)
+
+
 class _RecordLoader(_PassLoader):
     """B images per step, each decoded once, with K recorded crops cut from each
     (MultiCropDecoder), plus the record fields a subclass reads (`target_pipelines`)."""
 
     def __init__(self, path, batch_size: int, num_crops: int, resolution: int = 224,
                  seed: int = 0, num_workers: int = -1, order=OrderOption.RANDOM,
-                 distributed: bool = False, drop_last: bool = True, device='cpu'):
+                 distributed: bool = False, drop_last: bool = True, device='cpu',
+                 resize: str = DEFAULT_RESIZE):
         from ffcv.pipeline import PipelineSpec
         from .decoders import MultiCropDecoder
         if batch_size % num_crops:
@@ -94,7 +115,8 @@ class _RecordLoader(_PassLoader):
                              f"num_crops {num_crops}")
         beton = Beton(path)
         self.num_crops, self.device = num_crops, torch.device(device)
-        self.images = MultiCropDecoder(beton, num_crops, resolution, seed)
+        self.images = MultiCropDecoder(beton, num_crops, resolution, seed, resize)
+        warn_if_resized_otherwise(beton, resize)
         to_device = _to_device(self.device)
         decoders, targets = self.target_pipelines(beton, num_crops, seed, to_device)
         pipelines = only(path, {
@@ -184,10 +206,10 @@ class PlainLoader(_PassLoader):
     def __init__(self, path, batch_size: int, resolution: int = 224, seed: int = 0,
                  num_workers: int = -1, order=OrderOption.RANDOM, distributed: bool = False,
                  drop_last: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 device='cpu', labels: bool = True):
+                 device='cpu', labels: bool = True, resize: str = DEFAULT_RESIZE):
         from ffcv.pipeline import PipelineSpec
         from .decoders import SeededRandomResizedCropDecoder
-        self.images = SeededRandomResizedCropDecoder(resolution, seed, scale, ratio)
+        self.images = SeededRandomResizedCropDecoder(resolution, seed, scale, ratio, resize)
         to_device = _to_device(device)
         pipelines = only(path, {
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,

@@ -384,7 +384,7 @@ class EmbeddingDistillation:
                         probe_lr=s['probe_lr'], seed=trainer.opts['training']['seed'],
                         batch_size=v['batch_size'], num_workers=trainer.workers,
                         device=trainer.device, rank=trainer.rank,
-                        world_size=trainer.world_size)
+                        world_size=trainer.world_size, resize=d['resize'])
 
 
 @MODES.register('ssl')

@@ -16,7 +16,8 @@ from fastargs import Param, Section
 from fastargs.validation import And, Checker, InRange, OneOf
 
 from .config import Flag
-from .defaults import CLASSES_FIELD, EMBEDDING_FIELD, EMBEDDING_KINDS, PRECISIONS
+from .defaults import (CLASSES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD, EMBEDDING_KINDS,
+                       PRECISIONS, RESIZE_FILTERS)
 from .errors import OptionError
 from .modes import MODES
 from .schedules import LR_SCHEDULES
@@ -46,6 +47,11 @@ PARAMS = {
                              'Crop area range (FKD replays the recorded crops)', default=0.08),
         crop_scale_max=Param(And(float, InRange(0, 1)), 'upper bound of that range',
                          default=1.0),
+        resize=Param(OneOf(RESIZE_FILTERS), 'crop resize of the training and validation '
+                     'loaders: antialias (a triangle filter widened on downscales: PIL\'s and '
+                     'torchvision\'s antialiased bilinear), bilinear (OpenCV INTER_LINEAR, '
+                     'aliases on downscales) or area (OpenCV INTER_AREA, stock FFCV\'s; '
+                     'slower)', default=DEFAULT_RESIZE),
     )),
     'model': ('the student', dict(
         arch=Param(str, 'architecture: a name the model registry knows (resnet18/34/50/101, '

@@ -357,8 +357,8 @@ class Teacher:
         input size first (online distillation feeds it the student's crops)."""
         x = images.float().contiguous(memory_format=torch.channels_last)
         if x.shape[-2:] != (self.input_size, self.input_size):
-            mode = self.interpolation  # bilinear, bicubic or area: torch's names too
-            x = torch.nn.functional.interpolate(
+            mode = {'antialias': 'bilinear'}.get(self.interpolation, self.interpolation)
+            x = torch.nn.functional.interpolate(  # torch's names, antialiased but for area
                 x, size=(self.input_size, self.input_size), mode=mode,
                 **({} if mode == 'area' else {'align_corners': False, 'antialias': True}))
             x = x.clamp(0, 255)

@@ -194,7 +194,8 @@ class Trainer:
         # one loader per K the plan uses (each compiles its pipeline once)
         self.train_loaders = {k: self.mode.train_loader(
             self, k, resolution=self.resolution_at(0), seed=t['seed'], num_workers=workers,
-            distributed=self.world_size > 1) for k in sorted(set(self.plan))}
+            distributed=self.world_size > 1, resize=data['resize'])
+            for k in sorted(set(self.plan))}
         for k, loader in self.train_loaders.items():
             if len(loader) < k:
                 images = len(self.train_beton) // self.world_size  # per process
@@ -207,7 +208,7 @@ class Trainer:
         self.first_step = [sum(self.pass_steps[:p]) for p in range(self.passes + 1)]
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
                                       v['ratio'], workers, str(self.device), self.rank,
-                                      self.world_size)
+                                      self.world_size, data['resize'])
 
     def check_shapes(self):
         """Run the student (and the mode's other models) once at every input side the run
@@ -482,7 +483,7 @@ class Trainer:
         self.ema = None
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
                                       v['ratio'], data['num_workers'], str(self.device),
-                                      self.rank, self.world_size)
+                                      self.rank, self.world_size, data['resize'])
         return {'checkpoint': str(path), **self.evaluate()}
 
     # ---------------------------------------------------------------------------- state
@@ -517,7 +518,7 @@ class Trainer:
         return self.folder.export(self.ema if self.ema is not None else self.model,
                                   self.model_options(), self.classes,
                                   {'input_size': self.resolution_at(self.passes - 1),
-                                   'interpolation': 'area', **dict(zip(
+                                   'interpolation': self.opts['data']['resize'], **dict(zip(
                                        ('mean', 'std'), map(list, input_normalisation(
                                            self.model))))},
                                   validation={'resolution': v['resolution'],

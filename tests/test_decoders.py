@@ -1,7 +1,6 @@
 """Multi-crop replay of recorded crops, and the soft labels that go with them."""
 import math
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,6 +11,7 @@ from fkd_ffcv.crops import box_pixels
 from fkd_ffcv.decoders import record_index
 from fkd_ffcv.fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
 from fkd_ffcv.loaders import FKDLoader, OrderOption
+from fkd_ffcv.resample import resize_box
 from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
 
 K = 2
@@ -32,19 +32,22 @@ def labelled(labelled_jpeg_beton):
     return labelled_jpeg_beton
 
 
-def reference(beton, sample, record, size):
-    """The crop the teacher saw, resized with INTER_AREA as the loader does."""
+def reference(beton, sample, record, size, resize):
+    """The record's box and flip on the stored image, through resample.py's Python entry."""
     pixels = beton.image(sample)
-    i, j, h, w = box_pixels(beton.array(BOXES_FIELD, sample)[record], *pixels.shape[:2])
-    crop = cv2.resize(pixels[i:i + h, j:j + w], (size, size), interpolation=cv2.INTER_AREA)
-    return crop[:, ::-1] if beton.array(FLAGS_FIELD, sample)[record] & FLAG_FLIP else crop
+    box = box_pixels(beton.array(BOXES_FIELD, sample)[record], *pixels.shape[:2])
+    flip = bool(beton.array(FLAGS_FIELD, sample)[record] & FLAG_FLIP)
+    return resize_box(pixels, box, size, resize, flip)
 
 
-@pytest.mark.parametrize('images_per_batch', [5, 1])  # 1: fewer images than threads
-def test_crops_and_labels_replay_the_records(labelled, images_per_batch):
+# 1 image per batch: fewer images than threads; area: FFCV's C resize, the other branch
+@pytest.mark.parametrize('images_per_batch, resize', [(5, 'antialias'), (1, 'area')])
+def test_crops_and_labels_replay_the_records(labelled, images_per_batch, resize):
     beton = Beton(labelled)
-    loader = FKDLoader(labelled, batch_size=images_per_batch * K, num_crops=K, resolution=24,
-                       num_workers=2, order=OrderOption.SEQUENTIAL, drop_last=False)
+    with pytest.warns(UserWarning, match="resized with 'bicubic'"):  # the records' teacher's
+        loader = FKDLoader(labelled, batch_size=images_per_batch * K, num_crops=K,
+                           resolution=24, num_workers=2, order=OrderOption.SEQUENTIAL,
+                           drop_last=False, resize=resize)
     for p, size in enumerate((24, 16)):  # progressive resizing between passes
         loader.set_resolution(size)
         batches = [[x.clone() for x in batch] for batch in loader]  # slots are reused
@@ -60,7 +63,7 @@ def test_crops_and_labels_replay_the_records(labelled, images_per_batch):
                 r = record_index(0, p * K, sample, slot, N)
                 row = sample * K + slot
                 got = images[row].permute(1, 2, 0).numpy()
-                assert np.abs(got.astype(int) - reference(beton, sample, r, size)).max() <= 1
+                assert np.array_equal(got, reference(beton, sample, r, size, resize))
                 assert classes[row].tolist() == beton.array(CLASSES_FIELD, sample)[r].tolist()
                 stored = decode_probs(torch.from_numpy(beton.array(CODES_FIELD, sample)[r:r + 1]),
                                       torch.tensor([bool(beton.array(FLAGS_FIELD, sample)[r]
@@ -81,7 +84,7 @@ def test_a_one_crop_pass_continues_the_draws_where_it_starts(labelled):
         r = record_index(0, 5, sample, 0, N)
         assert r == record_index(0, 4, sample, 1, N)
         got = images[sample].permute(1, 2, 0).numpy()
-        assert np.abs(got.astype(int) - reference(beton, sample, r, 16)).max() <= 1
+        assert np.array_equal(got, reference(beton, sample, r, 16, 'antialias'))
 
 
 def test_batch_size_counts_crops(labelled):
