@@ -4,10 +4,11 @@ original data path and interleaved timing.
 - machine(), versions(): the line that names where a table was measured. Top-1 values repeat
   exactly only on one machine: the CPU model decides the float kernels, and whether torch
   computes bf16 on the CPU decides what `training.precision=auto` picks there (bf16 or fp32).
-- The photo set: the landscapes of Debian's endless-sky-data (720x360 JPEG), four variants of
-  each (as is, mirrored, enlarged 2x, centre crop) in one class folder per scene, stored at
-  500 px longest side, JPEG 90, with random crop records (a loader's speed does not depend on
-  the labels' values).
+- The photo sets: the landscapes of Debian's endless-sky-data (720x360 JPEG), four variants of
+  each in one class folder per scene, stored at 500 px longest side, JPEG 90, with random crop
+  records (a loader's speed does not depend on the labels' values). `panoramas`: as is,
+  mirrored, enlarged 2x, centre crop; `imagenet`: 4:3 and 3:4 regions at 500 x 375 and
+  375 x 500, the shapes ImageNet is stored in.
 - FKD's original data path, rebuilt (as train_FKD.py reads data; no code of it copied): a JPEG
   file and a `torch.save([coords, flips, labels (N, 2, k)])` soft-label file per image, read
   by DataLoader worker processes with PIL and cut with torchvision. `original_path` feeds
@@ -105,12 +106,36 @@ def scene_of(photo: Path) -> str:
     return re.sub(r'[\d+-].*', '', photo.stem) or 'misc'
 
 
+PHOTO_SETS = ('imagenet', 'panoramas')
+
+
+def _variants(im, shape: str) -> dict:
+    """A landscape's four variants in the named photo set:
+    - panoramas: as is (720 x 360), mirrored, enlarged 2x, centre crop;
+    - imagenet: shaped as ImageNet is stored (500 x 375 and 375 x 500): two 4:3 and two 3:4
+      regions of the photo, each resized to 500 px on its longer side (the 360 px high
+      originals are enlarged 1.04x and 1.39x: softer than camera photos)."""
+    from PIL import Image
+    w, h = im.size
+    if shape == 'panoramas':
+        return {'a': im, 'b': im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                'c': im.resize((2 * w, 2 * h), Image.Resampling.BICUBIC),
+                'd': im.crop((w // 8, h // 8, w - w // 8, h - h // 8))}
+    wide, tall = 4 * h // 3, 3 * h // 4
+    regions = {'a': (0, wide), 'b': (w - wide, w), 'c': ((w - tall) // 2, (w + tall) // 2),
+               'd': (w // 8, w // 8 + tall)}
+    return {tag: im.crop((left, 0, right, h)).resize(
+        (500, 375) if right - left == wide else (375, 500), Image.Resampling.BICUBIC)
+        for tag, (left, right) in regions.items()}
+
+
 def make_photo_tree(root: Path, photos: int = 0, val_every: int = 0,
-                    min_photos: int = 0) -> int:
-    """Four variants of each landscape (the first `photos`; 0: all) under root/train/<scene>;
-    returns the number of files. With `val_every` n, every n-th photo of a scene goes to
-    root/val/<scene> instead, its four variants together (a split by photo, not by file);
-    `min_photos` leaves out scenes with fewer photos."""
+                    min_photos: int = 0, shape: str = 'panoramas') -> int:
+    """Four variants of each landscape (the first `photos`; 0: all) under root/train/<scene>,
+    shaped as `shape` of PHOTO_SETS says (`_variants`); returns the number of files. With
+    `val_every` n, every n-th photo of a scene goes to root/val/<scene> instead, its four
+    variants together (a split by photo, not by file); `min_photos` leaves out scenes with
+    fewer photos."""
     chosen = landscapes(photos)
     counts = {}
     for photo in chosen:
@@ -125,14 +150,7 @@ def make_photo_tree(root: Path, photos: int = 0, val_every: int = 0,
         out = root / split / scene
         out.mkdir(parents=True, exist_ok=True)
         im = Image.open(photo).convert('RGB')
-        w, h = im.size
-        variants = {
-            'a': im,
-            'b': im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-            'c': im.resize((2 * w, 2 * h), Image.Resampling.BICUBIC),
-            'd': im.crop((w // 8, h // 8, w - w // 8, h - h // 8)),
-        }
-        for tag, variant in variants.items():
+        for tag, variant in _variants(im, shape).items():
             variant.save(out / f'{photo.stem}-{tag}.jpg', quality=92)
     return 4 * len(chosen)
 
@@ -155,10 +173,12 @@ class RandomRecords:
                 rng.integers(0, 256, (self.n, 5)).astype(np.uint8))
 
 
-def labelled_photos(work: Path, records: int, photos: int = 0):
-    """(image count, images beton, labelled beton) in `work`: the photo variants stored at
-    500 px longest side, JPEG 90, then copied with `records` random crop records per image."""
-    n_images = make_photo_tree(work / 'photos', photos)
+def labelled_photos(work: Path, records: int, photos: int = 0, shape: str = 'panoramas'):
+    """(image count, images beton, labelled beton) in `work`: the photo variants of `shape`
+    stored at 500 px longest side, JPEG 90, then copied with `records` random crop records per
+    image."""
+    work.mkdir(parents=True, exist_ok=True)
+    n_images = make_photo_tree(work / 'photos', photos, shape=shape)
     images, labelled = work / 'images.beton', work / 'fkd.beton'
     write_beton(images, image_fields('jpg', max_resolution=500),
                 ImageFolderSource(work / 'photos', 'train', max_resolution=500),

@@ -2,6 +2,7 @@
 tree's, in one process, with FKD's original data path in the same interleaved rounds.
 
     python -m benchmarks.loader_ab --base HEAD~1 [--k 4] [--loader fkd|plain] [--repeats 5]
+        [--set imagenet|panoramas] [--resize antialias|bilinear|area]
 
 Same photos, records and batch as benchmarks/loader.py (benchmarks/common.py). The revision's
 `fkd_ffcv` is extracted with `git archive` and imported under another package name (its
@@ -13,6 +14,7 @@ docs/benchmarks.md asks for a performance change.
 import argparse
 import importlib
 import importlib.util
+import inspect
 import os
 import shutil
 import sys
@@ -20,8 +22,10 @@ import tempfile
 from pathlib import Path
 
 import fkd_ffcv.loaders
-from benchmarks.common import (IMAGES_PER_BATCH, SIDE, export_original_files, extract_revision,
-                               interleaved_rates, labelled_photos, original_path, versions)
+from benchmarks.common import (IMAGES_PER_BATCH, PHOTO_SETS, SIDE, export_original_files,
+                               extract_revision, interleaved_rates, labelled_photos,
+                               original_path, versions)
+from fkd_ffcv.defaults import DEFAULT_RESIZE, RESIZE_FILTERS
 from fkd_ffcv.devices import machine
 
 
@@ -45,6 +49,10 @@ def main():
     parser.add_argument('--k', type=int, default=4, help='crops per image')
     parser.add_argument('--loader', choices=['fkd', 'plain'], default='fkd',
                         help='FKDLoader (K records per image) or PlainLoader (one seeded crop)')
+    parser.add_argument('--resize', choices=RESIZE_FILTERS, default=DEFAULT_RESIZE,
+                        help='crop resize filter of both versions (a revision without the '
+                             'choice resizes with area)')
+    parser.add_argument('--set', choices=PHOTO_SETS, default='imagenet', help='photo set')
     parser.add_argument('--records', type=int, default=32)
     parser.add_argument('--workers', type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument('--repeats', type=int, default=5)
@@ -57,20 +65,24 @@ def main():
     work = Path(tempfile.mkdtemp(prefix='fkd-bench-loader-ab-'))
     try:
         base = package_at(args.base, work / 'base')
-        _, _, labelled = labelled_photos(work, args.records, args.photos)
+        _, _, labelled = labelled_photos(work, args.records, args.photos, args.set)
         paths = {}
         for name, module in ((f'before ({args.base})', base), ('after (working tree)',
                                                                 fkd_ffcv.loaders)):
+            # revisions before resample.py have no filter choice: INTER_AREA
+            resize = ({'resize': args.resize} if 'resize' in
+                      inspect.signature(module.PlainLoader).parameters else {})
+            name += f", {resize.get('resize', 'area')}"
             if args.loader == 'fkd':
                 loader = module.FKDLoader(labelled, batch_size=IMAGES_PER_BATCH * args.k,
                                           num_crops=args.k, resolution=SIDE,
                                           num_workers=args.workers,
-                                          order=module.OrderOption.RANDOM)
+                                          order=module.OrderOption.RANDOM, **resize)
                 paths[name] = (loader.__iter__, len(loader) * IMAGES_PER_BATCH * args.k)
             else:
                 loader = module.PlainLoader(labelled, batch_size=IMAGES_PER_BATCH,
                                             resolution=SIDE, num_workers=args.workers,
-                                            order=module.OrderOption.RANDOM)
+                                            order=module.OrderOption.RANDOM, **resize)
                 paths[name] = (loader.__iter__, len(loader) * IMAGES_PER_BATCH)
         paths['original FKD path'] = original_path(
             export_original_files(labelled, work / 'jpg'), args.k, args.workers)

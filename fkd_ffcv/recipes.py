@@ -71,10 +71,12 @@ def run_or_reuse(opts: dict) -> dict:
 
 
 def label_as_demo(train_beton: Path, teacher_files, out: Path, records: int,
-                  name: str = 'fashion_mnist_train_fkd.beton', embedding: str = '') -> Path:
+                  name: str = 'fashion_mnist_train_fkd.beton', embedding: str = '',
+                  interpolation: Optional[str] = None) -> Path:
     """`records` crops per image labelled as the demo labels them, by a teacher's export or by
     the ensemble of several (a list of exports: their probabilities averaged), into out/<name>;
-    with `embedding` (teachers.Teacher), the one teacher's embeddings instead of soft labels.
+    with `embedding` (teachers.Teacher), the one teacher's embeddings instead of soft labels;
+    `interpolation` resizes the teacher's crops otherwise than its export says.
     The time it took goes to out/labelling.json (out/<name stem>.labelling.json for another
     name)."""
     from .labeling import LabelingSettings, label_beton
@@ -92,7 +94,8 @@ def label_as_demo(train_beton: Path, teacher_files, out: Path, records: int,
     tag = '' if name == 'fashion_mnist_train_fkd.beton' else f'{labelled.stem}.'
     started = time.perf_counter()
     label_beton(train_beton, labelled, Teacher([f'checkpoint:{f}' for f in files],
-                                               embedding=embedding), settings,
+                                               embedding=embedding, interpolation=interpolation),
+                settings,
                 Path(out) / f'{tag}labelling.work')
     (Path(out) / f'{tag}labelling.json').write_text(json.dumps(
         {'seconds': time.perf_counter() - started, 'records': records,
