@@ -201,7 +201,7 @@ def _moco_model(spec: str):
                          f"unexpected {extra[:4]}, other shapes {shapes[:4]} ({len(missing)}, "
                          f"{len(extra)} and {len(shapes)} in all, under {prefix})")
     model.load_state_dict(state)
-    return model, Preprocess(interpolation='bilinear')  # MoCo's crops: torchvision's default
+    return model, Preprocess(interpolation='antialias')  # MoCo's crops: torchvision on PIL
 
 
 def load_member(spec: str) -> Tuple[torch.nn.Module, Preprocess]:

@@ -56,6 +56,7 @@ def test_import_reproduces_the_records(images, tmp_path):
     assert report.top1_agreement == pytest.approx(9 / 12)  # every 4th image disagrees
     info = beton.manifest['soft_labels']
     assert info['label_type'] == f'marginal_smoothing_k{K}' and info['num_records'] == N
+    assert info['crop_resize'] == 'antialias'  # FKD's crops: torchvision on PIL images
     for i, (coords, flips, labels) in enumerate(states):
         read = {n: np.array(beton.array(n, i)) for n in SOFT_LABEL_FIELDS}
         assert np.array_equal(read['fkd_boxes'], np.round(coords.astype(np.float64) * BOX_UNITS))

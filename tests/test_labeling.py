@@ -54,6 +54,7 @@ def test_records_are_the_seeded_crops_labelled_by_the_teacher(images, labelled, 
     assert report.num_samples == len(beton) == 12
     info = beton.manifest['soft_labels']
     assert info['bytes_per_record'] == 9 + 3 * 2 and info['teacher']['input_size'] == 32
+    assert info['crop_resize'] == 'bicubic'  # the teacher's (torchvision), which loaders check
     for i in (0, 7, 11):
         rec = records(beton, i)
         pixels = beton.image(i)
