@@ -65,3 +65,25 @@ def test_results_are_written_as_rows_finish_even_without_matplotlib(tmp_path, mo
     assert json.loads((tmp_path / 'out' / 'timing_gpu.json').read_text()) == rows
     assert not (tmp_path / 'out' / 'timing_gpu.png').exists()
     assert timing_table.estimate('fkd8', rows) == 2 * 8 * 9.0 / 2  # slowest epoch so far
+
+
+def test_imagenet_shaped_photos_are_stored_as_imagenet_is(tmp_path):
+    from PIL import Image
+    if not common.LANDSCAPES.exists():
+        pytest.skip(f"{common.LANDSCAPES} is not installed (make setup installs it)")
+    assert common.make_photo_tree(tmp_path, 1, shape='imagenet') == 4
+    sizes = sorted(Image.open(p).size for p in tmp_path.rglob('*.jpg'))
+    assert sizes == [(375, 500), (375, 500), (500, 375), (500, 375)]
+
+
+def test_quality_measures_of_the_resize_benchmark():
+    import numpy as np
+    from benchmarks.resize import psnr, ssim
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3)).astype(np.uint8)
+
+    def noisy(sigma):
+        noise = np.random.default_rng(1).normal(0, sigma, image.shape)
+        return np.clip(image + noise, 0, 255).astype(np.uint8)
+    assert psnr(image, image) == float('inf') and ssim(image, image) == pytest.approx(1.0)
+    assert 25 < psnr(image, noisy(8)) < 35  # 8 grey levels of noise: about 30 dB
+    assert 1 > ssim(image, noisy(8)) > ssim(image, noisy(32)) > 0.5
