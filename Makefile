@@ -28,6 +28,7 @@ bench: setup
 	$(PY) -m benchmarks.writer
 	$(PY) -m benchmarks.labeling
 	$(PY) -m benchmarks.loader
+	$(PY) -m benchmarks.resize
 	$(PY) -m benchmarks.loss
 	$(PY) -m benchmarks.timing_table --out docs/tables
 

@@ -18,7 +18,7 @@ Rows, each a full pass per round:
 - the original FKD path: PIL decode of a JPEG file, one soft-label file per image
   (torch.load), per-crop torchvision resized_crop (antialiased bilinear) and flip, torch
   DataLoader with one worker process per core, K = 1 and 4.
-Ceiling = cores / (t_decode / K + t_crop): single-thread libjpeg-turbo decode (FFCV's call)
+Ceiling = threads / (t_decode / K + t_crop), with the loaders' thread count: single-thread libjpeg-turbo decode (FFCV's call)
 and one crop's resize with its flip, for --resize (flip folded into the resize) and for
 `area` (a mirror pass after it: the old ceiling). All rows and the ceiling's timings run in the
 same interleaved rounds, after a warm-up each. Per-crop breakdown: the ceiling's parts against
@@ -26,9 +26,12 @@ the loader's measured core time per crop (cores / crops per second); the rest is
 own work (reading records, batching, threads, the write into the batch buffer).
 
 Cores per GPU (derived, not measured on a GPU): a published training rate per A100 divided by
-a loader's crops/s per core. Rates from ffcv-imagenet's tables (1,281,167 images x 16 epochs
-over the wall time): ResNet-50, 8 A100s, 14.9 min: 2,866 img/s per GPU; ResNet-18, one A100,
-35.0 min: 9,761 img/s.
+a loader's crops/s per core (threads / crops per second). Rates from ffcv-imagenet's tables
+(1,281,167 images x 16 epochs over the wall time): ResNet-50, 8 A100s, 14.9 min: 2,866 img/s
+per GPU; ResNet-18, one A100, 35.0 min: 9,761 img/s. Those runs trained at 160-192 px
+(progressive resizing) and their wall time includes validation, while the loaders here cut
+224 px crops: the GPU rates are low for 224 px and the crop costs high for 160-192 px, so the
+core counts are an upper estimate for those recipes.
 """
 import argparse
 import os
@@ -123,11 +126,10 @@ def one_set(shape: str, args, work: Path) -> str:
     rates = {name: statistics.median(crops / t for t in times[name])
              for name, (_, crops) in paths.items()}
     per = {name: statistics.median(times[name]) / count for name, (_, count) in parts.items()}
-    cores = len(os.sched_getaffinity(0))
     t_decode = per['decode']
 
-    def ceiling(k, name):
-        return cores / (t_decode / k + per[f'crop {name}'])
+    def ceiling(k, name):  # as many cores as the loaders have threads
+        return args.workers / (t_decode / k + per[f'crop {name}'])
     original = {k: rates[f'original FKD path (PIL, label files, DataLoader), K={k}']
                 for k in (1, 4)}
     stock_rate = rates['stock FFCV RandomResizedCrop + flip (area)']

@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.common import interleaved_times, make_photo_tree, report, versions
 from fkd_ffcv.crops import box_pixels, sample_records
+from fkd_ffcv.defaults import RESIZE_FILTERS
 from fkd_ffcv.devices import machine
 from fkd_ffcv.resample import filter_code, make_resize, mirror
 
@@ -68,6 +69,8 @@ def main():
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--out', default='')
     args = parser.parse_args()
+    if args.photos < 4:
+        parser.error(f"--photos {args.photos}: 4 or more (4 variants per landscape)")
     cv2.setNumThreads(1)
     from PIL import Image
     photos = imagenet_photos(args.photos)
@@ -79,7 +82,7 @@ def main():
                  for b, f in zip(stored, flips)]
     side = args.side
     out = np.empty((side, side, 3), np.uint8)
-    ours = {name: make_resize(filter_code(name)) for name in ('antialias', 'bilinear', 'area')}
+    ours = {name: make_resize(filter_code(name)) for name in RESIZE_FILTERS}
 
     def ours_run(resize, flip):
         def run():
@@ -109,7 +112,7 @@ def main():
     downscaled = np.mean([h > side or w > side for _, _, (_, _, h, w), _ in jobs])
 
     quality = {name: {'area': ([], []), 'pil': ([], [])} for name in
-               ('antialias', 'bilinear', 'area', 'OpenCV INTER_LINEAR')}
+               (*RESIZE_FILTERS, 'OpenCV INTER_LINEAR')}
     for pixels, image, (i, j, h, w), _ in jobs:
         crops = {}
         for name, resize in ours.items():
@@ -124,11 +127,10 @@ def main():
                 quality[name][ref_name][0].append(psnr(crop, ref))
                 quality[name][ref_name][1].append(ssim(crop, ref))
 
-    def spread(values, fmt):
-        finite = [v for v in values if np.isfinite(v)]
-        if not finite:
+    def spread(values, fmt):  # identical crops count as infinite PSNR (median, percentile)
+        if all(np.isinf(values)):
             return 'identical'
-        return f"{fmt.format(np.median(finite))} / {fmt.format(np.percentile(finite, 5))}"
+        return f"{fmt.format(np.median(values))} / {fmt.format(np.percentile(values, 5))}"
 
     lines = [f"{len(photos)} ImageNet-shaped photos (500 x 375 / 375 x 500, JPEG 90), "
              f"{args.crops} boxes each ({len(jobs)} crops, {downscaled:.0%} downscaled on a "

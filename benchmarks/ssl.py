@@ -62,7 +62,7 @@ def initial_weights(folder: Path, seed: int, train) -> Path:
     torch.manual_seed(seed)
     path = folder / f'initial_seed{seed}.pt'
     save_weights(path, build_model(num_classes=len(classes), **arch), arch, classes,
-                 {'input_size': 32, 'interpolation': 'area', 'mean': list(IMAGENET_MEAN),
+                 {'input_size': 32, 'interpolation': 'antialias', 'mean': list(IMAGENET_MEAN),
                   'std': list(IMAGENET_STD)})
     return path
 

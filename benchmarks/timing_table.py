@@ -95,7 +95,7 @@ def export(path: Path, arch: dict, seed: int, classes=FashionMNISTSource.classes
     if not path.exists():
         torch.manual_seed(seed)
         save_weights(path, build_model(num_classes=len(classes), **arch), arch, classes,
-                     {'input_size': side, 'interpolation': 'area',
+                     {'input_size': side, 'interpolation': 'antialias',
                       'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)})
     return path
 

@@ -248,9 +248,9 @@ def _declare_writing_sections() -> None:
         seed=Param(int, 'crop sampling seed', default=0),
         input_size=Param(And(int, InRange(min=0)), 'teacher input side (0: the teacher\'s)',
                          default=0),
-        interpolation=Param(str, 'the teacher crops\' resize: antialias, bilinear, area '
-                            '(the loaders\' filters) or bicubic (default: the teacher\'s)',
-                            default=''),
+        interpolation=Param(str, 'the teacher crops\' resize filter: antialias, bilinear, '
+                            'bicubic or area, as --data.resize names them (default: the '
+                            'teacher\'s)', default=''),
         batch_size=Param(And(int, InRange(min=1)), 'crops per teacher forward', default=256),
         chunk_images=Param(And(int, InRange(min=1)), 'images per resumable work item', default=64),
         work_dir=Param(str, 'folder for resumable work (default: <out>.work)', default=''),
@@ -408,7 +408,7 @@ def probe(argv=None) -> int:
                           resolution=teacher.input_size, ratio=ratio, knn_k=args.knn_k,
                           knn_temperature=args.knn_temperature, probe_epochs=args.epochs,
                           probe_lr=args.lr, seed=args.seed, batch_size=args.batch_size,
-                          device=teacher.device)
+                          device=teacher.device, resize=teacher.interpolation)
     except (ValueError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -15,14 +15,15 @@ stored image, resize to the output size with the named interpolation, then mirro
 """
 from __future__ import annotations
 
-import cv2
 import numba as nb
 import numpy as np
 
+from .defaults import RESIZE_FILTERS
+
 BOX_UNITS = 32767
-# A teacher's crop resize: the loaders' filters (resample.py), which replay exactly what the
-# loaders compute, and OpenCV's bicubic (timm's teachers), which the loaders do not offer.
-INTERPOLATIONS = ('antialias', 'bilinear', 'area', 'bicubic')
+# A teacher's crop resize: one of the loaders' filters (resample.py), so that a student that
+# resizes with the same one sees exactly the teacher's crops.
+INTERPOLATIONS = RESIZE_FILTERS
 # FKD's scale range for ImageNet (the upper bound matched its teacher's training); small images
 # such as 32 px ones get a larger minimum by default, so no crop is a few pixels.
 IMAGENET_SCALE = (0.08, 0.936)
@@ -125,18 +126,10 @@ def sample_records(seed: int, index: int, height: int, width: int, n: int, scale
 def cut_crops(pixels: np.ndarray, stored_boxes, flips, size: int,
               interpolation: str = 'bicubic') -> np.ndarray:
     """Replay records on a decoded image (H, W, 3) -> uint8 crops (n, size, size, 3)."""
-    from .resample import resize_box
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {interpolation!r}: choose one of "
-                         f"{', '.join(INTERPOLATIONS)}")
+    from .resample import resize_box  # an unknown interpolation is refused there, named
     height, width = pixels.shape[:2]
     out = np.empty((len(stored_boxes), size, size, 3), np.uint8)
     for r, (stored, flip) in enumerate(zip(stored_boxes, flips)):
-        i, j, h, w = box_pixels(stored, height, width)
-        if interpolation == 'bicubic':
-            crop = cv2.resize(pixels[i:i + h, j:j + w], (size, size),
-                              interpolation=cv2.INTER_CUBIC)
-            out[r] = crop[:, ::-1] if flip else crop
-        else:
-            out[r] = resize_box(pixels, (i, j, h, w), size, interpolation, flip)
+        out[r] = resize_box(pixels, box_pixels(stored, height, width), size, interpolation,
+                            flip)
     return out

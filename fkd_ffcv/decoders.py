@@ -254,7 +254,7 @@ class CenterCropDecoder(ImageDecoder):
 
         def cut(out, pixels, sample, epoch, storage_state):
             height, width = pixels.shape[0], pixels.shape[1]
-            side = max(1, np.int64(ratio * min(height, width)))
+            side = min(max(1, np.int64(ratio * min(height, width))), min(height, width))
             resize(pixels, (height - side) // 2, (width - side) // 2, side, side, out, False)
 
         return Compiler.compile(cut)

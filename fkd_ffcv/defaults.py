@@ -18,5 +18,5 @@ TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')  # teachers.py: fp32 is exact, the
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')  # training.precision (devices.resolve_precision)
 # The loaders' crop resize (resample.py): antialias is the default, chosen by the speed, quality
 # and accuracy measurements in docs/benchmarks.md ("Resize filters").
-RESIZE_FILTERS = ('antialias', 'bilinear', 'area')
+RESIZE_FILTERS = ('antialias', 'bilinear', 'bicubic', 'area')
 DEFAULT_RESIZE = 'antialias'

@@ -40,6 +40,9 @@ def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float
 
     With world_size > 1, rank r reads samples r, r + world_size, ...: together the ranks read
     each sample exactly once (FFCV's distributed mode pads the last batch with repeats)."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"the centre crop's ratio to the shorter side must be in (0, 1], not "
+                         f"{ratio}")
     if num_workers < 1:
         num_workers = len(os.sched_getaffinity(0))
     from ffcv.pipeline import PipelineSpec
@@ -88,16 +91,23 @@ class _PassLoader:
 
 def warn_if_resized_otherwise(beton: Beton, resize: str) -> None:
     """Warn when the records' teacher crops were resized with another filter than `resize`:
-    the student then sees its crops' pixels other than the teacher did (the labelling run and
-    fkd-import record theirs as `crop_resize`; older betons as the teacher's interpolation)."""
+    the student then sees its crops' pixels other than the teacher did. The labelling run and
+    fkd-import record theirs as `crop_resize`; older betons have only the teacher's
+    interpolation, or for imports nothing (FKD's crops were PIL's antialiased bilinear). Under
+    DDP only rank 0 warns."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
     for info in (beton.manifest.get('soft_labels'), beton.manifest.get('embeddings')):
-        recorded = info and (info.get('crop_resize')
-                             or info.get('teacher', {}).get('interpolation'))
+        if not info:
+            continue
+        recorded = (info.get('crop_resize') or info.get('teacher', {}).get('interpolation')
+                    or ('antialias' if info.get('source') == 'fkd-import' else None))
         if recorded and recorded != resize:
             warnings.warn(f"{beton.path}: its records were labelled on crops resized with "
-                          f"{recorded!r}, and this loader resizes with {resize!r} (--data.resize"
-                          f"): student and teacher see the crops differently resampled",
-                          stacklevel=3)
+                          f"{recorded!r}, and this loader resizes with {resize!r}: student and "
+                          f"teacher see the crops differently resampled (--data.resize="
+                          f"{recorded} replays them as the teacher saw them)", stacklevel=3)
 
 
 class _RecordLoader(_PassLoader):

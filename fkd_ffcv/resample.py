@@ -6,16 +6,18 @@
   data path and torchvision-trained teachers saw). Each output sample is the weighted mean of
   the input pixels under its footprint, so a downscale does not alias; an upscale is plain
   bilinear.
-- `bilinear`: the same triangle at a fixed support of one pixel: OpenCV's INTER_LINEAR (to
-  within rounding), which samples without filtering and aliases on downscales.
+- `bicubic`: the same with the cubic kernel (a = -0.5), PIL's antialiased bicubic (what timm's
+  bicubic teachers were trained on); twice the taps.
+- `bilinear`: the triangle at a fixed support of one pixel: OpenCV's INTER_LINEAR (to within
+  rounding), which samples without filtering and aliases on downscales.
 - `area`: OpenCV's INTER_AREA through FFCV's `resize_crop`, the loaders' filter before these
   (slow on the non-integer downscales that dominate ImageNet-shaped images, docs/benchmarks.md).
 
-The first two share one implementation: per axis, precomputed taps (first input index and
-normalised weights for every output index), then a vertical pass over whole rows of the box
-(contiguous, so it vectorises) into a float32 buffer and a horizontal pass that writes the
-output, mirrored when asked (the flip costs nothing there). Pixel centres sit at half-integers,
-as in OpenCV, PIL and torchvision; taps never reach outside the box (crop, then resize).
+The first three share one implementation: per axis, taps computed once per crop (first input
+index and normalised weights of every output index), then a vertical pass over whole rows of
+the box (contiguous, so it vectorises) and a horizontal pass that writes the output, mirrored
+when asked (the flip costs nothing there). Pixel centres sit at half-integers, as in OpenCV,
+PIL and torchvision; taps never reach outside the box (crop, then resize).
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from ffcv.libffcv import resize_crop
 
 from .defaults import DEFAULT_RESIZE, RESIZE_FILTERS
 
-_CODES = {'antialias': 0, 'bilinear': 1, 'area': 2}
+_CODES = {name: code for code, name in enumerate(RESIZE_FILTERS)}
+_FIXED, _TRIANGLE, _CUBIC = 0, 1, 2  # the separable filters' kernels (_taps)
+_KERNELS = {'bilinear': _FIXED, 'antialias': _TRIANGLE, 'bicubic': _CUBIC}
 
 
 def filter_code(name: str) -> int:
@@ -38,20 +42,30 @@ def filter_code(name: str) -> int:
 
 
 @nb.njit(cache=False)
-def _taps(size_in, size_out, widen):
-    """Per output index: the first input index, the tap count and the normalised weights of a
-    triangle filter (support 1 input pixel, times the downscale factor when `widen`)."""
+def _kernel(kernel, t):
+    """The triangle (support 1) or the cubic of a = -0.5 (support 2) at distance t >= 0."""
+    if kernel == _CUBIC:
+        if t < 1.0:
+            return (1.5 * t - 2.5) * t * t + 1.0
+        return ((-0.5 * t + 2.5) * t - 4.0) * t + 2.0 if t < 2.0 else 0.0
+    return 1.0 - t if t < 1.0 else 0.0
+
+
+@nb.njit(cache=False)
+def _taps(size_in, size_out, kernel):
+    """Per output index: the first input index, the tap count and the normalised weights.
+    _FIXED: OpenCV INTER_LINEAR's two neighbours of the centre (edges replicated); _TRIANGLE
+    and _CUBIC: the kernel stretched by the downscale factor (PIL's antialiased filters)."""
     scale = size_in / size_out
-    support = max(scale, 1.0) if widen else 1.0
+    stretch = max(scale, 1.0)
+    support = (2.0 if kernel == _CUBIC else 1.0) * (stretch if kernel != _FIXED else 1.0)
     width = int(np.ceil(support)) * 2 + 1
     first = np.empty(size_out, np.int64)
     count = np.empty(size_out, np.int64)
     weights = np.zeros((size_out, width), np.float32)
     for o in range(size_out):
         centre = (o + 0.5) * scale
-        lo = max(int(np.floor(centre - support + 0.5)), 0)
-        hi = min(int(np.floor(centre + support + 0.5)), size_in)
-        if not widen:  # INTER_LINEAR: the two neighbours of the centre, edges replicated
+        if kernel == _FIXED:
             left = int(np.floor(centre - 0.5))
             frac = centre - 0.5 - left
             lo = min(max(left, 0), size_in - 1)
@@ -63,10 +77,11 @@ def _taps(size_in, size_out, widen):
                 count[o] = 2
                 weights[o, 0], weights[o, 1] = 1.0 - frac, frac
             continue
+        lo = max(int(np.floor(centre - support + 0.5)), 0)
+        hi = min(int(np.floor(centre + support + 0.5)), size_in)
         total = 0.0
         for x in range(lo, hi):
-            t = abs((x + 0.5 - centre) / support)
-            w = 1.0 - t if t < 1.0 else 0.0
+            w = _kernel(kernel, abs(x + 0.5 - centre) / stretch)
             weights[o, x - lo] = w
             total += w
         first[o], count[o] = lo, hi - lo
@@ -76,16 +91,16 @@ def _taps(size_in, size_out, widen):
 
 
 @nb.njit(cache=False, fastmath=True)
-def _separable(pixels, i, j, h, w, out, flip, widen):
-    """The triangle filters, one output row at a time, in float32:
+def _separable(pixels, i, j, h, w, out, flip, kernel):
+    """The separable filters, one output row at a time, in float32:
     - vertical: the row's input rows (columns j .. j+w) summed into `line`; slices of whole
       rows keep the loop free of index checks, so it vectorises;
     - horizontal: each output pixel's taps of `line` into `row` (at the mirrored position when
       `flip`), then one vectorised rounding pass into the uint8 output row.
     Both buffers stay in the core's cache. Numbers: docs/benchmarks.md."""
     out_h, out_w = out.shape[0], out.shape[1]
-    y_first, y_count, y_weights = _taps(h, out_h, widen)
-    x_first, x_count, x_weights = _taps(w, out_w, widen)
+    y_first, y_count, y_weights = _taps(h, out_h, kernel)
+    x_first, x_count, x_weights = _taps(w, out_w, kernel)
     x_start = x_first.astype(np.uint64) * np.uint64(3)  # unsigned: no negative-index checks
     x_taps = x_count.astype(np.uint64)
     line = np.empty(w * 3, np.float32)
@@ -144,10 +159,10 @@ def make_resize(code: int):
             if flip:
                 mirror(out)
         return nb.njit(cache=False)(resize)
-    widen = code == _CODES['antialias']
+    kernel = _KERNELS[RESIZE_FILTERS[code]]
 
     def resize(pixels, i, j, h, w, out, flip):
-        _separable(pixels, i, j, h, w, out, flip, widen)
+        _separable(pixels, i, j, h, w, out, flip, kernel)
     return nb.njit(cache=False)(resize)
 
 

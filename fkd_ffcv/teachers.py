@@ -55,6 +55,10 @@ from .models import (IMAGENET_MEAN, IMAGENET_STD, call_entry_point, classifier_n
 from .registry import Registry
 
 
+# The crop filters (resample.py) as torch's interpolate computes them: (mode, antialias)
+TORCH_MODES = {'antialias': ('bilinear', True), 'bicubic': ('bicubic', True),
+               'bilinear': ('bilinear', False), 'area': ('area', False)}
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -62,7 +66,7 @@ class Preprocess:
     RGB values scaled to [0, 1]; whether it takes only that side (a timm ViT's
     fixed_input_size), and the centre-crop fraction it was evaluated with."""
     input_size: int = 224
-    interpolation: str = 'bicubic'
+    interpolation: str = 'antialias'  # PIL's bilinear: what torchvision's weights were fed
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
     fixed_input_size: bool = False
@@ -357,10 +361,10 @@ class Teacher:
         input size first (online distillation feeds it the student's crops)."""
         x = images.float().contiguous(memory_format=torch.channels_last)
         if x.shape[-2:] != (self.input_size, self.input_size):
-            mode = {'antialias': 'bilinear'}.get(self.interpolation, self.interpolation)
-            x = torch.nn.functional.interpolate(  # torch's names, antialiased but for area
+            mode, antialias = TORCH_MODES[self.interpolation]
+            x = torch.nn.functional.interpolate(
                 x, size=(self.input_size, self.input_size), mode=mode,
-                **({} if mode == 'area' else {'align_corners': False, 'antialias': True}))
+                **({} if mode == 'area' else {'align_corners': False, 'antialias': antialias}))
             x = x.clamp(0, 255)
         dtype = autocast_dtype(self.precision)
         total = None
@@ -381,7 +385,7 @@ def evaluate(teacher: Teacher, beton_path, ratio: float = 0, resolution: int = 0
              batch_size: int = 256, num_workers: int = -1) -> dict:
     """Top-1 and top-5 of `teacher` on every image of a beton, centre-cropped (side `ratio` x
     the shorter side; default: the teacher's own crop fraction) and resized to `resolution`
-    (default: the teacher's input size)."""
+    (default: the teacher's input size) with the teacher's own filter."""
     ratio = ratio or teacher.crop_pct
     from .beton import Beton
     from .loaders import eval_loader
@@ -392,7 +396,7 @@ def evaluate(teacher: Teacher, beton_path, ratio: float = 0, resolution: int = 0
     side = resolution or teacher.input_size
     top1 = top5 = n = 0
     for images, labels in eval_loader(beton_path, batch_size, side, ratio, num_workers,
-                                      str(teacher.device)):
+                                      str(teacher.device), resize=teacher.interpolation):
         labels = labels.to(teacher.device).long()
         top = teacher.forward(images).topk(min(5, teacher.num_classes), dim=1).indices
         top1 += int((top[:, 0] == labels).sum())

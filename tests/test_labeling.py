@@ -54,14 +54,14 @@ def test_records_are_the_seeded_crops_labelled_by_the_teacher(images, labelled, 
     assert report.num_samples == len(beton) == 12
     info = beton.manifest['soft_labels']
     assert info['bytes_per_record'] == 9 + 3 * 2 and info['teacher']['input_size'] == 32
-    assert info['crop_resize'] == 'bicubic'  # the teacher's (torchvision), which loaders check
+    assert info['crop_resize'] == 'antialias'  # torchvision's (PIL bilinear); loaders check it
     for i in (0, 7, 11):
         rec = records(beton, i)
         pixels = beton.image(i)
         boxes, flips = sample_records(0, i, *pixels.shape[:2], 6)
         assert np.array_equal(rec['fkd_boxes'], boxes)
         assert np.array_equal(rec['fkd_flags'] & FLAG_FLIP, flips.astype(np.uint8))
-        direct = teacher.outputs(cut_crops(pixels, boxes, flips, 32, 'bicubic'))
+        direct = teacher.outputs(cut_crops(pixels, boxes, flips, 32, 'antialias'))
         top, order = torch.topk(direct, 2, dim=1)
         assert np.array_equal(rec['fkd_classes'], order.numpy())
         got = decode_probs(torch.from_numpy(rec['fkd_codes']),
@@ -311,7 +311,7 @@ def test_an_ensembles_stored_labels_are_the_average_of_its_teachers(images, teac
         rec = records(beton, i)
         pixels = beton.image(i)
         boxes, flips = sample_records(0, i, *pixels.shape[:2], 3)
-        crops = cut_crops(pixels, boxes, flips, 32, 'bicubic')
+        crops = cut_crops(pixels, boxes, flips, 32, 'antialias')
         mean = (teacher.outputs(crops) + other.outputs(crops)) / 2
         alone = teacher.outputs(crops)
         stored = recover(torch.from_numpy(rec['fkd_classes']), decode_probs(

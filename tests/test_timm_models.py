@@ -50,7 +50,7 @@ def own_probs(name, path, crops):
 def test_teachers_are_fed_as_their_timm_configuration_says(checkpoints):
     teachers = {name: Teacher(f'timm:{name}:{path}') for name, path in checkpoints.items()}
     resnet, efficientnet = teachers['test_resnet'], teachers['test_efficientnet.r160_in1k']
-    assert (resnet.input_size, resnet.interpolation) == (160, 'bilinear')
+    assert (resnet.input_size, resnet.interpolation) == (160, 'antialias')  # timm's PIL bilinear
     assert (efficientnet.input_size, efficientnet.interpolation) == (160, 'bicubic')
     assert resnet.preprocess[0].mean == (0.5, 0.5, 0.5)
     assert efficientnet.preprocess[0].mean == (0.485, 0.456, 0.406)
@@ -72,9 +72,9 @@ def test_a_timm_teacher_labels_a_beton(image_tree, checkpoints, tmp_path):
     assert beton.manifest['soft_labels']['teacher']['input_size'] == 160
     for i in (0, 5):
         rec = {name: np.array(beton.array(name, i)) for name in SOFT_LABEL_FIELDS}
-        # the recorded box, resized to 160 px with the model's own (bilinear) interpolation
+        # the recorded box, resized to 160 px with the model's own (PIL bilinear) interpolation
         crops = cut_crops(beton.image(i), rec['fkd_boxes'], rec['fkd_flags'] & FLAG_FLIP > 0,
-                          160, 'bilinear')
+                          160, 'antialias')
         expected = own_probs('test_resnet', checkpoints['test_resnet'], crops)
         assert np.array_equal(rec['fkd_classes'][:, 0], expected.argmax(1).numpy())
 
@@ -83,7 +83,7 @@ def test_timm_and_torchvision_teachers_make_one_ensemble(checkpoints, tmp_path):
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / 'r18.pt')
     specs = [f"timm:test_resnet:{checkpoints['test_resnet']}",
              f"torchvision:resnet18:{tmp_path / 'r18.pt'}"]
-    with pytest.raises(ValueError, match='want different crops'):  # 160 bilinear, 224 bicubic
+    with pytest.raises(ValueError, match='want different crops'):  # 160 antialias, 224 bicubic
         Teacher(specs)
     ensemble = Teacher(specs, input_size=64, interpolation='bilinear')
     crops = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)

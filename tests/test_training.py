@@ -191,8 +191,14 @@ def test_online_kd_with_mixing_and_weight_averaging(labelled, plain_run, tmp_pat
     teacher = f"checkpoint:{plain_run[0] / 'final_weights.pt'}"
     trainer = Trainer(run_options(labelled, tmp_path / 'run', training__mode='online_kd',
                                   fkd__teacher=teacher, training__mixup_alpha=0.2,
-                                  training__cutmix_alpha=1.0, training__ema_epochs=0.5))
+                                  training__cutmix_alpha=1.0, training__ema_epochs=0.5,
+                                  data__resize='bilinear'))
     summary = trainer.run()
+    # --data.resize reaches the training and validation loaders, and the export records it
+    assert [loader.images.resize for loader in trainer.train_loaders.values()] == ['bilinear']
+    assert trainer.val_loader.pipeline_specs['image'].decoder.resize == 'bilinear'
+    assert torch.load(tmp_path / 'run' / 'final_weights.pt',
+                      weights_only=True)['preprocess']['interpolation'] == 'bilinear'
     assert trainer.history[-1]['loss'] < trainer.history[0]['loss']
     assert summary['top1'] is not None and math.isfinite(trainer.history[-1]['val_loss'])
     # the export holds the averaged weights, which are what was evaluated

@@ -235,7 +235,7 @@ def step_data(args) -> None:
         arch = {'arch': 'small_resnet', 'width': 8, 'depth': 1}
         save_weights(paths['teacher'], build_model(num_classes=1000, **arch), arch,
                      SyntheticPhotoSource(1).classes,
-                     {'input_size': 32, 'interpolation': 'area',
+                     {'input_size': 32, 'interpolation': 'antialias',
                       'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]})
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     t0 = time.perf_counter()
