@@ -20,12 +20,11 @@ the measurement of speed). Runs reused from an earlier invocation keep the machi
 """
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import versions
+from benchmarks.common import seed_table, versions
 from fkd_ffcv.devices import machine, precision_of
 from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
 
@@ -50,16 +49,6 @@ def experiment(name, out, train, labelled, val, teacher_file, epochs, seeds, stu
                 'logging.folder': str(folder), **overrides}))
             results[row].append(summary)
     return results
-
-
-def rows(title, results):
-    lines = [f'**{title}**', '', '| student | top-1 mean | min - max | training s (mean) |',
-             '|---|---|---|---|']
-    for student, summaries in results.items():
-        top1 = [s['top1'] for s in summaries]
-        lines.append(f"| {student} | {statistics.mean(top1):.2%} | {min(top1):.2%} - "
-                     f"{max(top1):.2%} | {statistics.mean(s['train_seconds'] for s in summaries):.0f} |")
-    return lines
 
 
 def strong_teacher(work: Path, train: Path, val: Path, epochs: int) -> Path:
@@ -106,9 +95,9 @@ def main():
              f"unless named; top-1 on the 5,000 validation images; {precision}. {machine()}; "
              f"{versions('torch', 'ffcv')}; {time.strftime('%Y-%m-%d')}, "
              f"{time.perf_counter() - started:.0f} s.", '']
-    lines += rows(f"1. Same 10,000 images as the teacher (the demo's, {top1['demo']:.2%}), "
+    lines += seed_table(f"1. Same 10,000 images as the teacher (the demo's, {top1['demo']:.2%}), "
                   f"4 epochs, 4 records per image", same)
-    lines += [''] + rows(f"2. Strong teacher ({args.teacher_epochs} epochs on the 10,000 images, "
+    lines += [''] + seed_table(f"2. Strong teacher ({args.teacher_epochs} epochs on the 10,000 images, "
                          f"{top1['strong']:.2%}); students see 2,000 images, 12 epochs, 8 records "
                          f"per image", fewer)
     text = '\n'.join(lines)

@@ -50,6 +50,19 @@ SIDE = 224             # output side of the loader benchmarks
 IMAGES_PER_BATCH = 64  # images decoded per batch, on every path of the loader benchmarks
 
 
+def seed_table(title: str, results: dict, first: str = 'student') -> list:
+    """Markdown lines: per row of `results` (name -> run summaries over seeds), the mean and
+    range of top-1 and the mean training seconds."""
+    lines = [f'**{title}**', '', f'| {first} | top-1 mean | min - max | training s (mean) |',
+             '|---|---|---|---|']
+    for name, summaries in results.items():
+        top1 = [s['top1'] for s in summaries]
+        lines.append(f"| {name} | {statistics.mean(top1):.2%} | {min(top1):.2%} - "
+                     f"{max(top1):.2%} | "
+                     f"{statistics.mean(s['train_seconds'] for s in summaries):.0f} |")
+    return lines
+
+
 def report(text: str, out=None) -> None:
     """Print a benchmark's table and, given a path `out`, write it there too."""
     print(text)

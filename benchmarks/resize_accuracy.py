@@ -22,12 +22,11 @@ Prints mean and range of the final top-1 per filter, with the machine. Runs live
 <demo>/resize and are reused by a later invocation (delete them to rerun).
 """
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, make_photo_tree, report, versions
+from benchmarks.common import REPO, make_photo_tree, report, seed_table, versions
 from fkd_ffcv.defaults import RESIZE_FILTERS
 from fkd_ffcv.devices import machine, precision_of
 from fkd_ffcv.recipes import label_as_demo, recipe, run_or_reuse
@@ -50,17 +49,6 @@ def photo_betons(work: Path) -> tuple:
                     ImageFolderSource(work / 'photos', split, max_resolution=500),
                     manifest={'classes': classes}, progress=False)
     return paths
-
-
-def table(title: str, results: dict) -> list:
-    lines = [f'**{title}**', '', '| filter | top-1 mean | min - max | training s (mean) |',
-             '|---|---|---|---|']
-    for name, summaries in results.items():
-        top1 = [s['top1'] for s in summaries]
-        lines.append(f"| {name} | {statistics.mean(top1):.2%} | {min(top1):.2%} - "
-                     f"{max(top1):.2%} | "
-                     f"{statistics.mean(s['train_seconds'] for s in summaries):.0f} |")
-    return lines
 
 
 def main():
@@ -103,13 +91,14 @@ def main():
     lines = [f"Students: the demo's small_resnet (width 16, depth 1), {args.seeds} seeds per "
              f"row; {precision_of(summaries)}. {machine()}; {versions('torch', 'ffcv')}; "
              f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s.", '']
-    lines += table("1. The demo: Fashion-MNIST at 32 px, 4 epochs; FKD on 4 records per image "
-                   "labelled with the same filter (top-1 on 5,000 images)", demo)
-    lines += [''] + table(
+    lines += seed_table("1. The demo: Fashion-MNIST at 32 px, 4 epochs; FKD on 4 records per "
+                        "image labelled with the same filter (top-1 on 5,000 images)", demo,
+                        'student, filter')
+    lines += [''] + seed_table(
         f"2. ImageNet-shaped photos ({len(Beton(photo_train)):,} training, "
         f"{len(Beton(photo_val)):,} validation images, {len(Beton(photo_train).classes)} "
         f"scenes): EfficientNet-Lite0 fine-tuned, 3 epochs at 160 px (validation 160 px, "
-        f"ratio 0.875), {args.photo_seeds} seeds", photos)
+        f"ratio 0.875), {args.photo_seeds} seeds", photos, 'filter')
     report('\n'.join(lines), args.out)
 
 

@@ -41,9 +41,11 @@ def describe_soft_labels(beton: Beton, info: dict, epochs: int) -> list:
     if info['source'] == 'teacher':
         t = info['teacher']
         lines.append(f"  teacher: {' + '.join(t['specs'])} at {t['input_size']} px "
-                     f"({t['interpolation']}), T = {t['temperature']}")
+                     f"({info.get('crop_resize', t['interpolation'])}), "
+                     f"T = {t['temperature']}")
     else:
-        lines.append(f"  imported from FKD files under {info['root']}")
+        lines.append(f"  imported from FKD files under {info['root']} (crops resized with "
+                     f"{info.get('crop_resize', 'antialias')})")
     lines.append(f"  teacher top-1 = hard label for {agreement:.1%} of the records "
                  f"({looked_at} images looked at)")
     if epochs > n:
