@@ -91,6 +91,34 @@ def _taps(size_in, size_out, kernel):
 
 
 @nb.njit(cache=False, fastmath=True)
+def _two_taps(line, start, second, weights, row, flip):
+    """The horizontal pass with two taps per output pixel, unrolled; + 0.5 because the
+    conversion to uint8 truncates."""
+    out_w = row.shape[0] // 3
+    for ox in range(out_w):
+        a, b, w0, w1 = start[ox], second[ox], weights[ox, 0], weights[ox, 1]
+        col = 3 * (out_w - 1 - ox if flip else ox)
+        row[col] = np.float32(0.5) + w0 * line[a] + w1 * line[b]
+        row[col + 1] = np.float32(0.5) + w0 * line[a + 1] + w1 * line[b + 1]
+        row[col + 2] = np.float32(0.5) + w0 * line[a + 2] + w1 * line[b + 2]
+
+
+@nb.njit(cache=False, fastmath=True)
+def _many_taps(line, start, taps, weights, row, flip):
+    """The horizontal pass with any number of taps per output pixel."""
+    out_w = row.shape[0] // 3
+    for ox in range(out_w):
+        source, kernel = line[start[ox]:], weights[ox]
+        r = g = b = np.float32(0.5)
+        for t in range(taps[ox]):
+            r += kernel[t] * source[3 * t]
+            g += kernel[t] * source[3 * t + 1]
+            b += kernel[t] * source[3 * t + 2]
+        col = 3 * (out_w - 1 - ox if flip else ox)
+        row[col], row[col + 1], row[col + 2] = r, g, b
+
+
+@nb.njit(cache=False, fastmath=True)
 def _separable(pixels, i, j, h, w, out, flip, kernel):
     """The separable filters, one output row at a time, in float32:
     - vertical: the row's input rows (columns j .. j+w) summed into `line`; slices of whole
@@ -103,6 +131,10 @@ def _separable(pixels, i, j, h, w, out, flip, kernel):
     x_first, x_count, x_weights = _taps(w, out_w, kernel)
     x_start = x_first.astype(np.uint64) * np.uint64(3)  # unsigned: no negative-index checks
     x_taps = x_count.astype(np.uint64)
+    # At most two taps per output pixel (upscales, bilinear): the horizontal pass unrolled,
+    # with the second tap's index clamped where there is one tap (its weight is 0 there).
+    pairs = x_taps.max() <= 2
+    x_next = np.minimum(x_first + 1, w - 1).astype(np.uint64) * np.uint64(3)
     line = np.empty(w * 3, np.float32)
     row = np.empty(out_w * 3, np.float32)
     for oy in range(out_h):
@@ -116,15 +148,10 @@ def _separable(pixels, i, j, h, w, out, flip, kernel):
             weight = y_weights[oy, t]
             for x in range(w * 3):
                 line[x] += weight * np.float32(source[x])
-        for ox in range(out_w):
-            taps, weights = line[x_start[ox]:], x_weights[ox]
-            r = g = b = np.float32(0.5)  # + 0.5: the conversion below truncates
-            for t in range(x_taps[ox]):
-                r += weights[t] * taps[3 * t]
-                g += weights[t] * taps[3 * t + 1]
-                b += weights[t] * taps[3 * t + 2]
-            col = 3 * (out_w - 1 - ox if flip else ox)
-            row[col], row[col + 1], row[col + 2] = r, g, b
+        if pairs:
+            _two_taps(line, x_start, x_next, x_weights, row, flip)
+        else:
+            _many_taps(line, x_start, x_taps, x_weights, row, flip)
         target = out[oy].reshape(-1)
         for x in range(out_w * 3):
             target[x] = np.uint8(min(max(row[x], np.float32(0.0)), np.float32(255.0)))

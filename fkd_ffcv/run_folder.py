@@ -37,9 +37,15 @@ def _write_text(path: Path, text: str) -> None:
 FORMER_DEFAULTS = {('model', 'patch_size'): 4, ('model', 'image_size'): 224}
 
 
+# Options added with a default that behaves otherwise than the versions before them did: a run
+# recorded without the option ran as this value (the loaders resized with INTER_AREA).
+BEHAVIOUR_BEFORE = {('data', 'resize'): 'area'}
+
+
 def _current(recorded: dict, section: str, key: str):
     """The recorded value of an option, as this version would record it."""
-    value = recorded.get(section, {}).get(key, PARAMS[section][1][key].default)
+    value = recorded.get(section, {}).get(
+        key, BEHAVIOUR_BEFORE.get((section, key), PARAMS[section][1][key].default))
     if 'heads' in recorded.get('model', {}) and FORMER_DEFAULTS.get((section, key)) == value:
         return PARAMS[section][1][key].default
     return value

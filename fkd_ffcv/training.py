@@ -466,19 +466,23 @@ class Trainer:
             from .models import load_weights
             self.model, preprocess, _ = load_weights(path)
             self.set_normalisation(preprocess['mean'], preprocess['std'])
-            stored = state.get('validation', {})
+            stored = {'resize': 'area', **state.get('validation', {})}  # older: INTER_AREA
         else:
             self.model = build_model(num_classes=self.num_classes,
                                      **saved_options(state['model_options']))
             self.model.load_state_dict(state['ema'] if state.get('ema') else state['model'])
             self.set_normalisation(*input_normalisation(self.model))
-            stored = state['options']['validation']
+            stored = {**state['options']['validation'],
+                      'resize': state['options']['data'].get('resize', 'area')}
         for key in ('resolution', 'ratio'):  # as the run validated, unless given otherwise
             if key in stored and v[key] == PARAMS['validation'][1][key].default:
                 v[key] = stored[key]
+        if data['resize'] == PARAMS['data'][1]['resize'].default:
+            data['resize'] = stored['resize']
         if self.is_main:
-            print(f"evaluating {path} at {v['resolution']} px, ratio {v['ratio']:.3f} "
-                  f"(--validation.resolution / --validation.ratio to change)")
+            print(f"evaluating {path} at {v['resolution']} px, ratio {v['ratio']:.3f}, "
+                  f"{data['resize']} resize (--validation.resolution / --validation.ratio / "
+                  f"--data.resize to change)")
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.ema = None
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
@@ -522,7 +526,8 @@ class Trainer:
                                        ('mean', 'std'), map(list, input_normalisation(
                                            self.model))))},
                                   validation={'resolution': v['resolution'],
-                                              'ratio': v['ratio']})
+                                              'ratio': v['ratio'],
+                                              'resize': self.opts['data']['resize']})
 
     def log(self, line: dict) -> None:
         self.history.append(line)

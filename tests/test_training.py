@@ -445,7 +445,8 @@ def test_fine_tuning_starts_from_weights_and_trains_only_the_head_first(plain_ru
 
 def test_a_checkpoint_from_before_an_option_existed_resumes(fkd_run, fkd_options, tmp_path):
     """Options added later (model.weights, model.head_epochs) count as their defaults in an
-    older checkpoint, and options retired since (model.heads) are ignored, so it resumes."""
+    older checkpoint, and options retired since (model.heads) are ignored, so it resumes; but
+    data.resize, added with a default that resizes otherwise, counts as what the run did."""
     folder = tmp_path / 'run'
     folder.mkdir()
     state = torch.load(fkd_run[0] / 'checkpoint.pt', weights_only=True)
@@ -455,8 +456,11 @@ def test_a_checkpoint_from_before_an_option_existed_resumes(fkd_run, fkd_options
     # the version with the hand-written ViT: its options, their old defaults
     state['options']['model'].update(heads=3, patch_size=4, image_size=224)
     state['model_options'].update(heads=3, patch_size=4, image_size=224)
+    del state['options']['data']['resize']  # before the filter choice the loaders used area
     torch.save(state, folder / 'checkpoint.pt')
-    summary = Trainer(fkd_options(folder, training__resume=True)).run()
+    with pytest.raises(TrainingError, match='data.resize'):
+        Trainer(fkd_options(folder, training__resume=True)).run()
+    summary = Trainer(fkd_options(folder, training__resume=True, data__resize='area')).run()
     assert summary['top1'] == fkd_run[1]['top1']  # every pass was done: the same model
 
 
