@@ -16,7 +16,8 @@ PAGE_SIZE = 8 * 1024 * 1024      # FFCV page: power of two, 2 MiB <= page < 4 Gi
 MAX_PIXELS = 178_956_970         # refuse larger images; Pillow's own hard limit as well
 TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')  # teachers.py: fp32 is exact, the others keep the head fp32
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')  # training.precision (devices.resolve_precision)
-# The loaders' crop resize (resample.py): antialias is the default, chosen by the speed, quality
-# and accuracy measurements in docs/benchmarks.md ("Resize filters").
+# The loaders' crop resize (resample.py): antialias is the default, chosen by the speed and
+# quality measurements in docs/benchmarks.md ("Resize filters") and the accuracy ones in
+# docs/results.md ("Resize filters and accuracy").
 RESIZE_FILTERS = ('antialias', 'bilinear', 'bicubic', 'area')
 DEFAULT_RESIZE = 'antialias'

@@ -50,8 +50,8 @@ PARAMS = {
         resize=Param(OneOf(RESIZE_FILTERS), 'crop resize of the training and validation '
                      'loaders: antialias (a triangle filter widened on downscales: PIL\'s and '
                      'torchvision\'s antialiased bilinear), bilinear (OpenCV INTER_LINEAR, '
-                     'aliases on downscales) or area (OpenCV INTER_AREA, stock FFCV\'s; '
-                     'slower)', default=DEFAULT_RESIZE),
+                     'aliases on downscales), bicubic (PIL\'s antialiased bicubic) or area '
+                     '(OpenCV INTER_AREA, stock FFCV\'s; 3x slower)', default=DEFAULT_RESIZE),
     )),
     'model': ('the student', dict(
         arch=Param(str, 'architecture: a name the model registry knows (resnet18/34/50/101, '
