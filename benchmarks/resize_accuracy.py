@@ -1,5 +1,5 @@
 """What the crop resize filter does to training: the demo's FKD and plain students, and a short
-plain run on ImageNet-shaped photos, once per filter, several seeds.
+fine-tuning run on ImageNet-shaped photos, once per filter, several seeds.
 
     python -m benchmarks.resize_accuracy [--demo build/demo] [--seeds 3] [--photo-seeds 2]
                                          [--out FILE.md]
@@ -7,8 +7,9 @@ plain run on ImageNet-shaped photos, once per filter, several seeds.
 1. The demo (`make demo` first): its teacher labels the 10,000 training images once per filter
    (4 records per image, the teacher's crops resized with that filter), and the demo's FKD and
    plain students train 4 epochs with the same filter in their loaders and validation. The
-   demo's 32 px images are mostly upscaled (crop scale 0.7-1 of 28 px digits padded to 32), so
-   this measures the filters where they differ least.
+   demo's images are 32 px (Fashion-MNIST's 28 px resized with OpenCV's bicubic) and its crops
+   cover 0.7-1 of them, so every crop is resized up or kept: this measures the filters where
+   they differ least.
 2. Photos: the `imagenet` photo set of benchmarks/common.py (4:3 and 3:4 regions of the
    endless-sky landscapes at 500 px), one class per scene with 7 or more photos, every 4th
    photo of a scene (its four variants together) for validation, stored as the loader

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .defaults import RESIZE_FILTERS
+from .defaults import DEFAULT_RESIZE, RESIZE_FILTERS
 
 BOX_UNITS = 32767
 # A teacher's crop resize: one of the loaders' filters (resample.py), so that a student that
@@ -124,7 +124,7 @@ def sample_records(seed: int, index: int, height: int, width: int, n: int, scale
 
 
 def cut_crops(pixels: np.ndarray, stored_boxes, flips, size: int,
-              interpolation: str = 'bicubic') -> np.ndarray:
+              interpolation: str = DEFAULT_RESIZE) -> np.ndarray:
     """Replay records on a decoded image (H, W, 3) -> uint8 crops (n, size, size, 3)."""
     from .resample import resize_box  # an unknown interpolation is refused there, named
     height, width = pixels.shape[:2]

@@ -103,11 +103,17 @@ def warn_if_resized_otherwise(beton: Beton, resize: str) -> None:
             continue
         recorded = (info.get('crop_resize') or info.get('teacher', {}).get('interpolation')
                     or ('antialias' if info.get('source') == 'fkd-import' else None))
-        if recorded and recorded != resize:
-            warnings.warn(f"{beton.path}: its records were labelled on crops resized with "
-                          f"{recorded!r}, and this loader resizes with {resize!r}: student and "
-                          f"teacher see the crops differently resampled (--data.resize="
-                          f"{recorded} replays them as the teacher saw them)", stacklevel=3)
+        if not recorded:
+            continue
+        if 'crop_resize' not in info and recorded == 'bicubic':  # labelled before resample.py
+            fix = "OpenCV's INTER_CUBIC then, which no filter reproduces"
+        elif recorded != resize:
+            fix = f"--data.resize={recorded} replays them as the teacher saw them"
+        else:
+            continue
+        warnings.warn(f"{beton.path}: its records were labelled on crops resized with "
+                      f"{recorded!r}, and this loader resizes with {resize!r}: student and "
+                      f"teacher see the crops differently resampled ({fix})", stacklevel=3)
 
 
 class _RecordLoader(_PassLoader):

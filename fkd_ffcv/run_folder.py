@@ -89,7 +89,8 @@ class RunFolder:
         if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
             raise TrainingError(f"{self.checkpoint} is not a fkd-ffcv checkpoint")
         recorded = state['options']
-        changed = [f'{s}.{k}' for s, values in opts.items() for k, v in values.items()
+        changed = [f'{s}.{k} (checkpoint: {_current(recorded, s, k)})'
+                   for s, values in opts.items() for k, v in values.items()
                    if (s, k) not in RESUMABLE_CHANGES  # options added since: their default
                    and _current(recorded, s, k) != v]
         if changed:

@@ -76,8 +76,8 @@ def preprocessing(name: str) -> dict:
         raise ValueError(f"timm model {name!r} takes {height}x{width} inputs; crops here are "
                          f"square")
     # timm feeds PIL images: its bilinear is PIL's antialiased one, its bicubic antialiased too
-    interpolation = {'bilinear': 'antialias'}.get(cfg.get('interpolation') or 'bicubic',
-                                                  cfg.get('interpolation') or 'bicubic')
+    interpolation = cfg.get('interpolation') or 'bicubic'
+    interpolation = {'bilinear': 'antialias'}.get(interpolation, interpolation)
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"timm model {name!r} was trained with {interpolation!r} "
                          f"interpolation; crops are cut with one of {', '.join(INTERPOLATIONS)}")

@@ -481,8 +481,8 @@ class Trainer:
             data['resize'] = stored['resize']
         if self.is_main:
             print(f"evaluating {path} at {v['resolution']} px, ratio {v['ratio']:.3f}, "
-                  f"{data['resize']} resize (--validation.resolution / --validation.ratio / "
-                  f"--data.resize to change)")
+                  f"{data['resize']} resize, as the run validated (--validation.resolution, "
+                  f"--validation.ratio, --data.resize at other than their defaults change it)")
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.ema = None
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],

@@ -25,6 +25,22 @@ def test_eval_loader_reads_every_sample_once_in_order(raw_tree_beton, image_tree
     assert len(Beton(path)) == 12
 
 
+def test_the_eval_crop_is_ffcvs_centre_box_through_the_chosen_filter(raw_tree_beton):
+    from fkd_ffcv.resample import resize_box
+    path, _ = raw_tree_beton
+    images = next(iter(eval_loader(path, batch_size=4, resolution=20, ratio=0.875,
+                                   num_workers=1, resize='bicubic')))[0]
+    for sample in range(4):
+        pixels = Beton(path).image(sample)
+        height, width = pixels.shape[:2]
+        side = int(0.875 * min(height, width))
+        box = ((height - side) // 2, (width - side) // 2, side, side)
+        assert np.array_equal(images[sample].permute(1, 2, 0).numpy(),
+                              resize_box(pixels, box, 20, 'bicubic'))
+    with pytest.raises(ValueError, match=r'\(0, 1\], not 1.5'):
+        eval_loader(path, ratio=1.5)
+
+
 def test_a_failing_loader_thread_raises_instead_of_hanging(tmp_path):
     class Halves:
         def __len__(self):

@@ -161,9 +161,12 @@ def test_loaders_warn_when_they_resize_otherwise_than_the_records_teacher(recwar
     with pytest.warns(UserWarning, match="data.beton.*'area'.*'antialias'"):
         warn_if_resized_otherwise(_Manifested({'soft_labels': {'crop_resize': 'area'}}),
                                   'antialias')
-    with pytest.warns(UserWarning, match="'bicubic'"):  # a beton labelled before crop_resize
+    with pytest.warns(UserWarning, match="'area'.*--data.resize=area"):  # before crop_resize
         warn_if_resized_otherwise(_Manifested({'embeddings': {
-            'teacher': {'interpolation': 'bicubic'}}}), 'antialias')
+            'teacher': {'interpolation': 'area'}}}), 'antialias')
+    with pytest.warns(UserWarning, match="INTER_CUBIC then, which no filter reproduces"):
+        warn_if_resized_otherwise(_Manifested({'soft_labels': {   # OpenCV's bicubic then
+            'teacher': {'interpolation': 'bicubic'}}}), 'bicubic')
     with pytest.warns(UserWarning, match="'antialias'.*'area'"):  # an import before crop_resize
         warn_if_resized_otherwise(_Manifested({'soft_labels': {'source': 'fkd-import'}}), 'area')
     recwarn.clear()

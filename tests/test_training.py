@@ -199,6 +199,11 @@ def test_online_kd_with_mixing_and_weight_averaging(labelled, plain_run, tmp_pat
     assert trainer.val_loader.pipeline_specs['image'].decoder.resize == 'bilinear'
     assert torch.load(tmp_path / 'run' / 'final_weights.pt',
                       weights_only=True)['preprocess']['interpolation'] == 'bilinear'
+    # eval-only validates with the run's filter, left at the default
+    again = Trainer(run_options(labelled, tmp_path / 'run', training__eval_only=True,
+                                training__checkpoint=str(tmp_path / 'run' / 'final_weights.pt')))
+    assert again.run()['top1'] == summary['top1']
+    assert again.val_loader.pipeline_specs['image'].decoder.resize == 'bilinear'
     assert trainer.history[-1]['loss'] < trainer.history[0]['loss']
     assert summary['top1'] is not None and math.isfinite(trainer.history[-1]['val_loss'])
     # the export holds the averaged weights, which are what was evaluated
