@@ -16,8 +16,9 @@
 The first three share one implementation: per axis, taps computed once per crop (first input
 index and normalised weights of every output index), then a vertical pass over whole rows of
 the box (contiguous, so it vectorises) and a horizontal pass that writes the output, mirrored
-when asked (the flip costs nothing there). Pixel centres sit at half-integers, as in OpenCV,
-PIL and torchvision; taps never reach outside the box (crop, then resize).
+when asked (at mirrored positions: no separate pass). Pixel centres sit at half-integers, as in
+OpenCV, PIL and torchvision; taps never reach outside the box (crop, then resize). Each filter
+is compiled once per process as a C function that the pipelines call (`_c_resize`).
 """
 from __future__ import annotations
 
@@ -95,10 +96,9 @@ def _two_taps(line, start, second, weights, row, flip):
     """The horizontal pass with two taps per output pixel, unrolled; + 0.5 because the
     conversion to uint8 truncates."""
     out_w = row.shape[0] // 3
-    first, step = (3 * (out_w - 1), -3) if flip else (0, 3)  # no branch in the loop
     for ox in range(out_w):
         a, b, w0, w1 = start[ox], second[ox], weights[ox, 0], weights[ox, 1]
-        col = first + step * ox
+        col = 3 * (out_w - 1 - ox if flip else ox)
         row[col] = np.float32(0.5) + w0 * line[a] + w1 * line[b]
         row[col + 1] = np.float32(0.5) + w0 * line[a + 1] + w1 * line[b + 1]
         row[col + 2] = np.float32(0.5) + w0 * line[a + 2] + w1 * line[b + 2]
@@ -108,7 +108,6 @@ def _two_taps(line, start, second, weights, row, flip):
 def _many_taps(line, start, taps, weights, row, flip):
     """The horizontal pass with any number of taps per output pixel."""
     out_w = row.shape[0] // 3
-    first, step = (3 * (out_w - 1), -3) if flip else (0, 3)
     for ox in range(out_w):
         source, kernel = line[start[ox]:], weights[ox]
         r = g = b = np.float32(0.5)
@@ -116,7 +115,7 @@ def _many_taps(line, start, taps, weights, row, flip):
             r += kernel[t] * source[3 * t]
             g += kernel[t] * source[3 * t + 1]
             b += kernel[t] * source[3 * t + 2]
-        col = first + step * ox
+        col = 3 * (out_w - 1 - ox if flip else ox)
         row[col], row[col + 1], row[col + 2] = r, g, b
 
 
