@@ -18,12 +18,9 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .defaults import DEFAULT_RESIZE, RESIZE_FILTERS
+from .defaults import DEFAULT_RESIZE
 
 BOX_UNITS = 32767
-# A teacher's crop resize: one of the loaders' filters (resample.py), so that a student that
-# resizes with the same one sees exactly the teacher's crops.
-INTERPOLATIONS = RESIZE_FILTERS
 # FKD's scale range for ImageNet (the upper bound matched its teacher's training); small images
 # such as 32 px ones get a larger minimum by default, so no crop is a few pixels.
 IMAGENET_SCALE = (0.08, 0.936)

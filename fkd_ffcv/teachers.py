@@ -46,8 +46,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .crops import INTERPOLATIONS
-from .defaults import TEACHER_PRECISIONS
+from .defaults import RESIZE_FILTERS, TEACHER_PRECISIONS
 from .devices import autocast_dtype
 from .files import load_data
 from .models import (IMAGENET_MEAN, IMAGENET_STD, call_entry_point, classifier_name,
@@ -74,8 +73,8 @@ class Preprocess:
     model: str = ''  # what the spec resolved to, where that can change (a timm name and tag)
 
     def __post_init__(self):
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, not "
+        if self.interpolation not in RESIZE_FILTERS:  # teacher crops: the loaders' filters
+            raise ValueError(f"interpolation must be one of {list(RESIZE_FILTERS)}, not "
                              f"{self.interpolation!r}")
         if self.input_size < 1 or len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"invalid preprocessing {self}")

@@ -69,7 +69,7 @@ def pretrained_config(name: str) -> dict:
 def preprocessing(name: str) -> dict:
     """(input_size, interpolation, mean, std) of the pretrained configuration, as a teacher's
     Preprocess takes them; crop_pct and fixed_input_size beside them for whoever needs them."""
-    from .crops import INTERPOLATIONS
+    from .defaults import RESIZE_FILTERS
     cfg = pretrained_config(name)
     _, height, width = cfg['input_size']
     if height != width:
@@ -78,9 +78,9 @@ def preprocessing(name: str) -> dict:
     # timm feeds PIL images: its bilinear is PIL's antialiased one, its bicubic antialiased too
     interpolation = cfg.get('interpolation') or 'bicubic'
     interpolation = {'bilinear': 'antialias'}.get(interpolation, interpolation)
-    if interpolation not in INTERPOLATIONS:
+    if interpolation not in RESIZE_FILTERS:
         raise ValueError(f"timm model {name!r} was trained with {interpolation!r} "
-                         f"interpolation; crops are cut with one of {', '.join(INTERPOLATIONS)}")
+                         f"interpolation; crops are cut with one of {', '.join(RESIZE_FILTERS)}")
     return dict(input_size=height, interpolation=interpolation, mean=tuple(cfg['mean']),
                 std=tuple(cfg['std']), crop_pct=cfg.get('crop_pct') or 0.875,
                 fixed_input_size=bool(cfg.get('fixed_input_size')))
