@@ -384,7 +384,8 @@ class EmbeddingDistillation:
                         probe_lr=s['probe_lr'], seed=trainer.opts['training']['seed'],
                         batch_size=v['batch_size'], num_workers=trainer.workers,
                         device=trainer.device, rank=trainer.rank,
-                        world_size=trainer.world_size, resize=d['resize'])
+                        world_size=trainer.world_size, resize=d['resize'],
+                        progress=trainer.is_main and trainer.opts['logging']['progress'])
 
 
 @MODES.register('ssl')

@@ -19,6 +19,8 @@ teacher spec.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -57,15 +59,19 @@ def gather_rows(x: torch.Tensor, total: int, rank: int, world_size: int) -> torc
 @torch.no_grad()
 def embed(forward, path, *, resolution: int, ratio: float, batch_size: int = 256,
           num_workers: int = -1, device='cpu', rank: int = 0, world_size: int = 1,
-          resize: str = DEFAULT_RESIZE) -> tuple:
+          resize: str = DEFAULT_RESIZE, progress: bool = True) -> tuple:
     """(unit features float32 (N, F), labels int64 (N,)) of every image of the beton at `path`,
-    centre-cropped; `forward` maps uint8 images (B, 3, S, S) on `device` to features."""
+    centre-cropped; `forward` maps uint8 images (B, 3, S, S) on `device` to features; a bar on
+    a terminal when `progress`."""
     from .beton import Beton
     from .loaders import eval_loader
+    from .progress import bar
     require_labels(path)
     features, labels = [], []
-    for images, y in eval_loader(path, batch_size, resolution, ratio, num_workers,
-                                 str(device), rank, world_size, resize):
+    loader = eval_loader(path, batch_size, resolution, ratio, num_workers, str(device), rank,
+                         world_size, resize)
+    for images, y in bar(progress, iterable=loader, unit='batch', leave=False,
+                         desc=f"embedding {os.path.basename(path)}"):
         images = images.to(device, non_blocking=True)
         features.append(F.normalize(forward(images).float(), dim=-1))
         labels.append(y.to(device).long().clone())  # FFCV reuses its batch buffers
@@ -131,7 +137,8 @@ def evaluate(forward, train_path, val_path, num_classes: int, *, resolution: int
              probe_epochs: int = 100, probe_lr: float = 0.1, probe_batch_size: int = 256,
              seed: int = 0, **loading) -> dict:
     """k-NN top-1 and linear-probe top-1 of the features `forward` gives (module docstring);
-    `loading` goes to `embed` (batch_size, num_workers, device, rank, world_size, resize). Every rank
+    `loading` goes to `embed` (batch_size, num_workers, device, rank, world_size, resize,
+    progress). Every rank
     gets the same numbers (it computes them on the gathered features)."""
     train = embed(forward, train_path, resolution=resolution, ratio=ratio, **loading)
     val = embed(forward, val_path, resolution=resolution, ratio=ratio, **loading)

@@ -381,10 +381,10 @@ class Teacher:
 
 @torch.no_grad()
 def evaluate(teacher: Teacher, beton_path, ratio: float = 0, resolution: int = 0,
-             batch_size: int = 256, num_workers: int = -1) -> dict:
+             batch_size: int = 256, num_workers: int = -1, progress: bool = True) -> dict:
     """Top-1 and top-5 of `teacher` on every image of a beton, centre-cropped (side `ratio` x
     the shorter side; default: the teacher's own crop fraction) and resized to `resolution`
-    (default: the teacher's input size) with the teacher's own filter."""
+    (default: the teacher's input size) with the teacher's own filter; a bar on a terminal."""
     ratio = ratio or teacher.crop_pct
     from .beton import Beton
     from .loaders import eval_loader
@@ -394,8 +394,11 @@ def evaluate(teacher: Teacher, beton_path, ratio: float = 0, resolution: int = 0
                          f"{len(classes)}")
     side = resolution or teacher.input_size
     top1 = top5 = n = 0
-    for images, labels in eval_loader(beton_path, batch_size, side, ratio, num_workers,
-                                      str(teacher.device), resize=teacher.interpolation):
+    from .progress import bar
+    loader = eval_loader(beton_path, batch_size, side, ratio, num_workers, str(teacher.device),
+                         resize=teacher.interpolation)
+    for images, labels in bar(progress, iterable=loader, unit='batch', leave=False,
+                              desc=f"evaluating on {os.path.basename(beton_path)}"):
         labels = labels.to(teacher.device).long()
         top = teacher.forward(images).topk(min(5, teacher.num_classes), dim=1).indices
         top1 += int((top[:, 0] == labels).sum())

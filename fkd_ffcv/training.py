@@ -415,7 +415,10 @@ class Trainer:
         tta = self.opts['validation']['lr_tta']
         totals = torch.zeros(4, device=self.device)
         first = True
-        for images, labels in self.val_loader:
+        batches = progress_bar(self.is_main and self.opts['logging']['progress'],
+                               iterable=self.val_loader, desc='validation', unit='batch',
+                               leave=False)
+        for images, labels in batches:
             if first and self.device.type == 'cpu':
                 torch.set_num_threads(self.threads)
                 first = False

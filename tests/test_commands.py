@@ -1,5 +1,5 @@
 """The installed commands: what `pip install .` gives a user (console scripts, the demo's recipes
-inside the package), fkd-eval-teacher, interrupts that say what was kept, bars kept out of logs."""
+inside the package), fkd-eval-teacher, interrupts that say what was kept (bars: test_progress.py)."""
 import subprocess
 import sys
 import zipfile
@@ -71,12 +71,6 @@ def test_an_interrupted_labelling_says_what_was_kept(fashion_betons, tmp_path, m
     assert cli.write() == 130
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith('interrupted: labelling ') and 'same command resumes' in message
-
-
-def test_progress_bars_stay_out_of_logs():
-    from fkd_ffcv.progress import bar
-    assert bar(True, total=3).disable  # stderr is not a terminal under pytest
-    assert bar(False, total=3).disable
 
 
 def test_recipes_take_sections_or_dotted_keys_and_refuse_unknown_ones(tmp_path):
