@@ -5,7 +5,8 @@
 3. label R random crops of every training image with it, into the training beton;
 4. train three students with the same model, crops and schedule: FKD (soft labels replayed
    from the beton), online KD (the teacher runs on every batch) and plain (hard labels);
-5. print a results table (top-1, time, crops/s) and plot accuracy against training time.
+5. print a results table (top-1, time, crops/s) and plot accuracy and loss against training
+   time (plots.py, as `fkd-plot` draws runs).
 
 The recipes are `fkd_ffcv/small_configs/fashion_mnist_*.yaml` (installed with the package);
 the steps are fkd_ffcv/recipes.py's. A finished step is reused when the demo runs again (a
@@ -31,17 +32,6 @@ SIZES = {  # images, epochs and records; 'full' fits `make demo` in minutes on t
 STUDENTS = ('fkd', 'online_kd', 'plain')
 
 
-def curve(folder: Path) -> tuple:
-    """(cumulative training seconds, top-1) at each validation of a run."""
-    seconds, points = 0.0, []
-    for line in (folder / 'log.jsonl').read_text().splitlines():
-        line = json.loads(line)
-        seconds += line['seconds']
-        if 'top1' in line:
-            points.append((seconds, line['top1']))
-    return tuple(zip(*points))
-
-
 def report(out: Path, summaries: dict, folders: dict) -> str:
     labelling = json.loads((out / 'labelling.json').read_text()) \
         if (out / 'labelling.json').exists() else None
@@ -59,20 +49,9 @@ def report(out: Path, summaries: dict, folders: dict) -> str:
                      f"| {labelling['seconds']:.0f} | |")
     from .devices import machine, precision_of
     table = '\n'.join(lines + ['', f"{machine()}; precision {precision_of(summaries.values())}."])
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in STUDENTS:
-        x, y = curve(folders[key])
-        ax.plot(x, [100 * v for v in y], marker='o', label=names[key].split(' (')[0])
-    ax.set_xlabel('training time (s, excluding validation)')
-    ax.set_ylabel('validation top-1 (%)')
-    ax.set_title('Fashion-MNIST subset, small ResNet, same crops')
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / 'results.png', dpi=120)
+    from .plots import plot_runs, read_log
+    plot_runs({names[key].split(' (')[0]: read_log(folders[key]) for key in STUDENTS},
+              out / 'results.png', 'Fashion-MNIST subset, small ResNet, same crops')
     (out / 'results.md').write_text(table + '\n')
     return table
 

@@ -28,7 +28,7 @@ def test_the_wheel_installs_commands_and_carries_the_demos_recipes(wheel):
     for command in ('fkd-write = fkd_ffcv.cli:write', 'fkd-train = fkd_ffcv.cli:train',
                     'fkd-eval-teacher = fkd_ffcv.cli:eval_teacher',
                     'fkd-probe = fkd_ffcv.cli:probe', 'fkd-inspect = fkd_ffcv.inspect:main',
-                    'fkd-demo = fkd_ffcv.demo:command'):
+                    'fkd-plot = fkd_ffcv.plots:main', 'fkd-demo = fkd_ffcv.demo:command'):
         assert command in entry_points
 
 
