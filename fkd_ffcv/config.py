@@ -36,8 +36,16 @@ class ConfigError(ValueError):
 
 
 def closest(name: str, candidates: Iterable[str]) -> Optional[str]:
-    """The candidate most like `name` (difflib), or None when none is close."""
-    found = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    """The candidate most like `name`, or None when none is close. A name cut short
+    (`max_res`) means the candidate it begins (`max_resolution`), though difflib finds
+    another more alike (`max_pixels`); so candidates that `name` begins (its last part at least
+    two characters) come first, the most alike of them, then difflib's closest."""
+    candidates = sorted(set(candidates))
+    if len(name.lstrip('-').rsplit('.', 1)[-1]) >= 2:
+        begun = [c for c in candidates if c.startswith(name) and c != name]
+        if begun:
+            return difflib.get_close_matches(name, begun, n=1, cutoff=0)[0]
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return found[0] if found else None
 
 
@@ -194,11 +202,36 @@ def load_config(description: str, aliases: Optional[dict] = None):
         for path, error in errors.items():
             param = config.entries[path]
             got = config.content.get(path, '')
-            print(f"error: --{'.'.join(path)}: expected {param.checker.help()}, got {got!r}"
+            print(f"error: {where_set(path, rest, files, recipes)}: expected "
+                  f"{param.checker.help()}, got {got!r}"
                   + (" (required)" if type(error).__name__ == 'MissingValueError' else ''),
                   file=sys.stderr)
         sys.exit(2)
     return config
+
+
+def where_set(path: Tuple[str, ...], args: Sequence[str], files: Sequence[str],
+              recipes: Sequence[dict]) -> str:
+    """Where the value of option `path` came from, as an error names it: `--section.key` from
+    the command line (which wins), else `<file>: key section.key` of the last recipe that sets
+    it (later files win); an option nobody set (a required one) is named as the option."""
+    option = '--' + '.'.join(path)
+    if any(arg.split('=', 1)[0] == option for arg in args):
+        return option
+    for file, recipe in reversed(list(zip(files, recipes))):
+        if path in set(recipe_paths(recipe)):
+            return f"{file}: key {'.'.join(path)}"
+    return option
+
+
+def recipe_paths(mapping: dict, prefix: Tuple[str, ...] = ()):
+    """The option paths a recipe sets, in either spelling (sections of keys, dotted keys)."""
+    for key, value in mapping.items():
+        path = prefix + tuple(str(key).split('.'))
+        if isinstance(value, dict):
+            yield from recipe_paths(value, path)
+        else:
+            yield path
 
 
 def plain_help(description: str, config, aliases: dict, width: int = 100) -> str:

@@ -47,6 +47,18 @@ def test_unknown_sections_and_keys_name_the_closest_valid_one(recipe, message):
     assert unknown_keys(recipe, KNOWN) == [message]
 
 
+def test_a_name_cut_short_suggests_the_option_it_begins():
+    known = [('write', 'max_pixels'), ('write', 'max_resolution'), ('write', 'jpeg_quality')]
+    # difflib alone finds max_pixels more alike than max_resolution
+    assert unknown_keys({'write': {'max_res': 256}}, known) == [
+        'unknown key write.max_res; did you mean write.max_resolution?']
+    assert unknown_arguments(['--write.max_res=256'], ['--write.max_pixels',
+                                                       '--write.max_resolution']) == [
+        'unknown option --write.max_res; did you mean --write.max_resolution?']
+    assert unknown_keys({'write': {'max': 1}}, known) == [
+        'unknown key write.max; did you mean write.max_pixels?']  # the most alike of those begun
+
+
 def test_unknown_command_line_tokens_name_the_closest_option():
     options = ['--training.epochs', '--training.mode', '--config-file']
     assert unknown_arguments(['--training.epoch=4'], options) == [
@@ -96,6 +108,19 @@ def test_a_recipe_with_an_unknown_key_is_refused(tmp_path, content, message):
     done = cli(tmp_path, '--config-file', 'r.yaml')
     assert done.returncode == 2 and done.stdout == ''
     assert done.stderr == f"error: r.yaml: {message}\n"
+
+
+def test_a_wrong_value_is_named_where_it_was_given(tmp_path):
+    (tmp_path / 'a.yaml').write_text('training:\n  epochs: two\n')
+    (tmp_path / 'b.yaml').write_text('training.epochs: three\n')
+    (tmp_path / 'c.yaml').write_text('training:\n  mode: plain\n')
+    done = cli(tmp_path, '--config-file', 'a.yaml')
+    assert (done.returncode, done.stderr) == (
+        2, "error: a.yaml: key training.epochs: expected an int, got 'two'\n")
+    done = cli(tmp_path, '-C', 'a.yaml', '-C', 'b.yaml', '-C', 'c.yaml')  # the last that sets it
+    assert done.stderr == "error: b.yaml: key training.epochs: expected an int, got 'three'\n"
+    done = cli(tmp_path, '-C', 'a.yaml', '--training.epochs', 'four')  # the command line wins
+    assert done.stderr == "error: --training.epochs: expected an int, got 'four'\n"
 
 
 def test_abbreviations_and_unknown_options_are_refused(tmp_path):
