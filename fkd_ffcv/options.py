@@ -188,7 +188,8 @@ PARAMS = {
     )),
     'logging': ('outputs', dict(
         folder=Param(str, 'run folder (default: runs/<mode>_<arch>)', default=''),
-        progress=Param(Flag(), 'progress bar', default=True),
+        progress=Param(Flag(), 'progress bars of training and validation, drawn only when '
+                       'stderr is a terminal', default=True),
     )),
     'dist': ('multi-process training under torchrun', dict(
         backend=Param(OneOf(['auto', 'nccl', 'gloo']), 'auto: nccl on CUDA, gloo on CPU',
