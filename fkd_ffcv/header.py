@@ -75,8 +75,8 @@ def check_beton(path) -> Header:
     if num_fields == 0 or page == 0 or page & (page - 1):
         raise not_a_beton(f"{num_fields} fields, page size {page}: not a beton header")
     descriptors_end = HEADER.itemsize + num_fields * DESCRIPTOR.itemsize
-    if size < descriptors_end:
-        raise truncated(descriptors_end)
+    if size < descriptors_end:  # the metadata's size is in the descriptors: a lower bound
+        raise truncated(max(descriptors_end, table), exact=False)
     descriptors = np.fromfile(path, dtype=DESCRIPTOR, count=num_fields, offset=HEADER.itemsize)
     type_ids = [int(t) for t in descriptors['type_id']]
     unknown = sorted(set(type_ids) - set(_METADATA) - {CUSTOM})

@@ -22,7 +22,7 @@ from .defaults import (CLASSES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD, EMBEDDING
                        FASHION_MNIST_DIR, LABELLED_SUFFIX, PRECISIONS, RESIZE_FILTERS)
 from .errors import OptionError
 from .header import check_beton
-from .label_types import LabelSpec
+from .label_types import LabelSpec, default_label_type
 from .modes import MODES
 from .schedules import LR_SCHEDULES
 
@@ -411,7 +411,7 @@ def check_writing(data: dict, write: dict, labels: dict) -> None:
     check_writing_paths(data, labels)
     if labels['beton']:
         check_beton(labels['beton'])  # DataError (exit 1), before any teacher loads
-    if source and labels['label_type'] and not labels.get('embedding'):
+    if source and labels.get('label_type') and not labels.get('embedding'):
         check_label_type(labels['label_type'], data, labels)
     check_outputs(data, write, labels)
 
@@ -429,7 +429,7 @@ def labelled_beton(labels: dict, beton) -> Path:
     """Where labelling `beton` writes: --labels.out, else <stem>_fkd.beton beside it (never
     the beton itself unless named: replacing it is an overwrite)."""
     beton = Path(beton)
-    return Path(labels['out'] or beton.with_name(beton.stem + LABELLED_SUFFIX + beton.suffix))
+    return Path(labels.get('out') or beton.with_name(beton.stem + LABELLED_SUFFIX + beton.suffix))
 
 
 def check_outputs(data: dict, write: dict, labels: dict) -> None:
@@ -464,8 +464,9 @@ def check_label_type(label_type: str, data: dict, labels: dict) -> None:
         try:
             LabelSpec.parse(label_type, classes)
         except ValueError as e:
-            raise OptionError(f"--labels.label_type: {e} ({where}); leave it out to have k "
-                              f"chosen from the class count") from None
+            raise OptionError(f"--labels.label_type: {e} ({where}); without the option, "
+                              f"{default_label_type(classes)} is chosen from the class "
+                              f"count") from None
 
 
 def check_writing_paths(data: dict, labels: dict) -> None:
