@@ -166,7 +166,7 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
                 print(f"warning: class {empty!r} has no images in {split}", file=sys.stderr)
         manifest = {'classes': list(source.classes),
                     'source': {**data, 'root': str(root), 'split': split},
-                    'write_options': write}
+                    'write_options': {k: v for k, v in write.items() if k != 'overwrite'}}
         try:
             report = write_beton(out, fields, source, num_workers=write['num_workers'],
                                  chunk_size=write['chunk_size'], page_size=write['page_size'],
