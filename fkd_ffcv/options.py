@@ -328,8 +328,8 @@ def check_same_classes(train: str, val: str) -> None:
                        enumerate(zip(ours, theirs)) if a != b),
                       f"{len(ours)} classes against {len(theirs)}")
         raise OptionError(f"--data.train_dataset={train} and --data.val_dataset={val} have "
-                          f"other class lists ({differ}): give betons written from the same "
-                          f"data set")
+                          f"other classes ({differ}): give betons written from the same data "
+                          f"set")
 
 
 def check_records(k: int, records: Optional[int], path: str) -> None:

@@ -109,7 +109,7 @@ def test_training_and_validation_betons_of_other_classes_are_refused(fashion_bet
     train, _ = fashion_betons
     val = raw_tree_beton[0]
     with pytest.raises(OptionError, match=rf"--data.train_dataset={train} and "
-                                          rf"--data.val_dataset={val} have other class lists "
+                                          rf"--data.val_dataset={val} have other classes "
                                           rf"\(class 0: 'T-shirt/top' against 'bird'\)"):
         check(options({'data.train_dataset': str(train), 'data.val_dataset': str(val),
                        'training.mode': 'plain'}))
