@@ -41,7 +41,7 @@ beton), plain (hard labels), online KD (a teacher forward on every batch), Fast 
 self-supervised student from stored teacher embeddings (--training.mode=ssl).
 
     fkd-train --config-file rn50_configs/rn50_fkd_88_epochs.yaml \
-        --data.train_dataset=/data/betons/imagenet_train.beton \
+        --data.train_dataset=/data/betons/imagenet_train_fkd.beton \
         --data.val_dataset=/data/betons/imagenet_val.beton
     torchrun --nproc_per_node=8 --no-python fkd-train ...   # one process per GPU
     fkd-train --config-file ... --resume                     # continue logging.folder
