@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,7 +57,7 @@ def describe_soft_labels(beton: Beton, info: dict, epochs: int) -> list:
     return lines
 
 
-def describe_origin(origin: dict) -> str:
+def describe_origin(origin: dict, copy: Path) -> str:
     """Which beton a copy was made from, and whether that file is still the one it was."""
     from .beton import Beton
     path = origin['beton']
@@ -64,8 +65,9 @@ def describe_origin(origin: dict) -> str:
             f"{origin['fingerprint'][:12]}")
     made += f", written {origin['written_at']})" if origin.get('written_at') else ")"
     try:
-        now = 'unchanged' if Beton(path).fingerprint() == origin['fingerprint'] else \
-            'replaced since (another fingerprint)'
+        now = ('this copy, which replaced it' if Path(path).resolve() == copy.resolve() else
+               'unchanged' if Beton(path).fingerprint() == origin['fingerprint'] else
+               'replaced since (another fingerprint)')
     except FileNotFoundError:
         now = 'no longer there'
     except (OSError, ValueError, KeyError) as e:
@@ -99,7 +101,7 @@ def describe(beton: Beton, epochs: int = 0) -> str:
                      f"{int(meta['height'].min())}-{int(meta['height'].max())} x "
                      f"{int(meta['width'].min())}-{int(meta['width'].max())} px")
     if 'derived_from' in manifest:
-        lines.append(describe_origin(manifest['derived_from']))
+        lines.append(describe_origin(manifest['derived_from'], beton.path))
     if 'source' in manifest:
         lines.append(f"  source: {manifest['source']}")
     if 'write_options' in manifest:
