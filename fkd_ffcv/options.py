@@ -241,7 +241,6 @@ def check(opts: dict) -> None:
         check_beton(data[key])  # DataError (exit 1): not a beton, or truncated
     if t['eval_only']:
         return
-    check_same_classes(data['train_dataset'], data['val_dataset'])
     weights = opts['model']['weights']
     if weights and not os.path.isfile(weights):
         raise OptionError(f"--model.weights: {weights}: no such file")
@@ -305,6 +304,7 @@ def check(opts: dict) -> None:
         raise OptionError(f"--ssl.dim={opts['ssl']['dim']}: the student's projection head must "
                           f"have the {described['dim']} dimensions of the teacher embeddings in "
                           f"{data['train_dataset']}")
+    check_same_classes(data['train_dataset'], data['val_dataset'])
 
 
 def check_sections(opts: dict, name: str, mode) -> None:
