@@ -52,6 +52,13 @@ run writes is in `--logging.folder` (fkd_ffcv/run_folder.py). `python train_imag
 checkout is the same command."""
 
 
+def refused(error: Exception) -> int:
+    """Print a refusal found before anything heavy loads; its exit status: 2 for options
+    (OptionError), 1 for data (DataError: a file that is not a beton, or truncated)."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2 if isinstance(error, OptionError) else 1
+
+
 # ------------------------------------------------------------------------------ fkd-train
 
 def train() -> int:
@@ -64,8 +71,7 @@ def train() -> int:
     try:
         check(opts)
     except (OptionError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, OptionError) else 1
+        return refused(e)
     from .training import main  # torch, ffcv: seconds
     return main(opts)
 
@@ -284,8 +290,7 @@ def write() -> int:
     try:
         check_writing(*sections)
     except (OptionError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, OptionError) else 1
+        return refused(e)
     try:
         write_data(*sections)
     except (RuntimeError, OSError, ValueError, ImportError) as e:  # WriteError: RuntimeError
@@ -326,8 +331,7 @@ def eval_teacher(argv=None) -> int:
         check_teacher_files('teacher', args.teacher)
         check_beton(args.beton)
     except (OptionError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, OptionError) else 1
+        return refused(e)
     from .devices import resolve_device
     from .teachers import Teacher, evaluate
     try:
@@ -395,8 +399,7 @@ def probe(argv=None) -> int:
         for path in (args.train, args.val):
             check_beton(path)
     except (OptionError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, OptionError) else 1
+        return refused(e)
     from .beton import Beton
     from .devices import resolve_device
     from .errors import TrainingError

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 # the label types, here for the callers of this module (label_types.py is torch-free)
-from .label_types import LABEL_TYPES, MAX_CLASSES, MAX_FULL_CLASSES, LabelSpec  # noqa: F401
+from .label_types import LabelSpec  # noqa: F401
 
 FLAG_FLIP, FLAG_P1_STORED = 1, 2  # bits of a record's flags byte
 PROB_CODES = 255  # uint8 code of probability 1
