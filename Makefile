@@ -17,7 +17,7 @@ demo: setup
 # (.venv has the package installed in place), and the checkout's writing script.
 smoke: setup
 	.venv/bin/fkd-demo --smoke
-	$(PY) write_dataset.py --data.out_dir=build/smoke --data.subset=2000
+	$(PY) write_dataset.py --data.out_dir=build/smoke --data.subset=2000 --overwrite
 	.venv/bin/fkd-inspect build/smoke/fashion_mnist_train.beton --read $(WHOLE_32PX)
 
 test: setup

@@ -21,9 +21,9 @@ from ffcv.fields import Field
 from ffcv.fields.rgb_image import IMAGE_MODES
 from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
-from ffcv.types import HeaderType
 
 from .fields import IMAGE_FIELD, PATH_FIELD, Descriptor, VerbatimValue, pointer_columns
+from .header import check_beton
 
 MANIFEST_FORMAT = 'fkd-ffcv manifest 1'
 
@@ -41,10 +41,7 @@ class Beton:
 
     def __init__(self, path, custom_fields: Optional[Mapping[str, type]] = None):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such beton file")
-        if self.path.stat().st_size < HeaderType.itemsize:
-            raise ValueError(f"{self.path}: too short to be a beton ({self.path.stat().st_size} B)")
+        check_beton(self.path)  # not a beton, or truncated: one line, not FFCV's traceback
         try:
             reader = Reader(str(self.path), custom_handlers=dict(custom_fields or {}))
         except AssertionError as e:  # FFCV signals a format version mismatch this way

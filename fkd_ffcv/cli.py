@@ -2,7 +2,8 @@
 fkd-write, fkd-train, fkd-eval-teacher, fkd-probe; fkd-inspect and fkd-demo are inspect.py's and
 demo.py's main) and run by the top-level `write_dataset.py` and `train_imagenet.py`. Each checks its
 options before it imports torch or ffcv (seconds), and ends with an exit status: 0, 1 for an
-error in the run, 2 for options, 130 for Ctrl-C."""
+error in the run or in the data (a file that is not a beton, or truncated: errors.DataError,
+found by the option checks too), 2 for options, 130 for Ctrl-C."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from . import defaults
 from .config import load_config, section
-from .errors import OptionError
+from .errors import DataError, OptionError
+from .header import check_beton
 
 WRITE_HELP = r"""Write an image data set to FFCV betons, and FKD crop records with soft
 labels into them.
@@ -24,9 +26,11 @@ labels into them.
     fkd-write --labels.beton=data/x_fkd.beton --labels.out=data/x_images.beton  # drop records
 
 Each split becomes `<out_dir>/<name>_<split>.beton` plus its manifest `<...>.beton.json`
-(class names, source, options, skipped inputs). With `--labels.teacher` or
-`--labels.import_root`, the train split (or `--labels.beton`) gets N crop records per image;
-`--labels.beton` with only `--labels.out` writes a copy without crop records (to label again).
+(class names, source, options, skipped inputs); a beton that exists is replaced only with
+--overwrite. With `--labels.teacher` or `--labels.import_root`, a copy of the train split (or
+of `--labels.beton`), `<stem>_fkd.beton` unless `--labels.out` names it, gets N crop records
+per image; `--labels.beton` with only `--labels.out` writes a copy without crop records (to
+label again).
 `--labels.embedding=auto` stores a teacher's embedding per record instead (self-supervised
 FKD, --training.mode=ssl), e.g. from MoCo v2: --labels.teacher=moco:resnet50:<checkpoint>.
 Labelling under `torchrun --no-python fkd-write` splits the images over the ranks.
@@ -37,7 +41,7 @@ beton), plain (hard labels), online KD (a teacher forward on every batch), Fast 
 self-supervised student from stored teacher embeddings (--training.mode=ssl).
 
     fkd-train --config-file rn50_configs/rn50_fkd_88_epochs.yaml \
-        --data.train_dataset=/data/betons/imagenet_train.beton \
+        --data.train_dataset=/data/betons/imagenet_train_fkd.beton \
         --data.val_dataset=/data/betons/imagenet_val.beton
     torchrun --nproc_per_node=8 --no-python fkd-train ...   # one process per GPU
     fkd-train --config-file ... --resume                     # continue logging.folder
@@ -46,6 +50,13 @@ self-supervised student from stored teacher embeddings (--training.mode=ssl).
 Options that do not fit together stop the command before torch loads (exit 2). Everything a
 run writes is in `--logging.folder` (fkd_ffcv/run_folder.py). `python train_imagenet.py` in a
 checkout is the same command."""
+
+
+def refused(error: Exception) -> int:
+    """Print a refusal found before anything heavy loads; its exit status: 2 for options
+    (OptionError), 1 for data (DataError: a file that is not a beton, or truncated)."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2 if isinstance(error, OptionError) else 1
 
 
 # ------------------------------------------------------------------------------ fkd-train
@@ -59,17 +70,13 @@ def train() -> int:
     opts = {name: section(config, name) for name in PARAMS}
     try:
         check(opts)
-    except OptionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (OptionError, DataError) as e:
+        return refused(e)
     from .training import main  # torch, ffcv: seconds
     return main(opts)
 
 
 # ------------------------------------------------------------------------------ fkd-write
-
-TEACHER_RECORDS = 500  # --labels.num_records=0 with a teacher: FKD's N (docs/soft_labels.md)
-
 
 def drop_records(beton: Path, out: Path, options: dict) -> None:
     """Write `out`: `beton` without its crop record fields (to label it again)."""
@@ -89,7 +96,8 @@ def drop_records(beton: Path, out: Path, options: dict) -> None:
 def label(labels: dict, write: dict, beton: Path) -> None:
     """Add crop records to `beton` (from a teacher or FKD files), as `labels` says; with
     neither, write `labels.out` without the records `beton` holds."""
-    out = Path(labels['out'] or beton)
+    from .options import labelled_beton
+    out = labelled_beton(labels, beton)
     options = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
                    page_size=write['page_size'])
     if not (labels['teacher'] or labels['import_root']):
@@ -120,9 +128,8 @@ def label(labels: dict, write: dict, beton: Path) -> None:
                       cpu_threads=max(1, len(os.sched_getaffinity(0)) // ranks_here),
                       precision=labels['precision'], embedding=labels['embedding'])
     scale = (labels['scale_min'], labels['scale_max']) if labels['scale_max'] else None
-    settings = LabelingSettings(num_records=labels['num_records'] or TEACHER_RECORDS,
-                                label_type=labels['label_type'] or
-                                ('' if labels['embedding'] else 'marginal_smoothing_k5'),
+    settings = LabelingSettings(num_records=labels['num_records'] or defaults.TEACHER_RECORDS,
+                                label_type=labels['label_type'],  # '': chosen from the classes
                                 scale=scale,
                                 seed=labels['seed'], chunk_images=labels['chunk_images'],
                                 batch_size=labels['batch_size'])
@@ -134,10 +141,11 @@ def label(labels: dict, write: dict, beton: Path) -> None:
         raise KeyboardInterrupt(f"labelling {beton} stopped: the chunks labelled so far are kept "
                                 f"in {work}, and the same command resumes from them") from None
     if report is not None:
+        from .beton import Beton
         what = (f"{teacher.dim}-d embeddings, {labels['embedding']}" if labels['embedding']
-                else settings.label_type)
+                else Beton(out).manifest['soft_labels']['label_type'])
         print(f"labelled {out}: {report.num_samples} images x {settings.num_records} crop "
-              f"records ({what}) by {labels['teacher']} in {work}")
+              f"records ({what}) by {labels['teacher']}, from {beton}")
 
 
 def write_data(data: dict, write: dict, labels: dict) -> None:
@@ -147,14 +155,14 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
     root = data['root'] or defaults.FASHION_MNIST_DIR  # a folder names its root (checked)
     # Imported here so that option errors and --help answer without loading ffcv (seconds).
     from .fields import image_fields
+    from .options import written_betons
     from .sources import FashionMNISTSource, ImageFolderSource
     from .writer import write_beton
 
-    name = data['name'] or ('fashion_mnist' if fashion else Path(root).resolve().name)
     fields = image_fields(write['write_mode'], write['max_resolution'] or None,
                           write['jpeg_quality'], write['compress_probability'],
                           write['smart_threshold'])
-    for split in (['train', 'val'] if data['split'] == 'all' else [data['split']]):
+    for split, out in written_betons(data).items():
         if fashion:
             source = FashionMNISTSource(split, data['image_size'], root, data['subset'])
         else:
@@ -162,18 +170,20 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
                                        write['max_pixels'], data['subset'])
             for empty in source.empty_classes:
                 print(f"warning: class {empty!r} has no images in {split}", file=sys.stderr)
-        out = Path(data['out_dir']) / f"{name}_{split}.beton"
         manifest = {'classes': list(source.classes),
                     'source': {**data, 'root': str(root), 'split': split},
-                    'write_options': write}
+                    'write_options': {k: v for k, v in write.items() if k != 'overwrite'}}
         try:
             report = write_beton(out, fields, source, num_workers=write['num_workers'],
                                  chunk_size=write['chunk_size'], page_size=write['page_size'],
                                  on_error=write['on_error'], manifest=manifest)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"writing {out} stopped: nothing was left under that name "
-                                    f"(betons written before it are complete); the same command "
-                                    f"writes it again") from None
+            kept = (f"the earlier {out} is kept as it was" if out.exists() else
+                    f"no {out} was written")
+            raise KeyboardInterrupt(f"writing {out} stopped: {kept}, and nothing half-written "
+                                    f"is left (betons written before it are complete); the same "
+                                    f"command writes it again (with --overwrite where a beton "
+                                    f"of its names exists)") from None
         print(f"wrote {report.path}: {report.num_samples} images in {report.seconds:.1f} s "
               f"({report.num_samples / report.seconds:,.0f} images/s)")
         if report.skipped:
@@ -189,6 +199,7 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
 def _declare_writing_sections() -> None:
     from fastargs import Param, Section
     from fastargs.validation import And, InRange, OneOf
+    from .config import Flag
     Section('data', 'what to write and where').params(
         source=Param(OneOf(['fashion-mnist', 'folder']), 'fashion-mnist (Debian package) or an '
                      'ImageFolder tree <root>/<split>/<class>/<image>', default='fashion-mnist'),
@@ -216,18 +227,21 @@ def _declare_writing_sections() -> None:
                                    default=0.5),
         num_workers=Param(int, 'writer processes (-1: one per core)', default=-1),
         chunk_size=Param(And(int, InRange(min=1)), 'samples per work item', default=100),
-        page_size=Param(int, 'FFCV page size in bytes (power of two, >= 2 MiB)',
-                        default=defaults.PAGE_SIZE),
+        page_size=Param(int, 'FFCV page size in bytes (power of two, >= 2 MiB; 0: the '
+                        'smallest that holds a sample, 8 MiB for large data sets)', default=0),
         on_error=Param(OneOf(defaults.ON_ERROR), 'unusable input file: fail, or skip it and '
                        'list it', default='fail'),
         max_pixels=Param(And(int, InRange(1, defaults.MAX_PIXELS)), 'refuse images with more '
                          'pixels (at most Pillow\'s own limit)', default=defaults.MAX_PIXELS),
+        overwrite=Param(Flag(), 'replace betons that exist already (alias --overwrite); without '
+                        'it, writing or labelling to an existing file is refused', default=False),
     )
 
 
     Section('labels', 'FKD crop records: from a teacher, or imported from FKD\'s released files').params(
         beton=Param(str, 'label this existing beton instead of writing images', default=''),
-        out=Param(str, 'output beton (default: replace the labelled one)', default=''),
+        out=Param(str, f'output beton (default: <beton stem>{defaults.LABELLED_SUFFIX}.beton beside '
+                  f'it; an existing file needs --overwrite)', default=''),
         teacher=Param(str, 'teacher spec(s), comma-separated for an ensemble: '
                       'checkpoint:<final_weights.pt>, timm:<name>[.<tag>]:<ckpt>, '
                       'torchvision:<arch>:<ckpt>, torchscript:<file>, moco:<arch>:<ckpt> '
@@ -235,10 +249,12 @@ def _declare_writing_sections() -> None:
         import_root=Param(str, 'FKD soft-label tree (<root>/<split>/<class>/<stem>.tar)',
                           default=''),
         num_records=Param(And(int, InRange(min=0)), 'crop records per image (0: teacher '
-                          f'{TEACHER_RECORDS}, FKD\'s N; import: every record of the files)',
+                          f'{defaults.TEACHER_RECORDS}, FKD\'s N; import: every record of the '
+                          f'files)',
                           default=0),
         label_type=Param(str, 'hard, smoothing, marginal_smoothing_k<K>, marginal_renorm_k<K>, '
-                         'full (default: marginal_smoothing_k5; import: the files\' type)',
+                         'full (default: marginal_smoothing_k<K>, K = 5 or the class count - 1 '
+                         'where that is less; import: the files\' type)',
                          default=''),
         temperature=Param(And(float, InRange(min=1e-6)), 'softmax temperature', default=1.0),
         scale_min=Param(And(float, InRange(0, 1)), 'RandomResizedCrop scale (0: FKD default, '
@@ -269,13 +285,12 @@ def write() -> int:
     """Write images to betons, and label or import crop records."""
     from .options import check_writing
     _declare_writing_sections()
-    config = load_config(WRITE_HELP)
+    config = load_config(WRITE_HELP, aliases={'--overwrite': '--write.overwrite=true'})
     sections = [section(config, name) for name in ('data', 'write', 'labels')]
     try:
         check_writing(*sections)
-    except OptionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (OptionError, DataError) as e:
+        return refused(e)
     try:
         write_data(*sections)
     except (RuntimeError, OSError, ValueError, ImportError) as e:  # WriteError: RuntimeError
@@ -314,9 +329,9 @@ def eval_teacher(argv=None) -> int:
         if not os.path.isfile(args.beton):
             raise OptionError(f"{args.beton}: no such beton file")
         check_teacher_files('teacher', args.teacher)
-    except OptionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        check_beton(args.beton)
+    except (OptionError, DataError) as e:
+        return refused(e)
     from .devices import resolve_device
     from .teachers import Teacher, evaluate
     try:
@@ -381,9 +396,10 @@ def probe(argv=None) -> int:
                               f"0: {args.knn_k}, {args.batch_size}, {args.epochs}, "
                               f"{args.resolution}, {args.lr}, {args.ratio}, "
                               f"{args.knn_temperature}")
-    except OptionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        for path in (args.train, args.val):
+            check_beton(path)
+    except (OptionError, DataError) as e:
+        return refused(e)
     from .beton import Beton
     from .devices import resolve_device
     from .errors import TrainingError

@@ -12,7 +12,9 @@ FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fash
 WRITE_MODES = ('raw', 'jpg', 'smart', 'proportion')  # RGBImageField's write modes
 SMART_THRESHOLD = 224 * 224 * 3  # 'smart': JPEG when raw pixels would take more bytes than this
 ON_ERROR = ('fail', 'skip')      # what the writer does with an unusable input file
-PAGE_SIZE = 8 * 1024 * 1024      # FFCV page: power of two, 2 MiB <= page < 4 GiB
+PAGE_SIZE = 8 * 1024 * 1024      # FFCV's default page (power of two, 2 MiB <= page < 4 GiB)
+TEACHER_RECORDS = 500            # crop records per image from a teacher: FKD's N (docs/soft_labels.md)
+LABELLED_SUFFIX = '_fkd'         # x.beton labelled -> x_fkd.beton, unless --labels.out names it
 MAX_PIXELS = 178_956_970         # refuse larger images; Pillow's own hard limit as well
 TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')  # teachers.py: fp32 is exact, the others keep the head fp32
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')  # training.precision (devices.resolve_precision)

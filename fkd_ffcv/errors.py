@@ -7,3 +7,8 @@ class TrainingError(RuntimeError):
 
 class OptionError(TrainingError):
     """Options that do not fit together, or name files that are not there (exit status 2)."""
+
+
+class DataError(TrainingError, ValueError):
+    """A data file that cannot be used as given: not a beton, truncated (exit status 1). A
+    ValueError too, so that callers catching a bad file's ValueError catch it."""

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from itertools import islice
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -29,7 +29,9 @@ from tqdm import tqdm
 
 from .beton import Beton
 from .crops import RATIO, cut_crops, sample_records
+from .defaults import TEACHER_RECORDS
 from .fields import (IMAGE_FIELD, RECORD_FIELDS, embedding_fields, soft_label_fields)
+from .label_types import TOP_K, default_label_type
 from .soft_labels import LabelSpec, compress, record_flags
 from .teachers import Teacher
 from .writer import WriteReport, copy_beton
@@ -38,8 +40,8 @@ from .progress import bar as progress_bar
 
 @dataclass(frozen=True)
 class LabelingSettings:
-    num_records: int = 500               # crop records per image (FKD: 500)
-    label_type: str = 'marginal_smoothing_k5'
+    num_records: int = TEACHER_RECORDS   # crop records per image (FKD: 500)
+    label_type: str = ''                 # '': label_types.default_label_type of the classes
     scale: Optional[Tuple[float, float]] = None  # None: FKD's (0.08, 0.936), small images larger
     ratio: Tuple[float, float] = RATIO
     seed: int = 0
@@ -256,6 +258,12 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
         raise ValueError(f"the teacher predicts {teacher.num_classes} classes; {beton.path} has "
                          f"{len(classes)} ({', '.join(classes[:3])}, ...)")
     else:
+        if not settings.label_type:
+            settings = replace(settings, label_type=default_label_type(len(classes)))
+            if rank == 0:
+                print(f"label type: {settings.label_type} (the default: the top {TOP_K} "
+                      f"classes, or the class count - 1 where that is less; {len(classes)} "
+                      f"classes here; --labels.label_type sets it)", flush=True)
         spec = LabelSpec.parse(settings.label_type, len(classes))
     meta = beton.field_metadata(IMAGE_FIELD)
     longest = int(np.maximum(meta['height'], meta['width']).max()) if len(beton) else 0

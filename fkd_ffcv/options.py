@@ -15,10 +15,14 @@ from typing import Optional
 from fastargs import Param, Section
 from fastargs.validation import And, Checker, InRange, OneOf
 
+from pathlib import Path
+
 from .config import Flag
 from .defaults import (CLASSES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD, EMBEDDING_KINDS,
-                       PRECISIONS, RESIZE_FILTERS)
+                       FASHION_MNIST_DIR, LABELLED_SUFFIX, PRECISIONS, RESIZE_FILTERS)
 from .errors import OptionError
+from .header import check_beton
+from .label_types import LabelSpec, default_label_type
 from .modes import MODES
 from .schedules import LR_SCHEDULES
 
@@ -235,6 +239,7 @@ def check(opts: dict) -> None:
             raise OptionError(f"--data.{key} is required")
         if not os.path.isfile(data[key]):
             raise OptionError(f"--data.{key}: {data[key]}: no such file")
+        check_beton(data[key])  # DataError (exit 1): not a beton, or truncated
     if t['eval_only']:
         return
     weights = opts['model']['weights']
@@ -300,6 +305,7 @@ def check(opts: dict) -> None:
         raise OptionError(f"--ssl.dim={opts['ssl']['dim']}: the student's projection head must "
                           f"have the {described['dim']} dimensions of the teacher embeddings in "
                           f"{data['train_dataset']}")
+    check_same_classes(data['train_dataset'], data['val_dataset'])
 
 
 def check_sections(opts: dict, name: str, mode) -> None:
@@ -312,6 +318,19 @@ def check_sections(opts: dict, name: str, mode) -> None:
             owners = [n for n, m in MODES.items() if section in m.sections]
             raise OptionError(f"{', '.join(changed)}: an option of the {' and '.join(owners)} "
                               f"mode(s), not of {name} mode")
+
+
+def check_same_classes(train: str, val: str) -> None:
+    """A training and a validation beton must name the same classes in the same order (their
+    manifests say; a beton without one is not judged here)."""
+    ours, theirs = (read_manifest(path).get('classes') for path in (train, val))
+    if ours is not None and theirs is not None and ours != theirs:
+        differ = next((f"class {i}: {a!r} against {b!r}" for i, (a, b) in
+                       enumerate(zip(ours, theirs)) if a != b),
+                      f"{len(ours)} classes against {len(theirs)}")
+        raise OptionError(f"--data.train_dataset={train} and --data.val_dataset={val} have "
+                          f"other classes ({differ}): give betons written from the same data "
+                          f"set")
 
 
 def check_records(k: int, records: Optional[int], path: str) -> None:
@@ -391,6 +410,64 @@ def check_writing(data: dict, write: dict, labels: dict) -> None:
         raise OptionError("under torchrun, write the images first, then label them with "
                           "--labels.beton")
     check_writing_paths(data, labels)
+    if labels['beton']:
+        check_beton(labels['beton'])  # DataError (exit 1), before any teacher loads
+    if source and labels.get('label_type') and not labels.get('embedding'):
+        check_label_type(labels['label_type'], data, labels)
+    check_outputs(data, write, labels)
+
+
+def written_betons(data: dict) -> dict:
+    """{split: the beton fkd-write writes for it}: <out_dir>/<name>_<split>.beton."""
+    fashion = data['source'] == 'fashion-mnist'
+    name = data['name'] or ('fashion_mnist' if fashion else
+                            Path(data['root'] or FASHION_MNIST_DIR).resolve().name)
+    splits = ['train', 'val'] if data['split'] == 'all' else [data['split']]
+    return {split: Path(data['out_dir']) / f"{name}_{split}.beton" for split in splits}
+
+
+def labelled_beton(labels: dict, beton) -> Path:
+    """Where labelling `beton` writes: --labels.out, else <stem>_fkd.beton beside it (never
+    the beton itself unless named: replacing it is an overwrite)."""
+    beton = Path(beton)
+    return Path(labels.get('out') or beton.with_name(beton.stem + LABELLED_SUFFIX + beton.suffix))
+
+
+def check_outputs(data: dict, write: dict, labels: dict) -> None:
+    """Betons this command would write must not exist yet, unless --overwrite says to replace
+    them (write.overwrite)."""
+    if write.get('overwrite'):
+        return
+    source = labels['teacher'] or labels['import_root']
+    outputs = [] if labels['beton'] else [(path, '--data.out_dir or --data.name')
+                                          for path in written_betons(data).values()]
+    if labels['beton'] or (source and data['split'] != 'val'):
+        beton = labels['beton'] or written_betons(data)['train']
+        outputs.append((labelled_beton(labels, beton), '--labels.out'))
+    for path, other in outputs:
+        if path.exists():
+            written = read_manifest(str(path)).get('written_at')
+            raise OptionError(f"{path} exists{f' (written {written})' if written else ''}: give "
+                              f"--overwrite to replace it, or another {other}")
+
+
+def check_label_type(label_type: str, data: dict, labels: dict) -> None:
+    """An explicit --labels.label_type must be possible for the class count of the beton to
+    label (its manifest, or the class folders about to be written)."""
+    if labels['beton']:
+        where, classes = labels['beton'], len(read_manifest(labels['beton']).get('classes', []))
+    elif data['source'] == 'folder':
+        where = os.path.join(data['root'], 'train')
+        classes = sum(entry.is_dir() for entry in os.scandir(where))
+    else:
+        where, classes = 'Fashion-MNIST', 10
+    if classes:
+        try:
+            LabelSpec.parse(label_type, classes)
+        except ValueError as e:
+            raise OptionError(f"--labels.label_type: {e} ({where}); without the option, "
+                              f"{default_label_type(classes)} is chosen from the class "
+                              f"count") from None
 
 
 def check_writing_paths(data: dict, labels: dict) -> None:

@@ -305,7 +305,8 @@ class Teacher:
         shapes = {(p.input_size, p.interpolation) for p in self.preprocess}
         if len(shapes) > 1:
             raise ValueError(f"ensemble members want different crops {sorted(shapes)}; give "
-                             f"one input_size and interpolation for all")
+                             f"one input size and interpolation for all: when labelling, "
+                             f"--labels.input_size=<side> and --labels.interpolation=<filter>")
         self.input_size, self.interpolation = shapes.pop()
         self.crop_pct = self.preprocess[0].crop_pct  # the first member's, for evaluation
         self.models = [m.to(self.device).to(memory_format=torch.channels_last)

@@ -32,8 +32,8 @@ from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
-from ffcv.fields import (BytesField, Field, IntField, JSONField, NDArrayField, RGBImageField,
-                         TorchTensorField)
+from ffcv.fields import (BytesField, Field, FloatField, IntField, JSONField, NDArrayField,
+                         RGBImageField, TorchTensorField)
 from ffcv.memory_allocator import MemoryAllocator
 from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType
 from ffcv.utils import align_to_page
@@ -55,7 +55,8 @@ class BadSample(Exception):
 
 
 class WriteError(RuntimeError):
-    """The write was stopped; nothing was left under the output name."""
+    """The write was stopped; the output name holds what it held before (an earlier file, or
+    nothing), and no partial file is left."""
 
 
 @dataclass
@@ -72,19 +73,22 @@ def describe(source, index: int) -> str:
 
 
 def write_beton(path, fields: Mapping[str, Field], source, *, num_workers: int = -1,
-                chunk_size: int = 100, page_size: int = PAGE_SIZE,
+                chunk_size: int = 100, page_size: int = 0,
                 on_error: str = 'fail', manifest: Optional[dict] = None,
                 progress: bool = True) -> WriteReport:
     """Write every sample of `source` to the beton `path` (see the module docstring).
 
-    `manifest` holds extra facts for the sidecar (class names, source, options). Returns a
-    report; raises WriteError (leaving any earlier file at `path` untouched) on failure.
+    `manifest` holds extra facts for the sidecar (class names, source, options); `page_size`
+    0 chooses it from the fields (auto_page_size). Returns a report; raises WriteError
+    (leaving any earlier file at `path` untouched) on failure.
     """
     path = Path(path)
     fields = dict(fields)
     check_field_names(fields)
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
+    if page_size == 0:
+        page_size = auto_page_size(sample_bound(fields), len(source))
     if page_size & (page_size - 1) or not MIN_PAGE_SIZE <= page_size <= MAX_PAGE:
         raise ValueError(f"page_size must be a power of two in [{MIN_PAGE_SIZE}, {MAX_PAGE}], "
                          f"not {page_size}")
@@ -123,6 +127,48 @@ def write_beton(path, fields: Mapping[str, Field], source, *, num_workers: int =
             leftover.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
     return report
+
+
+# Bytes a stored value of unbounded size (a path, JSON) is allowed in a sample's bound.
+SMALL_VALUE = 64 * 1024
+
+
+def sample_bound(fields: Mapping[str, Field]) -> Optional[int]:
+    """An upper bound of the bytes one sample of `fields` stores, or None when a field has
+    none (an image without max_resolution, a verbatim copy). An image is bounded by twice its
+    raw pixels, more than JPEG ever takes."""
+    total = 0
+    for fld in fields.values():
+        if isinstance(fld, VerbatimField):
+            return None
+        if isinstance(fld, RGBImageField):
+            if fld.max_resolution is None:
+                return None
+            total += 2 * 3 * fld.max_resolution ** 2
+        elif isinstance(fld, NDArrayField):  # TorchTensorField too
+            total += fld.dtype.itemsize * int(np.prod(fld.shape))
+        elif not isinstance(fld, (IntField, FloatField)):  # stored in the metadata row
+            total += SMALL_VALUE
+    return total
+
+
+def auto_page_size(per_sample: Optional[int], num_samples: int) -> int:
+    """The page size when none is given: the smallest power of two from FFCV's minimum
+    (2 MiB) that holds a sample's upper bound, so that small data sets stay small (a beton is
+    at least two pages: the header's and one of data per worker); FFCV's default (8 MiB) for
+    data sets whose bound exceeds 64 such pages (less space lost at the end of each page), and
+    when a sample has no bound."""
+    if per_sample is None:
+        return PAGE_SIZE
+    page = MIN_PAGE_SIZE
+    while page < per_sample:
+        page *= 2
+    if per_sample * num_samples > 64 * PAGE_SIZE:
+        page = max(page, PAGE_SIZE)
+    if page > MAX_PAGE:
+        raise ValueError(f"a sample may take {per_sample} B, more than the largest page "
+                         f"({MAX_PAGE} B)")
+    return page
 
 
 @contextmanager
@@ -299,9 +345,12 @@ def _run_workers(tmp, layout, fields, source, num_workers, chunk_size, on_error,
                 pass
             else:
                 if kind == 'error':
-                    index, text = payload
+                    index, text, bad_input = payload
                     where = describe(source, index) if index >= 0 else f"writer worker {wid}"
-                    raise WriteError(f"{where}: {text}")
+                    hint = ("; the write stops at the first unusable input it meets: "
+                            "on_error='skip' (--write.on_error=skip) writes the others and "
+                            "lists every unusable one" if bad_input else "")
+                    raise WriteError(f"{where}: {text}{hint}")
                 with open(_result_file(tmp, wid), 'rb') as f:
                     worker_allocations, worker_skipped = pickle.load(f)
                 allocations.extend(worker_allocations)
@@ -385,7 +434,7 @@ def _report_and_exit(results, wid, index, error):
         f"{type(error).__name__}: {error}\n{traceback.format_exc()}"  # the error first
     if len(text) > 3000:  # one pipe write of at most PIPE_BUF bytes is atomic
         text = text[:1400] + "\n...\n" + text[-1400:]
-    results.put(('error', wid, (int(index), text.rstrip())))
+    results.put(('error', wid, (int(index), text.rstrip(), isinstance(error, BadSample))))
     results.close()
     results.join_thread()
     os._exit(1)  # skip flushing pages and every other exit handler: the main process cleans up
@@ -525,7 +574,14 @@ def copy_beton(src, dst, add_fields: Optional[Mapping[str, Field]] = None, value
         extra.pop('embeddings', None)
     extra.update(manifest_updates or {})
     extra['derived_from'] = {'beton': str(Path(src)), 'fingerprint': beton.fingerprint(),
+                             'num_samples': len(beton), 'bytes': beton.path.stat().st_size,
+                             'written_at': manifest.get('written_at'),
                              'added_fields': list(add_fields)}
-    write_options.setdefault('page_size', max(beton.page_size, PAGE_SIZE))
+    if not write_options.get('page_size'):  # exact: the largest sample stored, plus the new
+        stored = np.bincount(beton.alloc_table['sample_id'].astype(np.int64),
+                             weights=beton.alloc_table['size'], minlength=len(beton))
+        added = sample_bound(add_fields)
+        write_options['page_size'] = auto_page_size(
+            None if added is None else int(stored.max(initial=0)) + added, len(beton))
     return write_beton(dst, fields, _CopySource(beton, keep, values), manifest=extra,
                        **write_options)

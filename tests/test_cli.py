@@ -1,5 +1,6 @@
 """The user-facing commands: write_dataset.py and python -m fkd_ffcv.inspect."""
 import json
+import re
 import subprocess
 import sys
 import time
@@ -36,10 +37,12 @@ def test_default_writes_fashion_mnist_train_and_val(fashion_dir):
 def test_inspect_reads_everything_back(fashion_dir):
     out, _ = fashion_dir
     result = run('-m', 'fkd_ffcv.inspect', str(out / 'fashion_mnist_val.beton'), '--read',
-                 '--resolution=32', '--ratio=1')
+                 '--resolution=32', '--ratio=1', '--batch-size=512')
     assert result.returncode == 0, result.stderr
     assert '300 samples' in result.stdout and '10 classes' in result.stdout
-    assert 'read back 300 images at 32 px, labels match' in result.stdout
+    # one batch (it pays for numba's compilation): the rate is timed on a second pass
+    assert re.search(r'read back 300 images at 32 px, labels match: [\d,]+ images/s with',
+                     result.stdout)
 
 
 def test_folder_source_with_yaml_config_and_skips(tmp_path):
@@ -123,12 +126,46 @@ def test_import_takes_every_record_of_the_files_by_default(fashion_dir, tmp_path
     assert '--labels.num_records=500: the FKD files hold 20 records per image' in done.stderr
 
 
-def test_inspect_refuses_a_non_beton(tmp_path, capsys):
+def test_inspect_refuses_a_non_beton(fashion_dir, tmp_path, capsys):
     (tmp_path / 'x.beton').write_bytes(b'not a beton at all, just some bytes here')
     assert inspect.main([str(tmp_path / 'x.beton')]) == 1
-    assert 'error:' in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'x.beton'} is not an FFCV beton "
+                                       f"(format version 28526 where FFCV writes 2; it starts "
+                                       f"b'not a be')\n")
     assert inspect.main([str(tmp_path / 'missing.beton')]) == 1
     assert 'no such beton file' in capsys.readouterr().err
+    val = fashion_dir[0] / 'fashion_mnist_val.beton'
+    (tmp_path / 'cut.beton').write_bytes(val.read_bytes()[:3_000_000])
+    assert inspect.main([str(tmp_path / 'cut.beton')]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'cut.beton'} is truncated: 3,000,000 "
+                                       f"bytes of {val.stat().st_size:,} (write it again)\n")
+
+
+def test_labelling_a_file_that_is_not_a_beton_stops_before_the_teacher(fashion_dir):
+    """The teacher (an entry point that does not exist) is never loaded: the beton is read
+    first."""
+    train = fashion_dir[0] / 'fashion_mnist_train.beton'
+    done = run('write_dataset.py', f'--labels.beton={train}.json',
+               '--labels.teacher=no_such_module:teacher')
+    assert (done.returncode, done.stderr) == (1, f"error: {train}.json is not an FFCV beton (it "
+                                                 f"is a JSON file; {train} is the beton it "
+                                                 f"describes)\n")
+
+
+def test_writing_again_needs_overwrite(tmp_path):
+    args = ('write_dataset.py', f'--data.out_dir={tmp_path}', '--data.split=val',
+            '--data.subset=20')
+    assert run(*args).returncode == 0
+    beton = tmp_path / 'fashion_mnist_val.beton'
+    first = beton.read_bytes()
+    again = run(*args)
+    assert again.returncode == 2
+    assert re.fullmatch(rf"error: {beton} exists \(written [^)]+\): give --overwrite to replace "
+                        rf"it, or another --data.out_dir or --data.name\n", again.stderr)
+    assert beton.read_bytes() == first
+    done = run(*args, '--overwrite')
+    assert done.returncode == 0 and f'wrote {beton}: 20 images' in done.stdout
+    assert beton.stat().st_size < 2 * 2 ** 21 + 4096  # 2 MiB pages: a small set stays small
 
 
 def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
@@ -136,13 +173,20 @@ def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
     import torchvision
     out, _ = fashion_dir
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / 't.pt')
-    result = run('write_dataset.py', f'--labels.beton={out / "fashion_mnist_val.beton"}',
+    labelling = ('write_dataset.py', f'--labels.beton={out / "fashion_mnist_val.beton"}',
                  f'--labels.out={tmp_path / "val_fkd.beton"}',
                  f'--labels.teacher=torchvision:resnet18:{tmp_path / "t.pt"}',
                  '--labels.input_size=32', '--labels.num_records=4',
                  '--labels.label_type=marginal_renorm_k3')
+    result = run(*labelling)
     assert result.returncode == 0, result.stderr
-    assert 'labelled' in result.stdout and '300 images x 4 crop records' in result.stdout
+    assert (f"labelled {tmp_path / 'val_fkd.beton'}: 300 images x 4 crop records "
+            f"(marginal_renorm_k3) by torchvision:resnet18:{tmp_path / 't.pt'}, from "
+            f"{out / 'fashion_mnist_val.beton'}\n") in result.stdout  # no work folder named
+    again = run(*labelling)
+    assert again.returncode == 2 and again.stderr.startswith(
+        f"error: {tmp_path / 'val_fkd.beton'} exists (written ")
+    assert again.stderr.endswith("give --overwrite to replace it, or another --labels.out\n")
     # an estimate of the whole run comes once the teacher has done two batches (of 256)
     assert 'labelling estimate: 300 images x 4 records = 1,200 crops at' in result.stdout
     assert inspect.main([str(tmp_path / 'val_fkd.beton'), '--epochs=16']) == 0

@@ -73,6 +73,31 @@ def test_an_interrupted_labelling_says_what_was_kept(fashion_betons, tmp_path, m
     assert message.startswith('interrupted: labelling ') and 'same command resumes' in message
 
 
+def test_an_interrupted_write_says_what_is_on_disk(tmp_path, monkeypatch, capsys):
+    from fkd_ffcv import cli, writer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, 'write_beton', interrupted)
+    from fastargs.state import STATE  # a fresh option store (another test's values linger)
+    monkeypatch.setitem(STATE, 'config', None)
+    out = tmp_path / 'fashion_mnist_val.beton'
+    argv = ['fkd-write', f'--data.out_dir={tmp_path}', '--data.split=val', '--data.subset=10']
+    monkeypatch.setattr(sys, 'argv', argv)
+    assert cli.write() == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted: writing {out} stopped: no {out} was written, and nothing half-written "
+        f"is left (betons written before it are complete); the same command writes it again "
+        f"(with --overwrite where a beton of its names exists)")
+    out.write_bytes(b'an earlier beton')
+    STATE['config'] = None
+    monkeypatch.setattr(sys, 'argv', argv + ['--overwrite'])
+    assert cli.write() == 130
+    assert f"stopped: the earlier {out} is kept as it was, and nothing half-written" in \
+        capsys.readouterr().err
+
+
 def test_recipes_take_sections_or_dotted_keys_and_refuse_unknown_ones(tmp_path):
     from fkd_ffcv.recipes import recipe
     (tmp_path / 'a.yaml').write_text('training.epochs: 8\nmodel:\nlr: {lr: 0.05}\n')

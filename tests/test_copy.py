@@ -77,5 +77,6 @@ def test_copy_rejects_bad_requests(jpeg_beton, tmp_path):
     with pytest.raises(FileNotFoundError, match='no such beton'):
         copy_beton(tmp_path / 'missing.beton', tmp_path / 'x.beton')
     (tmp_path / 'junk.beton').write_bytes(b'\0' * 10)
-    with pytest.raises(ValueError, match='too short'):
+    with pytest.raises(ValueError, match=r"junk.beton is not an FFCV beton \(10 bytes, shorter "
+                                         r"than a beton.s 24-byte header\)"):
         copy_beton(tmp_path / 'junk.beton', tmp_path / 'x.beton')

@@ -70,6 +70,28 @@ def test_records_are_the_seeded_crops_labelled_by_the_teacher(images, labelled, 
     assert Beton(images).paths() == beton.paths()  # images copied, order kept
 
 
+def test_the_default_label_type_fits_the_class_count_and_the_origin_is_recorded(
+        images, teacher, tmp_path, capsys):
+    """k = min(5, classes - 1): 2 for these 3 classes (k5 would be refused), said in the
+    output; the copy records the beton it was made from."""
+    label_beton(images, tmp_path / 'x.beton', teacher,
+                LabelingSettings(num_records=2, chunk_images=12, batch_size=32),
+                tmp_path / 'work', progress=False)
+    assert capsys.readouterr().out.startswith(
+        'label type: marginal_smoothing_k2 (the default: the top 5 classes, or the class count '
+        '- 1 where that is less; 3 classes here; --labels.label_type sets it)')
+    manifest = Beton(tmp_path / 'x.beton').manifest
+    assert manifest['soft_labels']['label_type'] == 'marginal_smoothing_k2'
+    assert manifest['soft_labels']['settings']['label_type'] == 'marginal_smoothing_k2'
+    origin = manifest['derived_from']
+    assert (origin['beton'], origin['fingerprint'], origin['num_samples'], origin['bytes']) == \
+        (str(images), Beton(images).fingerprint(), 12, images.stat().st_size)
+    from fkd_ffcv.inspect import describe
+    assert f"  made from {images} (12 samples, fingerprint {origin['fingerprint'][:12]}, " \
+        f"written " in describe(Beton(tmp_path / 'x.beton'))
+    assert describe(Beton(tmp_path / 'x.beton')).count('; that file: unchanged') == 1
+
+
 def interrupted_labelling(images, teacher, tmp_path, monkeypatch):
     """Label `images` into tmp_path/out.beton until a KeyboardInterrupt in the second chunk."""
     real = labeling._chunk_records
@@ -283,7 +305,9 @@ def test_torchscript_teachers_and_ensembles(teacher, tmp_path):
     assert ensemble.num_classes == 3
     expected = (teacher.outputs(crops) + scripted.outputs(crops)) / 2
     assert torch.allclose(ensemble.outputs(crops), expected, atol=1e-6)
-    with pytest.raises(ValueError, match='want different crops'):
+    with pytest.raises(ValueError, match='want different crops .* when labelling, '
+                                         '--labels.input_size=<side> and '
+                                         '--labels.interpolation=<filter>'):
         Teacher([f'torchscript:{tmp_path}/other.pt', 'test_labeling:small_input_model'])
     with pytest.raises(ValueError, match="(?i)no module named 'nowhere'"):
         Teacher('nowhere:model')

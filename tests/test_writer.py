@@ -19,7 +19,7 @@ from conftest import REPO, save, smooth_image
 from fkd_ffcv.beton import Beton, manifest_path
 from fkd_ffcv.fields import image_fields
 from fkd_ffcv.sources import ImageFolderSource
-from fkd_ffcv.writer import BadSample, WriteError, write_beton
+from fkd_ffcv.writer import BadSample, WriteError, auto_page_size, copy_beton, write_beton
 
 
 def stored_pixels(beton, index):
@@ -111,7 +111,10 @@ def test_fail_policy_names_the_file_and_leaves_nothing(tmp_path):
     out.mkdir()
     path.write_bytes(b'previous version')
     started = time.monotonic()
-    with pytest.raises(WriteError, match=r'train/b/\w+\.(jpg|png): '):
+    with pytest.raises(WriteError, match=r"train/b/\w+\.(jpg|png): .*; the write stops at the "
+                                         r"first unusable input it meets: on_error='skip' "
+                                         r"\(--write.on_error=skip\) writes the others and "
+                                         r"lists every unusable one$"):
         write_beton(path, image_fields('raw'), ImageFolderSource(tmp_path / 'tree', 'train'),
                     num_workers=2, chunk_size=1, progress=False)
     assert time.monotonic() - started < 30
@@ -333,3 +336,25 @@ def test_json_and_tensor_fields_are_writable(tmp_path):
     assert beton.array('t', 2).tolist() == [[2.0, 2.0], [2.0, 2.0]]
     assert JSONField.unpack(np.array(beton.read(int(beton.field_metadata('meta')[1]['ptr'])))
                             ) == {'i': 1, 'name': 'n1'}
+
+
+def test_small_data_sets_get_small_pages(tmp_path):
+    """48 images of 128 px took 16 MiB in 8 MiB pages (a header page and a data page); the
+    page is now the smallest that holds a sample's bound, FFCV's 8 MiB for large sets."""
+    class Photos:
+        def __len__(self):
+            return 48
+
+        def __getitem__(self, i):
+            return smooth_image(i, 128, 128), i % 4, np.frombuffer(b'p%d' % i, np.uint8)
+
+    path = tmp_path / 'small.beton'
+    write_beton(path, image_fields('smart', max_resolution=128), Photos(), progress=False)
+    beton = Beton(path)
+    assert beton.page_size == 2 ** 21  # FFCV's minimum
+    assert path.stat().st_size < 3 * 2 ** 21 + 4096  # a header page, two of data, the table
+    copy_beton(path, tmp_path / 'copy.beton', progress=False)
+    assert Beton(tmp_path / 'copy.beton').page_size == 2 ** 21
+    assert auto_page_size(None, 10) == 2 ** 23  # no bound: FFCV's default
+    assert auto_page_size(3 * 2 ** 20, 10) == 2 ** 22  # the smallest that holds a sample
+    assert auto_page_size(10 ** 6, 10 ** 6) == 2 ** 23  # a large data set
