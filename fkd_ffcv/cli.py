@@ -41,9 +41,12 @@ self-supervised student from stored teacher embeddings (--training.mode=ssl).
         --data.val_dataset=/data/betons/imagenet_val.beton
     torchrun --nproc_per_node=8 --no-python fkd-train ...   # one process per GPU
     fkd-train --config-file ... --resume                     # continue logging.folder
-    fkd-train --config-file ... --eval-only                  # top-1/top-5 of its checkpoint
+    fkd-train --eval-only --logging.folder=runs/x            # top-1/top-5 of its checkpoint
 
-Options that do not fit together stop the command before torch loads (exit 2). Everything a
+With --eval-only or --resume, options not given take the values the run recorded in its
+config.json. A default that a short run or a small data set cannot hold (the cyclic peak, the
+batch size) is fitted to it, in a one-line note. Options that do not fit together stop the
+command before torch loads (exit 2). Everything a
 run writes is in `--logging.folder` (fkd_ffcv/run_folder.py). `python train_imagenet.py` in a
 checkout is the same command."""
 
@@ -52,16 +55,23 @@ checkout is the same command."""
 
 def train() -> int:
     """Train (or resume, or evaluate) from a recipe and options."""
-    from .options import PARAMS, check, declare_sections
+    from .options import PARAMS, check, declare_sections, fit_to_run, take_recorded
     declare_sections()
     config = load_config(TRAIN_HELP, aliases={'--resume': '--training.resume=true',
                                               '--eval-only': '--training.eval_only=true'})
     opts = {name: section(config, name) for name in PARAMS}
+    given = {'.'.join(path) for path in config.content}  # from recipes and the command line
     try:
+        recorded = take_recorded(opts, given)
+        notes = fit_to_run(opts, given)
         check(opts)
     except OptionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if recorded:
+        print(f"note: options not given are the run's, from {recorded}", file=sys.stderr)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     from .training import main  # torch, ffcv: seconds
     return main(opts)
 
