@@ -396,9 +396,8 @@ class Trainer:
         PRECISE_BN_STEPS steps, whose running statistics still lag the weights), said in one
         line when it is on."""
         asked, steps = self.opts['validation']['precise_bn'], sum(self.pass_steps)
-        images = asked if asked >= 0 else PRECISE_BN_IMAGES if steps < PRECISE_BN_STEPS else 0
         norms = [m for m in unwrap(self.model).modules() if is_batchnorm(m)]
-        self.bn_images = min(images, len(self.train_beton)) if norms else 0
+        self.bn_images = precise_bn_images(asked, steps, len(self.train_beton)) if norms else 0
         self.bn_loader = None
         if self.bn_images and self.is_main:
             why = (f"auto: {steps} training steps, fewer than {PRECISE_BN_STEPS}, leave the "
@@ -601,7 +600,9 @@ class Trainer:
                                            self.model))))},
                                   validation={'resolution': v['resolution'],
                                               'ratio': v['ratio'],
-                                              'resize': self.opts['data']['resize']})
+                                              'resize': self.opts['data']['resize'],
+                                              'lr_tta': v['lr_tta'],
+                                              'precision': self.precision})
 
     def log(self, line: dict) -> None:
         self.history.append(line)
@@ -625,6 +626,14 @@ class Trainer:
                 'device': str(self.device), 'precision': self.precision,
                 'world_size': self.world_size, 'torch': torch.__version__,
                 'folder': str(self.folder.path)}
+
+
+def precise_bn_images(asked: int, steps: int, images: int) -> int:
+    """validation.precise_bn resolved for a run of `steps` steps over `images` images: the
+    number asked for, or (-1, auto) PRECISE_BN_IMAGES in a run of fewer than PRECISE_BN_STEPS
+    steps and none in a longer one; at most the images there are."""
+    wanted = asked if asked >= 0 else PRECISE_BN_IMAGES if steps < PRECISE_BN_STEPS else 0
+    return min(wanted, images)
 
 
 def is_batchnorm(module: torch.nn.Module) -> bool:
