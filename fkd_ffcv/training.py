@@ -57,7 +57,7 @@ class Trainer:
         self.setup_distributed()
         self.setup_precision()
         self.folder = RunFolder(run_folder(self.opts), self.is_main)
-        self.bn_images = 0  # precise BN: set by choose_precise_bn when training
+        self.bn_images, self.bn_loader = 0, None  # precise BN: chosen when training starts
         self.started = time.perf_counter()
 
     # ---------------------------------------------------------------------------- set-up
@@ -398,7 +398,6 @@ class Trainer:
         asked, steps = self.opts['validation']['precise_bn'], sum(self.pass_steps)
         norms = [m for m in unwrap(self.model).modules() if is_batchnorm(m)]
         self.bn_images = precise_bn_images(asked, steps, len(self.train_beton)) if norms else 0
-        self.bn_loader = None
         if self.bn_images and self.is_main:
             why = (f"auto: {steps} training steps, fewer than {PRECISE_BN_STEPS}, leave the "
                    f"running statistics behind the weights" if asked < 0 else
