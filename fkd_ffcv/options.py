@@ -42,7 +42,7 @@ class Registered(Checker):
 # validation.precise_bn=-1 (auto): runs of fewer optimiser steps than this recompute their
 # BatchNorm statistics before each validation, on up to this many training images
 # (docs/training.md, "Precise BatchNorm", has the measurements that chose them).
-PRECISE_BN_STEPS = 500
+PRECISE_BN_STEPS = 250
 PRECISE_BN_IMAGES = 4096
 
 PARAMS = {
