@@ -313,7 +313,7 @@ def test_bad_inputs_are_named(fashion_betons, labelled, fkd_options, plain_run, 
     fails(run_options(fashion_betons, tmp_path / 'a', training__mode='fkd'),
           'has none', 'fields')
     fails(run_options((raw_tree_beton[0], fashion_betons[1]), tmp_path / 'b',
-                      training__mode='plain'), 'classes')
+                      training__mode='plain', training__batch_size=8), 'classes')
     fails(run_options(fashion_betons, tmp_path / 'c', training__mode='plain',
                       model__num_classes=5), 'num_classes=5', '10 classes')
     fails(fkd_options(tmp_path / 'd', training__epochs=3, fkd__single_crop_phases=False),
@@ -450,7 +450,7 @@ def test_a_checkpoint_that_carries_code_is_refused(fkd_run, fkd_options, tmp_pat
 
 
 def test_a_batch_too_large_names_the_largest_that_works(labelled, fkd_options, tmp_path):
-    with pytest.raises(OptionError, match='to 600 or less'):  # 600 images, K = 2, at once
+    with pytest.raises(OptionError, match='=600 or less'):  # 600 images, K = 2, at once
         Trainer(fkd_options(tmp_path / 'run', training__batch_size=1024))
 
 
