@@ -45,9 +45,12 @@ self-supervised student from stored teacher embeddings (--training.mode=ssl).
         --data.val_dataset=/data/betons/imagenet_val.beton
     torchrun --nproc_per_node=8 --no-python fkd-train ...   # one process per GPU
     fkd-train --config-file ... --resume                     # continue logging.folder
-    fkd-train --config-file ... --eval-only                  # top-1/top-5 of its checkpoint
+    fkd-train --eval-only --logging.folder=runs/x            # top-1/top-5 of its checkpoint
 
-Options that do not fit together stop the command before torch loads (exit 2). Everything a
+With --eval-only or --resume, options not given take the values the run recorded in its
+config.json. A default that a short run or a small data set cannot hold (the cyclic peak, the
+batch size) is fitted to it, in a one-line note. Options that do not fit together stop the
+command before torch loads (exit 2). Everything a
 run writes is in `--logging.folder` (fkd_ffcv/run_folder.py). `python train_imagenet.py` in a
 checkout is the same command."""
 
@@ -63,15 +66,22 @@ def refused(error: Exception) -> int:
 
 def train() -> int:
     """Train (or resume, or evaluate) from a recipe and options."""
-    from .options import PARAMS, check, declare_sections
+    from .options import PARAMS, check, declare_sections, fit_to_run, take_recorded
     declare_sections()
     config = load_config(TRAIN_HELP, aliases={'--resume': '--training.resume=true',
                                               '--eval-only': '--training.eval_only=true'})
     opts = {name: section(config, name) for name in PARAMS}
+    given = {'.'.join(path) for path in config.content}  # from recipes and the command line
     try:
+        recorded = take_recorded(opts, given)
+        notes = fit_to_run(opts, given)
         check(opts)
     except (OptionError, DataError) as e:
         return refused(e)
+    if recorded:
+        print(f"note: options not given are the run's, from {recorded}", file=sys.stderr)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     from .training import main  # torch, ffcv: seconds
     return main(opts)
 
@@ -313,17 +323,26 @@ def eval_teacher(argv=None) -> int:
         prog='fkd-eval-teacher', allow_abbrev=False,
         description='Top-1 and top-5 of a teacher (any spec of docs/teachers.md, '
                     'comma-separated for an ensemble) on a beton, each image centre-cropped '
-                    'and resized to the teacher\'s input side.')
+                    'and resized to the teacher\'s input side. An export of this project '
+                    '(checkpoint:<final_weights.pt>) is evaluated as its run validated it '
+                    '(side, ratio, flip, precision), so the two agree.')
     parser.add_argument('teacher', help='e.g. checkpoint:runs/teacher/final_weights.pt')
     parser.add_argument('beton', help='a beton with the classes the teacher predicts')
     parser.add_argument('--ratio', type=float, default=0,
-                        help='centre crop side / shorter image side (default: the teacher\'s '
-                             'own, timm\'s crop_pct, else 0.875)')
+                        help='centre crop side / shorter image side (default: the run\'s for '
+                             'an export, else the teacher\'s own, timm\'s crop_pct, or 0.875)')
     parser.add_argument('--resolution', type=int, default=0,
-                        help='side fed to the teacher (default: its own input size)')
+                        help='side fed to the teacher (default: the run\'s validation side '
+                             'for an export, else its own input size)')
+    parser.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
+                        help='rank classes by the image and its mirror together, as the '
+                             'trainer\'s validation.lr_tta (default: as the run validated, for '
+                             'an export; else off)')
     parser.add_argument('--batch-size', type=int, default=256)
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
-    parser.add_argument('--precision', choices=defaults.TEACHER_PRECISIONS, default='fp32')
+    parser.add_argument('--precision', choices=('auto',) + defaults.TEACHER_PRECISIONS,
+                        default='auto', help='auto: the run\'s for an export, else fp32 '
+                        '(bf16, fp16 keep the classifier in fp32)')
     args = parser.parse_args(argv)
     try:
         if not os.path.isfile(args.beton):
@@ -335,17 +354,34 @@ def eval_teacher(argv=None) -> int:
     from .devices import resolve_device
     from .teachers import Teacher, evaluate
     try:
+        run = validated_as(args.teacher)
+        precision = args.precision if args.precision != 'auto' else run.get('precision', 'fp32')
+        flip = args.flip if args.flip is not None else run.get('lr_tta', False)
         teacher = Teacher(args.teacher, device=resolve_device(args.device),
-                          precision=args.precision)
-        result = evaluate(teacher, args.beton, ratio=args.ratio,
-                          resolution=args.resolution, batch_size=args.batch_size)
+                          precision=precision)
+        result = evaluate(teacher, args.beton, ratio=args.ratio or run.get('ratio', 0),
+                          resolution=args.resolution or run.get('resolution', 0),
+                          batch_size=args.batch_size, flip=flip)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.teacher} on {args.beton}: top-1 {result['top1']:.2%}  top-5 "
           f"{result['top5']:.2%}  ({result['images']} images at {result['resolution']} px, "
-          f"ratio {result['ratio']:.3f})")
+          f"ratio {result['ratio']:.3f}, {teacher.interpolation} resize, "
+          f"{'with' if flip else 'no'} flip, {precision}"
+          f"{'; as the run validated' if run else ''})")
     return 0
+
+
+def validated_as(spec: str) -> dict:
+    """How the run of an export (`checkpoint:<final_weights.pt>`) validated: resolution,
+    ratio, resize, lr_tta and precision, as far as the export records them ({} for other
+    specs), so that fkd-eval-teacher and fkd-probe measure the model as the trainer did."""
+    from .files import load_data
+    if ',' in spec or not spec.startswith('checkpoint:'):
+        return {}
+    saved = load_data(spec[len('checkpoint:'):])
+    return dict(saved.get('validation', {})) if isinstance(saved, dict) else {}
 
 
 # ------------------------------------------------------------------------------ fkd-probe
@@ -380,7 +416,9 @@ def probe(argv=None) -> int:
                         help='images per forward while embedding (the probe steps on 256)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
-    parser.add_argument('--precision', choices=defaults.TEACHER_PRECISIONS, default='fp32')
+    parser.add_argument('--precision', choices=('auto',) + defaults.TEACHER_PRECISIONS,
+                        default='auto', help='auto: the run\'s for an export (so that its '
+                        'k-NN and probe equal the logged ones), else fp32')
     args = parser.parse_args(argv)
     spec = args.model if ':' in args.model and not os.path.isfile(args.model) else \
         f'checkpoint:{args.model}'
@@ -403,7 +441,6 @@ def probe(argv=None) -> int:
     from .beton import Beton
     from .devices import resolve_device
     from .errors import TrainingError
-    from .files import load_data
     from .probes import evaluate, require_labels
     from .teachers import Teacher
     try:
@@ -412,11 +449,10 @@ def probe(argv=None) -> int:
         classes = Beton(args.train).classes
         if Beton(args.val).classes != classes:
             raise ValueError(f"{args.train} and {args.val} have other classes")
-        stored = {}
-        if spec.startswith('checkpoint:'):
-            saved = load_data(spec[len('checkpoint:'):])
-            stored = saved.get('validation', {}) if isinstance(saved, dict) else {}
-        teacher = Teacher(spec, device=resolve_device(args.device), precision=args.precision,
+        stored = validated_as(spec)
+        precision = args.precision if args.precision != 'auto' else \
+            stored.get('precision', 'fp32')
+        teacher = Teacher(spec, device=resolve_device(args.device), precision=precision,
                           embedding=args.embedding,
                           input_size=args.resolution or stored.get('resolution'))
         ratio = args.ratio or stored.get('ratio') or teacher.crop_pct
@@ -436,5 +472,5 @@ def probe(argv=None) -> int:
                   if 'probe_top1' in result else '')
     print(f"{args.model}: k-NN top-1 {result['knn_top1']:.2%} (k {args.knn_k}){probe_text}  "
           f"({result['val_images']} images at {teacher.input_size} px, ratio {ratio:.3f}, "
-          f"{teacher.dim}-d {args.embedding})")
+          f"{teacher.dim}-d {args.embedding}, {precision})")
     return 0

@@ -23,3 +23,8 @@ PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')  # training.precision (devices.res
 # docs/results.md ("Resize filters and accuracy").
 RESIZE_FILTERS = ('antialias', 'bilinear', 'bicubic', 'area')
 DEFAULT_RESIZE = 'antialias'
+# The student architectures models.py registers by name and by family prefix (listed here so
+# that options.py can check a name without importing torch).
+STUDENT_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'small_resnet', 'sret_t',
+                 'sret_lt', 'sret_s')
+STUDENT_PREFIXES = ('timm:', 'torchvision:')

@@ -26,6 +26,7 @@ class Mode:
     starts_from_weights = False  # needs --model.weights, of the data set's class count
     sections = ()  # option sections only this mode may set (options.check refuses them elsewhere)
     reads_labels = True  # the training batches carry hard labels (train_top1 is logged)
+    probes = False  # validation measures frozen features (k-NN, linear probe), not top-1
     metrics = ()  # names of the step means `loss` leaves in `step_metrics`, logged per epoch
     step_metrics = None
 
@@ -336,6 +337,7 @@ class EmbeddingDistillation:
     (probes.py)."""
     sections = ('ssl',)
     reads_labels = False
+    probes = True
 
     def set_dim(self, trainer, dim: int, where: str) -> None:
         """The head's width: the teacher's D; --ssl.dim, when given, must agree."""

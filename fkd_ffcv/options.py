@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from typing import Optional
 
 from fastargs import Param, Section
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from .config import Flag
 from .defaults import (CLASSES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD, EMBEDDING_KINDS,
-                       FASHION_MNIST_DIR, LABELLED_SUFFIX, PRECISIONS, RESIZE_FILTERS)
+                       FASHION_MNIST_DIR, LABELLED_SUFFIX, PRECISIONS, RESIZE_FILTERS,
+                       STUDENT_ARCHS, STUDENT_PREFIXES)
 from .errors import OptionError
 from .header import check_beton
 from .label_types import LabelSpec, default_label_type
@@ -41,6 +43,12 @@ class Registered(Checker):
     def help(self):
         return f"one of {self.registry.describe()}"
 
+
+# validation.precise_bn=-1 (auto): runs of fewer optimiser steps than this recompute their
+# BatchNorm statistics before each validation, on up to this many training images
+# (docs/training.md, "Precise BatchNorm", has the measurements that chose them).
+PRECISE_BN_STEPS = 250
+PRECISE_BN_IMAGES = 4096
 
 PARAMS = {
     'data': ('the betons', dict(
@@ -135,6 +143,11 @@ PARAMS = {
                            'end only)', default=0),
         at_start=Param(Flag(), 'evaluate before the first step too (logged as epoch 0): the '
                        'starting point of a run from --model.weights', default=False),
+        precise_bn=Param(And(int, InRange(min=-1)), 'before each validation, recompute the '
+                         'BatchNorm statistics on this many training images at the current '
+                         'weights (0: off; -1: auto, on for runs of fewer than '
+                         f'{PRECISE_BN_STEPS} steps, on up to {PRECISE_BN_IMAGES} images)',
+                         default=-1),
     )),
     'resolution': ('progressive resizing, changed at pass boundaries', dict(
         min_res=Param(And(int, InRange(min=1)), 'side until start_ramp', default=160),
@@ -228,20 +241,133 @@ def options(overrides: Optional[dict] = None) -> dict:
     return out
 
 
+def run_folder(opts: dict) -> str:
+    """The run's folder: logging.folder, by default runs/<mode>_<arch>."""
+    return opts['logging']['folder'] or \
+        f"runs/{opts['training']['mode']}_{opts['model']['arch']}"
+
+
+# What a run's config.json records but a later command must not take from it.
+NOT_RECORDED = {('training', 'resume'), ('training', 'eval_only'), ('training', 'checkpoint'),
+                ('logging', 'folder')}
+
+
+def take_recorded(opts: dict, given) -> Optional[str]:
+    """--eval-only and --resume: each option that neither the command line nor a recipe gives
+    (`given`: 'section.key' names) takes the value the run recorded in its config.json (beside
+    --training.checkpoint when that is given, else in the run folder), so that
+    `--eval-only --logging.folder=runs/x` needs nothing else. Returns the file read, or None
+    when there is none."""
+    t = opts['training']
+    if not (t['eval_only'] or t['resume']):
+        return None
+    folder = os.path.dirname(t['checkpoint']) if t['eval_only'] and t['checkpoint'] else \
+        run_folder(opts)
+    path = os.path.join(folder or '.', 'config.json')
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    for name, (_, params) in PARAMS.items():
+        values = recorded.get(name)
+        for key, param in params.items():
+            if not isinstance(values, dict) or key not in values or \
+                    f'{name}.{key}' in given or (name, key) in NOT_RECORDED:
+                continue
+            try:
+                opts[name][key] = param.validate(values[key])
+            except Exception:  # a value an older version recorded otherwise: the default
+                pass
+    return path
+
+
+def beton_samples(path: str) -> Optional[int]:
+    """The sample count in a beton's header, read without ffcv (None if the file has no
+    plausible FFCV header; the loaders then say what is wrong with it)."""
+    try:
+        with open(path, 'rb') as f:
+            header = f.read(24)  # ffcv.types.HeaderType: version, fields, page, samples, table
+        version, fields, page, samples, _ = struct.unpack('<HHIQQ', header)
+    except (OSError, struct.error):
+        return None
+    if version != 2 or fields < 1 or page < 1 or page & (page - 1):
+        return None
+    return samples
+
+
+def fit_to_run(opts: dict, given) -> list:
+    """Defaults that a short run or a small data set cannot hold, made to fit; a value given
+    (`given`: 'section.key' names) is left for `check` to refuse. Returns one line per choice
+    made, for the log: a cyclic schedule's default peak past the end of the run comes at the
+    same share of it as in the default 16 epochs; a default batch larger than the training
+    set (per process, whole K-crop groups) is reduced to it."""
+    t, lr, notes = opts['training'], opts['lr'], []
+    if t['eval_only']:
+        return notes
+    peak = PARAMS['lr'][1]['peak_epoch'].default
+    epochs = PARAMS['training'][1]['epochs'].default
+    if lr['schedule'] == 'cyclic' and lr['peak_epoch'] >= t['epochs'] and \
+            'lr.peak_epoch' not in given:
+        lr['peak_epoch'] = t['epochs'] * peak / epochs
+        notes.append(f"--lr.peak_epoch={lr['peak_epoch']:g}: the default {peak:g} is not "
+                     f"within {t['epochs']} epoch(s), so the peak comes at the same share of "
+                     f"the run as {peak:g} of {epochs} (give --lr.peak_epoch to choose)")
+    largest = largest_batch(opts)
+    if largest and t['batch_size'] > largest and 'training.batch_size' not in given:
+        notes.append(f"--training.batch_size={largest}: the default {t['batch_size']} is more "
+                     f"than the {largest} crops of one step over "
+                     f"{opts['data']['train_dataset']} (give --training.batch_size to choose)")
+        t['batch_size'] = largest
+    return notes
+
+
+def largest_batch(opts: dict) -> Optional[int]:
+    """The largest batch (crops per process) that gives every pass at least its K steps: a
+    pass of K crops per image steps over the process's share of the images, batch / K at a
+    time, and the incomplete last batch is dropped. None where the beton cannot tell."""
+    mode, data = MODES[opts['training']['mode']], opts['data']
+    images = beton_samples(data['train_dataset']) if data['train_dataset'] else None
+    if images is None:
+        return None
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    per_process = -(-images // world)  # FFCV's distributed mode pads to a multiple
+    k = mode.crops_per_image(opts)
+    return per_process // k * k
+
+
 def check(opts: dict) -> None:
     """Raise OptionError for the first problem between options: files they name, epochs and
     batches that a pass of K crops per image cannot divide, sides off the rounding, a schedule
-    that ends before it starts, a mode's missing teacher, more crops than stored records."""
+    that ends before it starts, a mode's missing teacher, more crops than stored records, an
+    unknown architecture name, a run folder that holds a run (or none to resume)."""
     data, t, lr, r = opts['data'], opts['training'], opts['lr'], opts['resolution']
-    needed = ('val_dataset',) if t['eval_only'] else ('train_dataset', 'val_dataset')
+    mode = MODES[t['mode']]  # the class: its facts, nothing loaded
+    # an evaluation of features (k-NN, probe) reads the training beton's labels too
+    needed = ('train_dataset', 'val_dataset') if not t['eval_only'] or mode.probes else \
+        ('val_dataset',)
     for key in needed:
         if not data[key]:
             raise OptionError(f"--data.{key} is required")
         if not os.path.isfile(data[key]):
             raise OptionError(f"--data.{key}: {data[key]}: no such file")
         check_beton(data[key])  # DataError (exit 1): not a beton, or truncated
+    checkpoint = os.path.join(run_folder(opts), 'checkpoint.pt')
     if t['eval_only']:
+        path = t['checkpoint'] or checkpoint
+        if not os.path.isfile(path):
+            raise OptionError(f"--eval-only: {path}: no such checkpoint (give "
+                              f"--logging.folder of a run, or --training.checkpoint)")
         return
+    if t['resume'] and not os.path.isfile(checkpoint):
+        raise OptionError(f"--resume: {checkpoint} does not exist (nothing to resume; "
+                          f"--logging.folder names the run)")
+    if not t['resume'] and os.path.isfile(checkpoint):
+        raise OptionError(f"{run_folder(opts)} already holds a run; continue it with --resume "
+                          f"or choose another --logging.folder")
+    check_arch_name(opts['model']['arch'])
     weights = opts['model']['weights']
     if weights and not os.path.isfile(weights):
         raise OptionError(f"--model.weights: {weights}: no such file")
@@ -257,7 +383,6 @@ def check(opts: dict) -> None:
     if opts['model']['head_epochs'] >= t['epochs']:
         raise OptionError(f"--model.head_epochs={opts['model']['head_epochs']} must end before "
                           f"--training.epochs={t['epochs']}")
-    mode = MODES[t['mode']]  # the class: its facts, nothing loaded
     check_sections(opts, t['mode'], mode)
     if 'ssl' in mode.sections:
         if opts['fkd']['temperature'] != PARAMS['fkd'][1]['temperature'].default:
@@ -279,7 +404,8 @@ def check(opts: dict) -> None:
                                           list(manifest['fields']), mode.record_field))
     if lr['schedule'] == 'cyclic' and lr['peak_epoch'] >= t['epochs']:
         raise OptionError(f"--lr.peak_epoch={lr['peak_epoch']} must come before the end of the "
-                          f"run (--training.epochs={t['epochs']})")
+                          f"run (--training.epochs={t['epochs']}): set a smaller "
+                          f"--lr.peak_epoch or more --training.epochs")
     if lr['schedule'] != 'cyclic' and lr['warmup_epochs'] >= t['epochs']:
         raise OptionError(f"--lr.warmup_epochs={lr['warmup_epochs']} must end before "
                           f"--training.epochs={t['epochs']}")
@@ -290,6 +416,21 @@ def check(opts: dict) -> None:
     if t['batch_size'] % k:
         raise OptionError(f"--training.batch_size={t['batch_size']} counts crops and must be a "
                           f"multiple of --fkd.num_crops={k}")
+    largest = largest_batch(opts)
+    if largest is not None and t['batch_size'] > largest:
+        images, world = beton_samples(data['train_dataset']), os.environ.get('WORLD_SIZE', '1')
+        where = f"{images} images of {data['train_dataset']}" + (
+            f", shared by {world} processes," if world != '1' else '')
+        raise OptionError(f"--training.batch_size={t['batch_size']}: a pass over the {where} "
+                          f"holds fewer than {k} step(s) of {t['batch_size']} crops ({k} per "
+                          f"image); set --training.batch_size={largest} or less" if largest >= k
+                          else f"{data['train_dataset']} has {images} images, too few for the "
+                          f"{k} crops per image of --fkd.num_crops={k} per process")
+    wanted, classes = opts['model']['num_classes'], read_manifest(
+        data['train_dataset']).get('classes')
+    if wanted and classes and wanted != len(classes):
+        raise OptionError(f"--model.num_classes={wanted} but {data['train_dataset']} has "
+                          f"{len(classes)} classes (0 takes the data set's)")
     for key in ('min_res', 'max_res'):
         if r[key] % r['round_to']:
             raise OptionError(f"--resolution.{key}={r[key]} is not a multiple of "
@@ -306,6 +447,34 @@ def check(opts: dict) -> None:
                           f"have the {described['dim']} dimensions of the teacher embeddings in "
                           f"{data['train_dataset']}")
     check_same_classes(data['train_dataset'], data['val_dataset'])
+
+
+def check_arch_name(arch: str) -> None:
+    """Refuse an architecture that is neither a built-in name, a family prefix, nor a
+    `<module>:<function>` whose package is installed, without importing torch (a name
+    registered from Python counts once models.py is loaded; timm names are checked when timm
+    is loaded)."""
+    import difflib
+    import importlib.util
+    import sys
+    if arch in STUDENT_ARCHS or arch.startswith(STUDENT_PREFIXES):
+        return
+    models = sys.modules.get('fkd_ffcv.models')
+    if models is not None and models.MODELS.registered(arch):
+        return
+    module, _, function = arch.partition(':')
+    top = module.partition('.')[0]
+    try:
+        found = bool(top and function) and importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        close = difflib.get_close_matches(arch, STUDENT_ARCHS, n=1)
+        raise OptionError(f"--model.arch={arch}: unknown architecture"
+                          + (f" (did you mean {close[0]}?)" if close else "")
+                          + f"; known: {', '.join(STUDENT_ARCHS)}, "
+                          f"{', '.join(p + '<name>' for p in STUDENT_PREFIXES)}, or "
+                          f"<module>:<function> returning a model")
 
 
 def check_sections(opts: dict, name: str, mode) -> None:

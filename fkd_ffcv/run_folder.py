@@ -19,12 +19,14 @@ import torch
 
 from .files import atomic_write, load_data
 from .options import PARAMS
-from .errors import TrainingError
+from .errors import OptionError, TrainingError
 
 CHECKPOINT_FORMAT = 'fkd-ffcv checkpoint 1'
-# Options that may change when a run is resumed; any other change is refused.
+# Options that may change when a run is resumed (precise BN changes what is evaluated, not the
+# training); any other change is refused.
 RESUMABLE_CHANGES = {('training', 'resume'), ('data', 'num_workers'), ('logging', 'progress'),
-                     ('training', 'checkpoint'), ('training', 'eval_only')}
+                     ('training', 'checkpoint'), ('training', 'eval_only'),
+                     ('validation', 'precise_bn')}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -94,13 +96,13 @@ class RunFolder:
                    if (s, k) not in RESUMABLE_CHANGES  # options added since: their default
                    and _current(recorded, s, k) != v]
         if changed:
-            raise TrainingError(f"--resume: options differ from the checkpointed run's: "
-                                f"{', '.join(changed)} (resume with the same options)")
+            raise OptionError(f"--resume: options differ from the checkpointed run's: "
+                              f"{', '.join(changed)} (resume with the same options)")
         if state.get('world_size', 1) != world_size:
-            raise TrainingError(f"--resume: {self.checkpoint} was written by a run of "
-                                f"{state.get('world_size', 1)} process(es), this one has "
-                                f"{world_size}; batch sizes are per process, so the run would "
-                                f"change (resume with the same process count)")
+            raise OptionError(f"--resume: {self.checkpoint} was written by a run of "
+                              f"{state.get('world_size', 1)} process(es), this one has "
+                              f"{world_size}; batch sizes are per process, so the run would "
+                              f"change (resume with the same process count)")
         return state
 
     def export(self, model, model_options: dict, classes, preprocess: dict,

@@ -382,10 +382,14 @@ class Teacher:
 
 @torch.no_grad()
 def evaluate(teacher: Teacher, beton_path, ratio: float = 0, resolution: int = 0,
-             batch_size: int = 256, num_workers: int = -1, progress: bool = True) -> dict:
+             batch_size: int = 256, num_workers: int = -1, flip: bool = False,
+             progress: bool = True) -> dict:
     """Top-1 and top-5 of `teacher` on every image of a beton, centre-cropped (side `ratio` x
     the shorter side; default: the teacher's own crop fraction) and resized to `resolution`
-    (default: the teacher's input size) with the teacher's own filter; a bar on a terminal."""
+    (default: the teacher's input size) with the teacher's own filter; a bar on a terminal.
+    With `flip`, each image's classes are ranked by the sum of its and its mirror's
+    log-probabilities, which ranks them as the trainer's validation.lr_tta does (the mean of
+    the two logits)."""
     ratio = ratio or teacher.crop_pct
     from .beton import Beton
     from .loaders import eval_loader
@@ -401,8 +405,12 @@ def evaluate(teacher: Teacher, beton_path, ratio: float = 0, resolution: int = 0
     for images, labels in bar(progress, iterable=loader, unit='batch', leave=False,
                               desc=f"evaluating on {os.path.basename(beton_path)}"):
         labels = labels.to(teacher.device).long()
-        top = teacher.forward(images).topk(min(5, teacher.num_classes), dim=1).indices
+        scores = teacher.forward(images)
+        if flip:
+            scores = scores.log() + teacher.forward(torch.flip(images, dims=[3])).log()
+        top = scores.topk(min(5, teacher.num_classes), dim=1).indices
         top1 += int((top[:, 0] == labels).sum())
         top5 += int((top == labels[:, None]).any(1).sum())
         n += labels.shape[0]
-    return {'top1': top1 / n, 'top5': top5 / n, 'images': n, 'resolution': side, 'ratio': ratio}
+    return {'top1': top1 / n, 'top5': top5 / n, 'images': n, 'resolution': side, 'ratio': ratio,
+            'flip': flip}

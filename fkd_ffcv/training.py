@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .devices import autocast_dtype, local_device, resolve_backend, resolve_precision
-from .embeddings import projection_of
+from .embeddings import projection_of, with_projection
 from .mixing import mix
 from .models import (build_model, check_arch, check_start, classifier_name,
                      input_normalisation, is_ssl_export, saved_options, takes_blurpool, unwrap)
 from .modes import MODES
 from .errors import OptionError, TrainingError
 from .files import load_data
-from .options import PARAMS, check
+from .options import PARAMS, PRECISE_BN_IMAGES, PRECISE_BN_STEPS, check, run_folder
 from .progress import bar as progress_bar
 from .run_folder import RunFolder
 from .schedules import ema_decay, lr_factor, resolution
@@ -56,8 +56,8 @@ class Trainer:
         self.first_epoch = [sum(self.plan[:p]) for p in range(self.passes + 1)]
         self.setup_distributed()
         self.setup_precision()
-        self.folder = RunFolder(self.opts['logging']['folder'] or
-                                f"runs/{t['mode']}_{self.opts['model']['arch']}", self.is_main)
+        self.folder = RunFolder(run_folder(self.opts), self.is_main)
+        self.bn_images, self.bn_loader = 0, None  # precise BN: chosen when training starts
         self.started = time.perf_counter()
 
     # ---------------------------------------------------------------------------- set-up
@@ -74,6 +74,8 @@ class Trainer:
         # Importing ffcv sets torch to one thread and every loader pass sets it to the
         # loader's thread count; the CPU model wants this many (re-applied every pass).
         self.threads = max(1, len(os.sched_getaffinity(0)) // local_world)
+        workers = self.opts['data']['num_workers']
+        self.workers = workers if workers > 0 else self.threads  # every loader's threads
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group(resolve_backend(self.opts['dist']['backend'], self.device,
                                                     local_world))
@@ -99,6 +101,7 @@ class Trainer:
         self.create_optimizer()
         self.create_loaders()
         self.check_shapes()
+        self.choose_precise_bn()
         if self.ema is not None:
             self.ema_decay = ema_decay(self.opts['training']['ema_epochs'],
                                        sum(self.pass_steps) / sum(self.plan))  # per epoch
@@ -190,24 +193,16 @@ class Trainer:
     def create_loaders(self):
         from .loaders import eval_loader
         data, t, v = self.opts['data'], self.opts['training'], self.opts['validation']
-        workers = self.workers = data['num_workers'] if data['num_workers'] > 0 else self.threads
-        # one loader per K the plan uses (each compiles its pipeline once)
+        # one loader per K the plan uses (each compiles its pipeline once); options.check has
+        # seen that the batch leaves every pass its K steps
         self.train_loaders = {k: self.mode.train_loader(
-            self, k, resolution=self.resolution_at(0), seed=t['seed'], num_workers=workers,
-            distributed=self.world_size > 1, resize=data['resize'])
+            self, k, resolution=self.resolution_at(0), seed=t['seed'],
+            num_workers=self.workers, distributed=self.world_size > 1, resize=data['resize'])
             for k in sorted(set(self.plan))}
-        for k, loader in self.train_loaders.items():
-            if len(loader) < k:
-                images = len(self.train_beton) // self.world_size  # per process
-                raise TrainingError(f"{data['train_dataset']}: a pass of its "
-                                    f"{len(self.train_beton)} images gives {len(loader)} step(s) "
-                                    f"of {t['batch_size'] // k} images per process, fewer than "
-                                    f"the {k} epochs it must hold; lower --training.batch_size "
-                                    f"to {images // k * k} or less")
         self.pass_steps = [len(self.train_loaders[k]) for k in self.plan]
         self.first_step = [sum(self.pass_steps[:p]) for p in range(self.passes + 1)]
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
-                                      v['ratio'], workers, str(self.device), self.rank,
+                                      v['ratio'], self.workers, str(self.device), self.rank,
                                       self.world_size, data['resize'])
 
     def check_shapes(self):
@@ -253,12 +248,9 @@ class Trainer:
         if t['eval_only']:
             return self.run_eval_only()
         state = None
-        if t['resume']:
+        if t['resume']:  # options.check has seen that the folder holds a run (or none)
             state = self.folder.read_checkpoint(self.opts, self.world_size, self.device)
             self.passes_done = state['passes_done']  # what a Ctrl-C from here on keeps
-        elif self.folder.checkpoint.exists():
-            raise TrainingError(f"{self.folder.path} already holds a run; continue it with "
-                                f"--resume or choose another --logging.folder")
         self.prepare()
         start = self.restore(state) if state else 0
         if state and self.is_main:
@@ -398,6 +390,68 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- evaluation
 
+    def choose_precise_bn(self) -> None:
+        """How many training images each validation first recomputes the BatchNorm statistics
+        on (validation.precise_bn; auto: PRECISE_BN_IMAGES in a run of fewer than
+        PRECISE_BN_STEPS steps, whose running statistics still lag the weights), said in one
+        line when it is on."""
+        asked, steps = self.opts['validation']['precise_bn'], sum(self.pass_steps)
+        norms = [m for m in unwrap(self.model).modules() if is_batchnorm(m)]
+        self.bn_images = precise_bn_images(asked, steps, len(self.train_beton)) if norms else 0
+        if self.bn_images and self.is_main:
+            why = (f"auto: {steps} training steps, fewer than {PRECISE_BN_STEPS}, leave the "
+                   f"running statistics behind the weights" if asked < 0 else
+                   "--validation.precise_bn")
+            print(f"precise BN: each validation first recomputes the BatchNorm statistics on "
+                  f"{self.bn_images} training images ({why}; --validation.precise_bn=0 turns "
+                  f"it off)", file=sys.stderr)
+
+    @torch.no_grad()
+    def recompute_bn(self) -> None:
+        """Precise BatchNorm (as pycls and detectron2 do): the running statistics of the
+        evaluated model (the weight average, if any) become the plain average of their batch
+        statistics over `bn_images` training crops (random-resized, at the current training
+        side) at the current weights, since running averages over the last steps lag weights
+        that still move fast. Only the BatchNorm layers are in training mode, there are no
+        gradients, and momentum and step counts are restored after; under DDP each rank reads
+        its share of the images and the ranks average their statistics."""
+        from .loaders import PlainLoader
+        data, t = self.opts['data'], self.opts['training']
+        per_process = -(-self.bn_images // self.world_size)
+        batch = min(t['batch_size'], per_process)
+        if self.bn_loader is None:  # compiled once, at the first validation
+            self.bn_loader = PlainLoader(
+                data['train_dataset'], batch, resolution=self.resolution_at(0),
+                seed=t['seed'] + 1, num_workers=self.workers, distributed=self.world_size > 1,
+                scale=(data['crop_scale_min'], data['crop_scale_max']), device=self.device,
+                labels=False, resize=data['resize'])
+        side = self.resolution_at(min(self.passes_done, self.passes - 1))
+        self.bn_loader.start_at(self.passes_done)
+        self.bn_loader.set_resolution(side)
+        model = self.ema if self.ema is not None else unwrap(self.model)
+        norms = [m for m in model.modules() if is_batchnorm(m)]
+        kept = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average of the batches' statistics
+            m.train()
+        for i, (images, _) in enumerate(self.bn_loader):
+            if i == 0 and self.device.type == 'cpu':
+                torch.set_num_threads(self.threads)
+            with torch.autocast(**self.autocast):
+                model(self.normalise(images.float()))
+            if (i + 1) * batch >= per_process:
+                break
+        for m, (momentum, tracked) in zip(norms, kept):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+            m.eval()
+            if self.world_size > 1:
+                for buffer in (m.running_mean, m.running_var):
+                    dist.all_reduce(buffer)
+                    buffer /= self.world_size
+
     def evaluate_now(self, p: int) -> bool:
         every = self.opts['validation']['every_passes']
         return p + 1 == self.passes or (every > 0 and (p + 1) % every == 0)
@@ -406,7 +460,10 @@ class Trainer:
     def evaluate(self) -> dict:
         """Top-1, top-5 and loss of the averaged weights (if any) or the model, over the whole
         validation beton (ranks read disjoint shards; counts are summed); or the mode's own
-        measures (k-NN and linear-probe top-1 of an ssl student's features)."""
+        measures (k-NN and linear-probe top-1 of an ssl student's features). In training,
+        the BatchNorm statistics are first recomputed when validation.precise_bn says so."""
+        if self.bn_images:
+            self.recompute_bn()
         own = self.mode.evaluate(self)
         if own is not None:
             return own
@@ -441,12 +498,12 @@ class Trainer:
                 'val_images': int(n)}
 
     def run_eval_only(self) -> dict:
-        """Evaluate a checkpoint.pt or final_weights.pt on the validation beton."""
+        """Evaluate a checkpoint.pt or final_weights.pt on the validation beton: top-1 and
+        top-5 of a classifier, k-NN and linear-probe top-1 of an ssl student (its mode's
+        measures), each only in a mode of its kind."""
         from .beton import Beton
         from .loaders import eval_loader
         path = Path(self.opts['training']['checkpoint'] or self.folder.checkpoint)
-        if not path.is_file():
-            raise TrainingError(f"--eval-only: {path}: no such checkpoint")
         try:
             state = load_data(path)
         except ValueError as e:
@@ -454,11 +511,21 @@ class Trainer:
         if not isinstance(state, dict) or not {'classes', 'model'} <= state.keys():
             raise TrainingError(f"{path} is neither a checkpoint.pt nor a final_weights.pt")
         trained_as = state.get('options', {}).get('training', {}).get('mode')  # a checkpoint's
-        if is_ssl_export(state) or (trained_as in MODES and not MODES[trained_as].reads_labels):
-            export = path if 'arch' in state else path.with_name('final_weights.pt')
-            raise TrainingError(f"{path} holds an embedding model (ssl mode) without a "
-                                f"classifier; measure its export with fkd-probe {export} "
-                                f"<train beton> <val beton>")
+        embeds = is_ssl_export(state) or (trained_as in MODES and MODES[trained_as].probes)
+        export = path if 'arch' in state else path.with_name('final_weights.pt')
+        mode = self.opts['training']['mode']
+        if embeds and not self.mode.probes:
+            raise OptionError(f"{path} holds an embedding model (ssl mode) without a "
+                              f"classifier: evaluate it with --training.mode=ssl (k-NN and "
+                              f"linear-probe top-1), or fkd-probe {export} <train beton> "
+                              f"<val beton>")
+        if self.mode.probes and not embeds:
+            raise OptionError(f"{path} holds a classifier (trained in "
+                              f"{trained_as or 'a classifier'} mode), and --training.mode="
+                              f"{mode} measures embedding models: leave --training.mode={mode} "
+                              f"out for its top-1 and top-5 (or give --training.mode="
+                              f"{trained_as or 'plain'}), or measure its features with "
+                              f"fkd-probe {export} <train beton> <val beton>")
         data, v = self.opts['data'], self.opts['validation']
         classes = Beton(data['val_dataset']).classes
         if classes != state['classes']:
@@ -471,9 +538,14 @@ class Trainer:
             self.set_normalisation(preprocess['mean'], preprocess['std'])
             stored = {'resize': 'area', **state.get('validation', {})}  # older: INTER_AREA
         else:
+            weights = state['ema'] if state.get('ema') else state['model']
             self.model = build_model(num_classes=self.num_classes,
                                      **saved_options(state['model_options']))
-            self.model.load_state_dict(state['ema'] if state.get('ema') else state['model'])
+            if embeds:  # the student's classifier became a projection head of these sizes
+                head = classifier_name(self.model)
+                self.model = with_projection(self.model, weights[f'{head}.2.weight'].shape[0],
+                                             weights[f'{head}.0.weight'].shape[0])
+            self.model.load_state_dict(weights)
             self.set_normalisation(*input_normalisation(self.model))
             stored = {**state['options']['validation'],
                       'resize': state['options']['data'].get('resize', 'area')}
@@ -489,7 +561,7 @@ class Trainer:
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.ema = None
         self.val_loader = eval_loader(data['val_dataset'], v['batch_size'], v['resolution'],
-                                      v['ratio'], data['num_workers'], str(self.device),
+                                      v['ratio'], self.workers, str(self.device),
                                       self.rank, self.world_size, data['resize'])
         return {'checkpoint': str(path), **self.evaluate()}
 
@@ -530,7 +602,9 @@ class Trainer:
                                            self.model))))},
                                   validation={'resolution': v['resolution'],
                                               'ratio': v['ratio'],
-                                              'resize': self.opts['data']['resize']})
+                                              'resize': self.opts['data']['resize'],
+                                              'lr_tta': v['lr_tta'],
+                                              'precision': self.precision})
 
     def log(self, line: dict) -> None:
         self.history.append(line)
@@ -556,10 +630,28 @@ class Trainer:
                 'folder': str(self.folder.path)}
 
 
+def precise_bn_images(asked: int, steps: int, images: int) -> int:
+    """validation.precise_bn resolved for a run of `steps` steps over `images` images: the
+    number asked for, or (-1, auto) PRECISE_BN_IMAGES in a run of fewer than PRECISE_BN_STEPS
+    steps and none in a longer one; at most the images there are."""
+    wanted = asked if asked >= 0 else PRECISE_BN_IMAGES if steps < PRECISE_BN_STEPS else 0
+    return min(wanted, images)
+
+
+def is_batchnorm(module: torch.nn.Module) -> bool:
+    """A BatchNorm layer that keeps running statistics (what precise BN recomputes)."""
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and \
+        module.track_running_stats
+
+
 def print_summary(summary: dict) -> None:
     if 'checkpoint' in summary:
-        print(f"{summary['checkpoint']}: top-1 {summary['top1']:.2%}  top-5 "
-              f"{summary['top5']:.2%}  ({summary['val_images']} images)")
+        scores = (f"top-1 {summary['top1']:.2%}  top-5 {summary['top5']:.2%}"
+                  if 'top1' in summary else
+                  f"k-NN top-1 {summary['knn_top1']:.2%}" + (
+                      f"  linear-probe top-1 {summary['probe_top1']:.2%}"
+                      if 'probe_top1' in summary else ''))
+        print(f"{summary['checkpoint']}: {scores}  ({summary['val_images']} images)")
         return
     scores = (f"top-1 {summary['top1']:.2%}, top-5 {summary['top5']:.2%}"
               if summary['top1'] is not None else

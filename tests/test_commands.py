@@ -45,7 +45,8 @@ def test_eval_teacher_scores_an_export_on_a_validation_beton(fashion_betons, tmp
     _, val = fashion_betons
     assert eval_teacher([f"checkpoint:{tmp_path / 'w.pt'}", str(val), '--ratio=1']) == 0
     line = capsys.readouterr().out
-    assert 'top-1 ' in line and '(300 images at 32 px, ratio 1.000)' in line
+    assert 'top-1 ' in line and '(300 images at 32 px, ratio 1.000, area resize, no flip, fp32)' \
+        in line  # an export without the run's validation settings: the teacher's own
     assert eval_teacher(['checkpoint:nowhere.pt', str(val)]) == 2
     assert eval_teacher([f"checkpoint:{tmp_path / 'w.pt'}", str(tmp_path / 'x.beton')]) == 2
     # a timm teacher: its own input size and, by default, its own crop fraction (crop_pct)
@@ -53,7 +54,7 @@ def test_eval_teacher_scores_an_export_on_a_validation_beton(fashion_betons, tmp
     torch.save(timm.create_model('test_resnet', num_classes=10).state_dict(), tmp_path / 't.pth')
     assert eval_teacher([f"timm:test_resnet:{tmp_path / 't.pth'}", str(val),
                          '--batch-size=100']) == 0
-    assert '(300 images at 160 px, ratio 0.950)' in capsys.readouterr().out
+    assert '(300 images at 160 px, ratio 0.950, ' in capsys.readouterr().out
 
 
 def test_an_interrupted_labelling_says_what_was_kept(fashion_betons, tmp_path, monkeypatch,

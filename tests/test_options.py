@@ -1,4 +1,5 @@
 """Checks between options: named, before torch or ffcv loads, for both command lines."""
+import json
 import subprocess
 import sys
 
@@ -6,12 +7,18 @@ import pytest
 
 from conftest import REPO
 from fkd_ffcv.errors import DataError, OptionError
-from fkd_ffcv.options import check, check_writing, options
+from fkd_ffcv.options import (beton_samples, check, check_writing, fit_to_run, options,
+                              take_recorded)
 
 
 def test_checking_options_loads_neither_torch_nor_ffcv(fashion_betons):
-    code = (f"import sys; import fkd_ffcv.options as o; o.check(o.options({{'training.eval_only':"
-            f" True, 'data.val_dataset': {str(fashion_betons[1])!r}}})); "
+    """The whole command-line path before training: the run's recorded options, the defaults
+    fitted to the run, the checks (beton headers and architecture names included)."""
+    train, val = (str(path) for path in fashion_betons)
+    code = (f"import sys; import fkd_ffcv.options as o; opts = o.options({{'training.mode': "
+            f"'plain', 'data.train_dataset': {train!r}, 'data.val_dataset': {val!r}, "
+            f"'model.arch': 'resnet18', 'logging.folder': 'nowhere'}}); "
+            f"o.take_recorded(opts, set()); o.fit_to_run(opts, set()); o.check(opts); "
             f"print(sorted(m for m in ('torch', 'ffcv', 'numba') if m in sys.modules))")
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           cwd=REPO)
@@ -54,19 +61,81 @@ def test_labels_for_a_split_that_is_not_written_are_refused():
                        'scale_max': 0.0})
 
 
-def test_eval_only_needs_only_the_validation_beton(fashion_betons):
+def test_eval_only_needs_only_the_validation_beton_and_a_checkpoint(fashion_betons, tmp_path):
     _, val = fashion_betons
-    check(options({'training.eval_only': True, 'data.val_dataset': str(val)}))
+    with pytest.raises(OptionError, match=f"--eval-only: {tmp_path}/checkpoint.pt: no such "
+                                          f"checkpoint .*--logging.folder"):
+        check(options({'training.eval_only': True, 'data.val_dataset': str(val),
+                       'logging.folder': str(tmp_path)}))
+    (tmp_path / 'checkpoint.pt').touch()
+    check(options({'training.eval_only': True, 'data.val_dataset': str(val),
+                   'logging.folder': str(tmp_path)}))
     with pytest.raises(OptionError, match='--data.val_dataset is required'):
         check(options({'training.eval_only': True}))
 
 
-def test_an_unknown_architecture_is_an_option_error(fashion_betons):
-    """Architectures are known once models.py is loaded (its registry), still before any data
-    or model is."""
-    done = train_cli(fashion_betons, '--model.arch=resnet5')
-    assert done.returncode == 2
-    assert "--model.arch: unknown architecture 'resnet5'; known:" in done.stderr
+def test_eval_only_and_resume_take_the_runs_recorded_options(fashion_betons, tmp_path):
+    """What neither the command line nor a recipe gives comes from the run's config.json;
+    what they give stays, and the command's own switches are never taken."""
+    train, val = fashion_betons
+    recorded = options({'data.train_dataset': str(train), 'data.val_dataset': str(val),
+                        'training.mode': 'ssl', 'training.epochs': 4, 'lr.lr': 0.3,
+                        'logging.folder': str(tmp_path / 'elsewhere')})
+    (tmp_path / 'config.json').write_text(json.dumps(recorded))
+    for switch, at in (({'training.eval_only': True}, {'logging.folder': str(tmp_path)}),
+                       ({'training.resume': True}, {'logging.folder': str(tmp_path)}),
+                       ({'training.eval_only': True},
+                        {'training.checkpoint': str(tmp_path / 'final_weights.pt')})):
+        opts = options({**switch, **at, 'lr.lr': 0.1})
+        assert take_recorded(opts, {'lr.lr', *at}) == str(tmp_path / 'config.json')
+        assert (opts['data']['val_dataset'], opts['training']['mode'],
+                opts['training']['epochs'], opts['lr']['lr']) == (str(val), 'ssl', 4, 0.1)
+        assert opts['training']['eval_only' if 'training.eval_only' in switch else 'resume']
+        assert opts['logging']['folder'] == at.get('logging.folder', '')
+    fresh = options({'logging.folder': str(tmp_path)})  # a new run takes nothing
+    assert take_recorded(fresh, set()) is None and fresh['data']['val_dataset'] == ''
+
+
+def test_short_runs_get_defaults_that_fit_and_given_values_are_named(fashion_betons,
+                                                                      monkeypatch):
+    train, val = fashion_betons  # 600 training images
+    monkeypatch.setenv('WORLD_SIZE', '2')  # 300 per process
+    base = {'data.train_dataset': str(train), 'data.val_dataset': str(val),
+            'training.mode': 'plain', 'training.epochs': 1, 'logging.folder': 'nowhere'}
+    opts = options(base)
+    notes = fit_to_run(opts, set())
+    check(opts)
+    assert (opts['lr']['peak_epoch'], opts['training']['batch_size']) == (0.125, 300)
+    assert len(notes) == 2 and notes[0].startswith('--lr.peak_epoch=0.125: the default 2') \
+        and notes[1].startswith('--training.batch_size=300: the default 512')
+    opts = options({**base, 'lr.peak_epoch': 2.0, 'training.batch_size': 512})
+    assert fit_to_run(opts, {'lr.peak_epoch', 'training.batch_size'}) == []
+    with pytest.raises(OptionError, match=r'--lr.peak_epoch=2.0 must come before the end of '
+                                          r'the run \(--training.epochs=1\): set a smaller'):
+        check(opts)
+    opts['lr']['peak_epoch'] = 0.5
+    with pytest.raises(OptionError, match=r'--training.batch_size=512: a pass over the 600 '
+                                          r'images .* shared by 2 processes, .* set '
+                                          r'--training.batch_size=300 or less'):
+        check(opts)
+    assert beton_samples(str(val)) == 300 and beton_samples(sys.executable) is None
+
+
+def test_option_errors_exit_2_before_torch_with_one_line(fashion_betons, tmp_path):
+    """Exit status 2 and one line, for what the command line can be told before anything is
+    loaded: the batch against the beton's images, a folder that holds a run, nothing to
+    resume, an unknown architecture."""
+    (tmp_path / 'checkpoint.pt').touch()
+    for options_, message in (
+            (['--training.batch_size=1024'], '--training.batch_size=600 or less'),
+            ([f'--logging.folder={tmp_path}'], 'already holds a run; continue it with --resume'),
+            ([f'--logging.folder={tmp_path}/new', '--resume'], 'nothing to resume'),
+            (['--model.arch=resnet5'], '--model.arch=resnet5: unknown architecture (did you '
+                                       'mean resnet50?); known: resnet18'),
+            (['--model.arch=nowhere:model'], '--model.arch=nowhere:model: unknown')):
+        done = train_cli(fashion_betons, *options_)
+        assert (done.returncode, done.stderr.count('\n')) == (2, 1), done.stderr
+        assert message in done.stderr and done.stderr.startswith('error: ')
 
 
 def test_timm_names_and_options_are_checked_before_training(fashion_betons):

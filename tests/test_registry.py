@@ -49,3 +49,9 @@ def test_model_and_teacher_families_plug_in_by_registering(toy_families):
     probs = teacher.outputs(np.zeros((3, 16, 16, 3), np.uint8))
     assert teacher.num_classes == 4 and probs.shape == (3, 4)
     assert torch.allclose(probs.sum(1), torch.ones(3))
+
+
+def test_the_torch_free_list_of_architectures_is_the_registrys():
+    """options.py checks names against defaults.STUDENT_ARCHS without importing torch."""
+    from fkd_ffcv.defaults import STUDENT_ARCHS, STUDENT_PREFIXES
+    assert MODELS.names() == sorted(STUDENT_ARCHS) + sorted(p + '...' for p in STUDENT_PREFIXES)

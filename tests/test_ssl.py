@@ -380,8 +380,15 @@ def test_probe_command_on_an_export_and_on_a_beton_without_labels(ssl_data, ssl_
                           '--epochs', '10']) == 0
     text = out.getvalue()
     assert 'k-NN top-1' in text and 'linear-probe top-1' in text and '32-d features' in text
-    knn = float(text.split('k-NN top-1 ')[1].split('%')[0]) / 100
-    assert abs(knn - summary['knn_top1']) <= 0.02  # fp32 here, the run's bf16 / fp32 there
+    # the export is measured as the run validated it (side, ratio, filter, precision)
+    assert f"k-NN top-1 {summary['knn_top1']:.2%} (k 20)" in text
+    assert text.rstrip().endswith(f"{trainer.precision})")
+    # --eval-only in ssl mode measures the same, from the checkpoint or the export
+    for checkpoint in ('checkpoint.pt', 'final_weights.pt'):
+        again = Trainer(ssl_options(ssl_data, folder, training__eval_only=True,
+                                    training__checkpoint=str(folder / checkpoint))).run()
+        assert (again['knn_top1'], again['probe_top1']) == (summary['knn_top1'],
+                                                            summary['probe_top1'])
     unlabelled = tmp_path / 'unlabelled.beton'
     copy_beton(val, unlabelled, keep=[n for n in Beton(val).field_names if n != LABEL_FIELD],
                progress=False)
@@ -392,9 +399,22 @@ def test_probe_command_on_an_export_and_on_a_beton_without_labels(ssl_data, ssl_
     with pytest.raises(TrainingError, match=f"{unlabelled} has no 'label' field"):
         Trainer(ssl_options((train, unlabelled, None, None), tmp_path / 'y')).run()
     assert not (tmp_path / 'y' / 'checkpoint.pt').exists()  # refused before training
-    with pytest.raises(TrainingError, match='holds an embedding model .* fkd-probe'):
+    with pytest.raises(OptionError, match='holds an embedding model .* --training.mode=ssl '
+                                          '.* fkd-probe'):
         Trainer(run_options((train, val), tmp_path / 'x', training__eval_only=True,
                             training__checkpoint=str(folder / 'final_weights.pt'))).run()
+
+
+def test_ssl_eval_only_of_a_classifier_names_its_mode_and_the_fix(ssl_data, tmp_path):
+    """The classifier's checkpoint in ssl mode: one error naming the mode it was trained in
+    (not an attribute that only training sets)."""
+    train, val, spec, _ = ssl_data
+    classifier = spec[len('checkpoint:'):]  # an export of a classifier of the data's classes
+    with pytest.raises(OptionError, match=r"holds a classifier \(trained in a classifier mode"
+                                          r"\), and --training.mode=ssl measures embedding "
+                                          r"models: leave --training.mode=ssl out .* fkd-probe"):
+        Trainer(ssl_options(ssl_data, tmp_path / 'z', training__eval_only=True,
+                            training__checkpoint=classifier)).run()
 
 
 def test_writing_options_for_embeddings(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO
 from fkd_ffcv.labeling import LabelingSettings, label_beton
 from fkd_ffcv.teachers import Teacher
-from fkd_ffcv.errors import TrainingError
+from fkd_ffcv.errors import OptionError, TrainingError
 from fkd_ffcv.options import options
 from fkd_ffcv.training import Trainer
 
@@ -30,6 +30,7 @@ def run_options(betons, folder, **overrides):
             'training.precision': 'fp32', 'lr.lr': 0.2, 'lr.peak_epoch': 0.5,
             'validation.resolution': 32, 'validation.ratio': 1.0,
             'validation.batch_size': 100, 'validation.every_passes': 1,
+            'validation.precise_bn': 0,  # on in the tests of it (a loader compile per run)
             'resolution.min_res': 32, 'resolution.max_res': 32,
             'logging.folder': str(folder), 'logging.progress': False}
     return options({**base, **{k.replace('__', '.'): v for k, v in overrides.items()}})
@@ -187,6 +188,59 @@ def test_eval_only_matches_the_final_log_line(fkd_run, fkd_options):
         assert result['top1'] == summary['top1'] and result['top5'] == summary['top5']
 
 
+def test_eval_teacher_measures_an_export_as_the_trainer_validated_it(fkd_run, fkd_options,
+                                                                     capsys):
+    """fkd-eval-teacher on the run's export, options left out: the run's side, ratio, flip
+    and precision, and the trainer's top-1; without the flip, what the trainer gives
+    without it."""
+    from fkd_ffcv import cli
+    folder, summary, _ = fkd_run
+    spec, val = f"checkpoint:{folder / 'final_weights.pt'}", fkd_options(folder)['data'][
+        'val_dataset']
+    for flip, expected in (([], summary['top1']), (['--no-flip'], Trainer(fkd_options(
+            folder, training__eval_only=True, validation__lr_tta=False)).run()['top1'])):
+        capsys.readouterr()
+        assert cli.eval_teacher([spec, val, *flip]) == 0
+        line = capsys.readouterr().out
+        assert f"top-1 {expected:.2%}" in line and 'at 32 px, ratio 1.000' in line
+        assert ('no flip' if flip else 'with flip') in line and 'as the run validated' in line
+
+
+def test_precise_bn_recomputes_the_evaluated_statistics_and_keeps_them(fkd_options, tmp_path,
+                                                                        capsys):
+    """A short run (auto) recomputes the weight average's BatchNorm statistics before its
+    validation, says so in one line, and checkpoints and exports them: eval-only repeats the
+    logged top-1. Recomputing again gives the same statistics (they depend on the weights and
+    the images, not on what the running averages held), and momentum and step counts are
+    restored."""
+    from fkd_ffcv.options import PRECISE_BN_IMAGES, PRECISE_BN_STEPS
+    from fkd_ffcv.training import is_batchnorm, precise_bn_images
+    folder = tmp_path / 'run'
+    trainer = Trainer(fkd_options(folder, validation__precise_bn=-1))
+    summary = trainer.run()
+    err = capsys.readouterr().err
+    assert err.count('precise BN: each validation first recomputes the BatchNorm statistics '
+                     'on 600 training images (auto: 36 training steps') == 1
+    assert '--validation.precise_bn=0 turns it off' in err
+    norms = [m for m in trainer.ema.modules() if is_batchnorm(m)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked))
+              for m in norms]
+    trainer.passes_done = trainer.passes - 1  # the last validation's images, in its order
+    trainer.recompute_bn()
+    for m, (mean, var, tracked) in zip(norms, before):
+        assert torch.allclose(m.running_mean, mean, atol=1e-5)
+        assert torch.allclose(m.running_var, var, rtol=1e-4)
+        assert (m.momentum, int(m.num_batches_tracked), m.training) == (0.1, tracked, False)
+    for checkpoint in ('checkpoint.pt', 'final_weights.pt'):
+        again = Trainer(fkd_options(folder, training__eval_only=True,
+                                    training__checkpoint=str(folder / checkpoint))).run()
+        assert again['top1'] == summary['top1']
+    assert precise_bn_images(-1, PRECISE_BN_STEPS - 1, 10 ** 6) == PRECISE_BN_IMAGES
+    assert precise_bn_images(-1, PRECISE_BN_STEPS, 10 ** 6) == 0  # a long run: off
+    assert precise_bn_images(-1, 10, 84) == 84 and precise_bn_images(0, 10, 84) == 0
+    assert precise_bn_images(50, 10 ** 6, 84) == 50
+
+
 def test_online_kd_with_mixing_and_weight_averaging(labelled, plain_run, tmp_path):
     teacher = f"checkpoint:{plain_run[0] / 'final_weights.pt'}"
     trainer = Trainer(run_options(labelled, tmp_path / 'run', training__mode='online_kd',
@@ -244,6 +298,8 @@ def test_two_process_gloo_ddp_run(labelled, tmp_path):
     # 32 images per rank), not each rank on all of them
     assert sum(line['crops'] for line in log) == 2 * 9 * 32 * 2
     assert result.stdout.count('fkd small_resnet: 2 epochs') == 1  # rank 0 reports
+    # a short run: precise BN on (auto), each rank on its share, statistics averaged
+    assert result.stderr.count('precise BN: each validation first recomputes') == 1
 
 
 def test_bad_inputs_are_named(fashion_betons, labelled, fkd_options, plain_run, image_tree,
@@ -257,7 +313,7 @@ def test_bad_inputs_are_named(fashion_betons, labelled, fkd_options, plain_run, 
     fails(run_options(fashion_betons, tmp_path / 'a', training__mode='fkd'),
           'has none', 'fields')
     fails(run_options((raw_tree_beton[0], fashion_betons[1]), tmp_path / 'b',
-                      training__mode='plain'), 'classes')
+                      training__mode='plain', training__batch_size=8), 'classes')
     fails(run_options(fashion_betons, tmp_path / 'c', training__mode='plain',
                       model__num_classes=5), 'num_classes=5', '10 classes')
     fails(fkd_options(tmp_path / 'd', training__epochs=3, fkd__single_crop_phases=False),
@@ -285,7 +341,7 @@ def test_bad_inputs_are_named(fashion_betons, labelled, fkd_options, plain_run, 
     fails(fkd_options(tmp_path / 'i', data__train_dataset=str(tmp_path / 'missing.beton')),
           'missing.beton')
     fails(fkd_options(tmp_path / 'j', fkd__num_crops=8, training__epochs=8), 'more than the 4')
-    fails(fkd_options(tmp_path / 'k', training__batch_size=1024), 'lower --training.batch_size')
+    fails(fkd_options(tmp_path / 'k', training__batch_size=1024), '--training.batch_size=600 or less')
     fails(fkd_options(tmp_path / 'l', resolution__min_res=30), 'multiple of')
     fails(fkd_options(tmp_path / 'm', lr__peak_epoch=4.0), '--lr.peak_epoch=4.0')
     with pytest.raises(ValueError, match='unknown option'):
@@ -360,7 +416,7 @@ def test_kill_mid_pass_then_resume_from_the_command_line(labelled, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line['epoch'] for line in read_log(folder)] == list(range(1, 41))
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 1 and 'already holds a run' in again.stderr
+    assert again.returncode == 2 and 'already holds a run' in again.stderr  # an option error
 
 
 def test_eval_only_takes_the_validation_settings_the_run_used(fkd_run, fkd_options):
@@ -394,8 +450,8 @@ def test_a_checkpoint_that_carries_code_is_refused(fkd_run, fkd_options, tmp_pat
 
 
 def test_a_batch_too_large_names_the_largest_that_works(labelled, fkd_options, tmp_path):
-    with pytest.raises(TrainingError, match='to 600 or less'):  # 600 images, K = 2
-        Trainer(fkd_options(tmp_path / 'run', training__batch_size=1024)).run()
+    with pytest.raises(OptionError, match='=600 or less'):  # 600 images, K = 2, at once
+        Trainer(fkd_options(tmp_path / 'run', training__batch_size=1024))
 
 
 def test_ctrl_c_says_what_was_kept_and_the_resume_says_where_it_starts(labelled, tmp_path):
