@@ -52,7 +52,7 @@ def test_trainer_takes_its_rank_gpu_modulo_the_gpu_count(monkeypatch):
     monkeypatch.setenv('LOCAL_RANK', '1')
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
     trainer = Trainer.__new__(Trainer)
-    trainer.o = options()
+    trainer.opts = options()
     trainer.setup_distributed()
     assert trainer.device == torch.device('cuda', 0)
     assert ('MainThread', 0, 'set_device', 0) in fake.calls
@@ -68,7 +68,7 @@ def test_compiled_models_get_one_static_graph_per_input_side(monkeypatch):
 
     monkeypatch.setattr(torch, 'compile', fake_compile)
     trainer = Trainer.__new__(Trainer)
-    trainer.o = trainer.opts = options({'model.arch': 'small_resnet', 'training.compile': True})
+    trainer.opts = options({'model.arch': 'small_resnet', 'training.compile': True})
     trainer.device, trainer.world_size, trainer.num_classes = torch.device('cpu'), 1, 10
     trainer.mode = MODES['fkd']()
     trainer.create_model()
