@@ -22,7 +22,7 @@ from .config import Flag
 from .defaults import (CLASSES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD, EMBEDDING_KINDS,
                        FASHION_MNIST_DIR, LABELLED_SUFFIX, PRECISIONS, RESIZE_FILTERS,
                        STUDENT_ARCHS, STUDENT_PREFIXES)
-from .errors import OptionError
+from .errors import DataError, OptionError
 from .header import check_beton
 from .label_types import LabelSpec, default_label_type
 from .modes import MODES
@@ -491,13 +491,14 @@ def check_sections(opts: dict, name: str, mode) -> None:
 
 def check_same_classes(train: str, val: str) -> None:
     """A training and a validation beton must name the same classes in the same order (their
-    manifests say; a beton without one is not judged here)."""
+    manifests say; a beton without one is judged when the trainer opens it). A DataError
+    (exit 1): the options are fine, the files do not belong together."""
     ours, theirs = (read_manifest(path).get('classes') for path in (train, val))
     if ours is not None and theirs is not None and ours != theirs:
         differ = next((f"class {i}: {a!r} against {b!r}" for i, (a, b) in
                        enumerate(zip(ours, theirs)) if a != b),
                       f"{len(ours)} classes against {len(theirs)}")
-        raise OptionError(f"--data.train_dataset={train} and --data.val_dataset={val} have "
+        raise DataError(f"--data.train_dataset={train} and --data.val_dataset={val} have "
                           f"other classes ({differ}): give betons written from the same data "
                           f"set")
 

@@ -26,7 +26,7 @@ from .mixing import mix
 from .models import (build_model, check_arch, check_start, classifier_name,
                      input_normalisation, is_ssl_export, saved_options, takes_blurpool, unwrap)
 from .modes import MODES
-from .errors import OptionError, TrainingError
+from .errors import DataError, OptionError, TrainingError
 from .files import load_data
 from .options import PARAMS, PRECISE_BN_IMAGES, PRECISE_BN_STEPS, check, run_folder
 from .progress import bar as progress_bar
@@ -115,7 +115,7 @@ class Trainer:
         self.train_beton, self.val_beton = Beton(data['train_dataset']), Beton(data['val_dataset'])
         self.classes = self.train_beton.classes
         if self.val_beton.classes != self.classes:
-            raise TrainingError(f"{data['val_dataset']} has {len(self.val_beton.classes)} "
+            raise DataError(f"{data['val_dataset']} has {len(self.val_beton.classes)} "
                                 f"classes, {data['train_dataset']} {len(self.classes)} (or "
                                 f"they are named differently); both must share one list")
         self.num_classes = len(self.classes)

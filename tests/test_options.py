@@ -1,5 +1,6 @@
 """Checks between options: named, before torch or ffcv loads, for both command lines."""
 import json
+import re
 import subprocess
 import sys
 
@@ -177,11 +178,14 @@ def test_training_and_validation_betons_of_other_classes_are_refused(fashion_bet
                                                                      raw_tree_beton):
     train, _ = fashion_betons
     val = raw_tree_beton[0]
-    with pytest.raises(OptionError, match=rf"--data.train_dataset={train} and "
-                                          rf"--data.val_dataset={val} have other classes "
-                                          rf"\(class 0: 'T-shirt/top' against 'bird'\)"):
+    message = (f"--data.train_dataset={train} and --data.val_dataset={val} have other classes "
+               f"(class 0: 'T-shirt/top' against 'bird')")
+    with pytest.raises(DataError, match=re.escape(message)):
         check(options({'data.train_dataset': str(train), 'data.val_dataset': str(val),
                        'training.mode': 'plain'}))
+    done = train_cli((train, val), '--logging.folder=nowhere')
+    assert (done.returncode, done.stderr) == (1, f"error: {message}: give betons written from "
+                                                 f"the same data set\n")
 
 
 def writing(tmp_path, **labels):
