@@ -522,22 +522,27 @@ def read_manifest(beton_path: str) -> dict:
 
 def records_missing(mode: str, path: str, field_names, field: str) -> str:
     """The message for a mode that replays crop records (of `field`) and a beton that has
-    none."""
+    none: where labelling it writes (<stem>_fkd.beton), named as the beton to give when it is
+    there already."""
     fields = ', '.join(field_names)
+    labelled = labelled_beton({}, path)
+    if labelled.exists():
+        fix = (f"labelling writes {labelled}: give --data.train_dataset={labelled}")
+    else:
+        fix = (f"label it with fkd-write --labels.beton={path} --labels.teacher=..."
+               f"{' --labels.embedding=auto' if field == EMBEDDING_FIELD else ''} (it writes "
+               f"{labelled})")
     if field == EMBEDDING_FIELD:
         held = ("; it holds soft labels, for the fkd and meal_v2 modes"
                 if CLASSES_FIELD in field_names else "")
         return (f"{mode} mode needs crop records with teacher embeddings, and {path} has none "
-                f"(fields: {fields}){held}; label it with write_dataset.py "
-                f"--labels.teacher=... --labels.embedding=auto, or use "
-                f"--training.mode=online_ssl")
+                f"(fields: {fields}){held}; {fix}, or use --training.mode=online_ssl")
     if EMBEDDING_FIELD in field_names:
         return (f"{mode} mode needs crop records with soft labels, and {path} holds teacher "
                 f"embeddings instead (fields: {fields}): train it with --training.mode=ssl, "
                 f"or label the images again with soft labels")
     return (f"{mode} mode needs crop records with soft labels, and {path} has none (fields: "
-            f"{fields}); label it with write_dataset.py --labels.teacher=... "
-            f"or use --training.mode=plain")
+            f"{fields}); {fix}, or use --training.mode=plain")
 
 
 def check_writing(data: dict, write: dict, labels: dict) -> None:

@@ -230,3 +230,19 @@ def test_an_impossible_label_type_is_refused_before_the_teacher_loads(raw_tree_b
                                           r"without the option, marginal_smoothing_k2 is chosen"):
         check_writing(data, {}, labels)
     check_writing(data, {}, {**labels, 'label_type': 'marginal_renorm_k2'})
+
+
+def test_a_beton_without_records_names_where_labelling_writes(tmp_path):
+    """fkd mode on the unlabelled x_train.beton: the labelled x_train_fkd.beton beside it is
+    named as the beton to give; without one, the labelling command and where it writes."""
+    from fkd_ffcv.defaults import CLASSES_FIELD
+    from fkd_ffcv.options import records_missing
+    beton, labelled = tmp_path / 'x_train.beton', tmp_path / 'x_train_fkd.beton'
+    message = records_missing('fkd', str(beton), ['image', 'label'], CLASSES_FIELD)
+    assert message.endswith(f"; label it with fkd-write --labels.beton={beton} "
+                            f"--labels.teacher=... (it writes {labelled}), or use "
+                            f"--training.mode=plain")
+    labelled.touch()
+    message = records_missing('fkd', str(beton), ['image', 'label'], CLASSES_FIELD)
+    assert message.endswith(f"; labelling writes {labelled}: give "
+                            f"--data.train_dataset={labelled}, or use --training.mode=plain")
