@@ -261,9 +261,7 @@ def take_recorded(opts: dict, given) -> Optional[str]:
     t = opts['training']
     if not (t['eval_only'] or t['resume']):
         return None
-    folder = os.path.dirname(t['checkpoint']) if t['eval_only'] and t['checkpoint'] else \
-        run_folder(opts)
-    path = os.path.join(folder or '.', 'config.json')
+    path = recorded_config(opts)
     try:
         with open(path) as f:
             recorded = json.load(f)
@@ -345,25 +343,21 @@ def check(opts: dict) -> None:
     unknown architecture name, a run folder that holds a run (or none to resume)."""
     data, t, lr, r = opts['data'], opts['training'], opts['lr'], opts['resolution']
     mode = MODES[t['mode']]  # the class: its facts, nothing loaded
+    check_run_to_continue(opts)  # before the data: a wrong folder is why the data are missing
     # an evaluation of features (k-NN, probe) reads the training beton's labels too
     needed = ('train_dataset', 'val_dataset') if not t['eval_only'] or mode.probes else \
         ('val_dataset',)
     for key in needed:
         if not data[key]:
-            raise OptionError(f"--data.{key} is required")
+            raise OptionError(f"--data.{key} is required" + (
+                f" ({recorded_config(opts)} does not record it)"
+                if t['eval_only'] or t['resume'] else ""))
         if not os.path.isfile(data[key]):
             raise OptionError(f"--data.{key}: {data[key]}: no such file")
         check_beton(data[key])  # DataError (exit 1): not a beton, or truncated
-    checkpoint = os.path.join(run_folder(opts), 'checkpoint.pt')
     if t['eval_only']:
-        path = t['checkpoint'] or checkpoint
-        if not os.path.isfile(path):
-            raise OptionError(f"--eval-only: {path}: no such checkpoint (give "
-                              f"--logging.folder of a run, or --training.checkpoint)")
         return
-    if t['resume'] and not os.path.isfile(checkpoint):
-        raise OptionError(f"--resume: {checkpoint} does not exist (nothing to resume; "
-                          f"--logging.folder names the run)")
+    checkpoint = os.path.join(run_folder(opts), 'checkpoint.pt')
     if not t['resume'] and os.path.isfile(checkpoint):
         raise OptionError(f"{run_folder(opts)} already holds a run; continue it with --resume "
                           f"or choose another --logging.folder")
@@ -447,6 +441,35 @@ def check(opts: dict) -> None:
                           f"have the {described['dim']} dimensions of the teacher embeddings in "
                           f"{data['train_dataset']}")
     check_same_classes(data['train_dataset'], data['val_dataset'])
+
+
+def recorded_config(opts: dict) -> str:
+    """The config.json that --eval-only and --resume take the run's options from: beside
+    --training.checkpoint when that is given, else in the run folder."""
+    t = opts['training']
+    folder = os.path.dirname(t['checkpoint']) if t['eval_only'] and t['checkpoint'] else \
+        run_folder(opts)
+    return os.path.join(folder or '.', 'config.json')
+
+
+def check_run_to_continue(opts: dict) -> None:
+    """--eval-only and --resume need the run they continue: its folder and checkpoint (or
+    --training.checkpoint), named before any option the run would have given."""
+    t, folder = opts['training'], run_folder(opts)
+    if not (t['eval_only'] or t['resume']):
+        return
+    switch = '--eval-only' if t['eval_only'] else '--resume'
+    fix = ("give --logging.folder of a run, or --training.checkpoint" if t['eval_only'] else
+           "nothing to resume; --logging.folder names the run")
+    if t['eval_only'] and t['checkpoint']:
+        if not os.path.isfile(t['checkpoint']):
+            raise OptionError(f"--training.checkpoint={t['checkpoint']}: no such checkpoint")
+        return
+    if not os.path.isdir(folder):
+        raise OptionError(f"{switch}: {folder}: no such run folder ({fix})")
+    checkpoint = os.path.join(folder, 'checkpoint.pt')
+    if not os.path.isfile(checkpoint):
+        raise OptionError(f"{switch}: {folder} holds no checkpoint.pt ({fix})")
 
 
 def check_arch_name(arch: str) -> None:

@@ -64,15 +64,34 @@ def test_labels_for_a_split_that_is_not_written_are_refused():
 
 def test_eval_only_needs_only_the_validation_beton_and_a_checkpoint(fashion_betons, tmp_path):
     _, val = fashion_betons
-    with pytest.raises(OptionError, match=f"--eval-only: {tmp_path}/checkpoint.pt: no such "
-                                          f"checkpoint .*--logging.folder"):
+    with pytest.raises(OptionError, match=f"--eval-only: {tmp_path} holds no checkpoint.pt "
+                                          f"\\(give --logging.folder of a run, or "
+                                          f"--training.checkpoint\\)"):
         check(options({'training.eval_only': True, 'data.val_dataset': str(val),
                        'logging.folder': str(tmp_path)}))
     (tmp_path / 'checkpoint.pt').touch()
     check(options({'training.eval_only': True, 'data.val_dataset': str(val),
                    'logging.folder': str(tmp_path)}))
-    with pytest.raises(OptionError, match='--data.val_dataset is required'):
-        check(options({'training.eval_only': True}))
+    with pytest.raises(OptionError, match=f"--data.val_dataset is required \\({tmp_path}/"
+                                          f"config.json does not record it\\)"):
+        check(options({'training.eval_only': True, 'logging.folder': str(tmp_path)}))
+    with pytest.raises(OptionError, match=f"--training.checkpoint={tmp_path}/gone.pt: no such "
+                                          f"checkpoint"):
+        check(options({'training.eval_only': True,
+                       'training.checkpoint': str(tmp_path / 'gone.pt')}))
+
+
+def test_a_run_to_continue_is_named_before_the_data_it_would_give(tmp_path):
+    """--eval-only or --resume of a folder that is not there: the folder is the fault, not the
+    --data.val_dataset its config.json would have given."""
+    for switch, fix in (('--eval-only', 'give --logging.folder of a run, or '
+                                        '--training.checkpoint'),
+                        ('--resume', 'nothing to resume; --logging.folder names the run')):
+        done = subprocess.run([sys.executable, str(REPO / 'train_imagenet.py'), switch,
+                               f'--logging.folder={tmp_path}/gone'], capture_output=True,
+                              text=True, cwd=REPO)
+        assert (done.returncode, done.stderr) == (
+            2, f"error: {switch}: {tmp_path}/gone: no such run folder ({fix})\n")
 
 
 def test_eval_only_and_resume_take_the_runs_recorded_options(fashion_betons, tmp_path):
@@ -170,8 +189,10 @@ def test_a_data_set_that_is_not_a_beton_is_a_data_error(fashion_betons, tmp_path
     assert done.stderr == (f"error: {train}.json is not an FFCV beton (it is a JSON file; "
                            f"{train} is the beton it describes)\n")
     (tmp_path / 'cut.beton').write_bytes(val.read_bytes()[:100_000])
+    (tmp_path / 'checkpoint.pt').touch()
     with pytest.raises(DataError, match=r'cut.beton is truncated: 100,000 bytes of '):
-        check(options({'training.eval_only': True, 'data.val_dataset': str(tmp_path / 'cut.beton')}))
+        check(options({'training.eval_only': True, 'logging.folder': str(tmp_path),
+                       'data.val_dataset': str(tmp_path / 'cut.beton')}))
 
 
 def test_training_and_validation_betons_of_other_classes_are_refused(fashion_betons,
