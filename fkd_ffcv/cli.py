@@ -341,8 +341,9 @@ def eval_teacher(argv=None) -> int:
     parser.add_argument('--batch-size', type=int, default=256)
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
     parser.add_argument('--precision', choices=('auto',) + defaults.TEACHER_PRECISIONS,
-                        default='auto', help='auto: the run\'s for an export, else fp32 '
-                        '(bf16, fp16 keep the classifier in fp32)')
+                        default='auto', help='auto: the run\'s for an export (fp32 where '
+                        'this device does not compute it natively), else fp32 (bf16, fp16 keep '
+                        'the classifier in fp32)')
     args = parser.parse_args(argv)
     try:
         if not os.path.isfile(args.beton):
@@ -351,14 +352,15 @@ def eval_teacher(argv=None) -> int:
         check_beton(args.beton)
     except (OptionError, DataError) as e:
         return refused(e)
-    from .devices import resolve_device
+    from .devices import recorded_precision, resolve_device
     from .teachers import Teacher, evaluate
     try:
         run = validated_as(args.teacher)
-        precision = args.precision if args.precision != 'auto' else run.get('precision', 'fp32')
+        device = resolve_device(args.device)
+        precision, precision_text = recorded_precision(args.precision,
+                                                       run.get('precision', 'fp32'), device)
         flip = args.flip if args.flip is not None else run.get('lr_tta', False)
-        teacher = Teacher(args.teacher, device=resolve_device(args.device),
-                          precision=precision)
+        teacher = Teacher(args.teacher, device=device, precision=precision)
         result = evaluate(teacher, args.beton, ratio=args.ratio or run.get('ratio', 0),
                           resolution=args.resolution or run.get('resolution', 0),
                           batch_size=args.batch_size, flip=flip)
@@ -368,7 +370,7 @@ def eval_teacher(argv=None) -> int:
     print(f"{args.teacher} on {args.beton}: top-1 {result['top1']:.2%}  top-5 "
           f"{result['top5']:.2%}  ({result['images']} images at {result['resolution']} px, "
           f"ratio {result['ratio']:.3f}, {teacher.interpolation} resize, "
-          f"{'with' if flip else 'no'} flip, {precision}"
+          f"{'with' if flip else 'no'} flip, {precision_text}"
           f"{'; as the run validated' if run else ''})")
     return 0
 
@@ -418,7 +420,8 @@ def probe(argv=None) -> int:
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
     parser.add_argument('--precision', choices=('auto',) + defaults.TEACHER_PRECISIONS,
                         default='auto', help='auto: the run\'s for an export (so that its '
-                        'k-NN and probe equal the logged ones), else fp32')
+                        'k-NN and probe equal the logged ones; fp32 where this device does not '
+                        'compute it natively), else fp32')
     args = parser.parse_args(argv)
     spec = args.model if ':' in args.model and not os.path.isfile(args.model) else \
         f'checkpoint:{args.model}'
@@ -439,7 +442,7 @@ def probe(argv=None) -> int:
     except (OptionError, DataError) as e:
         return refused(e)
     from .beton import Beton
-    from .devices import resolve_device
+    from .devices import recorded_precision, resolve_device
     from .errors import TrainingError
     from .probes import evaluate, require_labels
     from .teachers import Teacher
@@ -450,9 +453,10 @@ def probe(argv=None) -> int:
         if Beton(args.val).classes != classes:
             raise ValueError(f"{args.train} and {args.val} have other classes")
         stored = validated_as(spec)
-        precision = args.precision if args.precision != 'auto' else \
-            stored.get('precision', 'fp32')
-        teacher = Teacher(spec, device=resolve_device(args.device), precision=precision,
+        device = resolve_device(args.device)
+        precision, precision_text = recorded_precision(args.precision,
+                                                       stored.get('precision', 'fp32'), device)
+        teacher = Teacher(spec, device=device, precision=precision,
                           embedding=args.embedding,
                           input_size=args.resolution or stored.get('resolution'))
         ratio = args.ratio or stored.get('ratio') or teacher.crop_pct
@@ -472,5 +476,5 @@ def probe(argv=None) -> int:
                   if 'probe_top1' in result else '')
     print(f"{args.model}: k-NN top-1 {result['knn_top1']:.2%} (k {args.knn_k}){probe_text}  "
           f"({result['val_images']} images at {teacher.input_size} px, ratio {ratio:.3f}, "
-          f"{teacher.dim}-d {args.embedding}, {precision})")
+          f"{teacher.dim}-d {args.embedding}, {precision_text})")
     return 0

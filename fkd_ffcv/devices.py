@@ -38,6 +38,29 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return 'bf16' if cpu_has_bf16() else 'fp32'
 
 
+def native_precision(precision: str, device: torch.device) -> str:
+    """`precision` where `device` computes it natively (resolve_precision's rule: bf16 where
+    'auto' picks it, fp16 on any GPU), else fp32: emulated bf16 or fp16 on a CPU is slow and
+    gives other numbers than the device it was recorded on."""
+    native = {'fp32', resolve_precision('auto', device)} | (
+        {'fp16'} if device.type == 'cuda' else set())
+    return precision if precision in native else 'fp32'
+
+
+def recorded_precision(requested: str, recorded: str, device: torch.device):
+    """fkd-eval-teacher's and fkd-probe's precision, and the words that name it: `requested`
+    unless 'auto'; then the precision the export recorded (`recorded`), or fp32 where
+    `device` does not compute it natively, said so."""
+    if requested != 'auto':
+        return requested, requested
+    precision = native_precision(recorded, device)
+    if precision == recorded:
+        return precision, precision
+    return precision, (f"{precision}, not the run's {recorded}: this "
+                       f"{'GPU' if device.type == 'cuda' else 'CPU'} does not compute "
+                       f"{recorded} natively")
+
+
 def cpu_has_bf16() -> bool:
     """Whether oneDNN computes bf16 natively on this CPU (AVX512-BF16, AMX)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -37,6 +37,24 @@ def test_auto_precision_asks_the_device(monkeypatch):
         devices.resolve_precision('fp8', gpu)
 
 
+def test_a_recorded_precision_the_device_does_not_compute_becomes_fp32(monkeypatch):
+    """fkd-eval-teacher / fkd-probe --precision auto: the export's precision where the device
+    computes it natively, else fp32, said so; a precision asked for is kept."""
+    cpu = torch.device('cpu')
+    monkeypatch.setattr(devices, 'cpu_has_bf16', lambda: False)
+    assert devices.recorded_precision('auto', 'bf16', cpu) == (
+        'fp32', "fp32, not the run's bf16: this CPU does not compute bf16 natively")
+    assert devices.recorded_precision('auto', 'fp16', cpu)[0] == 'fp32'
+    assert devices.recorded_precision('bf16', 'fp32', cpu) == ('bf16', 'bf16')
+    monkeypatch.setattr(devices, 'cpu_has_bf16', lambda: True)
+    assert devices.recorded_precision('auto', 'bf16', cpu) == ('bf16', 'bf16')
+    fake = FakeCuda(monkeypatch, bf16=False)  # a V100: fp16, not bf16
+    gpu = torch.device('cuda', 0)
+    assert [devices.native_precision(p, gpu) for p in ('bf16', 'fp16')] == ['fp32', 'fp16']
+    fake.bf16 = True
+    assert devices.native_precision('bf16', gpu) == 'bf16'
+
+
 def test_auto_backend_is_gloo_where_ranks_share_a_gpu(monkeypatch):
     FakeCuda(monkeypatch, devices=2)
     gpu = torch.device('cuda', 0)

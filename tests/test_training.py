@@ -206,6 +206,23 @@ def test_eval_teacher_measures_an_export_as_the_trainer_validated_it(fkd_run, fk
         assert ('no flip' if flip else 'with flip') in line and 'as the run validated' in line
 
 
+def test_eval_teacher_takes_fp32_where_the_cpu_lacks_the_runs_bf16(fkd_run, fkd_options,
+                                                                   monkeypatch, tmp_path,
+                                                                   capsys):
+    """An export recorded in bf16, on a CPU without bf16: fp32, and the line says why."""
+    from fkd_ffcv import cli, devices
+    folder, summary, _ = fkd_run
+    export = torch.load(folder / 'final_weights.pt', weights_only=False)
+    export['validation'] = {**export['validation'], 'precision': 'bf16'}
+    torch.save(export, tmp_path / 'bf16.pt')
+    monkeypatch.setattr(devices, 'cpu_has_bf16', lambda: False)
+    assert cli.eval_teacher([f"checkpoint:{tmp_path / 'bf16.pt'}", '--device=cpu',
+                             fkd_options(folder)['data']['val_dataset']]) == 0
+    line = capsys.readouterr().out
+    assert f"top-1 {summary['top1']:.2%}" in line  # the run trained and validated in fp32
+    assert "fp32, not the run's bf16: this CPU does not compute bf16 natively" in line
+
+
 def test_precise_bn_recomputes_the_evaluated_statistics_and_keeps_them(fkd_options, tmp_path,
                                                                         capsys):
     """A short run (auto) recomputes the weight average's BatchNorm statistics before its
