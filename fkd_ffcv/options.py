@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from typing import Optional
 
 from fastargs import Param, Section
@@ -283,17 +282,12 @@ def take_recorded(opts: dict, given) -> Optional[str]:
 
 
 def beton_samples(path: str) -> Optional[int]:
-    """The sample count in a beton's header, read without ffcv (None if the file has no
-    plausible FFCV header; the loaders then say what is wrong with it)."""
+    """The sample count in a beton's header (header.check_beton, no ffcv); None when the file
+    is not there or not a whole beton: `check` then names what is wrong with it."""
     try:
-        with open(path, 'rb') as f:
-            header = f.read(24)  # ffcv.types.HeaderType: version, fields, page, samples, table
-        version, fields, page, samples, _ = struct.unpack('<HHIQQ', header)
-    except (OSError, struct.error):
+        return check_beton(path).num_samples
+    except (OSError, DataError):
         return None
-    if version != 2 or fields < 1 or page < 1 or page & (page - 1):
-        return None
-    return samples
 
 
 def fit_to_run(opts: dict, given) -> list:
