@@ -78,10 +78,11 @@ def train() -> int:
         check(opts)
     except (OptionError, DataError) as e:
         return refused(e)
-    if recorded:
-        print(f"note: options not given are the run's, from {recorded}", file=sys.stderr)
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+    if os.environ.get('RANK', '0') == '0':  # once under torchrun, not once per process
+        if recorded:
+            print(f"note: options not given are the run's, from {recorded}", file=sys.stderr)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     from .training import main  # torch, ffcv: seconds
     return main(opts)
 

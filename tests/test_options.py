@@ -1,5 +1,6 @@
 """Checks between options: named, before torch or ffcv loads, for both command lines."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -267,3 +268,19 @@ def test_a_beton_without_records_names_where_labelling_writes(tmp_path):
     message = records_missing('fkd', str(beton), ['image', 'label'], CLASSES_FIELD)
     assert message.endswith(f"; labelling writes {labelled}: give "
                             f"--data.train_dataset={labelled}, or use --training.mode=plain")
+
+
+def test_notes_print_once_under_torchrun(fashion_betons):
+    """The fitted defaults' notes come from rank 0 only (training itself stubbed out)."""
+    train, val = fashion_betons
+    code = ("import sys; import fkd_ffcv.training as t; t.main = lambda opts: 0; "
+            "from fkd_ffcv.cli import train; sys.exit(train())")
+    for rank, notes in (('0', 1), ('1', 0)):
+        done = subprocess.run([sys.executable, '-c', code, f'--data.train_dataset={train}',
+                               f'--data.val_dataset={val}', '--training.mode=plain',
+                               '--training.batch_size=64', '--training.epochs=1',
+                               '--logging.folder=nowhere'],
+                              capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, 'RANK': rank})
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.count('note: --lr.peak_epoch=0.125') == notes, done.stderr
