@@ -24,12 +24,14 @@ from fkd_ffcv.devices import machine
 def commands(python: str) -> list:
     """(name, command) of the README's path; the paths are relative to the work folder."""
     write, train = f'{python} {REPO}/write_dataset.py', f'{python} {REPO}/train_imagenet.py'
+    # The write step is redone until its last output (the val split) exists: --overwrite, so
+    # that a rerun after an interruption between the splits replaces the train split it left.
     data = '--data.train_dataset=data/photos_train.beton --data.val_dataset=data/photos_val.beton'
     fkd_data = ('--data.train_dataset=data/photos_train_fkd.beton '
                 '--data.val_dataset=data/photos_val.beton')
     return [
         ('write the photos', f'{write} --data.source=folder --data.root=photos '
-                             f'--data.out_dir=data --write.max_resolution=256'),
+                             f'--data.out_dir=data --write.max_resolution=256 --overwrite'),
         ('fine-tune the teacher', f'{train} --config-file {REPO}/own_data_configs/teacher_'
                                   f'finetune.yaml {data} --logging.folder=runs/teacher'),
         ('label 8 crops per image', f'{write} --labels.beton=data/photos_train.beton '

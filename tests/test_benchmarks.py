@@ -87,3 +87,25 @@ def test_quality_measures_of_the_resize_benchmark():
     assert psnr(image, image) == float('inf') and ssim(image, image) == pytest.approx(1.0)
     assert 25 < psnr(image, noisy(8)) < 35  # 8 grey levels of noise: about 30 dB
     assert 1 > ssim(image, noisy(8)) > ssim(image, noisy(32)) > 0.5
+
+
+def test_own_data_rewrites_the_splits_an_interrupted_write_left(tmp_path):
+    """The own-data benchmark redoes its write step until the val split exists; a train split
+    left by an interrupted run must not stop it ("exists"): the step passes --overwrite."""
+    import shlex
+    from benchmarks.own_data import commands
+    from fkd_ffcv.errors import OptionError
+    from fkd_ffcv.options import check_writing
+    (name, command), = [c for c in commands('python') if c[0] == 'write the photos']
+    assert '--overwrite' in shlex.split(command)
+    (tmp_path / 'photos' / 'train' / 'a').mkdir(parents=True)
+    (tmp_path / 'photos' / 'val' / 'a').mkdir(parents=True)
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'photos_train.beton').write_bytes(b'left by an interrupted run')
+    data = {'source': 'folder', 'root': str(tmp_path / 'photos'), 'split': 'all',
+            'out_dir': str(tmp_path / 'data'), 'name': ''}
+    labels = {'beton': '', 'teacher': '', 'import_root': '', 'scale_min': 0.0,
+              'scale_max': 0.0, 'out': '', 'label_type': ''}
+    with pytest.raises(OptionError, match='photos_train.beton exists'):
+        check_writing(data, {'overwrite': False}, labels)
+    check_writing(data, {'overwrite': True}, labels)  # what --overwrite sets
