@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import defaults
 from .config import load_config, section
-from .errors import DataError, OptionError
+from .errors import DataError, OptionError, os_error_line
 from .header import check_beton
 
 WRITE_HELP = r"""Write an image data set to FFCV betons, and FKD crop records with soft
@@ -57,8 +57,10 @@ checkout is the same command."""
 
 def refused(error: Exception) -> int:
     """Print a refusal found before anything heavy loads; its exit status: 2 for options
-    (OptionError), 1 for data (DataError: a file that is not a beton, or truncated)."""
-    print(f"error: {error}", file=sys.stderr)
+    (OptionError), 1 for data (DataError: a file that is not a beton, or truncated; an OSError:
+    a file or folder that cannot be read)."""
+    line = os_error_line(error) if isinstance(error, OSError) else str(error)
+    print(f"error: {line}", file=sys.stderr)
     return 2 if isinstance(error, OptionError) else 1
 
 
@@ -76,7 +78,7 @@ def train() -> int:
         recorded = take_recorded(opts, given)
         notes = fit_to_run(opts, given)
         check(opts)
-    except (OptionError, DataError) as e:
+    except (OptionError, DataError, OSError) as e:
         return refused(e)
     if os.environ.get('RANK', '0') == '0':  # once under torchrun, not once per process
         if recorded:
@@ -300,7 +302,7 @@ def write() -> int:
     sections = [section(config, name) for name in ('data', 'write', 'labels')]
     try:
         check_writing(*sections)
-    except (OptionError, DataError) as e:
+    except (OptionError, DataError, OSError) as e:
         return refused(e)
     try:
         write_data(*sections)
@@ -351,7 +353,7 @@ def eval_teacher(argv=None) -> int:
             raise OptionError(f"{args.beton}: no such beton file")
         check_teacher_files('teacher', args.teacher)
         check_beton(args.beton)
-    except (OptionError, DataError) as e:
+    except (OptionError, DataError, OSError) as e:
         return refused(e)
     from .devices import recorded_precision, resolve_device
     from .teachers import Teacher, evaluate
@@ -440,7 +442,7 @@ def probe(argv=None) -> int:
                               f"{args.knn_temperature}")
         for path in (args.train, args.val):
             check_beton(path)
-    except (OptionError, DataError) as e:
+    except (OptionError, DataError, OSError) as e:
         return refused(e)
     from .beton import Beton
     from .devices import recorded_precision, resolve_device

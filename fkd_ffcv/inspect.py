@@ -168,11 +168,12 @@ def main(argv=None) -> int:
     parser.add_argument('--epochs', type=int, default=0,
                         help='warn if a run of this many epochs would reuse crop records')
     args = parser.parse_args(argv)
+    from .errors import os_error_line
     from .header import check_beton
     try:
         check_beton(args.beton)  # before ffcv loads (seconds)
-    except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # DataError is a ValueError; unreadable: an OSError
+        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 1
     from .beton import Beton
     try:
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
         if args.read:
             print(read_back(beton, args.batch_size, args.resolution, args.ratio, args.workers))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 1
     return 0
 

@@ -206,3 +206,34 @@ def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
     result = run('write_dataset.py', f'--labels.beton={tmp_path / "val_images.beton"}',
                  f'--labels.out={tmp_path / "again.beton"}')
     assert result.returncode == 1 and 'holds no crop records' in result.stderr
+
+
+# A file or folder the user may not read (the tests run as root, who reads anything: the
+# refusal is stubbed where the commands meet it, numpy's header read and os.scandir).
+DENY = ("import numpy, os, sys; from fkd_ffcv import cli\n"
+        "def deny(path, *args, **kwargs):\n"
+        "    raise PermissionError(13, 'Permission denied', os.fspath(path))\n"
+        "real = os.scandir\n"
+        "numpy.fromfile = deny\n"
+        "os.scandir = lambda path='.': deny(path) if 'secret' in os.fspath(path) else real(path)\n"
+        "sys.exit(getattr(cli, sys.argv.pop(1))())\n")
+
+
+def test_an_unreadable_beton_or_folder_is_one_line_naming_it(fashion_dir, tmp_path,
+                                                             monkeypatch, capsys):
+    import numpy
+    train, val = (fashion_dir[0] / f'fashion_mnist_{split}.beton' for split in ('train', 'val'))
+    denied = "Permission denied; check its permissions\n"
+    done = run('-c', DENY, 'train', f'--data.train_dataset={train}',
+               f'--data.val_dataset={val}', '--training.mode=plain')
+    assert (done.returncode, done.stderr) == (1, f"error: {train}: {denied}")
+    (tmp_path / 'secret' / 'train' / 'a').mkdir(parents=True)
+    done = run('-c', DENY, 'write', '--data.source=folder',
+               f'--data.root={tmp_path / "secret"}', f'--data.out_dir={tmp_path}')
+    assert (done.returncode, done.stderr) == (1, f"error: {tmp_path / 'secret' / 'train'}: "
+                                                 f"{denied}")
+    def deny(path, *args, **kwargs):
+        raise PermissionError(13, 'Permission denied', str(path))
+    monkeypatch.setattr(numpy, 'fromfile', deny)
+    assert inspect.main([str(val)]) == 1
+    assert capsys.readouterr().err == f"error: {val}: {denied}"
