@@ -573,7 +573,8 @@ def copy_beton(src, dst, add_fields: Optional[Mapping[str, Field]] = None, value
         extra.pop('soft_labels', None)  # describe record fields this copy leaves out
         extra.pop('embeddings', None)
     extra.update(manifest_updates or {})
-    extra['derived_from'] = {'beton': str(Path(src)), 'fingerprint': beton.fingerprint(),
+    # absolute: the copy may be read from another working directory than it was made in
+    extra['derived_from'] = {'beton': os.path.abspath(src), 'fingerprint': beton.fingerprint(),
                              'num_samples': len(beton), 'bytes': beton.path.stat().st_size,
                              'written_at': manifest.get('written_at'),
                              'added_fields': list(add_fields)}

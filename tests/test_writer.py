@@ -358,3 +358,12 @@ def test_small_data_sets_get_small_pages(tmp_path):
     assert auto_page_size(None, 10) == 2 ** 23  # no bound: FFCV's default
     assert auto_page_size(3 * 2 ** 20, 10) == 2 ** 22  # the smallest that holds a sample
     assert auto_page_size(10 ** 6, 10 ** 6) == 2 ** 23  # a large data set
+
+
+def test_a_copy_records_its_origin_as_an_absolute_path(raw_tree_beton, tmp_path, monkeypatch):
+    """derived_from.beton given relative is stored absolute: another working directory (or
+    fkd-inspect run elsewhere) still finds the beton the copy was made from."""
+    src = raw_tree_beton[0]
+    monkeypatch.chdir(src.parent)
+    copy_beton(src.name, tmp_path / 'copy.beton', progress=False)
+    assert Beton(tmp_path / 'copy.beton').manifest['derived_from']['beton'] == str(src)
