@@ -9,6 +9,7 @@ Options are fastargs sections (`PARAMS`); `options({'section.key': value})` give
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Optional
 
@@ -316,18 +317,29 @@ def fit_to_run(opts: dict, given) -> list:
     return notes
 
 
+def plan_step(opts: dict) -> int:
+    """The crops per image a batch must be a multiple of: the K of every pass in the mode's
+    plan (K = fkd.num_crops, and 1 for the passes fkd.single_crop_phases or a run shorter
+    than K epochs run with one crop). Raises ValueError where the plan cannot be made."""
+    return math.lcm(*set(MODES[opts['training']['mode']].pass_plan(opts)))
+
+
 def largest_batch(opts: dict) -> Optional[int]:
-    """The largest batch (crops per process) that gives every pass at least its K steps: a
-    pass of K crops per image steps over the process's share of the images, batch / K at a
-    time, and the incomplete last batch is dropped. None where the beton cannot tell."""
-    mode, data = MODES[opts['training']['mode']], opts['data']
+    """The largest batch (crops per process) that gives every pass of the plan at least its K
+    steps: a pass of K crops per image steps over the process's share of the images, batch / K
+    at a time, and the incomplete last batch is dropped. None where the beton or the plan
+    cannot tell (`check` names why)."""
+    data = opts['data']
     images = beton_samples(data['train_dataset']) if data['train_dataset'] else None
     if images is None:
         return None
+    try:
+        step = plan_step(opts)
+    except ValueError:
+        return None
     world = int(os.environ.get('WORLD_SIZE', 1))
     per_process = -(-images // world)  # FFCV's distributed mode pads to a multiple
-    k = mode.crops_per_image(opts)
-    return per_process // k * k
+    return per_process // step * step
 
 
 def check(opts: dict) -> None:
@@ -401,19 +413,21 @@ def check(opts: dict) -> None:
         mode.pass_plan(opts)
     except ValueError as e:
         raise OptionError(str(e)) from None
-    if t['batch_size'] % k:
+    step = plan_step(opts)  # k where a pass of the plan takes k crops per image, else 1
+    if t['batch_size'] % step:
         raise OptionError(f"--training.batch_size={t['batch_size']} counts crops and must be a "
-                          f"multiple of --fkd.num_crops={k}")
+                          f"multiple of --fkd.num_crops={step}")
     largest = largest_batch(opts)
     if largest is not None and t['batch_size'] > largest:
         images, world = beton_samples(data['train_dataset']), os.environ.get('WORLD_SIZE', '1')
         where = f"{images} images of {data['train_dataset']}" + (
             f", shared by {world} processes," if world != '1' else '')
         raise OptionError(f"--training.batch_size={t['batch_size']}: a pass over the {where} "
-                          f"holds fewer than {k} step(s) of {t['batch_size']} crops ({k} per "
-                          f"image); set --training.batch_size={largest} or less" if largest >= k
-                          else f"{data['train_dataset']} has {images} images, too few for the "
-                          f"{k} crops per image of --fkd.num_crops={k} per process")
+                          f"holds fewer than {step} step(s) of {t['batch_size']} crops ({step} "
+                          f"per image); set --training.batch_size={largest} or less"
+                          if largest >= step else f"{data['train_dataset']} has {images} "
+                          f"images, too few for the {step} crops per image of "
+                          f"--fkd.num_crops={step} per process")
     wanted, classes = opts['model']['num_classes'], read_manifest(
         data['train_dataset']).get('classes')
     if wanted and classes and wanted != len(classes):

@@ -284,3 +284,23 @@ def test_notes_print_once_under_torchrun(fashion_betons):
                               env={**os.environ, 'RANK': rank})
         assert done.returncode == 0, done.stderr
         assert done.stderr.count('note: --lr.peak_epoch=0.125') == notes, done.stderr
+
+
+def test_the_batch_fits_the_crops_per_image_the_plan_uses(labelled_jpeg_beton, raw_tree_beton,
+                                                          monkeypatch):
+    """A run shorter than K epochs (fkd.single_crop_phases) takes one crop per image in every
+    pass: its batch need not be a multiple of K, nor leave K steps per pass."""
+    from fkd_ffcv.options import largest_batch
+    monkeypatch.setenv('WORLD_SIZE', '5')  # 12 images: 3 per process
+    base = {'data.train_dataset': str(labelled_jpeg_beton),
+            'data.val_dataset': str(raw_tree_beton[0]), 'training.mode': 'fkd',
+            'fkd.num_crops': 4, 'training.epochs': 2, 'lr.peak_epoch': 0.5,
+            'training.batch_size': 3, 'logging.folder': 'nowhere'}
+    opts = options(base)  # passes of 1 crop: 3 crops a step, one step each
+    assert largest_batch(opts) == 3
+    check(opts)
+    opts = options({**base, 'training.epochs': 4, 'fkd.single_crop_phases': False,
+                    'training.batch_size': 4})  # one pass of 4 crops: too few images
+    assert largest_batch(opts) == 0
+    with pytest.raises(OptionError, match=r'has 12 images, too few for the 4 crops per image'):
+        check(opts)
