@@ -7,6 +7,8 @@ IMAGE_FIELD, LABEL_FIELD, PATH_FIELD = 'image', 'label', 'path'
 # FKD crop records, N per image (see crops.py and soft_labels.py for their meaning).
 BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD = 'fkd_boxes', 'fkd_flags', 'fkd_classes', 'fkd_codes'
 EMBEDDING_FIELD = 'fkd_embedding'  # self-supervised FKD: a teacher embedding per record (int8)
+SOFT_LABEL_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)  # soft_label_fields
+RECORD_FIELDS = SOFT_LABEL_FIELDS + (EMBEDDING_FIELD,)  # every field a crop record may have
 EMBEDDING_KINDS = ('auto', 'projection', 'features')  # an embedding teacher's (embeddings.py)
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
 WRITE_MODES = ('raw', 'jpg', 'smart', 'proportion')  # RGBImageField's write modes

@@ -16,12 +16,11 @@ from ffcv.fields import (BytesField, Field, FloatField, IntField, JSONField, NDA
 from ffcv.fields.base import ARG_TYPE
 from ffcv.types import TYPE_ID_HANDLER
 
+# The names are defined in defaults.py, where options.py and header.py read them without
+# loading ffcv.
 from .defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD, FLAGS_FIELD,
-                       IMAGE_FIELD, LABEL_FIELD, PATH_FIELD, SMART_THRESHOLD, WRITE_MODES)
-
-# The names are defined in defaults.py, where options.py reads them without loading ffcv.
-SOFT_LABEL_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)  # soft_label_fields
-RECORD_FIELDS = SOFT_LABEL_FIELDS + (EMBEDDING_FIELD,)  # every field a crop record may have
+                       IMAGE_FIELD, LABEL_FIELD, PATH_FIELD, RECORD_FIELDS, SMART_THRESHOLD,
+                       SOFT_LABEL_FIELDS, WRITE_MODES)
 __all__ = ['IMAGE_FIELD', 'LABEL_FIELD', 'PATH_FIELD', 'BOXES_FIELD', 'FLAGS_FIELD',
            'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'SOFT_LABEL_FIELDS', 'RECORD_FIELDS',
            'MAX_NAME_LENGTH', 'CUSTOM_TYPE_ID', 'image_fields', 'soft_label_fields', 'embedding_fields',

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .defaults import RECORD_FIELDS
 from .errors import DataError
 
 VERSION = 2  # ffcv.types.CURRENT_VERSION
@@ -56,9 +57,13 @@ def check_beton(path) -> Header:
     def not_a_beton(why: str) -> DataError:
         return DataError(f"{path} is not an FFCV beton ({why}{hint})")
 
-    def truncated(needed: int, exact: bool = True) -> DataError:
+    def truncated(needed: int, exact: bool = True, names=None) -> DataError:
+        # the fix as far as the field names (None: cut before them) tell how it was made
+        again = ('write (or label) it again' if names is None else
+                 'write or label it again' if set(RECORD_FIELDS) & set(names) else
+                 'write it again')
         return DataError(f"{path} is truncated: {size:,} bytes of {'' if exact else 'at least '}"
-                         f"{needed:,} (write it again)")
+                         f"{needed:,} ({again})")
 
     if size < HEADER.itemsize:
         raise not_a_beton(f"{size} bytes, shorter than a beton's {HEADER.itemsize}-byte header")
@@ -79,6 +84,7 @@ def check_beton(path) -> Header:
         raise truncated(max(descriptors_end, table), exact=False)
     descriptors = np.fromfile(path, dtype=DESCRIPTOR, count=num_fields, offset=HEADER.itemsize)
     type_ids = [int(t) for t in descriptors['type_id']]
+    names = [bytes(name).rstrip(b'\0').decode('utf-8', 'replace') for name in descriptors['name']]
     unknown = sorted(set(type_ids) - set(_METADATA) - {CUSTOM})
     if unknown:
         raise not_a_beton(f"field type id(s) {unknown}: not FFCV's")
@@ -93,7 +99,7 @@ def check_beton(path) -> Header:
                           f"{n:,} samples' metadata, which end at byte {data_start:,}")
     needed = table + (stored or 0) * ALLOCATION.itemsize
     if size < needed:
-        raise truncated(needed, exact=stored is not None)
+        raise truncated(needed, exact=stored is not None, names=names)
     if (size - table) % ALLOCATION.itemsize:
         raise not_a_beton(f"its allocation table, from byte {table:,} to the end, is not whole "
                           f"{ALLOCATION.itemsize}-byte rows")
