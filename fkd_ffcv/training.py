@@ -269,6 +269,7 @@ class Trainer:
                 self.log(evaluated)
             self.save_checkpoint(p + 1)
             self.passes_done = p + 1
+        self.warn_if_at_chance()
         summary = self.summary()
         self.export()
         self.folder.write_summary(summary)
@@ -496,6 +497,24 @@ class Trainer:
         loss_sum, top1, top5, n = totals.tolist()
         return {'top1': top1 / n, 'top5': top5 / n, 'val_loss': loss_sum / n,
                 'val_images': int(n)}
+
+    def warn_if_at_chance(self) -> None:
+        """One warning line (rank 0) when the final validation is near chance while training
+        accuracy is not: a short run on a small data set that did not generalise."""
+        line = self.history[-1] if self.history else {}
+        top1, train = line.get('top1'), line.get('train_top1')
+        chance = 1 / self.num_classes
+        if not self.is_main or top1 is None or train is None or \
+                top1 > 1.5 * chance or train < 2 * chance:
+            return
+        precise_bn = ("" if self.bn_images else  # it ran: recomputing again adds nothing
+                      f"--validation.precise_bn={PRECISE_BN_IMAGES} (BatchNorm statistics "
+                      f"recomputed before validating), ")
+        print(f"warning: validation top-1 {top1:.2%} is near chance ({chance:.2%} for "
+              f"{self.num_classes} classes) while train_top1 reached {train:.2%}: the model "
+              f"did not generalise from this small data set ({len(self.train_beton)} training "
+              f"images); try more --training.epochs, a smaller --training.batch_size, "
+              f"{precise_bn}or a pretrained --model.weights", file=sys.stderr)
 
     def run_eval_only(self) -> dict:
         """Evaluate a checkpoint.pt or final_weights.pt on the validation beton: top-1 and

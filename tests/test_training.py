@@ -223,6 +223,27 @@ def test_eval_teacher_takes_fp32_where_the_cpu_lacks_the_runs_bf16(fkd_run, fkd_
     assert "fp32, not the run's bf16: this CPU does not compute bf16 natively" in line
 
 
+def test_a_run_that_ends_near_chance_while_training_learnt_warns(capsys):
+    """The end of training warns once (rank 0) where the final top-1 is at most 1.5x chance
+    and train_top1 at least twice chance; the trainer's state is stubbed (no training)."""
+    from types import SimpleNamespace
+    def warned(top1, train_top1, rank=0, bn_images=0, **line):
+        trainer = SimpleNamespace(history=[{'epoch': 4, 'top1': top1, 'train_top1': train_top1,
+                                            **line}], num_classes=4, is_main=rank == 0,
+                                  train_beton=range(84), bn_images=bn_images)
+        Trainer.warn_if_at_chance(trainer)
+        return capsys.readouterr().err
+    assert warned(0.25, 0.56) == (
+        "warning: validation top-1 25.00% is near chance (25.00% for 4 classes) while "
+        "train_top1 reached 56.00%: the model did not generalise from this small data set (84 "
+        "training images); try more --training.epochs, a smaller --training.batch_size, "
+        "--validation.precise_bn=4096 (BatchNorm statistics recomputed before validating), or "
+        "a pretrained --model.weights\n")
+    assert '--validation.precise_bn' not in warned(0.25, 0.56, bn_images=84)  # it ran
+    assert warned(0.25, 0.56, rank=1) == ''
+    assert warned(0.38, 0.56) == '' and warned(0.25, 0.49) == ''  # above 1.5x / below 2x
+
+
 def test_precise_bn_recomputes_the_evaluated_statistics_and_keeps_them(fkd_options, tmp_path,
                                                                         capsys):
     """A short run (auto) recomputes the weight average's BatchNorm statistics before its
