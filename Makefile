@@ -8,10 +8,10 @@ WHOLE_32PX := --resolution=32 --ratio=1
 setup:
 	@bash tools/setup.sh
 
-# Main job: the FKD life cycle on a Fashion-MNIST subset (fkd_ffcv/demo.py): write the betons,
+# Main job: the FKD life cycle on a Fashion-MNIST subset (fkd_ffcv/commands/demo.py): write the betons,
 # train a teacher, label crops with it, train FKD / online-KD / plain students, print the table.
 demo: setup
-	$(PY) -m fkd_ffcv.demo
+	$(PY) -m fkd_ffcv.commands.demo
 
 # The same path, small (CI runs this next to the tests), through the installed commands
 # (.venv has the package installed in place), and the checkout's writing script.

@@ -36,13 +36,13 @@ import cv2
 import numpy as np
 import torch
 
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.crops import BOX_UNITS, sample_records
-from fkd_ffcv.fields import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, LABEL_FIELD,
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.records.crops import BOX_UNITS, sample_records
+from fkd_ffcv.data.fields import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD, LABEL_FIELD,
                              image_fields, soft_label_fields)
-from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
-from fkd_ffcv.sources import ImageFolderSource
-from fkd_ffcv.writer import copy_beton, write_beton
+from fkd_ffcv.records.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
+from fkd_ffcv.data.sources import ImageFolderSource
+from fkd_ffcv.data.writer import copy_beton, write_beton
 
 REPO = Path(__file__).resolve().parents[1]
 LANDSCAPES = Path('/usr/share/games/endless-sky/images/land')

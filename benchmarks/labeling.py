@@ -24,14 +24,14 @@ import torch
 
 from benchmarks.common import interleaved_times, landscapes, versions
 from fkd_ffcv.devices import machine
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.crops import cut_crops, sample_records
-from fkd_ffcv.fields import image_fields
-from fkd_ffcv.labeling import LabelingSettings, label_beton
-from fkd_ffcv.soft_labels import LabelSpec, compress, decode_probs, kl_divergence, recover
-from fkd_ffcv.sources import ImageFolderSource
-from fkd_ffcv.teachers import Teacher
-from fkd_ffcv.writer import write_beton
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.records.crops import cut_crops, sample_records
+from fkd_ffcv.data.fields import image_fields
+from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+from fkd_ffcv.records.soft_labels import LabelSpec, compress, decode_probs, kl_divergence, recover
+from fkd_ffcv.data.sources import ImageFolderSource
+from fkd_ffcv.labeling.teachers import Teacher
+from fkd_ffcv.data.writer import write_beton
 
 
 def main():
@@ -52,7 +52,7 @@ def main():
         write_beton(images, image_fields('jpg', max_resolution=500),
                     ImageFolderSource(work / 'photos', 'train', max_resolution=500),
                     manifest={'classes': [f'imagenet{i}' for i in range(1000)]}, progress=False)
-        teacher = Teacher('fkd_ffcv.teachers:efficientnet_lite0', device=args.device)
+        teacher = Teacher('fkd_ffcv.labeling.teachers:efficientnet_lite0', device=args.device)
         settings = LabelingSettings(num_records=args.records, chunk_images=16,
                                     batch_size=args.batch_size)
 

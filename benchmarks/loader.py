@@ -43,12 +43,12 @@ from pathlib import Path
 from benchmarks.common import (IMAGES_PER_BATCH, PHOTO_SETS, SIDE, export_original_files,
                                interleaved_times, labelled_photos, one_pass, original_path,
                                versions)
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.crops import box_pixels, sample_records
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.records.crops import box_pixels, sample_records
 from fkd_ffcv.defaults import DEFAULT_RESIZE, RESIZE_FILTERS
 from fkd_ffcv.devices import machine
-from fkd_ffcv.loaders import FKDLoader, OrderOption, PlainLoader
-from fkd_ffcv.resample import filter_code, make_resize
+from fkd_ffcv.loading.loaders import FKDLoader, OrderOption, PlainLoader
+from fkd_ffcv.records.resample import filter_code, make_resize
 
 # (model, GPUs, wall minutes for 16 epochs of ImageNet) in ffcv-imagenet's published tables
 GPU_RATES = {'ResNet-50': 1_281_167 * 16 / (14.9 * 60) / 8,

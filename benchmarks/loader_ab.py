@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import fkd_ffcv.loaders
+import fkd_ffcv.loading.loaders
 from benchmarks.common import (IMAGES_PER_BATCH, PHOTO_SETS, SIDE, export_original_files,
                                extract_revision, interleaved_rates, labelled_photos,
                                original_path, versions)
@@ -68,7 +68,7 @@ def main():
         _, _, labelled = labelled_photos(work, args.records, args.photos, args.set)
         paths = {}
         for name, module in ((f'before ({args.base})', base), ('after (working tree)',
-                                                                fkd_ffcv.loaders)):
+                                                                fkd_ffcv.loading.loaders)):
             # revisions before resample.py have no filter choice: INTER_AREA
             resize = ({'resize': args.resize} if 'resize' in
                       inspect.signature(module.PlainLoader).parameters else {})

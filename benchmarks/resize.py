@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 
 from benchmarks.common import interleaved_times, make_photo_tree, report, versions
-from fkd_ffcv.crops import box_pixels, sample_records
+from fkd_ffcv.records.crops import box_pixels, sample_records
 from fkd_ffcv.defaults import RESIZE_FILTERS
 from fkd_ffcv.devices import machine
-from fkd_ffcv.resample import filter_code, make_resize, mirror
+from fkd_ffcv.records.resample import filter_code, make_resize, mirror
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

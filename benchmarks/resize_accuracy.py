@@ -30,16 +30,16 @@ from pathlib import Path
 from benchmarks.common import REPO, make_photo_tree, report, seed_table, versions
 from fkd_ffcv.defaults import RESIZE_FILTERS
 from fkd_ffcv.devices import machine, precision_of
-from fkd_ffcv.recipes import label_as_demo, recipe, run_or_reuse
+from fkd_ffcv.commands.demo_steps import label_as_demo, recipe, run_or_reuse
 
 FINE_TUNE = REPO / 'own_data_configs' / 'teacher_finetune.yaml'
 
 
 def photo_betons(work: Path) -> tuple:
     """(train, val) betons of the ImageNet-shaped photo set split by photo (reused)."""
-    from fkd_ffcv.fields import image_fields
-    from fkd_ffcv.sources import ImageFolderSource
-    from fkd_ffcv.writer import write_beton
+    from fkd_ffcv.data.fields import image_fields
+    from fkd_ffcv.data.sources import ImageFolderSource
+    from fkd_ffcv.data.writer import write_beton
     paths = work / 'photos_train.beton', work / 'photos_val.beton'
     if all(p.exists() for p in paths):
         return paths
@@ -90,7 +90,7 @@ def main():
                 'logging.progress': False,
                 'logging.folder': str(work / 'runs' / f'photos_lite0_{name}_seed{seed}')})))
     summaries = [s for group in (demo, photos) for runs in group.values() for s in runs]
-    from fkd_ffcv.beton import Beton
+    from fkd_ffcv.data.beton import Beton
     lines = [f"Students: the demo's small_resnet (width 16, depth 1), {args.seeds} seeds per "
              f"row; {precision_of(summaries)}. {machine()}; {versions('torch', 'ffcv')}; "
              f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s.", '']

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from benchmarks.common import report, versions
 from fkd_ffcv.devices import machine, precision_of
-from fkd_ffcv.probes import evaluate
-from fkd_ffcv.recipes import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
-from fkd_ffcv.teachers import Teacher
+from fkd_ffcv.training.probes import evaluate
+from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
+from fkd_ffcv.labeling.teachers import Teacher
 
 RECORDS = 8
 ROWS = {  # name: overrides of the ssl recipe
@@ -54,8 +54,8 @@ def initial_weights(folder: Path, seed: int, train) -> Path:
     """The backbone an ssl run of `seed` starts from (the trainer seeds before building the
     model; the head it adds after does not change the features), as an export."""
     import torch
-    from fkd_ffcv.beton import Beton
-    from fkd_ffcv.models import IMAGENET_MEAN, IMAGENET_STD, build_model, save_weights
+    from fkd_ffcv.data.beton import Beton
+    from fkd_ffcv.models.students import IMAGENET_MEAN, IMAGENET_STD, build_model, save_weights
     m = recipe('ssl')['model']
     arch = {'arch': m['arch'], 'width': m['width'], 'depth': m['depth'], 'blurpool': False}
     classes = Beton(train).classes

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 
 from benchmarks.common import report, versions
 from fkd_ffcv.devices import machine
-from fkd_ffcv.embeddings import decode, encode
-from fkd_ffcv.loaders import eval_loader
-from fkd_ffcv.soft_labels import LabelSpec, compress, decode_probs, kl_divergence, recover
-from fkd_ffcv.teachers import Teacher
+from fkd_ffcv.records.embeddings import decode, encode
+from fkd_ffcv.loading.loaders import eval_loader
+from fkd_ffcv.records.soft_labels import LabelSpec, compress, decode_probs, kl_divergence, recover
+from fkd_ffcv.labeling.teachers import Teacher
 
 TAU = 0.2
 
@@ -59,7 +59,7 @@ def stored_forms(t: torch.Tensor) -> dict:
 
 def embedding_sets(demo: Path) -> list:
     """[(description, unit embeddings (M, D) float64)] of the validation centre crops."""
-    from fkd_ffcv.embeddings import ProjectionHead
+    from fkd_ffcv.records.embeddings import ProjectionHead
     val = demo / 'fashion_mnist_val.beton'
     teacher = Teacher(f"checkpoint:{demo / 'runs' / 'teacher' / 'final_weights.pt'}",
                       embedding='features')

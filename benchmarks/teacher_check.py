@@ -18,7 +18,7 @@ from PIL import Image
 
 from benchmarks.common import landscapes, versions
 from fkd_ffcv.devices import machine
-from fkd_ffcv.teachers import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
+from fkd_ffcv.labeling.teachers import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
 
 PHOTOS = Path('/usr/share/doc/opencv-doc/examples/data')
 GEOLOGY = set(range(970, 981))

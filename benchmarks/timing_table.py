@@ -1,5 +1,5 @@
 """Training time per epoch: plain training, online KD and FKD with K = 1, 2, 4, 8, and MEAL V2
-online against Fast MEAL V2, through the trainer (fkd_ffcv.training.Trainer), on one data set
+online against Fast MEAL V2, through the trainer (fkd_ffcv.training.loop.Trainer), on one data set
 in one run; FKD's speed table, here.
 
     python -m benchmarks.timing_table [--preset cpu|gpu] [--images N] [--batch B] [--side S]
@@ -48,17 +48,17 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import REPO, OriginalFKDPath, export_original_files, versions
-from fkd_ffcv.beton import Beton
+from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.devices import machine
-from fkd_ffcv.fields import image_fields
-from fkd_ffcv.labeling import LabelingSettings, label_beton
-from fkd_ffcv.models import build_model, save_weights
-from fkd_ffcv.options import options
-from fkd_ffcv.sources import FashionMNISTSource, SyntheticPhotoSource
-from fkd_ffcv.teachers import Teacher
-from fkd_ffcv.models import IMAGENET_MEAN, IMAGENET_STD
-from fkd_ffcv.training import Trainer
-from fkd_ffcv.writer import write_beton
+from fkd_ffcv.data.fields import image_fields
+from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+from fkd_ffcv.models.students import build_model, save_weights
+from fkd_ffcv.options.sections import options
+from fkd_ffcv.data.sources import FashionMNISTSource, SyntheticPhotoSource
+from fkd_ffcv.labeling.teachers import Teacher
+from fkd_ffcv.models.students import IMAGENET_MEAN, IMAGENET_STD
+from fkd_ffcv.training.loop import Trainer
+from fkd_ffcv.data.writer import write_beton
 
 PRESETS = {
     'cpu': dict(data='fashion-mnist', images=5000, val=1000, side=32, val_ratio=1.0,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, extract_revision, report, versions
 from fkd_ffcv.devices import machine
-from fkd_ffcv.recipes import fashion_mnist_betons
+from fkd_ffcv.commands.demo_steps import fashion_mnist_betons
 
 SHAPE = {'model.patch_size': 4, 'model.image_size': 32, 'model.drop_path': 0.1}
 ARCHS = {  # the same DeiT-Tiny shape, written as each version takes it

@@ -26,9 +26,9 @@ from PIL import Image
 
 from benchmarks.common import interleaved_times, make_photo_tree, versions
 from fkd_ffcv.devices import machine
-from fkd_ffcv.fields import image_fields
-from fkd_ffcv.sources import ImageFolderSource
-from fkd_ffcv.writer import write_beton
+from fkd_ffcv.data.fields import image_fields
+from fkd_ffcv.data.sources import ImageFolderSource
+from fkd_ffcv.data.writer import write_beton
 
 
 class TorchvisionStyle(ImageFolderSource):

@@ -8,7 +8,7 @@ import platform
 
 import torch
 
-from .defaults import PRECISIONS
+from fkd_ffcv.defaults import PRECISIONS
 
 
 def local_device(local_rank: int = 0) -> torch.device:

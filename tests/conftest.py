@@ -56,9 +56,9 @@ def image_tree(tmp_path_factory):
 
 def write_tree(image_tree, path, write_mode, **options):
     """Write the train split of `image_tree` to `path` with images stored as `write_mode`."""
-    from fkd_ffcv.fields import image_fields
-    from fkd_ffcv.sources import ImageFolderSource
-    from fkd_ffcv.writer import write_beton
+    from fkd_ffcv.data.fields import image_fields
+    from fkd_ffcv.data.sources import ImageFolderSource
+    from fkd_ffcv.data.writer import write_beton
     root, classes, _ = image_tree
     return write_beton(path, image_fields(write_mode), ImageFolderSource(root, 'train'),
                        manifest={'classes': classes}, progress=False, **options)
@@ -74,9 +74,9 @@ def raw_tree_beton(image_tree, tmp_path_factory):
 @pytest.fixture(scope='session')
 def fashion_betons(tmp_path_factory):
     """(train, val) betons of a Fashion-MNIST subset at 32 px: 600 and 300 images, raw."""
-    from fkd_ffcv.fields import image_fields
-    from fkd_ffcv.sources import FashionMNISTSource
-    from fkd_ffcv.writer import write_beton
+    from fkd_ffcv.data.fields import image_fields
+    from fkd_ffcv.data.sources import FashionMNISTSource
+    from fkd_ffcv.data.writer import write_beton
     folder = tmp_path_factory.mktemp('fashion')
     paths = []
     for split, n in (('train', 600), ('val', 300)):
@@ -97,8 +97,8 @@ def labelled_jpeg_beton(image_tree, tmp_path_factory):
     image by a random ResNet-18 at 32 px."""
     import torch
     import torchvision
-    from fkd_ffcv.labeling import LabelingSettings, label_beton
-    from fkd_ffcv.teachers import Teacher
+    from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+    from fkd_ffcv.labeling.teachers import Teacher
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp('fkd')
     write_tree(image_tree, out / 'images.beton', 'jpg')

@@ -6,7 +6,7 @@ import sys
 
 import torch.distributed as dist
 
-from fkd_ffcv.loaders import FKDLoader, OrderOption
+from fkd_ffcv.loading.loaders import FKDLoader, OrderOption
 
 beton, out = sys.argv[1], sys.argv[2]
 dist.init_process_group('gloo')

@@ -18,12 +18,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     args = parser.parse_args()
-    from fkd_ffcv.fields import image_fields
-    from fkd_ffcv.labeling import LabelingSettings, label_beton
-    from fkd_ffcv.sources import FashionMNISTSource
-    from fkd_ffcv.teachers import Teacher
-    from fkd_ffcv.training import Trainer
-    from fkd_ffcv.writer import write_beton
+    from fkd_ffcv.data.fields import image_fields
+    from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+    from fkd_ffcv.data.sources import FashionMNISTSource
+    from fkd_ffcv.labeling.teachers import Teacher
+    from fkd_ffcv.training.loop import Trainer
+    from fkd_ffcv.data.writer import write_beton
     from test_training import run_options
 
     work = Path(tempfile.mkdtemp(prefix='seed-spread-'))

@@ -1,4 +1,4 @@
-"""The user-facing commands: write_dataset.py and python -m fkd_ffcv.inspect."""
+"""The user-facing commands: write_dataset.py and python -m fkd_ffcv.commands.inspect_beton."""
 import json
 import re
 import subprocess
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import REPO, smooth_image, save
-from fkd_ffcv import inspect
+from fkd_ffcv.commands import inspect_beton as inspect
 
 
 def run(*args, timeout=120):
@@ -36,7 +36,7 @@ def test_default_writes_fashion_mnist_train_and_val(fashion_dir):
 
 def test_inspect_reads_everything_back(fashion_dir):
     out, _ = fashion_dir
-    result = run('-m', 'fkd_ffcv.inspect', str(out / 'fashion_mnist_val.beton'), '--read',
+    result = run('-m', 'fkd_ffcv.commands.inspect_beton', str(out / 'fashion_mnist_val.beton'), '--read',
                  '--resolution=32', '--ratio=1', '--batch-size=512')
     assert result.returncode == 0, result.stderr
     assert '300 samples' in result.stdout and '10 classes' in result.stdout
@@ -103,8 +103,8 @@ def test_import_takes_every_record_of_the_files_by_default(fashion_dir, tmp_path
     500 and refuse them); asking for more than the files hold names the option."""
     import numpy as np
     import torch
-    from fkd_ffcv.beton import Beton
-    from fkd_ffcv.fkd_import import fkd_label_path
+    from fkd_ffcv.data.beton import Beton
+    from fkd_ffcv.labeling.fkd_import import fkd_label_path
     out, _ = fashion_dir
     val = out / 'fashion_mnist_val.beton'
     rng = np.random.default_rng(0)
@@ -193,7 +193,7 @@ def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert '4 per image, marginal_renorm_k3 of 10 classes, 18.0 B per record' in shown
     assert 'each is reused about 4.0 times' in shown
-    from fkd_ffcv.beton import Beton
+    from fkd_ffcv.data.beton import Beton
     teacher = Beton(tmp_path / 'val_fkd.beton').manifest['soft_labels']['teacher']
     assert (teacher['precision'], teacher['device']) == ('fp32', 'cpu')  # the default: exact
 

@@ -25,18 +25,18 @@ def test_the_wheel_installs_commands_and_carries_the_demos_recipes(wheel):
         entry_points = next(z.read(n).decode() for n in names if n.endswith('entry_points.txt'))
     for name in ('plain', 'fkd', 'online_kd', 'teacher', 'ssl'):
         assert f'fkd_ffcv/small_configs/fashion_mnist_{name}.yaml' in names
-    for command in ('fkd-write = fkd_ffcv.cli:write', 'fkd-train = fkd_ffcv.cli:train',
-                    'fkd-eval-teacher = fkd_ffcv.cli:eval_teacher',
-                    'fkd-probe = fkd_ffcv.cli:probe', 'fkd-inspect = fkd_ffcv.inspect:main',
-                    'fkd-plot = fkd_ffcv.plots:main', 'fkd-demo = fkd_ffcv.demo:command'):
+    for command in ('fkd-write = fkd_ffcv.commands.cli:write', 'fkd-train = fkd_ffcv.commands.cli:train',
+                    'fkd-eval-teacher = fkd_ffcv.commands.cli:eval_teacher',
+                    'fkd-probe = fkd_ffcv.commands.cli:probe', 'fkd-inspect = fkd_ffcv.commands.inspect_beton:main',
+                    'fkd-plot = fkd_ffcv.commands.plot:main', 'fkd-demo = fkd_ffcv.commands.demo:command'):
         assert command in entry_points
 
 
 def test_eval_teacher_scores_an_export_on_a_validation_beton(fashion_betons, tmp_path, capsys):
     import torch
-    from fkd_ffcv.cli import eval_teacher
-    from fkd_ffcv.models import build_model, save_weights
-    from fkd_ffcv.sources import FashionMNISTSource
+    from fkd_ffcv.commands.cli import eval_teacher
+    from fkd_ffcv.models.students import build_model, save_weights
+    from fkd_ffcv.data.sources import FashionMNISTSource
     torch.manual_seed(0)
     arch = {'arch': 'small_resnet', 'width': 4, 'depth': 1}
     save_weights(tmp_path / 'w.pt', build_model(num_classes=10, **arch), arch,
@@ -59,7 +59,8 @@ def test_eval_teacher_scores_an_export_on_a_validation_beton(fashion_betons, tmp
 
 def test_an_interrupted_labelling_says_what_was_kept(fashion_betons, tmp_path, monkeypatch,
                                                      capsys):
-    from fkd_ffcv import cli, labeling
+    from fkd_ffcv.commands import cli
+    from fkd_ffcv.labeling import label as labeling
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -75,7 +76,8 @@ def test_an_interrupted_labelling_says_what_was_kept(fashion_betons, tmp_path, m
 
 
 def test_an_interrupted_write_says_what_is_on_disk(tmp_path, monkeypatch, capsys):
-    from fkd_ffcv import cli, writer
+    from fkd_ffcv.commands import cli
+    from fkd_ffcv.data import writer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -100,7 +102,7 @@ def test_an_interrupted_write_says_what_is_on_disk(tmp_path, monkeypatch, capsys
 
 
 def test_recipes_take_sections_or_dotted_keys_and_refuse_unknown_ones(tmp_path):
-    from fkd_ffcv.recipes import recipe
+    from fkd_ffcv.commands.demo_steps import recipe
     (tmp_path / 'a.yaml').write_text('training.epochs: 8\nmodel:\nlr: {lr: 0.05}\n')
     opts = recipe(tmp_path / 'a.yaml', {'lr.peak_epoch': 1.0})
     assert (opts['training']['epochs'], opts['lr']['lr'], opts['lr']['peak_epoch']) == \

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from fkd_ffcv.config import unknown_keys
-from fkd_ffcv.models import check_arch
-from fkd_ffcv.modes import MODES
-from fkd_ffcv.options import PARAMS, options
+from fkd_ffcv.options.config import unknown_keys
+from fkd_ffcv.models.students import check_arch
+from fkd_ffcv.training.modes import MODES
+from fkd_ffcv.options.sections import PARAMS, options
 
 RECIPES = sorted(p for p in [*REPO.glob('*_configs/*.yaml'), *REPO.glob('fkd_ffcv/*_configs/*.yaml')]
                  if not p.name.startswith('write_'))
@@ -75,7 +75,7 @@ def test_the_deit_recipe_is_fkds():
 
 def test_the_sret_recipe_is_fkds():
     """FKD's SReT-LT recipe, with its single-crop warm-up and tail (5 x 1, 73 x 4, 3 x 1)."""
-    from fkd_ffcv.modes import MODES
+    from fkd_ffcv.training.modes import MODES
     raw = yaml.safe_load((REPO / 'sret_configs' / 'sret_lt_fkd_300_epochs.yaml').read_text())
     opts = options({f'{s}.{k}': v for s, values in raw.items() for k, v in values.items()})
     m, t, lr = opts['model'], opts['training'], opts['lr']

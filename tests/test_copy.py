@@ -7,8 +7,8 @@ from ffcv.fields.ndarray import NDArrayDecoder
 from ffcv.loader import Loader, OrderOption
 
 from conftest import write_tree
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.writer import copy_beton
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.data.writer import copy_beton
 
 
 @pytest.fixture(scope='module')

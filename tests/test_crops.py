@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fkd_ffcv.crops import (BOX_UNITS, box_pixels, cut_crops, quantize_boxes, sample_records,
+from fkd_ffcv.records.crops import (BOX_UNITS, box_pixels, cut_crops, quantize_boxes, sample_records,
                             seeded_crop)
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import LABELLED_RECORDS as N
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.crops import box_pixels
-from fkd_ffcv.decoders import record_index
-from fkd_ffcv.fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
-from fkd_ffcv.loaders import FKDLoader, OrderOption
-from fkd_ffcv.resample import resize_box
-from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.records.crops import box_pixels
+from fkd_ffcv.loading.decoders import record_index
+from fkd_ffcv.data.fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
+from fkd_ffcv.loading.loaders import FKDLoader, OrderOption
+from fkd_ffcv.records.resample import resize_box
+from fkd_ffcv.records.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
 
 K = 2
 
@@ -99,7 +99,7 @@ def test_batch_size_counts_crops(labelled):
 
 def test_a_corrupt_stored_image_raises(labelled, tmp_path):
     import shutil
-    from fkd_ffcv.ffcv_loader import LoaderError
+    from fkd_ffcv.loading.ffcv_loader import LoaderError
     # A copy of the labelled beton with garbage over one stored JPEG's bytes.
     jpeg = tmp_path / 'jpeg.beton'
     shutil.copy(labelled, jpeg)

@@ -5,9 +5,9 @@ import torch
 
 from fake_cuda import FakeCuda
 from fkd_ffcv import devices
-from fkd_ffcv.modes import MODES
-from fkd_ffcv.options import options
-from fkd_ffcv.training import Trainer
+from fkd_ffcv.training.modes import MODES
+from fkd_ffcv.options.sections import options
+from fkd_ffcv.training.loop import Trainer
 
 
 def test_ranks_map_onto_the_gpus_there_are(monkeypatch):

@@ -6,8 +6,8 @@ from ffcv.loader import OrderOption
 from ffcv.pipeline import PipelineSpec
 
 from fake_cuda import FakeCuda
-from fkd_ffcv.decoders import MultiCropDecoder
-from fkd_ffcv.loaders import FKDLoader, PlainLoader, eval_loader
+from fkd_ffcv.loading.decoders import MultiCropDecoder
+from fkd_ffcv.loading.loaders import FKDLoader, PlainLoader, eval_loader
 
 K = 2
 DEVICE = 'cuda:1'  # not GPU 0: a worker thread left on GPU 0 shows
@@ -131,7 +131,7 @@ def test_a_cpu_loader_in_a_cuda_process_works_on_the_current_gpu(raw_tree_beton,
 def test_pipelines_copying_to_two_gpus_are_refused(raw_tree_beton, monkeypatch):
     from ffcv.fields.basics import IntDecoder
     from ffcv.transforms import Squeeze, ToDevice, ToTensor
-    from fkd_ffcv.ffcv_loader import Loader
+    from fkd_ffcv.loading.ffcv_loader import Loader
     FakeCuda(monkeypatch)
     path, _ = raw_tree_beton
     to = [IntDecoder(), ToTensor(), Squeeze(1)]

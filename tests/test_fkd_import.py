@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.crops import BOX_UNITS
-from fkd_ffcv.fields import SOFT_LABEL_FIELDS
-from fkd_ffcv.fkd_import import fkd_label_path, import_fkd_labels, read_fkd_file
-from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
-from fkd_ffcv.writer import BadSample, WriteError
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.records.crops import BOX_UNITS
+from fkd_ffcv.data.fields import SOFT_LABEL_FIELDS
+from fkd_ffcv.labeling.fkd_import import fkd_label_path, import_fkd_labels, read_fkd_file
+from fkd_ffcv.records.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
+from fkd_ffcv.data.writer import BadSample, WriteError
 
 N, K = 10, 2
 

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import REPO
 from fkd_ffcv.errors import DataError
-from fkd_ffcv import header
-from fkd_ffcv.header import check_beton
+from fkd_ffcv.data import header
+from fkd_ffcv.data.header import check_beton
 
 
 def test_the_layout_is_ffcvs(raw_tree_beton, labelled_jpeg_beton):
@@ -57,7 +57,7 @@ def test_a_truncated_labelled_beton_says_write_or_label_it_again(labelled_jpeg_b
 
 
 def test_the_check_loads_neither_torch_nor_ffcv(raw_tree_beton):
-    code = (f"import sys; from fkd_ffcv.header import check_beton; "
+    code = (f"import sys; from fkd_ffcv.data.header import check_beton; "
             f"check_beton({str(raw_tree_beton[0])!r}); "
             f"print(sorted(m for m in ('torch', 'ffcv', 'numba') if m in sys.modules))")
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

@@ -7,15 +7,15 @@ import torch
 import torchvision
 
 from conftest import write_tree
-from fkd_ffcv import labeling
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.crops import cut_crops, sample_records
-from fkd_ffcv.fields import SOFT_LABEL_FIELDS, image_fields
-from fkd_ffcv.labeling import LabelingSettings, label_beton
-from fkd_ffcv.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
-from fkd_ffcv.sources import ImageFolderSource
-from fkd_ffcv.teachers import Teacher
-from fkd_ffcv.writer import write_beton
+from fkd_ffcv.labeling import label as labeling
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.records.crops import cut_crops, sample_records
+from fkd_ffcv.data.fields import SOFT_LABEL_FIELDS, image_fields
+from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+from fkd_ffcv.records.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
+from fkd_ffcv.data.sources import ImageFolderSource
+from fkd_ffcv.labeling.teachers import Teacher
+from fkd_ffcv.data.writer import write_beton
 
 SETTINGS = LabelingSettings(num_records=6, label_type='marginal_smoothing_k2', chunk_images=5,
                             batch_size=16)
@@ -86,7 +86,7 @@ def test_the_default_label_type_fits_the_class_count_and_the_origin_is_recorded(
     origin = manifest['derived_from']
     assert (origin['beton'], origin['fingerprint'], origin['num_samples'], origin['bytes']) == \
         (str(images), Beton(images).fingerprint(), 12, images.stat().st_size)
-    from fkd_ffcv.inspect import describe
+    from fkd_ffcv.commands.inspect_beton import describe
     assert f"  made from {images} (12 samples, fingerprint {origin['fingerprint'][:12]}, " \
         f"written " in describe(Beton(tmp_path / 'x.beton'))
     assert describe(Beton(tmp_path / 'x.beton')).count('; that file: unchanged') == 1
@@ -188,7 +188,7 @@ def test_bad_inputs_get_clear_errors(images, teacher, tmp_path):
                     SETTINGS, tmp_path / 'work3', progress=False)
     with pytest.raises(ValueError, match='does not fit torchvision resnet34'):
         Teacher(f'torchvision:resnet34:{tmp_path}/r5.pt')
-    from fkd_ffcv.writer import copy_beton
+    from fkd_ffcv.data.writer import copy_beton
     copy_beton(images, tmp_path / 'labels_only.beton', keep=['label', 'path'], progress=False)
     with pytest.raises(ValueError, match="has no 'image' field"):
         label_beton(tmp_path / 'labels_only.beton', tmp_path / 'e.beton', teacher, SETTINGS,
@@ -278,7 +278,7 @@ def test_real_imagenet_teacher_efficientnet_lite0(tmp_path):
     write_beton(tmp_path / 'p.beton', image_fields('raw'), ImageFolderSource(tmp_path / 'photos',
                                                                               'train'),
                 manifest={'classes': classes}, progress=False)
-    teacher = Teacher('fkd_ffcv.teachers:efficientnet_lite0')
+    teacher = Teacher('fkd_ffcv.labeling.teachers:efficientnet_lite0')
     settings = LabelingSettings(num_records=3, batch_size=8)
     label_beton(tmp_path / 'p.beton', tmp_path / 'l.beton', teacher, settings, tmp_path / 'w',
                 progress=False)
@@ -320,7 +320,7 @@ def small_input_model():
 def test_an_ensembles_stored_labels_are_the_average_of_its_teachers(images, teacher, tmp_path):
     """MEAL V2's labels: two teachers label the same crops; each stored record recovers the
     mean of their probabilities, within the stored codes' precision."""
-    from fkd_ffcv.soft_labels import LabelSpec, recover
+    from fkd_ffcv.records.soft_labels import LabelSpec, recover
     torch.manual_seed(2)
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / 'b.pt')
     other = Teacher(f'torchvision:resnet18:{tmp_path}/b.pt', input_size=32)

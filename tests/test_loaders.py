@@ -7,10 +7,10 @@ from ffcv.fields import NDArrayField
 from ffcv.fields.ndarray import NDArrayDecoder
 from ffcv.loader import OrderOption
 
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.ffcv_loader import Loader, LoaderError
-from fkd_ffcv.loaders import eval_loader
-from fkd_ffcv.writer import write_beton
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.loading.ffcv_loader import Loader, LoaderError
+from fkd_ffcv.loading.loaders import eval_loader
+from fkd_ffcv.data.writer import write_beton
 
 
 def test_eval_loader_reads_every_sample_once_in_order(raw_tree_beton, image_tree):
@@ -26,7 +26,7 @@ def test_eval_loader_reads_every_sample_once_in_order(raw_tree_beton, image_tree
 
 
 def test_the_eval_crop_is_ffcvs_centre_box_through_the_chosen_filter(raw_tree_beton):
-    from fkd_ffcv.resample import resize_box
+    from fkd_ffcv.records.resample import resize_box
     path, _ = raw_tree_beton
     images = next(iter(eval_loader(path, batch_size=4, resolution=20, ratio=0.875,
                                    num_workers=1, resize='bicubic')))[0]
@@ -72,10 +72,10 @@ def test_eval_shards_cover_every_sample_exactly_once(raw_tree_beton):
 
 
 def test_plain_loader_crops_are_seeded_and_replayable(raw_tree_beton):
-    from fkd_ffcv.resample import resize_box
+    from fkd_ffcv.records.resample import resize_box
     import torch
-    from fkd_ffcv.crops import seeded_crop
-    from fkd_ffcv.loaders import PlainLoader
+    from fkd_ffcv.records.crops import seeded_crop
+    from fkd_ffcv.loading.loaders import PlainLoader
     path, _ = raw_tree_beton
     beton = Beton(path)
 
@@ -96,7 +96,7 @@ def test_plain_loader_crops_are_seeded_and_replayable(raw_tree_beton):
 
 def test_buffers_outlive_a_pass_and_an_abandoned_pass_is_finished(raw_tree_beton):
     import torch
-    from fkd_ffcv.loaders import PlainLoader
+    from fkd_ffcv.loading.loaders import PlainLoader
     path, _ = raw_tree_beton
 
     def loader():

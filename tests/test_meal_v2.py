@@ -3,13 +3,13 @@ its weights, the discriminator is trained, checkpointed and resumed, and the fau
 import pytest
 import torch
 
-from fkd_ffcv.discriminator import Discriminator, discriminator_loss
+from fkd_ffcv.training.discriminator import Discriminator, discriminator_loss
 from fkd_ffcv.errors import OptionError, TrainingError
-from fkd_ffcv.labeling import LabelingSettings, label_beton
-from fkd_ffcv.models import IMAGENET_MEAN, IMAGENET_STD, build_model, save_weights
-from fkd_ffcv.sources import FashionMNISTSource
-from fkd_ffcv.teachers import Teacher
-from fkd_ffcv.training import Trainer
+from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+from fkd_ffcv.models.students import IMAGENET_MEAN, IMAGENET_STD, build_model, save_weights
+from fkd_ffcv.data.sources import FashionMNISTSource
+from fkd_ffcv.labeling.teachers import Teacher
+from fkd_ffcv.training.loop import Trainer
 from test_training import metrics, read_log, run_options, two_process_run
 
 SMALL = dict(arch='small_resnet', width=8, depth=1)

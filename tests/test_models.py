@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fkd_ffcv.models import BlurPoolConv2d, build_model, export_state_dict, unwrap
+from fkd_ffcv.models.students import BlurPoolConv2d, build_model, export_state_dict, unwrap
 
 
 @pytest.mark.parametrize('arch, options, side', [
@@ -43,7 +43,7 @@ def test_blurpool_wraps_strided_convolutions_and_exports_plain_names():
 
 
 def test_saved_weights_rebuild_the_same_function(tmp_path):
-    from fkd_ffcv.models import load_weights, save_weights
+    from fkd_ffcv.models.students import load_weights, save_weights
     torch.manual_seed(0)
     model = build_model('small_resnet', 4, width=16, depth=1, blurpool=True).eval()
     with torch.no_grad():  # BatchNorm statistics other than the defaults
@@ -93,7 +93,7 @@ def pretrained_toy():
 
 
 def test_an_entry_point_architecture_keeps_its_weights_and_gets_a_new_head():
-    from fkd_ffcv.models import input_normalisation
+    from fkd_ffcv.models.students import input_normalisation
     model = build_model('test_models:pretrained_toy', 3)
     reference, _ = pretrained_toy()
     assert model[3].out_features == 3  # 1000 -> 3 classes: a new classifier
@@ -105,7 +105,7 @@ def test_an_entry_point_architecture_keeps_its_weights_and_gets_a_new_head():
 
 
 def test_weights_start_a_model_and_a_classifier_of_another_size_starts_new(tmp_path, capsys):
-    from fkd_ffcv.models import save_weights
+    from fkd_ffcv.models.students import save_weights
     torch.manual_seed(0)
     source = build_model('small_resnet', 10, width=4, depth=1, blurpool=True)
     save_weights(tmp_path / 'w.pt', source, {'arch': 'small_resnet'}, list('abcdefghij'),
@@ -125,7 +125,7 @@ def test_weights_start_a_model_and_a_classifier_of_another_size_starts_new(tmp_p
 
 
 def test_unknown_architectures_are_named_with_the_known_ones():
-    from fkd_ffcv.models import check_arch
+    from fkd_ffcv.models.students import check_arch
     for arch in ('small_resnet', 'torchvision:alexnet', 'test_models:pretrained_toy'):
         check_arch(arch)
     for arch in ('resnet5', 'nowhere:model', 'test_models:nothing'):
@@ -139,8 +139,8 @@ def needs_a_missing_package():
 
 
 def test_an_export_of_an_entry_point_model_is_a_teacher_with_its_normalisation(tmp_path):
-    from fkd_ffcv.models import input_normalisation, save_weights
-    from fkd_ffcv.teachers import Teacher
+    from fkd_ffcv.models.students import input_normalisation, save_weights
+    from fkd_ffcv.labeling.teachers import Teacher
     model = build_model('test_models:pretrained_toy', 3)
     mean, std = input_normalisation(model)
     save_weights(tmp_path / 'w.pt', model, {'arch': 'test_models:pretrained_toy'}, list('abc'),
@@ -153,7 +153,7 @@ def test_an_export_of_an_entry_point_model_is_a_teacher_with_its_normalisation(t
 
 
 def test_weights_of_another_shape_beyond_the_classifier_are_refused(tmp_path):
-    from fkd_ffcv.models import save_weights
+    from fkd_ffcv.models.students import save_weights
     save_weights(tmp_path / 'w.pt', build_model('small_resnet', 10, width=4, depth=1),
                  {'arch': 'small_resnet'}, list('abcdefghij'), {'input_size': 32})
     with pytest.raises(ValueError, match='other shapes besides the classifier, e.g. stem'):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fkd_ffcv.plots import curves, main
+from fkd_ffcv.commands.plot import curves, main
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -46,7 +46,7 @@ def test_curves_sum_training_seconds_and_read_the_ssl_measures():
 
 
 def test_the_demo_plots_its_students_with_it(tmp_path):
-    from fkd_ffcv.demo import STUDENTS, report
+    from fkd_ffcv.commands.demo import STUDENTS, report
     folders = {name: run_folder(tmp_path / 'runs' / name, epochs([0.3, 0.5]))
                for name in STUDENTS}
     summary = {'top1': 0.5, 'top5': 0.9, 'train_seconds': 4, 'wall_seconds': 5,
@@ -56,7 +56,7 @@ def test_the_demo_plots_its_students_with_it(tmp_path):
 
 
 def test_same_folder_names_are_told_apart_by_their_paths(tmp_path):
-    from fkd_ffcv.plots import labels_of
+    from fkd_ffcv.commands.plot import labels_of
     assert labels_of(['a/fkd', 'b/fkd', 'b/plain']) == ['a/fkd', 'b/fkd', 'plain']
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from fkd_ffcv.models import MODELS, build_model
+from fkd_ffcv.models.students import MODELS, build_model
 from fkd_ffcv.registry import Registry
-from fkd_ffcv.teachers import TEACHERS, Teacher
+from fkd_ffcv.labeling.teachers import TEACHERS, Teacher
 
 
 def test_exact_names_beat_prefixes_and_the_longest_prefix_wins():
@@ -31,7 +31,7 @@ def toy_families():
                              nn.Linear(width, num_classes))
 
     def teacher(spec):
-        from fkd_ffcv.teachers import Preprocess
+        from fkd_ffcv.labeling.teachers import Preprocess
         torch.manual_seed(0)
         return build(spec, 4, width=8), Preprocess(input_size=16)
 

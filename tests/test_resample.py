@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fkd_ffcv.resample import filter_code, resize_box
+from fkd_ffcv.records.resample import filter_code, resize_box
 
 # (image height, width, box i, j, h, w, output side): downscales by integer and non-integer
 # factors, upscales, a box at the image's edge, a one-pixel-wide box
@@ -121,7 +121,7 @@ def test_antialias_filters_what_bilinear_aliases():
 def test_antialiased_filters_match_pil_and_teacher_cuts_match_the_loaders(name, pil_filter):
     from PIL import Image
 
-    from fkd_ffcv.crops import box_pixels, cut_crops, sample_records
+    from fkd_ffcv.records.crops import box_pixels, cut_crops, sample_records
     pixels = np.random.default_rng(3).integers(0, 256, (75, 100, 3), np.uint8)
     pixels = cv2.GaussianBlur(pixels, (5, 5), 1.0)  # photo-like, so PIL's rounding is small
     boxes, flips = sample_records(0, 0, 75, 100, 6)
@@ -135,9 +135,9 @@ def test_antialiased_filters_match_pil_and_teacher_cuts_match_the_loaders(name, 
 
 
 def test_unknown_filters_are_refused_with_the_choices():
-    from fkd_ffcv.crops import cut_crops
-    from fkd_ffcv.decoders import SeededRandomResizedCropDecoder
-    from fkd_ffcv.options import options
+    from fkd_ffcv.records.crops import cut_crops
+    from fkd_ffcv.loading.decoders import SeededRandomResizedCropDecoder
+    from fkd_ffcv.options.sections import options
     with pytest.raises(ValueError, match="'lanczos'.*antialias, bilinear, bicubic, area"):
         filter_code('lanczos')
     with pytest.raises(ValueError, match="'lanczos'"):
@@ -157,7 +157,7 @@ class _Manifested:
 
 
 def test_loaders_warn_when_they_resize_otherwise_than_the_records_teacher(recwarn):
-    from fkd_ffcv.loaders import warn_if_resized_otherwise
+    from fkd_ffcv.loading.loaders import warn_if_resized_otherwise
     with pytest.warns(UserWarning, match="data.beton.*'area'.*'antialias'"):
         warn_if_resized_otherwise(_Manifested({'soft_labels': {'crop_resize': 'area'}}),
                                   'antialias')

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from fkd_ffcv.schedules import ema_decay, lr_factor, resolution
+from fkd_ffcv.training.schedules import ema_decay, lr_factor, resolution
 
 
 def test_cyclic_is_ffcvs_triangle():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fkd_ffcv.soft_labels import (LabelSpec, compress, decode_probs, kl_divergence, recover,
+from fkd_ffcv.records.soft_labels import (LabelSpec, compress, decode_probs, kl_divergence, recover,
                                   soft_cross_entropy)
 
 C = 1000

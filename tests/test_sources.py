@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from conftest import save, smooth_image
-from fkd_ffcv.sources import (FashionMNISTSource, ImageFolderSource, load_rgb, read_idx,
+from fkd_ffcv.data.sources import (FashionMNISTSource, ImageFolderSource, load_rgb, read_idx,
                               subset_indices)
-from fkd_ffcv.writer import BadSample
+from fkd_ffcv.data.writer import BadSample
 
 
 def test_rgb_jpeg_and_png_are_read_as_uint8_rgb(tmp_path):

@@ -3,8 +3,8 @@ computation, shared blocks, deterministic evaluation, input sides."""
 import pytest
 import torch
 
-from fkd_ffcv.models import build_model
-from fkd_ffcv.sret import SReT, SharedBlock, SlicedAttention, fixed_order, macs
+from fkd_ffcv.models.students import build_model
+from fkd_ffcv.models.sret import SReT, SharedBlock, SlicedAttention, fixed_order, macs
 
 
 @pytest.mark.parametrize('size, params, gmacs', [

@@ -13,22 +13,22 @@ import torchvision
 from ffcv.fields import IntField
 from ffcv.loader import OrderOption
 
-from fkd_ffcv import cli
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.crops import cut_crops, sample_records
-from fkd_ffcv.decoders import record_index
-from fkd_ffcv.embeddings import (ProjectionHead, decode, embedding_loss, encode,
+from fkd_ffcv.commands import cli
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.records.crops import cut_crops, sample_records
+from fkd_ffcv.loading.decoders import record_index
+from fkd_ffcv.records.embeddings import (ProjectionHead, decode, embedding_loss, encode,
                                  feature_model)
 from fkd_ffcv.errors import OptionError, TrainingError
-from fkd_ffcv.fields import EMBEDDING_FIELD, FLAGS_FIELD, LABEL_FIELD
-from fkd_ffcv.labeling import LabelingSettings, label_beton
-from fkd_ffcv.loaders import EmbeddingLoader
-from fkd_ffcv.models import build_model, load_weights
-from fkd_ffcv import probes
-from fkd_ffcv.probes import embed, knn_top1, linear_probe
-from fkd_ffcv.teachers import Teacher
-from fkd_ffcv.training import Trainer
-from fkd_ffcv.writer import copy_beton
+from fkd_ffcv.data.fields import EMBEDDING_FIELD, FLAGS_FIELD, LABEL_FIELD
+from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+from fkd_ffcv.loading.loaders import EmbeddingLoader
+from fkd_ffcv.models.students import build_model, load_weights
+from fkd_ffcv.training import probes
+from fkd_ffcv.training.probes import embed, knn_top1, linear_probe
+from fkd_ffcv.labeling.teachers import Teacher
+from fkd_ffcv.training.loop import Trainer
+from fkd_ffcv.data.writer import copy_beton
 from test_meal_v2 import export
 from test_training import read_log, run_options, two_process_run
 
@@ -130,7 +130,7 @@ def test_the_ssl_student_trains_logs_the_probes_and_exports_its_head(ssl_data, s
                           weights=str(folder / 'final_weights.pt'))
     assert isinstance(student.fc, torch.nn.Linear) and student.fc.out_features == 10
     assert torch.equal(student.stem[0].weight, model.stem[0].weight)
-    from fkd_ffcv.models import check_start  # MEAL V2 must start from a classifier
+    from fkd_ffcv.models.students import check_start  # MEAL V2 must start from a classifier
     with pytest.raises(ValueError, match='is an ssl export: a backbone with a projection head'):
         check_start(folder / 'final_weights.pt', classes, {'arch': 'small_resnet'})
 
@@ -418,7 +418,7 @@ def test_ssl_eval_only_of_a_classifier_names_its_mode_and_the_fix(ssl_data, tmp_
 
 
 def test_writing_options_for_embeddings(tmp_path):
-    from fkd_ffcv.options import check_writing
+    from fkd_ffcv.options.sections import check_writing
     data = {'source': 'fashion-mnist', 'root': '', 'split': 'all'}
     labels = {'beton': '', 'out': '', 'teacher': '', 'import_root': '', 'scale_min': 0.0,
               'scale_max': 0.0, 'label_type': '', 'embedding': 'auto'}

@@ -8,14 +8,14 @@ import torchvision
 from safetensors.torch import save_file
 
 from conftest import write_tree
-from fkd_ffcv.beton import Beton
-from fkd_ffcv.crops import cut_crops
-from fkd_ffcv.fields import SOFT_LABEL_FIELDS
-from fkd_ffcv.labeling import LabelingSettings, label_beton
-from fkd_ffcv.models import build_model, load_weights, save_weights
-from fkd_ffcv.soft_labels import FLAG_FLIP
-from fkd_ffcv.teachers import Teacher
-from fkd_ffcv.timm_models import resolve
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.records.crops import cut_crops
+from fkd_ffcv.data.fields import SOFT_LABEL_FIELDS
+from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+from fkd_ffcv.models.students import build_model, load_weights, save_weights
+from fkd_ffcv.records.soft_labels import FLAG_FLIP
+from fkd_ffcv.labeling.teachers import Teacher
+from fkd_ffcv.models.timm_models import resolve
 
 
 @pytest.fixture(scope='module')
@@ -177,7 +177,7 @@ def test_teacher_checkpoints_and_probes_that_cannot_work_are_named(checkpoints, 
 
 
 def test_names_and_configurations_that_cannot_work_are_named(monkeypatch):
-    from fkd_ffcv import timm_models
+    from fkd_ffcv.models import timm_models
     with pytest.raises(ValueError, match="'gluon_senet154' is an old name for "
                                          "'senet154.gluon_in1k'"):
         resolve('gluon_senet154.gluon_in1k')
@@ -193,7 +193,7 @@ def test_names_and_configurations_that_cannot_work_are_named(monkeypatch):
 
 
 def test_a_timm_cnn_student_is_built_as_timm_builds_it(tmp_path):
-    from fkd_ffcv.models import BlurPoolConv2d
+    from fkd_ffcv.models.students import BlurPoolConv2d
     model = build_model('timm:test_resnet', 4, blurpool=True)  # blurpool is not for timm
     assert not any(isinstance(m, BlurPoolConv2d) for m in model.modules())
     assert model.timm_args == {'model_name': 'test_resnet', 'num_classes': 4}

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import REPO
-from fkd_ffcv.labeling import LabelingSettings, label_beton
-from fkd_ffcv.teachers import Teacher
+from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+from fkd_ffcv.labeling.teachers import Teacher
 from fkd_ffcv.errors import OptionError, TrainingError
-from fkd_ffcv.options import options
-from fkd_ffcv.training import Trainer
+from fkd_ffcv.options.sections import options
+from fkd_ffcv.training.loop import Trainer
 
 METRICS = ('loss', 'train_top1', 'lr', 'top1', 'top5', 'val_loss')
 
@@ -193,7 +193,7 @@ def test_eval_teacher_measures_an_export_as_the_trainer_validated_it(fkd_run, fk
     """fkd-eval-teacher on the run's export, options left out: the run's side, ratio, flip
     and precision, and the trainer's top-1; without the flip, what the trainer gives
     without it."""
-    from fkd_ffcv import cli
+    from fkd_ffcv.commands import cli
     folder, summary, _ = fkd_run
     spec, val = f"checkpoint:{folder / 'final_weights.pt'}", fkd_options(folder)['data'][
         'val_dataset']
@@ -210,7 +210,8 @@ def test_eval_teacher_takes_fp32_where_the_cpu_lacks_the_runs_bf16(fkd_run, fkd_
                                                                    monkeypatch, tmp_path,
                                                                    capsys):
     """An export recorded in bf16, on a CPU without bf16: fp32, and the line says why."""
-    from fkd_ffcv import cli, devices
+    from fkd_ffcv.commands import cli
+    from fkd_ffcv import devices
     folder, summary, _ = fkd_run
     export = torch.load(folder / 'final_weights.pt', weights_only=False)
     export['validation'] = {**export['validation'], 'precision': 'bf16'}
@@ -251,8 +252,8 @@ def test_precise_bn_recomputes_the_evaluated_statistics_and_keeps_them(fkd_optio
     logged top-1. Recomputing again gives the same statistics (they depend on the weights and
     the images, not on what the running averages held), and momentum and step counts are
     restored."""
-    from fkd_ffcv.options import PRECISE_BN_IMAGES, PRECISE_BN_STEPS
-    from fkd_ffcv.training import is_batchnorm, precise_bn_images
+    from fkd_ffcv.options.sections import PRECISE_BN_IMAGES, PRECISE_BN_STEPS
+    from fkd_ffcv.training.loop import is_batchnorm, precise_bn_images
     folder = tmp_path / 'run'
     trainer = Trainer(fkd_options(folder, validation__precise_bn=-1))
     summary = trainer.run()

@@ -16,10 +16,10 @@ from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 
 from conftest import REPO, save, smooth_image
-from fkd_ffcv.beton import Beton, manifest_path
-from fkd_ffcv.fields import image_fields
-from fkd_ffcv.sources import ImageFolderSource
-from fkd_ffcv.writer import BadSample, WriteError, auto_page_size, copy_beton, write_beton
+from fkd_ffcv.data.beton import Beton, manifest_path
+from fkd_ffcv.data.fields import image_fields
+from fkd_ffcv.data.sources import ImageFolderSource
+from fkd_ffcv.data.writer import BadSample, WriteError, auto_page_size, copy_beton, write_beton
 
 
 def stored_pixels(beton, index):
@@ -274,8 +274,8 @@ KILL_SCRIPT = """
 import sys, time
 sys.path[:0] = [{tests!r}, {repo!r}]
 from test_writer import SlowSource
-from fkd_ffcv.fields import image_fields
-from fkd_ffcv.writer import write_beton
+from fkd_ffcv.data.fields import image_fields
+from fkd_ffcv.data.writer import write_beton
 write_beton({out!r}, image_fields('raw'), SlowSource(), num_workers=2, chunk_size=1,
             on_error='skip', progress=False)
 """

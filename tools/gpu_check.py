@@ -215,13 +215,13 @@ def teacher_spec(args) -> str:
 
 def step_data(args) -> None:
     import torch
-    from fkd_ffcv.beton import Beton
-    from fkd_ffcv.fields import image_fields
-    from fkd_ffcv.labeling import LabelingSettings, label_beton
-    from fkd_ffcv.models import build_model, save_weights
-    from fkd_ffcv.sources import SyntheticPhotoSource
-    from fkd_ffcv.teachers import Teacher
-    from fkd_ffcv.writer import write_beton
+    from fkd_ffcv.data.beton import Beton
+    from fkd_ffcv.data.fields import image_fields
+    from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+    from fkd_ffcv.models.students import build_model, save_weights
+    from fkd_ffcv.data.sources import SyntheticPhotoSource
+    from fkd_ffcv.labeling.teachers import Teacher
+    from fkd_ffcv.data.writer import write_beton
     s, paths = sizes_of(args), data_paths(args)
     paths['folder'].mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -295,8 +295,8 @@ def timm_teacher(args) -> str:
 
 def step_train(args) -> None:
     import math
-    from fkd_ffcv.options import options
-    from fkd_ffcv.training import Trainer
+    from fkd_ffcv.options.sections import options
+    from fkd_ffcv.training.loop import Trainer
     lines = []
     s = sizes_of(args)
     import timm

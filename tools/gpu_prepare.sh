@@ -86,7 +86,7 @@ export PYTHONPATH=$SITE:$_fkd_root${PYTHONPATH:+:$PYTHONPATH}
 import importlib.metadata as md, os, sys
 sys.modules["huggingface_hub"] = None  # timm must import without it, as the check runs it
 import numpy as np
-import ffcv, fastargs, fkd_ffcv.loaders, torch, timm, safetensors
+import ffcv, fastargs, fkd_ffcv.loading.loaders, torch, timm, safetensors
 import cv2
 from ffcv.libffcv import imdecode, resize_crop
 site = os.path.realpath(sys.argv[1])

@@ -1,0 +1,343 @@
+"""Numba-compiled FFCV decoders that replay FKD crop records, and a seeded random crop.
+
+`MultiCropDecoder` decodes each image once and cuts K recorded crops from it (box, resize,
+flip), one (K, S, S, 3) uint8 array per image; `RecordLabelDecoder` gives the same K records'
+stored labels (classes, probability codes, flags), `RecordEmbeddingDecoder` their stored
+teacher embeddings (self-supervised FKD). All three pick the records of a pass with
+`record_index`, a function of (seed, epoch, sample, slot) only, so the pipelines agree
+without talking; a pass of K crops that starts at epoch e replays the draws e .. e + K - 1, so
+passes of different K (FKD's single-crop phases) continue one sequence of draws.
+`SeededRandomResizedCropDecoder` is the plain (hard-label) training crop: `crops.seeded_crop`
+(torchvision's RandomResizedCrop and a flip) drawn from (seed, epoch, sample), so runs and
+resumes repeat (FFCV's own draws from numba's unseeded generator).
+
+The two image decoders share one decode loop (`ImageDecoder`): decode each image once into a
+per-thread buffer, then hand it to the subclass's compiled `cut`. The output side S and the
+pass's first epoch reach the compiled code through buffer shapes (ffcv_loader.pass_tag_query),
+so neither progressive resizing nor a new pass recompiles.
+
+Cross-field reads: a decoder only sees its own field's metadata, so the decoders capture the
+per-sample file offsets of the record fields they read (8 B per image per field) and read the
+records through FFCV's memory reader.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numba as nb
+import numpy as np
+from ffcv.fields.rgb_image import IMAGE_MODES
+from ffcv.libffcv import imdecode
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.operation import Operation
+
+from fkd_ffcv.records.crops import box_pixels, mix64, seeded_crop
+from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD,
+                       FLAGS_FIELD)
+from fkd_ffcv.loading.ffcv_loader import pass_of, pass_tag_query
+from fkd_ffcv.records.resample import filter_code, make_resize
+from fkd_ffcv.records.soft_labels import FLAG_FLIP
+
+
+@nb.njit(cache=False)
+def record_index(seed, epoch, sample, slot, n):
+    """Record used by `sample` in slot `slot` of the pass that starts at `epoch` (one draw per
+    epoch: a pass of K crops spans K epochs).
+
+    Draw t = epoch + slot belongs to cycle t // n; within a cycle the records are visited in
+    the order of a bijection a * pos + b (mod n), a coprime to n, seeded by (seed, cycle,
+    sample): every record once per cycle, a different order each cycle."""
+    t = epoch + slot
+    cycle, pos = t // n, t % n
+    h = mix64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + mix64(
+        np.uint64(cycle) * np.uint64(0xD1B54A32D192ED03) + np.uint64(sample)))
+    if n == 1:
+        return 0
+    a = np.int64(h % np.uint64(n - 1)) + 1
+    while _gcd(a, n) != 1:
+        a = a % (n - 1) + 1
+    b = np.int64((h >> np.uint64(32)) % np.uint64(n))
+    return (a * pos + b) % n
+
+
+@nb.njit(cache=False)
+def _gcd(a, b):
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def _stored_image_reader(memory_read):
+    """A compiled (image metadata row, decode buffer, storage state) -> (pixels (H, W, 3),
+    decoded ok): JPEGs are decoded by FFCV's libjpeg-turbo call into the buffer, raw images
+    are read in place."""
+    imdecode_c = Compiler.compile(imdecode)
+    jpg = IMAGE_MODES['jpg']
+
+    def read(field, temp, storage_state):
+        data = memory_read(field['data_ptr'], storage_state)
+        height, width = np.uint32(field['height']), np.uint32(field['width'])
+        if field['mode'] == jpg:
+            ok = imdecode_c(data, temp, height, width, height, width, 0, 0, 1, 1, False,
+                            False) == 0
+            return temp.reshape(-1)[:3 * height * width].reshape(height, width, 3), ok
+        return data.reshape(height, width, 3), True
+
+    return Compiler.compile(read)
+
+
+@nb.njit(cache=False)
+def scratch_row(dst, per_thread):
+    """The row of the decode buffers that image `dst` of the batch decodes into: the calling
+    thread's own when the batch has at least one image per thread, else the image's own.
+    Reusing one buffer per thread keeps it in the core's cache between the decode and the
+    crops (with the loader's kept buffers: +11% crops/s at K = 4, docs/benchmarks.md)."""
+    return np.int64(nb.get_thread_id()) if per_thread else np.int64(dst)
+
+
+@nb.njit(cache=False)
+def _raise_if_failed(failed):
+    """Raise for images that did not decode. Kept out of the parallel loop: a raise inside a
+    prange loop makes numba run the whole loop on one thread."""
+    for i in range(failed.shape[0]):
+        if failed[i, 0]:
+            raise ValueError("a stored JPEG image could not be decoded (corrupt?)")
+
+
+class ImageDecoder(Operation):
+    """The image field -> a uint8 array of `output_shape()` per image: each image decoded once
+    (into its thread's buffer), then `cut(out, pixels, sample, epoch, storage_state)` from
+    `make_cut()` fills that image's output; `epoch` is the first epoch of the pass. Crops are
+    resized with `resize`, a filter of resample.py."""
+
+    def __init__(self, output_size: int, resize: str):
+        super().__init__()
+        self.output_size, self.epoch = output_size, 0
+        self.resize = resize
+        self.resize_code = filter_code(resize)  # an unknown name fails here, choices listed
+
+    def output_shape(self) -> tuple:
+        raise NotImplementedError
+
+    def make_cut(self):
+        raise NotImplementedError
+
+    def declare_state_and_memory(self, previous_state):
+        shape = self.output_shape()
+        largest = (np.uint64(self.metadata['height'].max()) *
+                   np.uint64(self.metadata['width'].max()))  # pixels of the largest image
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('u1')),
+                (AllocationQuery(shape, np.dtype('u1')),
+                 AllocationQuery((largest * np.uint64(3),), np.dtype('u1')),  # decode buffer
+                 AllocationQuery((1,), np.dtype('u1')),  # decode failed
+                 pass_tag_query(self.epoch)))
+
+    def generate_code(self):
+        my_range = Compiler.get_iterator()
+        read_image = _stored_image_reader(self.memory_read)
+        cut = self.make_cut()
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage, failed, tag = my_storage
+            epoch = pass_of(tag)
+            per_thread = len(batch_indices) >= nb.get_num_threads()
+            chunk = nb.set_parallel_chunksize(1)  # images cost unequal time: hand them out singly
+            for dst in my_range(len(batch_indices)):
+                sample = batch_indices[dst]
+                pixels, ok = read_image(metadata[sample],
+                                        temp_storage[scratch_row(dst, per_thread)], storage_state)
+                failed[dst, 0] = not ok
+                if ok:
+                    cut(destination[dst], pixels, sample, epoch, storage_state)
+            nb.set_parallel_chunksize(chunk)
+            _raise_if_failed(failed[:len(batch_indices)])
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class _Records:
+    """A beton's crop-record fields as the decoders read them: per-sample file offsets of each
+    field (`pointers[name]`), records per image N, and what each record holds: soft labels
+    (k classes per record) or a teacher embedding (D int8 values, `dim`)."""
+
+    def __init__(self, beton, num_crops: int, seed: int):
+        if BOXES_FIELD not in beton.fields:
+            raise ValueError(f"{beton.path} has no crop records (write them with "
+                             f"write_dataset.py --labels.*)")
+        if not 1 <= num_crops:
+            raise ValueError(f"num_crops must be positive, not {num_crops}")
+        self.num_records = beton.fields[BOXES_FIELD].shape[0]
+        self.num_crops, self.seed = num_crops, seed
+        held = [name for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD,
+                                  EMBEDDING_FIELD) if name in beton.fields]
+        self.pointers = {name: np.ascontiguousarray(beton.field_metadata(name), dtype=np.uint64)
+                         for name in held}
+        self.k = beton.fields[CLASSES_FIELD].shape[1] if CLASSES_FIELD in held else 0
+        self.dim = beton.fields[EMBEDDING_FIELD].shape[1] if EMBEDDING_FIELD in held else 0
+
+
+class MultiCropDecoder(ImageDecoder):
+    """Image field -> (K, S, S, 3) uint8 per image: the K records of this pass replayed on the
+    decoded stored image (crop, resize, mirror)."""
+
+    def __init__(self, beton, num_crops: int, output_size: int, seed: int = 0,
+                 resize: str = DEFAULT_RESIZE):
+        super().__init__(output_size, resize)
+        self.records = _Records(beton, num_crops, seed)
+
+    def output_shape(self):
+        return (self.records.num_crops, self.output_size, self.output_size, 3)
+
+    def make_cut(self):
+        mem_read = self.memory_read
+        resize = make_resize(self.resize_code)
+        rec = self.records
+        box_ptrs, flag_ptrs = rec.pointers[BOXES_FIELD], rec.pointers[FLAGS_FIELD]
+        n, k_crops, seed = rec.num_records, rec.num_crops, rec.seed
+
+        def cut(out, pixels, sample, epoch, storage_state):
+            height, width = pixels.shape[0], pixels.shape[1]
+            boxes = mem_read(box_ptrs[sample], storage_state).view(np.int16)
+            flags = mem_read(flag_ptrs[sample], storage_state)
+            for slot in range(k_crops):
+                r = record_index(seed, epoch, sample, slot, n)
+                i, j, h, w = box_pixels(boxes[4 * r:4 * r + 4], height, width)
+                resize(pixels, i, j, h, w, out[slot], (flags[r] & FLAG_FLIP) != 0)
+
+        return Compiler.compile(cut)
+
+
+class SeededRandomResizedCropDecoder(ImageDecoder):
+    """Image field -> (S, S, 3) uint8: a RandomResizedCrop and flip drawn from (seed, epoch,
+    sample); S and the epoch change at run time as above."""
+
+    def __init__(self, output_size: int, seed: int = 0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 resize: str = DEFAULT_RESIZE):
+        super().__init__(output_size, resize)
+        self.seed, self.scale, self.ratio = seed, scale, ratio
+
+    def output_shape(self):
+        return (self.output_size, self.output_size, 3)
+
+    def make_cut(self):
+        resize = make_resize(self.resize_code)
+        seed = self.seed
+        (scale_lo, scale_hi), (ratio_lo, ratio_hi) = self.scale, self.ratio
+
+        def cut(out, pixels, sample, epoch, storage_state):
+            height, width = np.int64(pixels.shape[0]), np.int64(pixels.shape[1])
+            i, j, h, w, flip = seeded_crop(seed, epoch, sample, height, width, scale_lo,
+                                           scale_hi, ratio_lo, ratio_hi)
+            resize(pixels, i, j, h, w, out, flip)
+
+        return Compiler.compile(cut)
+
+
+class CenterCropDecoder(ImageDecoder):
+    """Image field -> (S, S, 3) uint8: the evaluation crop, a centred square of side
+    int(ratio x the shorter side) (FFCV's CenterCropRGBImageDecoder's box), resized with the
+    same filter as the training crops."""
+
+    def __init__(self, output_size: int, ratio: float, resize: str = DEFAULT_RESIZE):
+        super().__init__(output_size, resize)
+        self.ratio = ratio
+
+    def output_shape(self):
+        return (self.output_size, self.output_size, 3)
+
+    def make_cut(self):
+        resize = make_resize(self.resize_code)
+        ratio = self.ratio
+
+        def cut(out, pixels, sample, epoch, storage_state):
+            height, width = pixels.shape[0], pixels.shape[1]
+            side = min(max(1, np.int64(ratio * min(height, width))), min(height, width))
+            resize(pixels, (height - side) // 2, (width - side) // 2, side, side, out, False)
+
+        return Compiler.compile(cut)
+
+
+class RecordLabelDecoder(Operation):
+    """Class-indices field -> (K, 2k + 1) int16 per image for the same K records that
+    MultiCropDecoder cut (same seed and epoch): the top-k classes, the k probability codes and
+    the flags byte, as stored. soft_labels.decode_probs turns the codes into probabilities on
+    the training device (one implementation of the coding)."""
+
+    def __init__(self, beton, num_crops: int, seed: int = 0):
+        super().__init__()
+        self.records, self.epoch = _Records(beton, num_crops, seed), 0
+        if not self.records.k:
+            raise ValueError(f"{beton.path}: its crop records hold no soft labels")
+
+    def declare_state_and_memory(self, previous_state):
+        shape = (self.records.num_crops, 2 * self.records.k + 1)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('<i2')),
+                (AllocationQuery(shape, np.dtype('<i2')), pass_tag_query(self.epoch)))
+
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        rec = self.records
+        class_ptrs, code_ptrs, flag_ptrs = (rec.pointers[name] for name in
+                                            (CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD))
+        n, k_crops, k, seed = rec.num_records, rec.num_crops, rec.k, rec.seed
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, tag = my_storage
+            epoch = pass_of(tag)
+            for dst in my_range(len(batch_indices)):
+                sample = batch_indices[dst]
+                classes = mem_read(class_ptrs[sample], storage_state).view(np.int16)
+                codes = mem_read(code_ptrs[sample], storage_state)
+                flags = mem_read(flag_ptrs[sample], storage_state)
+                for slot in range(k_crops):
+                    r = record_index(seed, epoch, sample, slot, n)
+                    for c in range(k):
+                        destination[dst, slot, c] = classes[r * k + c]
+                        destination[dst, slot, k + c] = codes[r * k + c]
+                    destination[dst, slot, 2 * k] = flags[r]
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class RecordEmbeddingDecoder(Operation):
+    """Embedding field -> (K, D) int8 per image: the stored teacher embeddings of the same K
+    records that MultiCropDecoder cut (same seed and epoch); embeddings.decode makes them unit
+    vectors on the training device."""
+
+    def __init__(self, beton, num_crops: int, seed: int = 0):
+        super().__init__()
+        self.records, self.epoch = _Records(beton, num_crops, seed), 0
+        if not self.records.dim:
+            raise ValueError(f"{beton.path}: its crop records hold no teacher embeddings")
+
+    def declare_state_and_memory(self, previous_state):
+        shape = (self.records.num_crops, self.records.dim)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('i1')),
+                (AllocationQuery(shape, np.dtype('i1')), pass_tag_query(self.epoch)))
+
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        rec = self.records
+        pointers = rec.pointers[EMBEDDING_FIELD]
+        n, k_crops, dim, seed = rec.num_records, rec.num_crops, rec.dim, rec.seed
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, tag = my_storage
+            epoch = pass_of(tag)
+            for dst in my_range(len(batch_indices)):
+                sample = batch_indices[dst]
+                stored = mem_read(pointers[sample], storage_state).view(np.int8)
+                for slot in range(k_crops):
+                    r = record_index(seed, epoch, sample, slot, n)
+                    destination[dst, slot, :] = stored[r * dim:(r + 1) * dim]
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode

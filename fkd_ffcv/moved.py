@@ -1,0 +1,93 @@
+"""Import paths from before the package was split into subpackages, kept working.
+
+Recipes, run folders and scripts name modules such as `fkd_ffcv.teachers:efficientnet_lite0`
+or `python -m fkd_ffcv.demo`. Each former module maps to the modules that now hold its names
+(searched in order); importing the old name gives the new module (one target) or a module that
+forwards attribute look-ups (several), so old specs, pickled names and `-m` keep working.
+Four former modules share their name with a subpackage (`models`, `labeling`, `options`,
+`training`); those subpackages forward unknown attributes here (`forward`).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
+FORMER_MODULES = {
+    'beton': ['data.beton'], 'fields': ['data.fields'], 'header': ['data.header'],
+    'sources': ['data.sources'], 'writer': ['data.writer'],
+    'crops': ['records.crops'], 'resample': ['records.resample'],
+    'label_types': ['records.label_types'], 'soft_labels': ['records.soft_labels'],
+    'embeddings': ['records.embeddings'],
+    'ffcv_loader': ['loading.ffcv_loader'], 'decoders': ['loading.decoders'],
+    'loaders': ['loading.loaders'],
+    'models': ['models.students'], 'sret': ['models.sret'], 'timm_models': ['models.timm_models'],
+    'teachers': ['labeling.teachers'], 'labeling': ['labeling.label'],
+    'fkd_import': ['labeling.fkd_import'],
+    'config': ['options.config'], 'options': ['options.sections'],
+    'training': ['training.loop'], 'modes': ['training.modes'],
+    'discriminator': ['training.discriminator'], 'mixing': ['training.mixing'],
+    'schedules': ['training.schedules'], 'run_folder': ['training.run_folder'],
+    'probes': ['training.probes'],
+    'cli': ['commands.cli'], 'inspect': ['commands.inspect_beton'], 'plots': ['commands.plot'],
+    'demo': ['commands.demo'], 'recipes': ['commands.demo_steps'],
+}
+PACKAGE = __name__.rpartition('.')[0]
+
+
+def _targets(former: str) -> list:
+    return [f'{PACKAGE}.{target}' for target in FORMER_MODULES[former]]
+
+
+def forward(former: str, name: str):
+    """Attribute `name` of the former module `former`, from the modules that now hold it."""
+    for target in _targets(former):
+        module = importlib.import_module(target)
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"module '{PACKAGE}.{former}' has no attribute '{name}' (its names "
+                         f"moved to {', '.join(_targets(former))})")
+
+
+class _Forwarding(types.ModuleType):
+    def __getattr__(self, name: str):
+        return forward(self.__name__.rpartition('.')[2], name)
+
+
+class _FormerModule(importlib.abc.Loader):
+    def __init__(self, former: str):
+        self.former = former
+
+    def create_module(self, spec):
+        targets = _targets(self.former)
+        if len(targets) == 1:
+            module = importlib.import_module(targets[0])
+            self.own_spec = module.__spec__  # importlib sets the alias's spec on it next
+            return module
+        return _Forwarding(spec.name)
+
+    def exec_module(self, module) -> None:
+        if getattr(self, 'own_spec', None) is not None:
+            module.__spec__ = self.own_spec
+
+    def get_code(self, name: str):  # `python -m fkd_ffcv.<former>` runs the first new module
+        target = _targets(self.former)[0]
+        return importlib.util.find_spec(target).loader.get_code(target)
+
+
+class _FormerModuleFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, former = fullname.rpartition('.')
+        if package != PACKAGE or former not in FORMER_MODULES:
+            return None
+        if former in ('models', 'labeling', 'options', 'training'):
+            return None  # now a subpackage, which forwards its former names itself
+        return importlib.machinery.ModuleSpec(fullname, _FormerModule(former))
+
+
+def install() -> None:
+    if not any(isinstance(finder, _FormerModuleFinder) for finder in sys.meta_path):
+        sys.meta_path.append(_FormerModuleFinder())

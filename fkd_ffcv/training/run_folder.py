@@ -1,0 +1,118 @@
+"""A training run's folder (`logging.folder`): what a run writes and what a resume reads.
+
+- `config.json`: the effective options;
+- `log.jsonl`: a JSON line per epoch (validation results on the lines that end an evaluated
+  pass; with `validation.at_start`, a first line for epoch 0: the starting point's);
+- `checkpoint.pt`: everything to continue, written atomically after every pass;
+- `final_weights.pt`: plain weights with what rebuilding and feeding the model takes
+  (models.save_weights), on the CPU;
+- `summary.json`.
+
+Only the main process writes; every file appears under its name only when complete.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fkd_ffcv.files import atomic_write, load_data
+from fkd_ffcv.options.sections import PARAMS
+from fkd_ffcv.errors import OptionError, TrainingError
+
+CHECKPOINT_FORMAT = 'fkd-ffcv checkpoint 1'
+# Options that may change when a run is resumed (precise BN changes what is evaluated, not the
+# training); any other change is refused.
+RESUMABLE_CHANGES = {('training', 'resume'), ('data', 'num_workers'), ('logging', 'progress'),
+                     ('training', 'checkpoint'), ('training', 'eval_only'),
+                     ('validation', 'precise_bn')}
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# Options whose default changed: in a run recorded by a version that had the hand-written ViT
+# (its options include model.heads), patch_size and image_size at their old defaults mean the
+# new ones (0: the timm model's own).
+FORMER_DEFAULTS = {('model', 'patch_size'): 4, ('model', 'image_size'): 224}
+
+
+# Options added with a default that behaves otherwise than the versions before them did: a run
+# recorded without the option ran as this value (the loaders resized with INTER_AREA).
+BEHAVIOUR_BEFORE = {('data', 'resize'): 'area'}
+
+
+def _current(recorded: dict, section: str, key: str):
+    """The recorded value of an option, as this version would record it."""
+    value = recorded.get(section, {}).get(
+        key, BEHAVIOUR_BEFORE.get((section, key), PARAMS[section][1][key].default))
+    if 'heads' in recorded.get('model', {}) and FORMER_DEFAULTS.get((section, key)) == value:
+        return PARAMS[section][1][key].default
+    return value
+
+
+class RunFolder:
+    def __init__(self, path, is_main: bool = True):
+        self.path, self.is_main = Path(path), is_main
+        self.checkpoint = self.path / 'checkpoint.pt'
+        self.weights = self.path / 'final_weights.pt'
+
+    def start(self, opts: dict, resumed_history=None) -> None:
+        """Write the config; a new run starts an empty log, a resumed one keeps the lines of
+        the passes its checkpoint holds (those of the interrupted pass are dropped)."""
+        if not self.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_text(self.path / 'config.json', json.dumps(opts, indent=2))
+        _write_text(self.path / 'log.jsonl',
+                    ''.join(json.dumps(line) + '\n' for line in resumed_history or []))
+
+    def append_log(self, line: dict) -> None:
+        if self.is_main:
+            with open(self.path / 'log.jsonl', 'a') as f:
+                f.write(json.dumps(line) + '\n')
+
+    def save_checkpoint(self, state: dict) -> None:
+        if self.is_main:
+            atomic_write(self.checkpoint,
+                         lambda f: torch.save({'format': CHECKPOINT_FORMAT, **state}, f))
+
+    def read_checkpoint(self, opts: dict, world_size: int, device) -> dict:
+        """The folder's checkpoint, refused if it belongs to a run with other options or
+        another process count."""
+        if not self.checkpoint.is_file():
+            raise TrainingError(f"--resume: {self.checkpoint} does not exist (nothing to resume)")
+        try:
+            state = load_data(self.checkpoint, device)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
+            raise TrainingError(f"{self.checkpoint} is not a fkd-ffcv checkpoint")
+        recorded = state['options']
+        changed = [f'{s}.{k} (checkpoint: {_current(recorded, s, k)})'
+                   for s, values in opts.items() for k, v in values.items()
+                   if (s, k) not in RESUMABLE_CHANGES  # options added since: their default
+                   and _current(recorded, s, k) != v]
+        if changed:
+            raise OptionError(f"--resume: options differ from the checkpointed run's: "
+                              f"{', '.join(changed)} (resume with the same options)")
+        if state.get('world_size', 1) != world_size:
+            raise OptionError(f"--resume: {self.checkpoint} was written by a run of "
+                              f"{state.get('world_size', 1)} process(es), this one has "
+                              f"{world_size}; batch sizes are per process, so the run would "
+                              f"change (resume with the same process count)")
+        return state
+
+    def export(self, model, model_options: dict, classes, preprocess: dict,
+               validation: dict) -> Path:
+        from fkd_ffcv.models.students import save_weights
+        if self.is_main:
+            save_weights(self.weights, model, model_options, classes, preprocess,
+                         validation=validation)
+        return self.weights
+
+    def write_summary(self, summary: dict) -> None:
+        if self.is_main:
+            _write_text(self.path / 'summary.json', json.dumps(summary, indent=2))
