@@ -53,7 +53,7 @@ from fkd_ffcv.devices import machine
 from fkd_ffcv.data.fields import image_fields
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton
 from fkd_ffcv.models.students import build_model, save_weights
-from fkd_ffcv.options.sections import options
+from fkd_ffcv.training.options import options
 from fkd_ffcv.data.sources import FashionMNISTSource, SyntheticPhotoSource
 from fkd_ffcv.labeling.teachers import Teacher
 from fkd_ffcv.models.students import IMAGENET_MEAN, IMAGENET_STD

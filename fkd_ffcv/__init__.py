@@ -1,8 +1,8 @@
 """fkd-ffcv: FKD soft labels stored in FFCV betons, replayed by multi-crop loaders.
 
 The subpackages follow the data (docs/architecture.md), and each imports only those before it:
-data -> records -> loading -> models -> labeling -> options -> training -> commands, over the
-base modules here (errors, defaults, files, progress, registry, devices).
+data -> records -> loading -> models -> labeling -> training -> commands, over the base
+modules here (errors, defaults, config, files, progress, registry, devices).
 """
 from fkd_ffcv import moved as _moved
 

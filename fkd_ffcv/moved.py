@@ -4,7 +4,7 @@ Recipes, run folders and scripts name modules such as `fkd_ffcv.teachers:efficie
 or `python -m fkd_ffcv.demo`. Each former module maps to the modules that now hold its names
 (searched in order); importing the old name gives the new module (one target) or a module that
 forwards attribute look-ups (several), so old specs, pickled names and `-m` keep working.
-Four former modules share their name with a subpackage (`models`, `labeling`, `options`,
+Three former modules share their name with a subpackage (`models`, `labeling`,
 `training`); those subpackages forward unknown attributes here (`forward`).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ FORMER_MODULES = {
     'models': ['models.students'], 'sret': ['models.sret'], 'timm_models': ['models.timm_models'],
     'teachers': ['labeling.teachers'], 'labeling': ['labeling.label'],
     'fkd_import': ['labeling.fkd_import'],
-    'config': ['options.config'], 'options': ['options.sections'],
+    'options': ['training.options'],
     'training': ['training.loop'], 'modes': ['training.modes'],
     'discriminator': ['training.discriminator'], 'mixing': ['training.mixing'],
     'schedules': ['training.schedules'], 'run_folder': ['training.run_folder'],
@@ -83,7 +83,7 @@ class _FormerModuleFinder(importlib.abc.MetaPathFinder):
         package, _, former = fullname.rpartition('.')
         if package != PACKAGE or former not in FORMER_MODULES:
             return None
-        if former in ('models', 'labeling', 'options', 'training'):
+        if former in ('models', 'labeling', 'training'):
             return None  # now a subpackage, which forwards its former names itself
         return importlib.machinery.ModuleSpec(fullname, _FormerModule(former))
 

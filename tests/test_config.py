@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from fkd_ffcv.options.config import ConfigError, read_config_file, unknown_arguments, unknown_keys
+from fkd_ffcv.config import ConfigError, read_config_file, unknown_arguments, unknown_keys
 
 KNOWN = [('training', 'epochs'), ('training', 'mode'), ('lr', 'lr'), ('lr', 'schedule')]
 
@@ -15,7 +15,7 @@ SCRIPT = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
 from fastargs import Param, Section
-from fkd_ffcv.options.config import load_config
+from fkd_ffcv.config import load_config
 Section('training', 'the optimisation').params(epochs=Param(int, 'epochs', default=16),
                                                mode=Param(str, 'mode', default='fkd'))
 config = load_config('test', aliases={{'--plain': '--training.mode=plain'}})

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from fkd_ffcv.options.config import unknown_keys
+from fkd_ffcv.config import unknown_keys
 from fkd_ffcv.models.students import check_arch
 from fkd_ffcv.training.modes import MODES
-from fkd_ffcv.options.sections import PARAMS, options
+from fkd_ffcv.training.options import PARAMS, options
 
 RECIPES = sorted(p for p in [*REPO.glob('*_configs/*.yaml'), *REPO.glob('fkd_ffcv/*_configs/*.yaml')]
                  if not p.name.startswith('write_'))

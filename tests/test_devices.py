@@ -6,7 +6,7 @@ import torch
 from fake_cuda import FakeCuda
 from fkd_ffcv import devices
 from fkd_ffcv.training.modes import MODES
-from fkd_ffcv.options.sections import options
+from fkd_ffcv.training.options import options
 from fkd_ffcv.training.loop import Trainer
 
 

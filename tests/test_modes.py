@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fkd_ffcv.training.modes import MODES, Plain, mixed
-from fkd_ffcv.options.sections import options
+from fkd_ffcv.training.options import options
 from fkd_ffcv.training.loop import Trainer
 from test_training import run_options
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from fkd_ffcv.errors import DataError, OptionError
-from fkd_ffcv.options.sections import (beton_samples, check, check_writing, fit_to_run, options,
+from fkd_ffcv.training.options import (beton_samples, check, check_writing, fit_to_run, options,
                               take_recorded)
 
 
@@ -17,7 +17,7 @@ def test_checking_options_loads_neither_torch_nor_ffcv(fashion_betons):
     """The whole command-line path before training: the run's recorded options, the defaults
     fitted to the run, the checks (beton headers and architecture names included)."""
     train, val = (str(path) for path in fashion_betons)
-    code = (f"import sys; import fkd_ffcv.options.sections as o; opts = o.options({{'training.mode': "
+    code = (f"import sys; import fkd_ffcv.training.options as o; opts = o.options({{'training.mode': "
             f"'plain', 'data.train_dataset': {train!r}, 'data.val_dataset': {val!r}, "
             f"'model.arch': 'resnet18', 'logging.folder': 'nowhere'}}); "
             f"o.take_recorded(opts, set()); o.fit_to_run(opts, set()); o.check(opts); "
@@ -258,7 +258,7 @@ def test_a_beton_without_records_names_where_labelling_writes(tmp_path):
     """fkd mode on the unlabelled x_train.beton: the labelled x_train_fkd.beton beside it is
     named as the beton to give; without one, the labelling command and where it writes."""
     from fkd_ffcv.defaults import CLASSES_FIELD
-    from fkd_ffcv.options.sections import records_missing
+    from fkd_ffcv.training.options import records_missing
     beton, labelled = tmp_path / 'x_train.beton', tmp_path / 'x_train_fkd.beton'
     message = records_missing('fkd', str(beton), ['image', 'label'], CLASSES_FIELD)
     assert message.endswith(f"; label it with fkd-write --labels.beton={beton} "
@@ -290,7 +290,7 @@ def test_the_batch_fits_the_crops_per_image_the_plan_uses(labelled_jpeg_beton, r
                                                           monkeypatch):
     """A run shorter than K epochs (fkd.single_crop_phases) takes one crop per image in every
     pass: its batch need not be a multiple of K, nor leave K steps per pass."""
-    from fkd_ffcv.options.sections import largest_batch
+    from fkd_ffcv.training.options import largest_batch
     monkeypatch.setenv('WORLD_SIZE', '5')  # 12 images: 3 per process
     base = {'data.train_dataset': str(labelled_jpeg_beton),
             'data.val_dataset': str(raw_tree_beton[0]), 'training.mode': 'fkd',

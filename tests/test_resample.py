@@ -137,7 +137,7 @@ def test_antialiased_filters_match_pil_and_teacher_cuts_match_the_loaders(name, 
 def test_unknown_filters_are_refused_with_the_choices():
     from fkd_ffcv.records.crops import cut_crops
     from fkd_ffcv.loading.decoders import SeededRandomResizedCropDecoder
-    from fkd_ffcv.options.sections import options
+    from fkd_ffcv.training.options import options
     with pytest.raises(ValueError, match="'lanczos'.*antialias, bilinear, bicubic, area"):
         filter_code('lanczos')
     with pytest.raises(ValueError, match="'lanczos'"):

@@ -418,7 +418,7 @@ def test_ssl_eval_only_of_a_classifier_names_its_mode_and_the_fix(ssl_data, tmp_
 
 
 def test_writing_options_for_embeddings(tmp_path):
-    from fkd_ffcv.options.sections import check_writing
+    from fkd_ffcv.training.options import check_writing
     data = {'source': 'fashion-mnist', 'root': '', 'split': 'all'}
     labels = {'beton': '', 'out': '', 'teacher': '', 'import_root': '', 'scale_min': 0.0,
               'scale_max': 0.0, 'label_type': '', 'embedding': 'auto'}

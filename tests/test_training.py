@@ -15,7 +15,7 @@ from conftest import REPO
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton
 from fkd_ffcv.labeling.teachers import Teacher
 from fkd_ffcv.errors import OptionError, TrainingError
-from fkd_ffcv.options.sections import options
+from fkd_ffcv.training.options import options
 from fkd_ffcv.training.loop import Trainer
 
 METRICS = ('loss', 'train_top1', 'lr', 'top1', 'top5', 'val_loss')
@@ -252,7 +252,7 @@ def test_precise_bn_recomputes_the_evaluated_statistics_and_keeps_them(fkd_optio
     logged top-1. Recomputing again gives the same statistics (they depend on the weights and
     the images, not on what the running averages held), and momentum and step counts are
     restored."""
-    from fkd_ffcv.options.sections import PRECISE_BN_IMAGES, PRECISE_BN_STEPS
+    from fkd_ffcv.training.options import PRECISE_BN_IMAGES, PRECISE_BN_STEPS
     from fkd_ffcv.training.loop import is_batchnorm, precise_bn_images
     folder = tmp_path / 'run'
     trainer = Trainer(fkd_options(folder, validation__precise_bn=-1))

@@ -295,7 +295,7 @@ def timm_teacher(args) -> str:
 
 def step_train(args) -> None:
     import math
-    from fkd_ffcv.options.sections import options
+    from fkd_ffcv.training.options import options
     from fkd_ffcv.training.loop import Trainer
     lines = []
     s = sizes_of(args)

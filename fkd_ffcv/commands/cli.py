@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from fkd_ffcv import defaults
-from fkd_ffcv.options.config import load_config, section
+from fkd_ffcv.config import load_config, section
 from fkd_ffcv.errors import DataError, OptionError, os_error_line
 from fkd_ffcv.data.header import check_beton
 
@@ -68,7 +68,7 @@ def refused(error: Exception) -> int:
 
 def train() -> int:
     """Train (or resume, or evaluate) from a recipe and options."""
-    from fkd_ffcv.options.sections import PARAMS, check, declare_sections, fit_to_run, take_recorded
+    from fkd_ffcv.training.options import PARAMS, check, declare_sections, fit_to_run, take_recorded
     declare_sections()
     config = load_config(TRAIN_HELP, aliases={'--resume': '--training.resume=true',
                                               '--eval-only': '--training.eval_only=true'})
@@ -109,7 +109,7 @@ def drop_records(beton: Path, out: Path, options: dict) -> None:
 def label(labels: dict, write: dict, beton: Path) -> None:
     """Add crop records to `beton` (from a teacher or FKD files), as `labels` says; with
     neither, write `labels.out` without the records `beton` holds."""
-    from fkd_ffcv.options.sections import labelled_beton
+    from fkd_ffcv.training.options import labelled_beton
     out = labelled_beton(labels, beton)
     options = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
                    page_size=write['page_size'])
@@ -168,7 +168,7 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
     root = data['root'] or defaults.FASHION_MNIST_DIR  # a folder names its root (checked)
     # Imported here so that option errors and --help answer without loading ffcv (seconds).
     from fkd_ffcv.data.fields import image_fields
-    from fkd_ffcv.options.sections import written_betons
+    from fkd_ffcv.training.options import written_betons
     from fkd_ffcv.data.sources import FashionMNISTSource, ImageFolderSource
     from fkd_ffcv.data.writer import write_beton
 
@@ -212,7 +212,7 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
 def _declare_writing_sections() -> None:
     from fastargs import Param, Section
     from fastargs.validation import And, InRange, OneOf
-    from fkd_ffcv.options.config import Flag
+    from fkd_ffcv.config import Flag
     Section('data', 'what to write and where').params(
         source=Param(OneOf(['fashion-mnist', 'folder']), 'fashion-mnist (Debian package) or an '
                      'ImageFolder tree <root>/<split>/<class>/<image>', default='fashion-mnist'),
@@ -296,7 +296,7 @@ def _declare_writing_sections() -> None:
 
 def write() -> int:
     """Write images to betons, and label or import crop records."""
-    from fkd_ffcv.options.sections import check_writing
+    from fkd_ffcv.training.options import check_writing
     _declare_writing_sections()
     config = load_config(WRITE_HELP, aliases={'--overwrite': '--write.overwrite=true'})
     sections = [section(config, name) for name in ('data', 'write', 'labels')]
@@ -321,7 +321,7 @@ def write() -> int:
 def eval_teacher(argv=None) -> int:
     """Top-1 / top-5 of a teacher spec (or an ensemble) on a validation beton."""
     import argparse
-    from fkd_ffcv.options.sections import check_teacher_files
+    from fkd_ffcv.training.options import check_teacher_files
     parser = argparse.ArgumentParser(
         prog='fkd-eval-teacher', allow_abbrev=False,
         description='Top-1 and top-5 of a teacher (any spec of docs/teachers.md, '
@@ -394,7 +394,7 @@ def validated_as(spec: str) -> dict:
 def probe(argv=None) -> int:
     """k-NN and linear-probe top-1 of a model's frozen features (probes.py)."""
     import argparse
-    from fkd_ffcv.options.sections import check_teacher_files
+    from fkd_ffcv.training.options import check_teacher_files
     parser = argparse.ArgumentParser(
         prog='fkd-probe', allow_abbrev=False,
         description='k-NN top-1 and linear-probe top-1 of the frozen pooled features of an '

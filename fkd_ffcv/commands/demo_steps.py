@@ -22,8 +22,8 @@ def recipe(path_or_name, overrides: Optional[dict] = None) -> dict:
     """A YAML/JSON recipe file (or the name of a small recipe: 'plain' is
     small_configs/fashion_mnist_plain.yaml) as options(), `overrides` ({'section.key': v}) on
     top. Keys are checked as `--config-file` checks them: an unknown one is a ValueError."""
-    from fkd_ffcv.options.config import read_config_file, unknown_keys
-    from fkd_ffcv.options.sections import PARAMS, options
+    from fkd_ffcv.config import read_config_file, unknown_keys
+    from fkd_ffcv.training.options import PARAMS, options
     path = Path(path_or_name)
     if path.suffix not in ('.yaml', '.yml', '.json'):
         path = SMALL_CONFIGS / f'fashion_mnist_{path_or_name}.yaml'

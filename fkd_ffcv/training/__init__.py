@@ -1,8 +1,11 @@
-"""The training loop and what it is made of: the trainer, the modes (plain, FKD, online KD,
-MEAL V2, self-supervised), losses, evaluation, schedules, mixing, the discriminator, the probes
-and the run folder.
+"""The training loop and what it is made of: the options of every command and the checks between
+them (torch-free, so a wrong command line fails before torch loads), the modes (plain, FKD,
+online KD, MEAL V2, self-supervised), losses, evaluation, schedules, mixing, the discriminator,
+the probes, the trainer and the run folder.
 
-May import: every subpackage before it (data, records, loading, models, labeling, options).
+Enters: option dicts and betons. Leaves: run folders (logs, checkpoints, exports).
+May import: the base modules and every subpackage before it (data, records, loading, models,
+labeling). Importing this package (and its options modules) loads no torch.
 """
 
 

@@ -188,7 +188,7 @@ class FKD(Mode):
 
     def check_data(self, trainer):
         """options.check has seen the manifest's word on these; the beton's own is final."""
-        from fkd_ffcv.options.sections import check_records, records_missing
+        from fkd_ffcv.training.options import check_records, records_missing
         from fkd_ffcv.records.soft_labels import LabelSpec
         beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
         if CLASSES_FIELD not in beton.fields:
@@ -399,7 +399,7 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
     def check_data(self, trainer):
         beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
         info = beton.manifest.get('embeddings')
-        from fkd_ffcv.options.sections import check_records, records_missing
+        from fkd_ffcv.training.options import check_records, records_missing
         if EMBEDDING_FIELD not in beton.fields:
             raise TrainingError(records_missing('ssl', path, beton.field_names,
                                                 EMBEDDING_FIELD))

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fkd_ffcv.files import atomic_write, load_data
-from fkd_ffcv.options.sections import PARAMS
+from fkd_ffcv.training.options import PARAMS
 from fkd_ffcv.errors import OptionError, TrainingError
 
 CHECKPOINT_FORMAT = 'fkd-ffcv checkpoint 1'

@@ -18,7 +18,7 @@ from fastargs.validation import And, Checker, InRange, OneOf
 
 from pathlib import Path
 
-from fkd_ffcv.options.config import Flag
+from fkd_ffcv.config import Flag
 from fkd_ffcv.defaults import (CLASSES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD, EMBEDDING_KINDS,
                        FASHION_MNIST_DIR, LABELLED_SUFFIX, PRECISIONS, RESIZE_FILTERS,
                        STUDENT_ARCHS, STUDENT_PREFIXES)
