@@ -42,7 +42,9 @@ from fkd_ffcv.data.fields import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS
                              image_fields, soft_label_fields)
 from fkd_ffcv.records.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
 from fkd_ffcv.data.sources import ImageFolderSource
-from fkd_ffcv.data.writer import copy_beton, write_beton
+from fkd_ffcv.data.copying import copy_beton
+from fkd_ffcv.data.manifest import Manifest, Records
+from fkd_ffcv.data.writer import write_beton
 
 REPO = Path(__file__).resolve().parents[1]
 LANDSCAPES = Path('/usr/share/games/endless-sky/images/land')
@@ -195,10 +197,10 @@ def labelled_photos(work: Path, records: int, photos: int = 0, shape: str = 'pan
     images, labelled = work / 'images.beton', work / 'fkd.beton'
     write_beton(images, image_fields('jpg', max_resolution=500),
                 ImageFolderSource(work / 'photos', 'train', max_resolution=500),
-                manifest={'classes': [str(i) for i in range(1000)]}, progress=False)
+                manifest=Manifest(classes=[str(i) for i in range(1000)]), progress=False)
     copy_beton(images, labelled, soft_label_fields(records, 5),
                RandomRecords(Beton(images), records), progress=False,
-               manifest_updates={'soft_labels': {'num_records': records}})
+               manifest_updates={'soft_labels': Records(num_records=records)})
     return n_images, images, labelled
 
 

@@ -26,11 +26,12 @@ from benchmarks.common import interleaved_times, landscapes, versions
 from fkd_ffcv.devices import machine
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops, sample_records
-from fkd_ffcv.data.fields import image_fields
+from fkd_ffcv.data.fields import bytes_per_record, image_fields, soft_label_fields
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton
 from fkd_ffcv.records.soft_labels import LabelSpec, compress, decode_probs, kl_divergence, recover
 from fkd_ffcv.data.sources import ImageFolderSource
 from fkd_ffcv.labeling.teachers import Teacher
+from fkd_ffcv.data.manifest import Manifest
 from fkd_ffcv.data.writer import write_beton
 
 
@@ -51,7 +52,7 @@ def main():
         images = work / 'images.beton'
         write_beton(images, image_fields('jpg', max_resolution=500),
                     ImageFolderSource(work / 'photos', 'train', max_resolution=500),
-                    manifest={'classes': [f'imagenet{i}' for i in range(1000)]}, progress=False)
+                    manifest=Manifest(classes=[f'imagenet{i}' for i in range(1000)]), progress=False)
         teacher = Teacher('fkd_ffcv.labeling.teachers:efficientnet_lite0', device=args.device)
         settings = LabelingSettings(num_records=args.records, chunk_images=16,
                                     batch_size=args.batch_size)
@@ -101,7 +102,7 @@ def main():
             classes, codes, p1_stored = compress(probs, spec)
             kl = kl_divergence(recover(indices, values, spec),
                                recover(classes, decode_probs(codes, p1_stored), spec))
-            print(f"| {name} | {9 + spec.record_bytes} | {kl.mean():.2e} | {kl.max():.2e} |")
+            print(f"| {name} | {bytes_per_record(soft_label_fields(1, spec.k))} | {kl.mean():.2e} | {kl.max():.2e} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

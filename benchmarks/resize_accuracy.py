@@ -39,6 +39,7 @@ def photo_betons(work: Path) -> tuple:
     """(train, val) betons of the ImageNet-shaped photo set split by photo (reused)."""
     from fkd_ffcv.data.fields import image_fields
     from fkd_ffcv.data.sources import ImageFolderSource
+    from fkd_ffcv.data.manifest import Manifest
     from fkd_ffcv.data.writer import write_beton
     paths = work / 'photos_train.beton', work / 'photos_val.beton'
     if all(p.exists() for p in paths):
@@ -48,7 +49,7 @@ def photo_betons(work: Path) -> tuple:
     for path, split in zip(paths, ('train', 'val')):
         write_beton(path, image_fields('jpg', max_resolution=500),
                     ImageFolderSource(work / 'photos', split, max_resolution=500),
-                    manifest={'classes': classes}, progress=False)
+                    manifest=Manifest(classes=classes), progress=False)
     return paths
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import report, versions
+from fkd_ffcv.data.fields import bytes_per_record, embedding_fields, soft_label_fields
 from fkd_ffcv.devices import machine
 from fkd_ffcv.records.embeddings import decode, encode
 from fkd_ffcv.loading.loaders import eval_loader
@@ -45,15 +46,16 @@ def stored_forms(t: torch.Tensor) -> dict:
     or None) for unit embeddings t (M, D)."""
     d = t.shape[1]
     p = torch.softmax(t / TAU, dim=-1)
-    forms = {'int8 direction (embeddings.encode)': (9 + d, decode(encode(t))),
-             'float16 embedding': (9 + 2 * d, F.normalize(t.half().float(), dim=-1))}
+    int8 = bytes_per_record(embedding_fields(1, d))
+    forms = {'int8 direction (embeddings.encode)': (int8, decode(encode(t))),
+             'float16 embedding': (int8 + d, F.normalize(t.half().float(), dim=-1))}
     out = {name: (size, torch.softmax(e / TAU, dim=-1), e) for name, (size, e) in forms.items()}
     for label_type in ['full'] + [f'marginal_smoothing_k{k}' for k in (5, 10, 20) if k < d]:
         spec = LabelSpec.parse(label_type, d)
         classes, codes, p1_stored = compress(p, spec)
         q = recover(classes, decode_probs(codes, p1_stored), spec)
-        out[f'softmax(t / {TAU}) as soft labels, {label_type}'] = (9 + spec.record_bytes, q,
-                                                                    None)
+        size = bytes_per_record(soft_label_fields(1, spec.k))
+        out[f'softmax(t / {TAU}) as soft labels, {label_type}'] = (size, q, None)
     return out
 
 

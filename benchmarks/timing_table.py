@@ -58,6 +58,7 @@ from fkd_ffcv.data.sources import FashionMNISTSource, SyntheticPhotoSource
 from fkd_ffcv.labeling.teachers import Teacher
 from fkd_ffcv.models.students import IMAGENET_MEAN, IMAGENET_STD
 from fkd_ffcv.training.loop import Trainer
+from fkd_ffcv.data.manifest import Manifest
 from fkd_ffcv.data.writer import write_beton
 
 PRESETS = {
@@ -111,7 +112,7 @@ def prepare(work: Path, preset: dict, images: int, records: int):
             source = (FashionMNISTSource(split, 32, subset=n) if preset['data'] == 'fashion-mnist'
                       else SyntheticPhotoSource(n, seed=0 if split == 'train' else 1))
             write_beton(path, image_fields(preset['write_mode'], max_resolution=500), source,
-                        manifest={'classes': list(source.classes)}, progress=True)
+                        manifest=Manifest(classes=list(source.classes)), progress=True)
         betons[split] = path
     if 'label_teacher' in preset:
         label_spec, online_spec = preset['label_teacher'], preset['online_teacher']

@@ -17,8 +17,9 @@ import sys
 import types
 
 FORMER_MODULES = {
-    'beton': ['data.beton'], 'fields': ['data.fields'], 'header': ['data.header'],
-    'sources': ['data.sources'], 'writer': ['data.writer'],
+    'beton': ['data.beton', 'data.manifest'], 'fields': ['data.fields'],
+    'header': ['data.header'], 'sources': ['data.sources'],
+    'writer': ['data.writer', 'data.copying', 'data.safe_write', 'data.sources'],
     'crops': ['records.crops'], 'resample': ['records.resample'],
     'label_types': ['records.label_types'], 'soft_labels': ['records.soft_labels'],
     'embeddings': ['records.embeddings'],

@@ -58,10 +58,11 @@ def write_tree(image_tree, path, write_mode, **options):
     """Write the train split of `image_tree` to `path` with images stored as `write_mode`."""
     from fkd_ffcv.data.fields import image_fields
     from fkd_ffcv.data.sources import ImageFolderSource
+    from fkd_ffcv.data.manifest import Manifest
     from fkd_ffcv.data.writer import write_beton
     root, classes, _ = image_tree
     return write_beton(path, image_fields(write_mode), ImageFolderSource(root, 'train'),
-                       manifest={'classes': classes}, progress=False, **options)
+                       manifest=Manifest(classes=classes), progress=False, **options)
 
 
 @pytest.fixture(scope='session')
@@ -75,6 +76,7 @@ def raw_tree_beton(image_tree, tmp_path_factory):
 def fashion_betons(tmp_path_factory):
     """(train, val) betons of a Fashion-MNIST subset at 32 px: 600 and 300 images, raw."""
     from fkd_ffcv.data.fields import image_fields
+    from fkd_ffcv.data.manifest import Manifest
     from fkd_ffcv.data.sources import FashionMNISTSource
     from fkd_ffcv.data.writer import write_beton
     folder = tmp_path_factory.mktemp('fashion')
@@ -82,7 +84,7 @@ def fashion_betons(tmp_path_factory):
     for split, n in (('train', 600), ('val', 300)):
         source = FashionMNISTSource(split, 32, subset=n)
         path = folder / f'{split}.beton'
-        write_beton(path, image_fields('raw'), source, manifest={'classes': source.classes},
+        write_beton(path, image_fields('raw'), source, manifest=Manifest(classes=source.classes),
                     progress=False)
         paths.append(path)
     return tuple(paths)

@@ -23,6 +23,7 @@ def main():
     from fkd_ffcv.data.sources import FashionMNISTSource
     from fkd_ffcv.labeling.teachers import Teacher
     from fkd_ffcv.training.loop import Trainer
+    from fkd_ffcv.data.manifest import Manifest
     from fkd_ffcv.data.writer import write_beton
     from test_training import run_options
 
@@ -32,7 +33,7 @@ def main():
         source = FashionMNISTSource(split, 32, subset=n)
         betons.append(work / f'{split}.beton')
         write_beton(betons[-1], image_fields('raw'), source,
-                    manifest={'classes': source.classes}, progress=False)
+                    manifest=Manifest(classes=source.classes), progress=False)
     rows = []
     for seed in args.seeds:
         out = work / f'seed{seed}'

@@ -119,7 +119,7 @@ def test_import_takes_every_record_of_the_files_by_default(fashion_dir, tmp_path
                f'--labels.import_root={tmp_path / "fkd"}')
     assert done.returncode == 0, done.stderr
     assert 'imported FKD soft labels' in done.stdout and '300 images' in done.stdout
-    assert Beton(tmp_path / 'i.beton').manifest['soft_labels']['num_records'] == 20
+    assert Beton(tmp_path / 'i.beton').manifest.soft_labels.num_records == 20
     done = run('write_dataset.py', f'--labels.beton={val}', f'--labels.out={tmp_path / "j.beton"}',
                f'--labels.import_root={tmp_path / "fkd"}', '--labels.num_records=500')
     assert done.returncode == 1
@@ -194,7 +194,7 @@ def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
     assert '4 per image, marginal_renorm_k3 of 10 classes, 18.0 B per record' in shown
     assert 'each is reused about 4.0 times' in shown
     from fkd_ffcv.data.beton import Beton
-    teacher = Beton(tmp_path / 'val_fkd.beton').manifest['soft_labels']['teacher']
+    teacher = Beton(tmp_path / 'val_fkd.beton').manifest.soft_labels.teacher
     assert (teacher['precision'], teacher['device']) == ('fp32', 'cpu')  # the default: exact
 
     # labelling it again is refused with the ways on; the copy without records is one command

@@ -8,7 +8,7 @@ from ffcv.loader import Loader, OrderOption
 
 from conftest import write_tree
 from fkd_ffcv.data.beton import Beton
-from fkd_ffcv.data.writer import copy_beton
+from fkd_ffcv.data.copying import copy_beton
 
 
 @pytest.fixture(scope='module')
@@ -42,8 +42,8 @@ def test_copy_keeps_bytes_and_adds_a_field(jpeg_beton, tmp_path):
             dst.read(int(dst_meta[i]['data_ptr'])).tobytes()
     assert dst.paths() == src.paths()
     assert np.array_equal(dst.field_metadata('label'), src.field_metadata('label'))
-    assert dst.manifest['classes'] == src.manifest['classes']
-    assert dst.manifest['derived_from']['fingerprint'] == src.fingerprint()
+    assert dst.manifest.classes == src.manifest.classes
+    assert dst.manifest.derived_from.fingerprint == src.fingerprint()
 
     loader = Loader(str(dst_path), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
                     drop_last=False, pipelines={'image': None, 'path': None,

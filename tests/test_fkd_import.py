@@ -11,7 +11,8 @@ from fkd_ffcv.records.crops import BOX_UNITS
 from fkd_ffcv.data.fields import SOFT_LABEL_FIELDS
 from fkd_ffcv.labeling.fkd_import import fkd_label_path, import_fkd_labels, read_fkd_file
 from fkd_ffcv.records.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
-from fkd_ffcv.data.writer import BadSample, WriteError
+from fkd_ffcv.data.safe_write import WriteError
+from fkd_ffcv.data.sources import BadSample
 
 N, K = 10, 2
 
@@ -54,9 +55,9 @@ def test_import_reproduces_the_records(images, tmp_path):
     beton = Beton(tmp_path / 'out.beton')
     assert report.num_samples == len(states) and report.extra_files == []
     assert report.top1_agreement == pytest.approx(9 / 12)  # every 4th image disagrees
-    info = beton.manifest['soft_labels']
-    assert info['label_type'] == f'marginal_smoothing_k{K}' and info['num_records'] == N
-    assert info['crop_resize'] == 'antialias'  # FKD's crops: torchvision on PIL images
+    info = beton.manifest.soft_labels
+    assert info.label_type == f'marginal_smoothing_k{K}' and info.num_records == N
+    assert info.crop_resize == 'antialias'  # FKD's crops: torchvision on PIL images
     for i, (coords, flips, labels) in enumerate(states):
         read = {n: np.array(beton.array(n, i)) for n in SOFT_LABEL_FIELDS}
         assert np.array_equal(read['fkd_boxes'], np.round(coords.astype(np.float64) * BOX_UNITS))
@@ -71,7 +72,7 @@ def test_import_reproduces_the_records(images, tmp_path):
 def test_hard_labels_import(images, tmp_path):
     make_tree(tmp_path / 'fkd', images, np.random.default_rng(1), kind='hard')
     import_fkd_labels(images, tmp_path / 'out.beton', tmp_path / 'fkd', progress=False)
-    assert Beton(tmp_path / 'out.beton').manifest['soft_labels']['label_type'] == 'hard'
+    assert Beton(tmp_path / 'out.beton').manifest.soft_labels.label_type == 'hard'
 
 
 def test_missing_extra_and_malformed_files(images, tmp_path):
@@ -133,7 +134,7 @@ def test_every_record_by_default_and_the_files_must_agree(images, tmp_path):
                                          f"agree, or --labels.num_records=<m> takes the first m"):
         import_fkd_labels(images, tmp_path / 'out.beton', root, progress=False)
     import_fkd_labels(images, tmp_path / 'out.beton', root, num_records=N - 3, progress=False)
-    assert Beton(tmp_path / 'out.beton').manifest['soft_labels']['num_records'] == N - 3
+    assert Beton(tmp_path / 'out.beton').manifest.soft_labels.num_records == N - 3
     with pytest.raises(ValueError, match=f"--labels.num_records=500: the FKD files hold {N} "
                                          f"records per image"):
         import_fkd_labels(images, tmp_path / 'out2.beton', root, num_records=500, progress=False)

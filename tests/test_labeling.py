@@ -11,6 +11,7 @@ from fkd_ffcv.labeling import label as labeling
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops, sample_records
 from fkd_ffcv.data.fields import SOFT_LABEL_FIELDS, image_fields
+from fkd_ffcv.data.manifest import Manifest
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton
 from fkd_ffcv.records.soft_labels import FLAG_FLIP, FLAG_P1_STORED, decode_probs
 from fkd_ffcv.data.sources import ImageFolderSource
@@ -52,9 +53,9 @@ def test_records_are_the_seeded_crops_labelled_by_the_teacher(images, labelled, 
     path, report = labelled
     beton = Beton(path)
     assert report.num_samples == len(beton) == 12
-    info = beton.manifest['soft_labels']
-    assert info['bytes_per_record'] == 9 + 3 * 2 and info['teacher']['input_size'] == 32
-    assert info['crop_resize'] == 'antialias'  # torchvision's (PIL bilinear); loaders check it
+    info = beton.manifest.soft_labels
+    assert info.bytes_per_record == 9 + 3 * 2 and info.teacher['input_size'] == 32
+    assert info.crop_resize == 'antialias'  # torchvision's (PIL bilinear); loaders check it
     for i in (0, 7, 11):
         rec = records(beton, i)
         pixels = beton.image(i)
@@ -81,13 +82,13 @@ def test_the_default_label_type_fits_the_class_count_and_the_origin_is_recorded(
         'label type: marginal_smoothing_k2 (the default: the top 5 classes, or the class count '
         '- 1 where that is less; 3 classes here; --labels.label_type sets it)')
     manifest = Beton(tmp_path / 'x.beton').manifest
-    assert manifest['soft_labels']['label_type'] == 'marginal_smoothing_k2'
-    assert manifest['soft_labels']['settings']['label_type'] == 'marginal_smoothing_k2'
-    origin = manifest['derived_from']
-    assert (origin['beton'], origin['fingerprint'], origin['num_samples'], origin['bytes']) == \
+    assert manifest.soft_labels.label_type == 'marginal_smoothing_k2'
+    assert manifest.soft_labels.settings['label_type'] == 'marginal_smoothing_k2'
+    origin = manifest.derived_from
+    assert (origin.beton, origin.fingerprint, origin.num_samples, origin.bytes) == \
         (str(images), Beton(images).fingerprint(), 12, images.stat().st_size)
     from fkd_ffcv.commands.inspect_beton import describe
-    assert f"  made from {images} (12 samples, fingerprint {origin['fingerprint'][:12]}, " \
+    assert f"  made from {images} (12 samples, fingerprint {origin.fingerprint[:12]}, " \
         f"written " in describe(Beton(tmp_path / 'x.beton'))
     assert describe(Beton(tmp_path / 'x.beton')).count('; that file: unchanged') == 1
 
@@ -188,7 +189,7 @@ def test_bad_inputs_get_clear_errors(images, teacher, tmp_path):
                     SETTINGS, tmp_path / 'work3', progress=False)
     with pytest.raises(ValueError, match='does not fit torchvision resnet34'):
         Teacher(f'torchvision:resnet34:{tmp_path}/r5.pt')
-    from fkd_ffcv.data.writer import copy_beton
+    from fkd_ffcv.data.copying import copy_beton
     copy_beton(images, tmp_path / 'labels_only.beton', keep=['label', 'path'], progress=False)
     with pytest.raises(ValueError, match="has no 'image' field"):
         label_beton(tmp_path / 'labels_only.beton', tmp_path / 'e.beton', teacher, SETTINGS,
@@ -277,7 +278,7 @@ def test_real_imagenet_teacher_efficientnet_lite0(tmp_path):
     classes = [f'class{c}' for c in range(1000)]
     write_beton(tmp_path / 'p.beton', image_fields('raw'), ImageFolderSource(tmp_path / 'photos',
                                                                               'train'),
-                manifest={'classes': classes}, progress=False)
+                manifest=Manifest(classes=classes), progress=False)
     teacher = Teacher('fkd_ffcv.labeling.teachers:efficientnet_lite0')
     settings = LabelingSettings(num_records=3, batch_size=8)
     label_beton(tmp_path / 'p.beton', tmp_path / 'l.beton', teacher, settings, tmp_path / 'w',
@@ -329,7 +330,7 @@ def test_an_ensembles_stored_labels_are_the_average_of_its_teachers(images, teac
                                                           input_size=32),
                 settings, tmp_path / 'work', progress=False)
     beton = Beton(tmp_path / 'both.beton')
-    assert beton.manifest['soft_labels']['teacher']['specs'] == teacher.specs + other.specs
+    assert beton.manifest.soft_labels.teacher['specs'] == teacher.specs + other.specs
     spec = LabelSpec.parse('full', 3)
     for i in (0, 5, 11):
         rec = records(beton, i)

@@ -153,7 +153,8 @@ def test_unknown_filters_are_refused_with_the_choices():
 
 class _Manifested:
     def __init__(self, manifest):
-        self.manifest, self.path = manifest, 'data.beton'
+        from fkd_ffcv.data.manifest import Manifest
+        self.manifest, self.path = Manifest.from_json(manifest), 'data.beton'
 
 
 def test_loaders_warn_when_they_resize_otherwise_than_the_records_teacher(recwarn):

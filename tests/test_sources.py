@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import save, smooth_image
 from fkd_ffcv.data.sources import (FashionMNISTSource, ImageFolderSource, load_rgb, read_idx,
                               subset_indices)
-from fkd_ffcv.data.writer import BadSample
+from fkd_ffcv.data.sources import BadSample
 
 
 def test_rgb_jpeg_and_png_are_read_as_uint8_rgb(tmp_path):

@@ -28,7 +28,7 @@ from fkd_ffcv.training import probes
 from fkd_ffcv.training.probes import embed, knn_top1, linear_probe
 from fkd_ffcv.labeling.teachers import Teacher
 from fkd_ffcv.training.loop import Trainer
-from fkd_ffcv.data.writer import copy_beton
+from fkd_ffcv.data.copying import copy_beton
 from test_meal_v2 import export
 from test_training import read_log, run_options, two_process_run
 
@@ -76,10 +76,10 @@ def ssl_run(ssl_data, tmp_path_factory):
 def test_embedding_records_are_the_teachers_unit_vectors_of_the_recorded_crops(ssl_data):
     train, _, spec, _ = ssl_data
     beton = Beton(train)
-    info = beton.manifest['embeddings']
+    info = beton.manifest.embeddings
     teacher = Teacher(spec, embedding='features')
-    assert info['dim'] == teacher.dim == 32 and info['bytes_per_record'] == 9 + 32
-    assert 'soft_labels' not in beton.manifest
+    assert info.dim == teacher.dim == 32 and info.bytes_per_record == 9 + 32
+    assert beton.manifest.soft_labels is None
     for i in (0, 299, 599):
         pixels = beton.image(i)
         boxes, flips = sample_records(0, i, *pixels.shape[:2], RECORDS, (0.35, 1.0))

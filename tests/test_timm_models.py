@@ -69,7 +69,7 @@ def test_a_timm_teacher_labels_a_beton(image_tree, checkpoints, tmp_path):
                                  chunk_images=6, batch_size=16),
                 tmp_path / 'work', progress=False)
     beton = Beton(tmp_path / 'labelled.beton')
-    assert beton.manifest['soft_labels']['teacher']['input_size'] == 160
+    assert beton.manifest.soft_labels.teacher['input_size'] == 160
     for i in (0, 5):
         rec = {name: np.array(beton.array(name, i)) for name in SOFT_LABEL_FIELDS}
         # the recorded box, resized to 160 px with the model's own (PIL bilinear) interpolation

@@ -16,10 +16,14 @@ from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 
 from conftest import REPO, save, smooth_image
-from fkd_ffcv.data.beton import Beton, manifest_path
+from fkd_ffcv.data.beton import Beton
+from fkd_ffcv.data.copying import copy_beton
 from fkd_ffcv.data.fields import image_fields
 from fkd_ffcv.data.sources import ImageFolderSource
-from fkd_ffcv.data.writer import BadSample, WriteError, auto_page_size, copy_beton, write_beton
+from fkd_ffcv.data.manifest import Manifest, manifest_path
+from fkd_ffcv.data.safe_write import WriteError
+from fkd_ffcv.data.sources import BadSample
+from fkd_ffcv.data.writer import auto_page_size, write_beton
 
 
 def stored_pixels(beton, index):
@@ -101,7 +105,7 @@ def test_skip_policy_lists_each_bad_file_and_keeps_labels_right(tmp_path):
     for i, rel in enumerate(beton.paths()):
         assert np.array_equal(stored_pixels(beton, i),
                               smooth_image(10 * good[rel] + int(rel[-5]), 16, 16))
-    assert len(beton.manifest['skipped']) == len(bad)
+    assert len(beton.manifest.skipped) == len(bad)
 
 
 def test_fail_policy_names_the_file_and_leaves_nothing(tmp_path):
@@ -230,7 +234,7 @@ def test_stale_manifest_is_detected(raw_tree_beton, tmp_path):
     path, _ = raw_tree_beton
     other = tmp_path / 'other.beton'
     write_beton(other, image_fields('raw'), FaultySource(None), progress=False,
-                manifest={'classes': ['x']})
+                manifest=Manifest(classes=['x']))
     manifest_path(other).write_text(manifest_path(path).read_text())
     with pytest.raises(ValueError, match='fingerprints differ'):
         Beton(other).manifest
@@ -366,4 +370,4 @@ def test_a_copy_records_its_origin_as_an_absolute_path(raw_tree_beton, tmp_path,
     src = raw_tree_beton[0]
     monkeypatch.chdir(src.parent)
     copy_beton(src.name, tmp_path / 'copy.beton', progress=False)
-    assert Beton(tmp_path / 'copy.beton').manifest['derived_from']['beton'] == str(src)
+    assert Beton(tmp_path / 'copy.beton').manifest.derived_from.beton == str(src)

@@ -221,6 +221,7 @@ def step_data(args) -> None:
     from fkd_ffcv.models.students import build_model, save_weights
     from fkd_ffcv.data.sources import SyntheticPhotoSource
     from fkd_ffcv.labeling.teachers import Teacher
+    from fkd_ffcv.data.manifest import Manifest
     from fkd_ffcv.data.writer import write_beton
     s, paths = sizes_of(args), data_paths(args)
     paths['folder'].mkdir(parents=True, exist_ok=True)
@@ -228,7 +229,7 @@ def step_data(args) -> None:
     for split, n, seed in (('train', s['train'], 0), ('val', s['val'], 1)):
         source = SyntheticPhotoSource(n, seed=seed, side=s['side'])
         write_beton(paths[split], image_fields('jpg', max_resolution=500), source,
-                    manifest={'classes': source.classes}, progress=False)
+                    manifest=Manifest(classes=source.classes), progress=False)
     write_seconds = time.perf_counter() - t0
     if args.dry_run:  # a small teacher that knows the data's 1000 classes
         torch.manual_seed(0)

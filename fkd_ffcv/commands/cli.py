@@ -95,7 +95,7 @@ def drop_records(beton: Path, out: Path, options: dict) -> None:
     """Write `out`: `beton` without its crop record fields (to label it again)."""
     from fkd_ffcv.data.beton import Beton
     from fkd_ffcv.data.fields import RECORD_FIELDS
-    from fkd_ffcv.data.writer import copy_beton
+    from fkd_ffcv.data.copying import copy_beton
     names = Beton(beton).field_names
     if not set(RECORD_FIELDS) & set(names):
         raise ValueError(f"{beton} holds no crop records (fields: {', '.join(names)}); give "
@@ -109,7 +109,7 @@ def drop_records(beton: Path, out: Path, options: dict) -> None:
 def label(labels: dict, write: dict, beton: Path) -> None:
     """Add crop records to `beton` (from a teacher or FKD files), as `labels` says; with
     neither, write `labels.out` without the records `beton` holds."""
-    from fkd_ffcv.training.options import labelled_beton
+    from fkd_ffcv.data.manifest import labelled_beton
     out = labelled_beton(labels, beton)
     options = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
                    page_size=write['page_size'])
@@ -156,7 +156,7 @@ def label(labels: dict, write: dict, beton: Path) -> None:
     if report is not None:
         from fkd_ffcv.data.beton import Beton
         what = (f"{teacher.dim}-d embeddings, {labels['embedding']}" if labels['embedding']
-                else Beton(out).manifest['soft_labels']['label_type'])
+                else Beton(out).manifest.soft_labels.label_type)
         print(f"labelled {out}: {report.num_samples} images x {settings.num_records} crop "
               f"records ({what}) by {labels['teacher']}, from {beton}")
 
@@ -170,6 +170,7 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
     from fkd_ffcv.data.fields import image_fields
     from fkd_ffcv.training.options import written_betons
     from fkd_ffcv.data.sources import FashionMNISTSource, ImageFolderSource
+    from fkd_ffcv.data.manifest import Manifest
     from fkd_ffcv.data.writer import write_beton
 
     fields = image_fields(write['write_mode'], write['max_resolution'] or None,
@@ -183,9 +184,9 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
                                        write['max_pixels'], data['subset'])
             for empty in source.empty_classes:
                 print(f"warning: class {empty!r} has no images in {split}", file=sys.stderr)
-        manifest = {'classes': list(source.classes),
-                    'source': {**data, 'root': str(root), 'split': split},
-                    'write_options': {k: v for k, v in write.items() if k != 'overwrite'}}
+        manifest = Manifest(classes=list(source.classes),
+                            source={**data, 'root': str(root), 'split': split},
+                            write_options={k: v for k, v in write.items() if k != 'overwrite'})
         try:
             report = write_beton(out, fields, source, num_workers=write['num_workers'],
                                  chunk_size=write['chunk_size'], page_size=write['page_size'],

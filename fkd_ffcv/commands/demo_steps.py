@@ -46,15 +46,16 @@ def fashion_mnist_betons(out: Path, train_images: int, val_images: int) -> tuple
     from fkd_ffcv.data.beton import Beton
     from fkd_ffcv.data.fields import image_fields
     from fkd_ffcv.data.sources import FashionMNISTSource
+    from fkd_ffcv.data.manifest import Manifest
     from fkd_ffcv.data.writer import write_beton
     paths = []
     for split, n in (('train', train_images), ('val', val_images)):
         path = Path(out) / f'fashion_mnist_{split}.beton'
         if not (path.exists() and Beton(path).manifest):
             source = FashionMNISTSource(split, 32, subset=n)
-            write_beton(path, image_fields('raw'), source, manifest={
-                'classes': source.classes,
-                'source': {'name': 'fashion-mnist', 'split': split, 'subset': n}})
+            write_beton(path, image_fields('raw'), source, manifest=Manifest(
+                classes=source.classes,
+                source={'name': 'fashion-mnist', 'split': split, 'subset': n}))
         paths.append(path)
     return tuple(paths)
 

@@ -24,31 +24,32 @@ from fkd_ffcv.defaults import CLASSES_FIELD, IMAGE_FIELD, LABEL_FIELD
 
 if TYPE_CHECKING:
     from fkd_ffcv.data.beton import Beton
+    from fkd_ffcv.data.manifest import Origin, Records
 # ffcv, torch and the rest are imported where they are used: `--help` and a missing file answer
 # in a fraction of a second.
 
 
-def describe_soft_labels(beton: Beton, info: dict, epochs: int) -> list:
+def describe_soft_labels(beton: Beton, info: Records, epochs: int) -> list:
     from ffcv.types import ALLOC_TABLE_TYPE
     from fkd_ffcv.data.fields import RECORD_FIELDS
     from fkd_ffcv.records.soft_labels import top1_agreement
-    n = info['num_records']
+    n = info.num_records
     held = [name for name in RECORD_FIELDS if name in beton.fields]
     per_image = sum(beton.fields[name].element_size for name in held)
     # each per-image field also costs a metadata pointer and an allocation-table row
     overhead = len(held) * (8 + ALLOC_TABLE_TYPE.itemsize)
     agreement, looked_at = top1_agreement(beton)
-    lines = [f"  crop records: {n} per image, {info['label_type']} of {info['num_classes']} "
+    lines = [f"  crop records: {n} per image, {info.label_type} of {info.num_classes} "
              f"classes, {per_image / n:.1f} B per record ({(per_image + overhead) / n:.1f} B "
              f"with per-image overhead)"]
-    if info['source'] == 'teacher':
-        t = info['teacher']
+    if info.source == 'teacher':
+        t = info.teacher
         lines.append(f"  teacher: {' + '.join(t['specs'])} at {t['input_size']} px "
-                     f"({info.get('crop_resize', t['interpolation'])}), "
+                     f"({info.crop_resize or t['interpolation']}), "
                      f"T = {t['temperature']}")
     else:
-        lines.append(f"  imported from FKD files under {info['root']} (crops resized with "
-                     f"{info.get('crop_resize', 'antialias')})")
+        lines.append(f"  imported from FKD files under {info.root} (crops resized with "
+                     f"{info.crop_resize or 'antialias'})")
     lines.append(f"  teacher top-1 = hard label for {agreement:.1%} of the records "
                  f"({looked_at} images looked at)")
     if epochs > n:
@@ -57,16 +58,16 @@ def describe_soft_labels(beton: Beton, info: dict, epochs: int) -> list:
     return lines
 
 
-def describe_origin(origin: dict, copy: Path) -> str:
+def describe_origin(origin: Origin, copy: Path) -> str:
     """Which beton a copy was made from, and whether that file is still the one it was."""
     from fkd_ffcv.data.beton import Beton
-    path = origin['beton']
-    made = (f"  made from {path} ({origin.get('num_samples', '?')} samples, fingerprint "
-            f"{origin['fingerprint'][:12]}")
-    made += f", written {origin['written_at']})" if origin.get('written_at') else ")"
+    path = origin.beton
+    made = (f"  made from {path} ({origin.num_samples} samples, fingerprint "
+            f"{origin.fingerprint[:12]}")
+    made += f", written {origin.written_at})" if origin.written_at else ")"
     try:
         now = ('this copy, which replaced it' if Path(path).resolve() == copy.resolve() else
-               'unchanged' if Beton(path).fingerprint() == origin['fingerprint'] else
+               'unchanged' if Beton(path).fingerprint() == origin.fingerprint else
                'replaced since (another fingerprint)')
     except FileNotFoundError:
         now = 'no longer there'
@@ -80,12 +81,13 @@ def describe(beton: Beton, epochs: int = 0) -> str:
              f"{beton.path.stat().st_size / 2**20:.1f} MiB, page size {beton.page_size >> 20} MiB"]
     for name in beton.field_names:
         lines.append(f"  field {name!r}: {type(beton.fields[name]).__name__}")
+    from fkd_ffcv.data.manifest import Manifest
     try:
         manifest = beton.manifest
     except FileNotFoundError as e:  # a beton written by plain FFCV, say
-        manifest = {}
+        manifest = Manifest()
         lines.append(f"  ({e})")
-    classes = manifest.get('classes', [])
+    classes = manifest.classes or []
     if LABEL_FIELD in beton.fields:
         counts = Counter(beton.field_metadata(LABEL_FIELD).tolist())
         per_class = [counts.get(i, 0) for i in range(len(classes))] or list(counts.values())
@@ -100,24 +102,24 @@ def describe(beton: Beton, epochs: int = 0) -> str:
         lines.append(f"  images: {jpg} JPEG, {len(meta) - jpg} raw; sides "
                      f"{int(meta['height'].min())}-{int(meta['height'].max())} x "
                      f"{int(meta['width'].min())}-{int(meta['width'].max())} px")
-    if 'derived_from' in manifest:
-        lines.append(describe_origin(manifest['derived_from'], beton.path))
-    if 'source' in manifest:
-        lines.append(f"  source: {manifest['source']}")
-    if 'write_options' in manifest:
-        lines.append(f"  write options: {manifest['write_options']}")
-    if 'soft_labels' in manifest and CLASSES_FIELD in beton.fields:
-        lines += describe_soft_labels(beton, manifest['soft_labels'], epochs)
-    if 'embeddings' in manifest:
-        e = manifest['embeddings']
-        lines.append(f"  crop records: {e['num_records']} per image, teacher embeddings of "
-                     f"{e['dim']} dimensions ({e['bytes_per_record']} B per record) by "
-                     f"{' + '.join(e['teacher']['specs'])} ({e['teacher']['embedding']}) at "
-                     f"{e['teacher']['input_size']} px")
-    skipped = manifest.get('skipped', [])
+    if manifest.derived_from:
+        lines.append(describe_origin(manifest.derived_from, beton.path))
+    if manifest.source is not None:
+        lines.append(f"  source: {manifest.source}")
+    if manifest.write_options is not None:
+        lines.append(f"  write options: {manifest.write_options}")
+    if manifest.soft_labels and CLASSES_FIELD in beton.fields:
+        lines += describe_soft_labels(beton, manifest.soft_labels, epochs)
+    if manifest.embeddings:
+        e = manifest.embeddings
+        lines.append(f"  crop records: {e.num_records} per image, teacher embeddings of "
+                     f"{e.dim} dimensions ({e.bytes_per_record} B per record) by "
+                     f"{' + '.join(e.teacher['specs'])} ({e.teacher['embedding']}) at "
+                     f"{e.teacher['input_size']} px")
+    skipped = manifest.skipped or []
     if skipped:
         lines.append(f"  {len(skipped)} input(s) skipped:")
-        lines += [f"    {s['path']}: {s['reason']}" for s in skipped[:20]]
+        lines += [f"    {name}: {why}" for name, why in skipped[:20]]
         if len(skipped) > 20:
             lines.append(f"    ... (all in {beton.path}.json)")
     return '\n'.join(lines)

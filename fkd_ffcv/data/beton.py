@@ -1,17 +1,13 @@
-"""Read side of a beton: header, fields, per-sample records and raw bytes, and its manifest.
+"""Read side of a beton: header, fields, per-sample records and raw bytes.
 
 FFCV's `Loader` reads a beton for training; this module answers the questions around it (how
-many samples, which fields, which source file each sample came from, which classes) and gives
-the writer the stored bytes of each sample so copies never re-encode.
-
-The manifest is a JSON sidecar, `<name>.beton.json`, holding what has no place in FFCV's format:
-class names, the source, write options and the samples skipped. It records a fingerprint of the
-beton it describes, so a sidecar left over from another write is detected, not trusted.
+many samples, which fields, which source file each sample came from) and gives the writer the
+stored bytes of each sample so copies never re-encode. Its manifest (class names, source,
+records) is data/manifest.py's; `Beton.manifest` hands it the fingerprint to check it against.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -24,12 +20,7 @@ from ffcv.reader import Reader
 
 from fkd_ffcv.data.fields import IMAGE_FIELD, PATH_FIELD, Descriptor, VerbatimValue, pointer_columns
 from fkd_ffcv.data.header import check_beton
-
-MANIFEST_FORMAT = 'fkd-ffcv manifest 1'
-
-
-def manifest_path(beton_path) -> Path:
-    return Path(str(beton_path) + '.json')
+from fkd_ffcv.data.manifest import Manifest
 
 
 class Beton:
@@ -120,21 +111,14 @@ class Beton:
         return h.hexdigest()
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         """The sidecar manifest, checked to belong to this very file."""
-        path = manifest_path(self.path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: manifest missing (was {self.path.name} written by "
-                                    f"fkd_ffcv?)")
-        with open(path) as f:
-            manifest = json.load(f)
-        if manifest.get('format') != MANIFEST_FORMAT:
-            raise ValueError(f"{path}: not a {MANIFEST_FORMAT!r} file")
-        if manifest.get('fingerprint') != self.fingerprint():
-            raise ValueError(f"{path} does not describe {self.path} (fingerprints differ): the "
-                             f"beton was replaced or the manifest is stale; rewrite the data set")
-        return manifest
+        return Manifest.read(self.path, self.fingerprint())
 
     @property
     def classes(self) -> List[str]:
-        return list(self.manifest['classes'])
+        classes = self.manifest.classes
+        if classes is None:
+            raise ValueError(f"{self.path}.json names no classes (write the beton with "
+                             f"fkd-write)")
+        return list(classes)

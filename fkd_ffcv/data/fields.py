@@ -23,10 +23,11 @@ from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDIN
                        SOFT_LABEL_FIELDS, WRITE_MODES)
 __all__ = ['IMAGE_FIELD', 'LABEL_FIELD', 'PATH_FIELD', 'BOXES_FIELD', 'FLAGS_FIELD',
            'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'SOFT_LABEL_FIELDS', 'RECORD_FIELDS',
-           'MAX_NAME_LENGTH', 'CUSTOM_TYPE_ID', 'image_fields', 'soft_label_fields', 'embedding_fields',
-           'check_field_names', 'pointer_columns', 'Descriptor', 'descriptor_of', 'VerbatimValue',
+           'MAX_NAME_LENGTH', 'MAX_SIDE', 'CUSTOM_TYPE_ID', 'image_fields', 'soft_label_fields',
+           'embedding_fields', 'bytes_per_record', 'check_field_names', 'pointer_columns', 'Descriptor', 'descriptor_of', 'VerbatimValue',
            'VerbatimField']
 MAX_NAME_LENGTH = 16  # FieldDescType['name'] is 16 bytes
+MAX_SIDE = 65535  # RGBImageField stores an image's sides as uint16
 CUSTOM_TYPE_ID = 255
 
 # Metadata columns that hold a file offset, per stock field class. `None` means the whole
@@ -84,6 +85,14 @@ def embedding_fields(num_records: int, dim: int) -> Dict[str, Field]:
         FLAGS_FIELD: NDArrayField(np.dtype('u1'), (num_records,)),
         EMBEDDING_FIELD: NDArrayField(np.dtype('i1'), (num_records, dim)),
     }
+
+
+def bytes_per_record(record_fields: Mapping[str, NDArrayField]) -> int:
+    """The bytes one crop record of `record_fields` (soft_label_fields or embedding_fields)
+    takes: its box, its flags byte and its label or embedding."""
+    num_records = record_fields[BOXES_FIELD].shape[0]
+    return sum(f.dtype.itemsize * int(np.prod(f.shape))
+               for f in record_fields.values()) // num_records
 
 
 def check_field_names(names) -> None:

@@ -22,10 +22,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from fkd_ffcv.data.fields import MAX_SIDE
 from fkd_ffcv.defaults import FASHION_MNIST_DIR, MAX_PIXELS
 
-MAX_SIDE = 65535  # FFCV stores image sides as uint16
-from fkd_ffcv.data.writer import BadSample
+
+class BadSample(Exception):
+    """Raised by a source for an input sample that cannot be used (the message says why): the
+    writer fails on it, or skips it and reports it (on_error)."""
+
 
 # torchvision.datasets.folder.IMG_EXTENSIONS: the same files are taken as images.
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')

@@ -18,9 +18,12 @@ import torch
 
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import BOX_UNITS
-from fkd_ffcv.data.fields import soft_label_fields
+from fkd_ffcv.data.copying import copy_beton
+from fkd_ffcv.data.fields import bytes_per_record, soft_label_fields
+from fkd_ffcv.data.manifest import Records
 from fkd_ffcv.records.soft_labels import LabelSpec, encode_probs, record_flags, top1_agreement
-from fkd_ffcv.data.writer import BadSample, WriteReport, copy_beton
+from fkd_ffcv.data.sources import BadSample
+from fkd_ffcv.data.writer import WriteReport
 
 _reconstruct = np._core.multiarray._reconstruct
 SAFE_NUMPY = [np.ndarray, np.dtype, _reconstruct,
@@ -161,12 +164,13 @@ def import_fkd_labels(src, dst, root, *, label_type: Optional[str] = None,
                          f"{len(coords)} records per image (e.g. {probe}); 0, the default for "
                          f"an import, takes every record the files hold")
     n = num_records or len(coords)
-    info = {'label_type': spec.name, 'k': spec.k, 'num_classes': spec.num_classes,
-            'num_records': n, 'source': 'fkd-import', 'root': str(root),
-            'crop_resize': 'antialias',  # FKD cut them with torchvision on PIL images
-            'bytes_per_record': 9 + spec.record_bytes,
-            'extra_files': {'count': len(extra), 'first': extra[:20]}}
-    report = copy_beton(beton.path, dst, soft_label_fields(n, spec.k),
+    fields = soft_label_fields(n, spec.k)
+    info = Records(label_type=spec.name, k=spec.k, num_classes=spec.num_classes,
+                   num_records=n, source='fkd-import', root=str(root),
+                   crop_resize='antialias',  # FKD cut them with torchvision on PIL images
+                   bytes_per_record=bytes_per_record(fields),
+                   extra_files={'count': len(extra), 'first': extra[:20]})
+    report = copy_beton(beton.path, dst, fields,
                         FKDValues(files, spec, n, '' if num_records else str(probe)),
                         on_error=on_error,
                         manifest_updates={'soft_labels': info}, **write_options)

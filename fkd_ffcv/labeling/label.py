@@ -30,11 +30,14 @@ from tqdm import tqdm
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import RATIO, cut_crops, sample_records
 from fkd_ffcv.defaults import TEACHER_RECORDS
-from fkd_ffcv.data.fields import (IMAGE_FIELD, RECORD_FIELDS, embedding_fields, soft_label_fields)
+from fkd_ffcv.data.fields import (IMAGE_FIELD, RECORD_FIELDS, bytes_per_record, embedding_fields,
+                                  soft_label_fields)
 from fkd_ffcv.records.label_types import TOP_K, default_label_type
 from fkd_ffcv.records.soft_labels import LabelSpec, compress, record_flags
 from fkd_ffcv.labeling.teachers import Teacher
-from fkd_ffcv.data.writer import WriteReport, copy_beton
+from fkd_ffcv.data.copying import copy_beton
+from fkd_ffcv.data.manifest import Records
+from fkd_ffcv.data.writer import WriteReport
 from fkd_ffcv.progress import bar as progress_bar
 
 
@@ -275,9 +278,10 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
     if any(name in beton.fields for name in RECORD_FIELDS):
         raise ValueError(already_labelled(beton))
     if rank == 0 and isinstance(spec, int):  # embedding records grow with D: say how much
-        size = len(beton) * settings.num_records * (9 + spec)
+        per_record = bytes_per_record(embedding_fields(settings.num_records, spec))
+        size = len(beton) * settings.num_records * per_record
         print(f"embedding records: {len(beton):,} images x {settings.num_records} records x "
-              f"{9 + spec} B = {size / 2 ** 30:.2f} GiB added to the beton "
+              f"{per_record} B = {size / 2 ** 30:.2f} GiB added to the beton "
               f"(--labels.num_records sets the records per image)", file=sys.stderr)
     run = {'beton': beton.fingerprint(), 'settings': asdict(settings),
            'teacher': teacher.describe()}
@@ -308,19 +312,19 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
             raise TimeoutError(f"{len(missing)} chunk(s) of {folder.path} are still missing "
                                f"(first: {missing[0]}); rerun to resume them")
         time.sleep(2)
-    common = {'num_records': settings.num_records, 'source': 'teacher',
-              'crop_resize': teacher.interpolation,  # loaders warn when they resize otherwise
-              'teacher': teacher.describe(), 'settings': asdict(settings)}
     if isinstance(spec, int):
         fields, columns = embedding_fields(settings.num_records, spec), \
             ('boxes', 'flags', 'embedding')
-        described = {'embeddings': {'dim': spec, 'bytes_per_record': 9 + spec, **common}}
     else:
         fields, columns = soft_label_fields(settings.num_records, spec.k), \
             ('boxes', 'flags', 'classes', 'codes')
-        described = {'soft_labels': {'label_type': spec.name, 'k': spec.k,
-                                     'num_classes': spec.num_classes, **common,
-                                     'bytes_per_record': 9 + spec.record_bytes}}
+    common = {'num_records': settings.num_records, 'source': 'teacher',
+              'crop_resize': teacher.interpolation,  # loaders warn when they resize otherwise
+              'teacher': teacher.describe(), 'settings': asdict(settings),
+              'bytes_per_record': bytes_per_record(fields)}
+    described = {'embeddings': Records(dim=spec, **common)} if isinstance(spec, int) else \
+        {'soft_labels': Records(label_type=spec.name, k=spec.k, num_classes=spec.num_classes,
+                                **common)}
     report = copy_beton(beton.path, dst, fields,
                         ChunkValues(folder, len(beton), settings.chunk_images, columns),
                         manifest_updates=described, progress=progress, **write_options)
@@ -332,7 +336,8 @@ def already_labelled(beton: Beton) -> str:
     """The refusal to label a beton that holds crop records, with the ways on."""
     path = beton.path
     try:
-        origin = Path(beton.manifest.get('derived_from', {}).get('beton', ''))
+        origin = beton.manifest.derived_from
+        origin = Path(origin.beton if origin else '')
     except (OSError, ValueError):
         origin = Path()
     original = ''

@@ -98,14 +98,15 @@ def warn_if_resized_otherwise(beton: Beton, resize: str) -> None:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return
-    for info in (beton.manifest.get('soft_labels'), beton.manifest.get('embeddings')):
+    manifest = beton.manifest
+    for info in (manifest.soft_labels, manifest.embeddings):
         if not info:
             continue
-        recorded = (info.get('crop_resize') or info.get('teacher', {}).get('interpolation')
-                    or ('antialias' if info.get('source') == 'fkd-import' else None))
+        recorded = (info.crop_resize or (info.teacher or {}).get('interpolation')
+                    or ('antialias' if info.source == 'fkd-import' else None))
         if not recorded:
             continue
-        if 'crop_resize' not in info and recorded == 'bicubic':  # labelled before resample.py
+        if info.crop_resize is None and recorded == 'bicubic':  # labelled before resample.py
             fix = "OpenCV's INTER_CUBIC then, which no filter reproduces"
         elif recorded != resize:
             fix = f"--data.resize={recorded} replays them as the teacher saw them"

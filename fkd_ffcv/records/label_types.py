@@ -46,8 +46,3 @@ class LabelSpec:
             raise ValueError(f"{name}: k must be in [1, {num_classes - 1}] for {num_classes} "
                              f"classes")
         return cls(name, k, match.group(1) == 'smoothing', num_classes)
-
-    @property
-    def record_bytes(self) -> int:
-        """Stored bytes per record for the labels alone (int16 indices + uint8 codes)."""
-        return 3 * self.k

@@ -188,21 +188,21 @@ class FKD(Mode):
 
     def check_data(self, trainer):
         """options.check has seen the manifest's word on these; the beton's own is final."""
-        from fkd_ffcv.training.options import check_records, records_missing
+        from fkd_ffcv.data.manifest import check_records, records_missing
         from fkd_ffcv.records.soft_labels import LabelSpec
         beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
         if CLASSES_FIELD not in beton.fields:
             raise TrainingError(records_missing('fkd', path, beton.field_names, CLASSES_FIELD))
-        info = beton.manifest.get('soft_labels')
+        info = beton.manifest.soft_labels
         if not info:
             raise TrainingError(f"{path}: its manifest does not describe the soft labels "
                                 f"(label type); rewrite the labels with write_dataset.py")
-        if info['num_classes'] != trainer.num_classes:
-            raise TrainingError(f"{path}: the soft labels cover {info['num_classes']} classes, "
+        if info.num_classes != trainer.num_classes:
+            raise TrainingError(f"{path}: the soft labels cover {info.num_classes} classes, "
                                 f"the data set has {trainer.num_classes}")
-        self.num_records = info['num_records']
+        self.num_records = info.num_records
         check_records(self.crops_per_image(trainer.opts), self.num_records, path)
-        self.label_spec = LabelSpec.parse(info['label_type'], info['num_classes'])
+        self.label_spec = LabelSpec.parse(info.label_type, info.num_classes)
 
     def note_reuse(self, trainer, num_crops: int) -> None:
         """Say once when the run uses more crops per image than the beton holds records."""
@@ -313,8 +313,8 @@ class FastMealV2(WithDiscriminator, FKD):
 
     def check_data(self, trainer):
         super().check_data(trainer)
-        info = trainer.train_beton.manifest['soft_labels']
-        self.check_teacher_count(trainer, (info.get('teacher') or {}).get('specs'),
+        info = trainer.train_beton.manifest.soft_labels
+        self.check_teacher_count(trainer, (info.teacher or {}).get('specs'),
                                  f"the soft labels of {trainer.opts['data']['train_dataset']}")
 
 
@@ -398,8 +398,8 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
 
     def check_data(self, trainer):
         beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
-        info = beton.manifest.get('embeddings')
-        from fkd_ffcv.training.options import check_records, records_missing
+        info = beton.manifest.embeddings
+        from fkd_ffcv.data.manifest import check_records, records_missing
         if EMBEDDING_FIELD not in beton.fields:
             raise TrainingError(records_missing('ssl', path, beton.field_names,
                                                 EMBEDDING_FIELD))
@@ -407,7 +407,7 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
             raise TrainingError(f"{path}: its manifest does not describe the embedding records "
                                 f"(records per image, teacher); label it again with "
                                 f"write_dataset.py --labels.embedding=...")
-        self.num_records = info['num_records']
+        self.num_records = info.num_records
         check_records(self.crops_per_image(trainer.opts), self.num_records, path)
         self.set_dim(trainer, beton.fields[EMBEDDING_FIELD].shape[1],
                      f"the teacher embeddings in {path}")

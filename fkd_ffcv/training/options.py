@@ -19,11 +19,12 @@ from fastargs.validation import And, Checker, InRange, OneOf
 from pathlib import Path
 
 from fkd_ffcv.config import Flag
-from fkd_ffcv.defaults import (CLASSES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD, EMBEDDING_KINDS,
-                       FASHION_MNIST_DIR, LABELLED_SUFFIX, PRECISIONS, RESIZE_FILTERS,
-                       STUDENT_ARCHS, STUDENT_PREFIXES)
+from fkd_ffcv.defaults import (DEFAULT_RESIZE, EMBEDDING_KINDS, FASHION_MNIST_DIR, PRECISIONS,
+                               RESIZE_FILTERS, STUDENT_ARCHS, STUDENT_PREFIXES)
 from fkd_ffcv.errors import DataError, OptionError
 from fkd_ffcv.data.header import check_beton
+from fkd_ffcv.data.manifest import (Manifest, Records, check_records, labelled_beton,
+                                    read_manifest, records_missing)
 from fkd_ffcv.records.label_types import LabelSpec, default_label_type
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.training.schedules import LR_SCHEDULES
@@ -398,10 +399,10 @@ def check(opts: dict) -> None:
                           f"checkpoint of the data set's classes); for a student from scratch "
                           f"use --training.mode=fkd")
     k = mode.crops_per_image(opts)
-    manifest = read_manifest(data['train_dataset']) if mode.reads_records else {}
-    if 'fields' in manifest and mode.record_field not in manifest['fields']:
+    manifest = read_manifest(data['train_dataset']) if mode.reads_records else Manifest()
+    if manifest.fields and mode.record_field not in manifest.fields:
         raise OptionError(records_missing(t['mode'], data['train_dataset'],
-                                          list(manifest['fields']), mode.record_field))
+                                          list(manifest.fields), mode.record_field))
     if lr['schedule'] == 'cyclic' and lr['peak_epoch'] >= t['epochs']:
         raise OptionError(f"--lr.peak_epoch={lr['peak_epoch']} must come before the end of the "
                           f"run (--training.epochs={t['epochs']}): set a smaller "
@@ -429,7 +430,7 @@ def check(opts: dict) -> None:
                           f"images, too few for the {step} crops per image of "
                           f"--fkd.num_crops={step} per process")
     wanted, classes = opts['model']['num_classes'], read_manifest(
-        data['train_dataset']).get('classes')
+        data['train_dataset']).classes
     if wanted and classes and wanted != len(classes):
         raise OptionError(f"--model.num_classes={wanted} but {data['train_dataset']} has "
                           f"{len(classes)} classes (0 takes the data set's)")
@@ -441,12 +442,11 @@ def check(opts: dict) -> None:
         raise OptionError(f"{t['mode']} mode needs --fkd.teacher")
     if mode.needs_teacher:
         check_teacher_files('--fkd.teacher', opts['fkd']['teacher'])
-    described = manifest.get('embeddings' if mode.record_field == EMBEDDING_FIELD else
-                             'soft_labels') or {}
-    check_records(k, described.get('num_records'), data['train_dataset'])
-    if described.get('dim') and opts['ssl']['dim'] not in (0, described['dim']):
+    described = manifest.records(mode.record_field) or Records()
+    check_records(k, described.num_records, data['train_dataset'])
+    if described.dim and opts['ssl']['dim'] not in (0, described.dim):
         raise OptionError(f"--ssl.dim={opts['ssl']['dim']}: the student's projection head must "
-                          f"have the {described['dim']} dimensions of the teacher embeddings in "
+                          f"have the {described.dim} dimensions of the teacher embeddings in "
                           f"{data['train_dataset']}")
     check_same_classes(data['train_dataset'], data['val_dataset'])
 
@@ -524,7 +524,7 @@ def check_same_classes(train: str, val: str) -> None:
     """A training and a validation beton must name the same classes in the same order (their
     manifests say; a beton without one is judged when the trainer opens it). A DataError
     (exit 1): the options are fine, the files do not belong together."""
-    ours, theirs = (read_manifest(path).get('classes') for path in (train, val))
+    ours, theirs = (read_manifest(path).classes for path in (train, val))
     if ours is not None and theirs is not None and ours != theirs:
         differ = next((f"class {i}: {a!r} against {b!r}" for i, (a, b) in
                        enumerate(zip(ours, theirs)) if a != b),
@@ -532,48 +532,6 @@ def check_same_classes(train: str, val: str) -> None:
         raise DataError(f"--data.train_dataset={train} and --data.val_dataset={val} have "
                           f"other classes ({differ}): give betons written from the same data "
                           f"set")
-
-
-def check_records(k: int, records: Optional[int], path: str) -> None:
-    """K crops per image and pass must not exceed the N records stored per image."""
-    if records is not None and k > records:
-        raise OptionError(f"--fkd.num_crops={k} is more than the {records} crop records per "
-                          f"image of {path}: a pass would repeat crops")
-
-
-def read_manifest(beton_path: str) -> dict:
-    """A beton's manifest sidecar as written ({} if none). Not checked against the beton: the
-    trainer's Beton does that when it opens the file."""
-    try:
-        with open(f'{beton_path}.json') as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def records_missing(mode: str, path: str, field_names, field: str) -> str:
-    """The message for a mode that replays crop records (of `field`) and a beton that has
-    none: where labelling it writes (<stem>_fkd.beton), named as the beton to give when it is
-    there already."""
-    fields = ', '.join(field_names)
-    labelled = labelled_beton({}, path)
-    if labelled.exists():
-        fix = (f"labelling writes {labelled}: give --data.train_dataset={labelled}")
-    else:
-        fix = (f"label it with fkd-write --labels.beton={path} --labels.teacher=..."
-               f"{' --labels.embedding=auto' if field == EMBEDDING_FIELD else ''} (it writes "
-               f"{labelled})")
-    if field == EMBEDDING_FIELD:
-        held = ("; it holds soft labels, for the fkd and meal_v2 modes"
-                if CLASSES_FIELD in field_names else "")
-        return (f"{mode} mode needs crop records with teacher embeddings, and {path} has none "
-                f"(fields: {fields}){held}; {fix}, or use --training.mode=online_ssl")
-    if EMBEDDING_FIELD in field_names:
-        return (f"{mode} mode needs crop records with soft labels, and {path} holds teacher "
-                f"embeddings instead (fields: {fields}): train it with --training.mode=ssl, "
-                f"or label the images again with soft labels")
-    return (f"{mode} mode needs crop records with soft labels, and {path} has none (fields: "
-            f"{fields}); {fix}, or use --training.mode=plain")
 
 
 def check_writing(data: dict, write: dict, labels: dict) -> None:
@@ -632,13 +590,6 @@ def written_betons(data: dict) -> dict:
     return {split: Path(data['out_dir']) / f"{name}_{split}.beton" for split in splits}
 
 
-def labelled_beton(labels: dict, beton) -> Path:
-    """Where labelling `beton` writes: --labels.out, else <stem>_fkd.beton beside it (never
-    the beton itself unless named: replacing it is an overwrite)."""
-    beton = Path(beton)
-    return Path(labels.get('out') or beton.with_name(beton.stem + LABELLED_SUFFIX + beton.suffix))
-
-
 def check_outputs(data: dict, write: dict, labels: dict) -> None:
     """Betons this command would write must not exist yet, unless --overwrite says to replace
     them (write.overwrite)."""
@@ -652,7 +603,7 @@ def check_outputs(data: dict, write: dict, labels: dict) -> None:
         outputs.append((labelled_beton(labels, beton), '--labels.out'))
     for path, other in outputs:
         if path.exists():
-            written = read_manifest(str(path)).get('written_at')
+            written = read_manifest(path).written_at
             raise OptionError(f"{path} exists{f' (written {written})' if written else ''}: give "
                               f"--overwrite to replace it, or another {other}")
 
@@ -661,7 +612,7 @@ def check_label_type(label_type: str, data: dict, labels: dict) -> None:
     """An explicit --labels.label_type must be possible for the class count of the beton to
     label (its manifest, or the class folders about to be written)."""
     if labels['beton']:
-        where, classes = labels['beton'], len(read_manifest(labels['beton']).get('classes', []))
+        where, classes = labels['beton'], len(read_manifest(labels['beton']).classes or [])
     elif data['source'] == 'folder':
         where = os.path.join(data['root'], 'train')
         classes = sum(entry.is_dir() for entry in os.scandir(where))
