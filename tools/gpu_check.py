@@ -245,7 +245,7 @@ def step_data(args) -> None:
                 LabelingSettings(num_records=s['records'], label_type='marginal_smoothing_k5'),
                 paths['folder'] / 'labelling', progress=False)
     label_seconds = time.perf_counter() - t0
-    info = Beton(paths['labelled']).manifest['soft_labels']['teacher']
+    info = Beton(paths['labelled']).manifest.soft_labels.teacher
     assert (info['precision'], info['device']) == ('fp32', torch.device(device).type), info
     # the same teacher's pooled features as embeddings, for the ssl run
     label_beton(paths['train'], paths['embedded'],

@@ -1,6 +1,7 @@
 """Images in, betons out, and betons read back: sources (image folders, Fashion-MNIST, synthetic
-photos), the writer that never leaves half a file under its final name, the FFCV fields this
-project stores, the header check (numpy only) and the reader.
+photos), the writer that never leaves half a file under its final name (writer, write_workers,
+safe_write) and the copy, the FFCV fields this project stores, the header check (numpy only),
+the reader, and the manifest beside each beton (torch- and ffcv-free, as is header).
 
 May import: the base modules (fkd_ffcv.errors, defaults, files, progress).
 """

@@ -29,12 +29,13 @@ from fkd_ffcv.progress import bar as progress_bar
 
 
 def describe(source, index: int) -> str:
+    """Sample `index` as the source names it in messages (a file path), else its index."""
     fn = getattr(source, 'describe', None)
     return fn(index) if fn is not None else f"sample {index}"
 
 
 def run_workers(tmp, layout, fields, source, num_workers, chunk_size, on_error, progress,
-                 label):
+                label):
     """Run the worker processes; returns (allocations, skipped, pages written)."""
     ctx = mp.get_context('fork')  # workers inherit the source (open files, memmaps) as is
     results = ctx.Queue()  # small messages only: a worker killed mid-send cannot wedge get()

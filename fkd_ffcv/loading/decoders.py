@@ -13,7 +13,7 @@ resumes repeat (FFCV's own draws from numba's unseeded generator).
 
 The two image decoders share one decode loop (`ImageDecoder`): decode each image once into a
 per-thread buffer, then hand it to the subclass's compiled `cut`. The output side S and the
-pass's first epoch reach the compiled code through buffer shapes (ffcv_loader.pass_tag_query),
+pass's first epoch reach the compiled code through buffer shapes (ffcv_loader.first_epoch_tag),
 so neither progressive resizing nor a new pass recompiles.
 
 Cross-field reads: a decoder only sees its own field's metadata, so the decoders capture the
@@ -35,7 +35,7 @@ from ffcv.pipeline.operation import Operation
 from fkd_ffcv.records.crops import box_pixels, mix64, seeded_crop
 from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD,
                        FLAGS_FIELD)
-from fkd_ffcv.loading.ffcv_loader import pass_of, pass_tag_query
+from fkd_ffcv.loading.ffcv_loader import first_epoch_of, first_epoch_tag
 from fkd_ffcv.records.resample import filter_code, make_resize
 from fkd_ffcv.records.soft_labels import FLAG_FLIP
 
@@ -131,7 +131,7 @@ class ImageDecoder(Operation):
                 (AllocationQuery(shape, np.dtype('u1')),
                  AllocationQuery((largest * np.uint64(3),), np.dtype('u1')),  # decode buffer
                  AllocationQuery((1,), np.dtype('u1')),  # decode failed
-                 pass_tag_query(self.epoch)))
+                 first_epoch_tag(self.epoch)))
 
     def generate_code(self):
         my_range = Compiler.get_iterator()
@@ -140,7 +140,7 @@ class ImageDecoder(Operation):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage, failed, tag = my_storage
-            epoch = pass_of(tag)
+            epoch = first_epoch_of(tag)
             per_thread = len(batch_indices) >= nb.get_num_threads()
             chunk = nb.set_parallel_chunksize(1)  # images cost unequal time: hand them out singly
             for dst in my_range(len(batch_indices)):
@@ -260,84 +260,100 @@ class CenterCropDecoder(ImageDecoder):
         return Compiler.compile(cut)
 
 
-class RecordLabelDecoder(Operation):
-    """Class-indices field -> (K, 2k + 1) int16 per image for the same K records that
-    MultiCropDecoder cut (same seed and epoch): the top-k classes, the k probability codes and
-    the flags byte, as stored. soft_labels.decode_probs turns the codes into probabilities on
-    the training device (one implementation of the coding)."""
+class _RecordDecoder(Operation):
+    """A record field -> an array per image for the same K records that MultiCropDecoder cut
+    (same seed and epoch). Subclasses say the array (`per_image`) and compile `make_fill`,
+    which writes one image's array from its stored records."""
+    dtype: np.dtype
 
     def __init__(self, beton, num_crops: int, seed: int = 0):
         super().__init__()
         self.records, self.epoch = _Records(beton, num_crops, seed), 0
+
+    def per_image(self) -> tuple:
+        raise NotImplementedError
+
+    def make_fill(self):
+        raise NotImplementedError
+
+    def declare_state_and_memory(self, previous_state):
+        shape = self.per_image()
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=self.dtype),
+                (AllocationQuery(shape, self.dtype), first_epoch_tag(self.epoch)))
+
+    def generate_code(self):
+        my_range = Compiler.get_iterator()
+        fill = self.make_fill()
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, tag = my_storage
+            epoch = first_epoch_of(tag)
+            for dst in my_range(len(batch_indices)):
+                fill(destination[dst], batch_indices[dst], epoch, storage_state)
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class RecordLabelDecoder(_RecordDecoder):
+    """Class-indices field -> (K, 2k + 1) int16 per image: the top-k classes, the k probability
+    codes and the flags byte of each record, as stored. soft_labels.decode_probs turns the codes
+    into probabilities on the training device (one implementation of the coding)."""
+    dtype = np.dtype('<i2')
+
+    def __init__(self, beton, num_crops: int, seed: int = 0):
+        super().__init__(beton, num_crops, seed)
         if not self.records.k:
             raise ValueError(f"{beton.path}: its crop records hold no soft labels")
 
-    def declare_state_and_memory(self, previous_state):
-        shape = (self.records.num_crops, 2 * self.records.k + 1)
-        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('<i2')),
-                (AllocationQuery(shape, np.dtype('<i2')), pass_tag_query(self.epoch)))
+    def per_image(self):
+        return (self.records.num_crops, 2 * self.records.k + 1)
 
-    def generate_code(self):
+    def make_fill(self):
         mem_read = self.memory_read
-        my_range = Compiler.get_iterator()
         rec = self.records
         class_ptrs, code_ptrs, flag_ptrs = (rec.pointers[name] for name in
                                             (CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD))
         n, k_crops, k, seed = rec.num_records, rec.num_crops, rec.k, rec.seed
 
-        def decode(batch_indices, my_storage, metadata, storage_state):
-            destination, tag = my_storage
-            epoch = pass_of(tag)
-            for dst in my_range(len(batch_indices)):
-                sample = batch_indices[dst]
-                classes = mem_read(class_ptrs[sample], storage_state).view(np.int16)
-                codes = mem_read(code_ptrs[sample], storage_state)
-                flags = mem_read(flag_ptrs[sample], storage_state)
-                for slot in range(k_crops):
-                    r = record_index(seed, epoch, sample, slot, n)
-                    for c in range(k):
-                        destination[dst, slot, c] = classes[r * k + c]
-                        destination[dst, slot, k + c] = codes[r * k + c]
-                    destination[dst, slot, 2 * k] = flags[r]
-            return destination[:len(batch_indices)]
+        def fill(out, sample, epoch, storage_state):
+            classes = mem_read(class_ptrs[sample], storage_state).view(np.int16)
+            codes = mem_read(code_ptrs[sample], storage_state)
+            flags = mem_read(flag_ptrs[sample], storage_state)
+            for slot in range(k_crops):
+                r = record_index(seed, epoch, sample, slot, n)
+                for c in range(k):
+                    out[slot, c] = classes[r * k + c]
+                    out[slot, k + c] = codes[r * k + c]
+                out[slot, 2 * k] = flags[r]
 
-        decode.is_parallel = True
-        return decode
+        return Compiler.compile(fill)
 
 
-class RecordEmbeddingDecoder(Operation):
-    """Embedding field -> (K, D) int8 per image: the stored teacher embeddings of the same K
-    records that MultiCropDecoder cut (same seed and epoch); embeddings.decode makes them unit
-    vectors on the training device."""
+class RecordEmbeddingDecoder(_RecordDecoder):
+    """Embedding field -> (K, D) int8 per image: the stored teacher embedding of each record;
+    embeddings.decode makes them unit vectors on the training device."""
+    dtype = np.dtype('i1')
 
     def __init__(self, beton, num_crops: int, seed: int = 0):
-        super().__init__()
-        self.records, self.epoch = _Records(beton, num_crops, seed), 0
+        super().__init__(beton, num_crops, seed)
         if not self.records.dim:
             raise ValueError(f"{beton.path}: its crop records hold no teacher embeddings")
 
-    def declare_state_and_memory(self, previous_state):
-        shape = (self.records.num_crops, self.records.dim)
-        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype('i1')),
-                (AllocationQuery(shape, np.dtype('i1')), pass_tag_query(self.epoch)))
+    def per_image(self):
+        return (self.records.num_crops, self.records.dim)
 
-    def generate_code(self):
+    def make_fill(self):
         mem_read = self.memory_read
-        my_range = Compiler.get_iterator()
         rec = self.records
         pointers = rec.pointers[EMBEDDING_FIELD]
         n, k_crops, dim, seed = rec.num_records, rec.num_crops, rec.dim, rec.seed
 
-        def decode(batch_indices, my_storage, metadata, storage_state):
-            destination, tag = my_storage
-            epoch = pass_of(tag)
-            for dst in my_range(len(batch_indices)):
-                sample = batch_indices[dst]
-                stored = mem_read(pointers[sample], storage_state).view(np.int8)
-                for slot in range(k_crops):
-                    r = record_index(seed, epoch, sample, slot, n)
-                    destination[dst, slot, :] = stored[r * dim:(r + 1) * dim]
-            return destination[:len(batch_indices)]
+        def fill(out, sample, epoch, storage_state):
+            stored = mem_read(pointers[sample], storage_state).view(np.int8)
+            for slot in range(k_crops):
+                r = record_index(seed, epoch, sample, slot, n)
+                out[slot, :] = stored[r * dim:(r + 1) * dim]
 
-        decode.is_parallel = True
-        return decode
+        return Compiler.compile(fill)

@@ -1,6 +1,6 @@
 """FFCV's `Loader`, adapted: errors that reach the consumer, buffers kept from pass to pass, a
-CUDA path that is safe with a GPU running behind the host, and the pass number handed to
-compiled decoders without recompiling. Every adaptation of FFCV's internals is here.
+CUDA path that is safe with a GPU running behind the host, and the first epoch of each pass
+handed to compiled decoders without recompiling. Every adaptation of FFCV's internals is here.
 
 Written against ffcv 1.0.x: it overrides `EpochIterator.run`/`run_pipeline` and replaces
 `Graph.allocate_memory`, internals that another FFCV release may change, so importing this
@@ -23,7 +23,8 @@ tests/test_ffcv_loader.py):
 - Values a compiled pipeline captures are frozen when FFCV compiles it, once; but FFCV declares
   every operation's memory anew at the start of each pass and hands the buffers to the
   compiled code. So the decoders read their output side from their output buffer's shape, and
-  the pass number from the shape of a small tag buffer (`pass_tag_query`, `pass_of`).
+  the pass's first epoch from the shape of a small tag buffer (`first_epoch_tag`,
+  `first_epoch_of`).
 """
 from __future__ import annotations
 
@@ -81,15 +82,15 @@ class _Failure:
         self.error = error
 
 
-def pass_tag_query(number: int) -> AllocationQuery:
-    """The tag buffer whose shape, (1 + n // 256, 1 + n % 256) per sample, carries a number n
-    about the pass to the compiled decoders (decoders.py: the pass's first epoch)."""
-    return AllocationQuery((1 + number // 256, 1 + number % 256), np.dtype('u1'))
+def first_epoch_tag(first_epoch: int) -> AllocationQuery:
+    """The tag buffer whose shape, (1 + e // 256, 1 + e % 256) per sample, carries the
+    pass's first epoch e to the compiled decoders."""
+    return AllocationQuery((1 + first_epoch // 256, 1 + first_epoch % 256), np.dtype('u1'))
 
 
 @nb.njit(cache=False)
-def pass_of(tag):
-    """The number carried by a batch of tag buffers (see pass_tag_query)."""
+def first_epoch_of(tag):
+    """The pass's first epoch carried by a batch of tag buffers (see first_epoch_tag)."""
     return (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)
 
 

@@ -62,7 +62,7 @@ def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float
 
 class _PassLoader:
     """An FFCV loader whose decoders learn the first epoch of each pass before it (their tag
-    buffer, ffcv_loader.pass_tag_query). A pass of K crops per image spans K epochs; by
+    buffer, ffcv_loader.first_epoch_tag). A pass of K crops per image spans K epochs; by
     default pass p starts at epoch p * K."""
 
     def __init__(self, loader: Loader, decoders, num_crops: int = 1):
