@@ -95,7 +95,7 @@ def test_own_data_rewrites_the_splits_an_interrupted_write_left(tmp_path):
     import shlex
     from benchmarks.own_data import commands
     from fkd_ffcv.errors import OptionError
-    from fkd_ffcv.training.options import check_writing
+    from fkd_ffcv.training.write_options import check_writing
     (name, command), = [c for c in commands('python') if c[0] == 'write the photos']
     assert '--overwrite' in shlex.split(command)
     (tmp_path / 'photos' / 'train' / 'a').mkdir(parents=True)

@@ -210,13 +210,14 @@ def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
 
 # A file or folder the user may not read (the tests run as root, who reads anything: the
 # refusal is stubbed where the commands meet it, numpy's header read and os.scandir).
-DENY = ("import numpy, os, sys; from fkd_ffcv import cli\n"
+DENY = ("import importlib, numpy, os, sys\n"
         "def deny(path, *args, **kwargs):\n"
         "    raise PermissionError(13, 'Permission denied', os.fspath(path))\n"
         "real = os.scandir\n"
         "numpy.fromfile = deny\n"
         "os.scandir = lambda path='.': deny(path) if 'secret' in os.fspath(path) else real(path)\n"
-        "sys.exit(getattr(cli, sys.argv.pop(1))())\n")
+        "command = sys.argv.pop(1)\n"
+        "sys.exit(getattr(importlib.import_module(f'fkd_ffcv.commands.{command}'), command)())\n")
 
 
 def test_an_unreadable_beton_or_folder_is_one_line_naming_it(fashion_dir, tmp_path,

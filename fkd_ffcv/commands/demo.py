@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
+from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, run_or_reuse
+from fkd_ffcv.training.options import recipe
 
 SIZES = {  # images, epochs and records; 'full' fits `make demo` in minutes on two cores
     'full': dict(train=10_000, val=5_000, teacher_epochs=6, records=4, epochs=4),
