@@ -28,7 +28,7 @@ DISCRIMINATOR_GRADIENTS = ('shared', 'reversed')
 RESIZE_FILTERS = ('antialias', 'bilinear', 'bicubic', 'area')
 DEFAULT_RESIZE = 'antialias'
 # The student architectures models.py registers by name and by family prefix (listed here so
-# that options.py can check a name without importing torch).
+# that option_checks.py can check a name without importing torch).
 STUDENT_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'small_resnet', 'sret_t',
                  'sret_lt', 'sret_s')
 STUDENT_PREFIXES = ('timm:', 'torchvision:')

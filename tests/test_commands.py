@@ -1,5 +1,6 @@
 """The installed commands: what `pip install .` gives a user (console scripts, the demo's recipes
-inside the package), fkd-eval-teacher, interrupts that say what was kept (bars: test_progress.py)."""
+inside the package), fkd-eval-teacher, interrupts that say what was kept (bars:
+test_progress.py)."""
 import subprocess
 import sys
 import zipfile
@@ -30,7 +31,8 @@ def test_the_wheel_installs_commands_and_carries_the_demos_recipes(wheel):
                     'fkd-eval-teacher = fkd_ffcv.commands.eval_teacher:eval_teacher',
                     'fkd-probe = fkd_ffcv.commands.probe:probe',
                     'fkd-inspect = fkd_ffcv.commands.inspect_beton:main',
-                    'fkd-plot = fkd_ffcv.commands.plot:main', 'fkd-demo = fkd_ffcv.commands.demo:command'):
+                    'fkd-plot = fkd_ffcv.commands.plot:main',
+                    'fkd-demo = fkd_ffcv.commands.demo:command'):
         assert command in entry_points
 
 

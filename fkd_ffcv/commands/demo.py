@@ -9,9 +9,9 @@
    time (plots.py, as `fkd-plot` draws runs).
 
 The recipes are `fkd_ffcv/small_configs/fashion_mnist_*.yaml` (installed with the package);
-the steps are fkd_ffcv/commands/demo_steps.py's. A finished step is reused when the demo runs again (a
-beton with its manifest, a run folder with summary.json); an interrupted training run resumes
-from its last pass. Files go under the current directory (build/demo by default).
+the steps are fkd_ffcv/commands/demo_steps.py's. A finished step is reused when the demo runs
+again (a beton with its manifest, a run folder with summary.json); an interrupted training run
+resumes from its last pass. Files go under the current directory (build/demo by default).
 
     fkd-demo [--smoke] [--out build/demo]        (or: python -m fkd_ffcv.commands.demo)
 """

@@ -50,9 +50,9 @@ def write_split(data: dict, write: dict, split: str, out: Path) -> None:
             print(f"  {path}: {why}")
 
 
-def drop_records(beton: Path, out: Path, options: dict) -> None:
-    """Write `out`: `beton` without its crop record fields (to label it again); `options` are
-    the writer's (num_workers, chunk_size, page_size)."""
+def drop_records(beton: Path, out: Path, writer_settings: dict) -> None:
+    """Write `out`: `beton` without its crop record fields (to label it again), written with
+    `writer_settings` (num_workers, chunk_size, page_size)."""
     from fkd_ffcv.data.beton import Beton
     from fkd_ffcv.data.fields import RECORD_FIELDS
     from fkd_ffcv.data.writer import copy_beton
@@ -61,6 +61,6 @@ def drop_records(beton: Path, out: Path, options: dict) -> None:
         raise ValueError(f"{beton} holds no crop records (fields: {', '.join(names)}); give "
                          f"--labels.teacher or --labels.import_root to label it")
     keep = [name for name in names if name not in RECORD_FIELDS]
-    report = copy_beton(beton, out, keep=keep, **options)
+    report = copy_beton(beton, out, keep=keep, **writer_settings)
     print(f"wrote {report.path}: {report.num_samples} images without crop records (fields: "
           f"{', '.join(keep)}); label it with --labels.beton={report.path} --labels.teacher=...")

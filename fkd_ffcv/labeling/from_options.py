@@ -15,13 +15,13 @@ def label_from_options(labels: dict, write: dict, beton: Path, out: Path) -> Non
     """Write `out`: `beton` with crop records, from `labels['teacher']` or
     `labels['import_root']`; with neither, `beton` without its crop records. `write` gives the
     writer's settings (workers, chunk and page size, what to do with an unusable file)."""
-    options = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
-                   page_size=write['page_size'])
+    writer_settings = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
+                           page_size=write['page_size'])
     if not (labels['teacher'] or labels['import_root']):
         from fkd_ffcv.data.from_options import drop_records
-        return drop_records(beton, out, options)
+        return drop_records(beton, out, writer_settings)
     if labels['import_root']:
-        return _import(labels, write, beton, out, options)
+        return _import(labels, write, beton, out, writer_settings)
     from fkd_ffcv.devices import resolve_device
     from fkd_ffcv.labeling.label import LabelingSettings, label_beton
     from fkd_ffcv.labeling.teachers import Teacher
@@ -42,7 +42,7 @@ def label_from_options(labels: dict, write: dict, beton: Path, out: Path) -> Non
     work = labels['work_dir'] or f"{out}.work"
     try:
         report = label_beton(beton, out, teacher, settings, work, rank=rank, world_size=world,
-                             **options)
+                             **writer_settings)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"labelling {beton} stopped: the chunks labelled so far are kept "
                                 f"in {work}, and the same command resumes from them") from None
@@ -54,13 +54,13 @@ def label_from_options(labels: dict, write: dict, beton: Path, out: Path) -> Non
               f"records ({what}) by {labels['teacher']}, from {beton}")
 
 
-def _import(labels: dict, write: dict, beton: Path, out: Path, options: dict) -> None:
+def _import(labels: dict, write: dict, beton: Path, out: Path, writer_settings: dict) -> None:
     """FKD's released label files under `labels['import_root']` as crop records of `out`."""
     from fkd_ffcv.labeling.fkd_import import import_fkd_labels
     report = import_fkd_labels(beton, out, labels['import_root'],
                                label_type=labels['label_type'] or None,
                                num_records=labels['num_records'] or None,
-                               on_error=write['on_error'], **options)
+                               on_error=write['on_error'], **writer_settings)
     print(f"imported FKD soft labels into {out}: {report.num_samples} images; top-1 of "
           f"the records agrees with the hard label for {report.top1_agreement:.1%}")
     if report.extra_files:
