@@ -12,8 +12,6 @@ from fkd_ffcv.data.header import check_beton
 from fkd_ffcv.defaults import EMBEDDING_FIELD, STUDENT_ARCHS, STUDENT_PREFIXES
 from fkd_ffcv.errors import DataError, OptionError
 from fkd_ffcv.training.modes import MODES
-# check_records, read_manifest, records_missing: fkd_ffcv.records.manifest once the typed
-# manifest lands (helper C)
 from fkd_ffcv.training.options import (PARAMS, check_records, read_manifest, records_missing,
                                        run_folder)
 from fkd_ffcv.training.run_options import (beton_samples, check_run_to_continue, largest_batch,

@@ -241,7 +241,6 @@ def options(overrides: Optional[dict] = None) -> dict:
     return out
 
 
-
 def recipe(path_or_name, overrides: Optional[dict] = None) -> dict:
     """A YAML/JSON recipe file (or the name of a small recipe: 'plain' is
     small_configs/fashion_mnist_plain.yaml) as options(), `overrides` ({'section.key': v}) on
@@ -262,15 +261,15 @@ def recipe(path_or_name, overrides: Optional[dict] = None) -> dict:
             flat[section] = values
     return options({**flat, **(overrides or {})})
 
+
 def run_folder(opts: dict) -> str:
     """The run's folder: logging.folder, by default runs/<mode>_<arch>."""
     return opts['logging']['folder'] or \
         f"runs/{opts['training']['mode']}_{opts['model']['arch']}"
 
 
-
-# Until the typed manifest lands (fkd_ffcv.records.manifest, helper C): what the option checks
-# and the modes read of a beton's manifest sidecar, and where labelling writes.
+# What the option checks and the modes read of a beton's manifest sidecar, and where labelling
+# writes (bound for fkd_ffcv/records/manifest.py, with the typed manifest).
 
 def check_records(k: int, records: Optional[int], path: str) -> None:
     """K crops per image and pass must not exceed the N records stored per image."""

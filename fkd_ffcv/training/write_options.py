@@ -16,9 +16,8 @@ from fkd_ffcv.defaults import (EMBEDDING_KINDS, FASHION_MNIST_DIR, LABELLED_SUFF
                                ON_ERROR, RESIZE_FILTERS, SMART_THRESHOLD, TEACHER_PRECISIONS,
                                TEACHER_RECORDS, WRITE_MODES)
 from fkd_ffcv.errors import OptionError
-from fkd_ffcv.records.label_types import TOP_K, LabelSpec, default_label_type
+from fkd_ffcv.records.label_types import LABEL_TYPES, TOP_K, LabelSpec, default_label_type
 from fkd_ffcv.training.option_checks import check_teacher_files
-# labelled_beton, read_manifest: fkd_ffcv.records.manifest once the typed manifest lands
 from fkd_ffcv.training.options import labelled_beton, read_manifest
 
 WRITE_PARAMS = {
@@ -69,9 +68,9 @@ WRITE_PARAMS = {
         num_records=Param(And(int, InRange(min=0)), 'crop records per image (0: teacher '
                           f'{TEACHER_RECORDS}, FKD\'s N; import: every record of the files)',
                           default=0),
-        label_type=Param(str, 'hard, smoothing, marginal_smoothing_k<K>, marginal_renorm_k<K>, '
-                         f'full (default: marginal_smoothing_k<K>, K = {TOP_K} or the class '
-                         f'count - 1 where that is less; import: the files\' type)', default=''),
+        label_type=Param(str, f'{", ".join(LABEL_TYPES)} (default: marginal_smoothing_k<K>, '
+                         f'K = {TOP_K} or the class count - 1 where that is less; import: the '
+                         f'files\' type)', default=''),
         temperature=Param(And(float, InRange(min=1e-6)), 'softmax temperature', default=1.0),
         scale_min=Param(And(float, InRange(0, 1)), 'RandomResizedCrop scale (0: FKD default, '
                         'larger for images of 64 px or less)', default=0.0),
@@ -99,7 +98,7 @@ WRITE_PARAMS = {
 
 
 def check_writing(data: dict, write: dict, labels: dict) -> None:
-    """write_dataset.py's checks between its `data`, `write` and `labels` sections, then the
+    """fkd-write's checks between its `data`, `write` and `labels` sections, then the
     files and folders they name (so a typo fails in a fraction of a second, before ffcv)."""
     source = labels['teacher'] or labels['import_root']
     if data['source'] == 'folder' and not data['root'] and not labels['beton']:
@@ -192,7 +191,7 @@ def check_label_type(label_type: str, data: dict, labels: dict) -> None:
 
 
 def check_writing_paths(data: dict, labels: dict) -> None:
-    """write_dataset.py: the beton to label, the FKD tree to import and the data root must be
+    """fkd-write: the beton to label, the FKD tree to import and the data root must be
     there, laid out as their source reads them."""
     layout = "<root>/train/<class>/<image> (val likewise)"
     # sources.FashionMNISTSource's image files (sources.py loads cv2, so they are named here)
