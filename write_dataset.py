@@ -1,8 +1,8 @@
 """Write an image data set to FFCV betons, and FKD crop records with soft labels into them:
-the `fkd-write` command (fkd_ffcv/commands/cli.py), run from a checkout. `--help` lists the options."""
+the `fkd-write` command (fkd_ffcv/commands/write.py), run from a checkout. `--help` lists the options."""
 import sys
 
-from fkd_ffcv.commands.cli import write
+from fkd_ffcv.commands.write import write
 
 if __name__ == '__main__':
     sys.exit(write())

@@ -11,6 +11,7 @@
     .venv/bin/python -m benchmarks.teacher_check   # EfficientNet-Lite0's input scaling
 
 Shared code: common.py (the machine line, the photo set, FKD's original data path,
-interleaved timing); the demo's recipes and data steps are the package's fkd_ffcv/commands/demo_steps.py.
+interleaved timing); the demo's data steps are the package's fkd_ffcv/commands/demo_steps.py, its
+recipes fkd_ffcv/small_configs/ (read by fkd_ffcv.training.options.recipe).
 docs/benchmarks.md and docs/results.md hold the measured tables.
 """

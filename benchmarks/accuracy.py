@@ -26,7 +26,8 @@ from pathlib import Path
 
 from benchmarks.common import seed_table, versions
 from fkd_ffcv.devices import machine, precision_of
-from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
+from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, run_or_reuse
+from fkd_ffcv.training.options import recipe
 
 # (row name, recipe, overrides): the three students, and two diagnostics of the FKD-vs-plain
 # gap: FKD with two crops per decoded image, plain without label smoothing

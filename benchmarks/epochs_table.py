@@ -18,7 +18,8 @@ from pathlib import Path
 
 from benchmarks.common import versions
 from fkd_ffcv.devices import machine, precision_of
-from fkd_ffcv.commands.demo_steps import recipe, run_or_reuse
+from fkd_ffcv.commands.demo_steps import run_or_reuse
+from fkd_ffcv.training.options import recipe
 
 
 def main():

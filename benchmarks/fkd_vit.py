@@ -26,7 +26,8 @@ from pathlib import Path
 
 from benchmarks.common import report, versions
 from fkd_ffcv.devices import machine, precision_of
-from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
+from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, run_or_reuse
+from fkd_ffcv.training.options import recipe
 
 RECIPE = {'training.optimizer': 'adamw', 'training.weight_decay': 0.05, 'lr.lr': 1e-3,
           'lr.schedule': 'cosine', 'lr.warmup_epochs': 1.0, 'lr.end_factor': 0.0,

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from benchmarks.common import report, versions
 from fkd_ffcv.devices import machine, precision_of
-from fkd_ffcv.training.options import options
-from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
+from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, run_or_reuse
+from fkd_ffcv.training.options import options, recipe
 
 SECOND_TEACHER = {'model.width': 20, 'model.depth': 2}
 SHARED = {'meal.disc_gradient': 'shared'}

@@ -20,13 +20,15 @@ LABELLED_SUFFIX = '_fkd'         # x.beton labelled -> x_fkd.beton, unless --lab
 MAX_PIXELS = 178_956_970         # refuse larger images; Pillow's own hard limit as well
 TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')  # teachers.py: fp32 is exact, the others keep the head fp32
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')  # training.precision (devices.resolve_precision)
+# How the student meets MEAL V2's discriminator (discriminator.py, meal.disc_gradient)
+DISCRIMINATOR_GRADIENTS = ('shared', 'reversed')
 # The loaders' crop resize (resample.py): antialias is the default, chosen by the speed and
 # quality measurements in docs/benchmarks.md ("Resize filters") and the accuracy ones in
 # docs/results.md ("Resize filters and accuracy").
 RESIZE_FILTERS = ('antialias', 'bilinear', 'bicubic', 'area')
 DEFAULT_RESIZE = 'antialias'
 # The student architectures models.py registers by name and by family prefix (listed here so
-# that options.py can check a name without importing torch).
+# that option_checks.py can check a name without importing torch).
 STUDENT_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'small_resnet', 'sret_t',
                  'sret_lt', 'sret_s')
 STUDENT_PREFIXES = ('timm:', 'torchvision:')

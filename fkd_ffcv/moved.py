@@ -28,13 +28,16 @@ FORMER_MODULES = {
     'models': ['models.students'], 'sret': ['models.sret'], 'timm_models': ['models.timm_models'],
     'teachers': ['labeling.teachers'], 'labeling': ['labeling.label'],
     'fkd_import': ['labeling.fkd_import'],
-    'options': ['training.options'],
+    'options': ['training.options', 'training.option_checks', 'training.run_options',
+                'training.write_options', 'data.manifest'],
     'training': ['training.loop'], 'modes': ['training.modes'],
     'discriminator': ['training.discriminator'], 'mixing': ['training.mixing'],
     'schedules': ['training.schedules'], 'run_folder': ['training.run_folder'],
     'probes': ['training.probes'],
-    'cli': ['commands.cli'], 'inspect': ['commands.inspect_beton'], 'plots': ['commands.plot'],
-    'demo': ['commands.demo'], 'recipes': ['commands.demo_steps'],
+    'cli': ['commands.write', 'commands.train', 'commands.eval_teacher', 'commands.probe',
+            'commands.common', 'data.from_options'],
+    'inspect': ['commands.inspect_beton'], 'plots': ['commands.plot'],
+    'demo': ['commands.demo'], 'recipes': ['commands.demo_steps', 'training.options'],
 }
 PACKAGE = __name__.rpartition('.')[0]
 

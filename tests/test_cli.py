@@ -36,8 +36,8 @@ def test_default_writes_fashion_mnist_train_and_val(fashion_dir):
 
 def test_inspect_reads_everything_back(fashion_dir):
     out, _ = fashion_dir
-    result = run('-m', 'fkd_ffcv.commands.inspect_beton', str(out / 'fashion_mnist_val.beton'), '--read',
-                 '--resolution=32', '--ratio=1', '--batch-size=512')
+    result = run('-m', 'fkd_ffcv.commands.inspect_beton', str(out / 'fashion_mnist_val.beton'),
+                 '--read', '--resolution=32', '--ratio=1', '--batch-size=512')
     assert result.returncode == 0, result.stderr
     assert '300 samples' in result.stdout and '10 classes' in result.stdout
     # one batch (it pays for numba's compilation): the rate is timed on a second pass
@@ -48,7 +48,8 @@ def test_inspect_reads_everything_back(fashion_dir):
 def test_folder_source_with_yaml_config_and_skips(tmp_path):
     for label, name in enumerate(['a', 'b']):
         for i in range(3):
-            save(tmp_path / 'photos' / 'train' / name / f'{i}.jpg', smooth_image(label * 3 + i, 40, 50))
+            save(tmp_path / 'photos' / 'train' / name / f'{i}.jpg',
+                 smooth_image(label * 3 + i, 40, 50))
     (tmp_path / 'photos' / 'train' / 'b' / 'broken.jpg').write_bytes(b'\xff\xd8 nope')
     (tmp_path / 'cfg.yaml').write_text(
         f"data:\n  source: folder\n  root: {tmp_path / 'photos'}\n  split: train\n"
@@ -210,13 +211,14 @@ def test_label_an_existing_beton_with_a_teacher(fashion_dir, tmp_path, capsys):
 
 # A file or folder the user may not read (the tests run as root, who reads anything: the
 # refusal is stubbed where the commands meet it, numpy's header read and os.scandir).
-DENY = ("import numpy, os, sys; from fkd_ffcv import cli\n"
+DENY = ("import importlib, numpy, os, sys\n"
         "def deny(path, *args, **kwargs):\n"
         "    raise PermissionError(13, 'Permission denied', os.fspath(path))\n"
         "real = os.scandir\n"
         "numpy.fromfile = deny\n"
         "os.scandir = lambda path='.': deny(path) if 'secret' in os.fspath(path) else real(path)\n"
-        "sys.exit(getattr(cli, sys.argv.pop(1))())\n")
+        "command = sys.argv.pop(1)\n"
+        "sys.exit(getattr(importlib.import_module(f'fkd_ffcv.commands.{command}'), command)())\n")
 
 
 def test_an_unreadable_beton_or_folder_is_one_line_naming_it(fashion_dir, tmp_path,

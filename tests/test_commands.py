@@ -1,5 +1,6 @@
 """The installed commands: what `pip install .` gives a user (console scripts, the demo's recipes
-inside the package), fkd-eval-teacher, interrupts that say what was kept (bars: test_progress.py)."""
+inside the package), fkd-eval-teacher, interrupts that say what was kept (bars:
+test_progress.py)."""
 import subprocess
 import sys
 import zipfile
@@ -25,16 +26,19 @@ def test_the_wheel_installs_commands_and_carries_the_demos_recipes(wheel):
         entry_points = next(z.read(n).decode() for n in names if n.endswith('entry_points.txt'))
     for name in ('plain', 'fkd', 'online_kd', 'teacher', 'ssl'):
         assert f'fkd_ffcv/small_configs/fashion_mnist_{name}.yaml' in names
-    for command in ('fkd-write = fkd_ffcv.commands.cli:write', 'fkd-train = fkd_ffcv.commands.cli:train',
-                    'fkd-eval-teacher = fkd_ffcv.commands.cli:eval_teacher',
-                    'fkd-probe = fkd_ffcv.commands.cli:probe', 'fkd-inspect = fkd_ffcv.commands.inspect_beton:main',
-                    'fkd-plot = fkd_ffcv.commands.plot:main', 'fkd-demo = fkd_ffcv.commands.demo:command'):
+    for command in ('fkd-write = fkd_ffcv.commands.write:write',
+                    'fkd-train = fkd_ffcv.commands.train:train',
+                    'fkd-eval-teacher = fkd_ffcv.commands.eval_teacher:eval_teacher',
+                    'fkd-probe = fkd_ffcv.commands.probe:probe',
+                    'fkd-inspect = fkd_ffcv.commands.inspect_beton:main',
+                    'fkd-plot = fkd_ffcv.commands.plot:main',
+                    'fkd-demo = fkd_ffcv.commands.demo:command'):
         assert command in entry_points
 
 
 def test_eval_teacher_scores_an_export_on_a_validation_beton(fashion_betons, tmp_path, capsys):
     import torch
-    from fkd_ffcv.commands.cli import eval_teacher
+    from fkd_ffcv.commands.eval_teacher import eval_teacher
     from fkd_ffcv.models.students import build_model, save_weights
     from fkd_ffcv.data.sources import FashionMNISTSource
     torch.manual_seed(0)
@@ -59,7 +63,7 @@ def test_eval_teacher_scores_an_export_on_a_validation_beton(fashion_betons, tmp
 
 def test_an_interrupted_labelling_says_what_was_kept(fashion_betons, tmp_path, monkeypatch,
                                                      capsys):
-    from fkd_ffcv.commands import cli
+    from fkd_ffcv.commands.write import write
     from fkd_ffcv.labeling import label as labeling
 
     def interrupted(*args, **kwargs):
@@ -70,13 +74,13 @@ def test_an_interrupted_labelling_says_what_was_kept(fashion_betons, tmp_path, m
     monkeypatch.setattr(sys, 'argv', ['fkd-write', f'--labels.beton={train}',
                                       '--labels.teacher=torchvision:resnet18',
                                       f'--labels.out={tmp_path / "out.beton"}'])
-    assert cli.write() == 130
+    assert write() == 130
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith('interrupted: labelling ') and 'same command resumes' in message
 
 
 def test_an_interrupted_write_says_what_is_on_disk(tmp_path, monkeypatch, capsys):
-    from fkd_ffcv.commands import cli
+    from fkd_ffcv.commands.write import write
     from fkd_ffcv.data import writer
 
     def interrupted(*args, **kwargs):
@@ -88,7 +92,7 @@ def test_an_interrupted_write_says_what_is_on_disk(tmp_path, monkeypatch, capsys
     out = tmp_path / 'fashion_mnist_val.beton'
     argv = ['fkd-write', f'--data.out_dir={tmp_path}', '--data.split=val', '--data.subset=10']
     monkeypatch.setattr(sys, 'argv', argv)
-    assert cli.write() == 130
+    assert write() == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"interrupted: writing {out} stopped: no {out} was written, and nothing half-written "
         f"is left (betons written before it are complete); the same command writes it again "
@@ -96,13 +100,13 @@ def test_an_interrupted_write_says_what_is_on_disk(tmp_path, monkeypatch, capsys
     out.write_bytes(b'an earlier beton')
     STATE['config'] = None
     monkeypatch.setattr(sys, 'argv', argv + ['--overwrite'])
-    assert cli.write() == 130
+    assert write() == 130
     assert f"stopped: the earlier {out} is kept as it was, and nothing half-written" in \
         capsys.readouterr().err
 
 
 def test_recipes_take_sections_or_dotted_keys_and_refuse_unknown_ones(tmp_path):
-    from fkd_ffcv.commands.demo_steps import recipe
+    from fkd_ffcv.training.options import recipe
     (tmp_path / 'a.yaml').write_text('training.epochs: 8\nmodel:\nlr: {lr: 0.05}\n')
     opts = recipe(tmp_path / 'a.yaml', {'lr.peak_epoch': 1.0})
     assert (opts['training']['epochs'], opts['lr']['lr'], opts['lr']['peak_epoch']) == \
@@ -121,3 +125,22 @@ def test_help_is_plain_text_that_fits_a_log(script):
     assert '\x1b' not in done.stdout and not any(ch in done.stdout for ch in '┌┐└┘│─')
     assert max(len(line) for line in done.stdout.splitlines()) <= 100
     assert 'checkpoint:<final_weights.pt>' in done.stdout  # the teacher kinds, listed
+
+
+def test_former_import_paths_of_the_commands_and_options_still_resolve():
+    """Console scripts installed before the commands were split name `fkd_ffcv.cli:train`;
+    scripts and notebooks import fkd_ffcv.options and fkd_ffcv.recipes. (Asked of
+    fkd_ffcv.moved directly: in a checkout beside an editable install of an older tree, the
+    import system may find that tree's fkd_ffcv/cli.py first.)"""
+    from fkd_ffcv.commands import eval_teacher, probe, train, write
+    from fkd_ffcv.data.from_options import drop_records
+    from fkd_ffcv.moved import forward
+    from fkd_ffcv.training import option_checks, options, run_options, write_options
+    assert [forward('cli', name) for name in ('write', 'train', 'eval_teacher', 'probe',
+                                              'drop_records')] == \
+        [write.write, train.train, eval_teacher.eval_teacher, probe.probe, drop_records]
+    assert [forward('options', name) for name in ('options', 'check', 'take_recorded',
+                                                  'check_writing')] == \
+        [options.options, option_checks.check, run_options.take_recorded,
+         write_options.check_writing]
+    assert forward('recipes', 'recipe') is options.recipe

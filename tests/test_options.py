@@ -9,18 +9,22 @@ import pytest
 
 from conftest import REPO
 from fkd_ffcv.errors import DataError, OptionError
-from fkd_ffcv.training.options import (beton_samples, check, check_writing, fit_to_run, options,
-                              take_recorded)
+from fkd_ffcv.training.option_checks import check
+from fkd_ffcv.training.options import options
+from fkd_ffcv.training.run_options import beton_samples, fit_to_run, take_recorded
+from fkd_ffcv.training.write_options import check_writing
 
 
 def test_checking_options_loads_neither_torch_nor_ffcv(fashion_betons):
     """The whole command-line path before training: the run's recorded options, the defaults
     fitted to the run, the checks (beton headers and architecture names included)."""
     train, val = (str(path) for path in fashion_betons)
-    code = (f"import sys; import fkd_ffcv.training.options as o; opts = o.options({{'training.mode': "
+    code = (f"import sys; import fkd_ffcv.training.options as o; "
+            f"import fkd_ffcv.training.option_checks as c, fkd_ffcv.training.run_options as r; "
+            f"opts = o.options({{'training.mode': "
             f"'plain', 'data.train_dataset': {train!r}, 'data.val_dataset': {val!r}, "
             f"'model.arch': 'resnet18', 'logging.folder': 'nowhere'}}); "
-            f"o.take_recorded(opts, set()); o.fit_to_run(opts, set()); o.check(opts); "
+            f"r.take_recorded(opts, set()); r.fit_to_run(opts, set()); c.check(opts); "
             f"print(sorted(m for m in ('torch', 'ffcv', 'numba') if m in sys.modules))")
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           cwd=REPO)
@@ -258,7 +262,7 @@ def test_a_beton_without_records_names_where_labelling_writes(tmp_path):
     """fkd mode on the unlabelled x_train.beton: the labelled x_train_fkd.beton beside it is
     named as the beton to give; without one, the labelling command and where it writes."""
     from fkd_ffcv.defaults import CLASSES_FIELD
-    from fkd_ffcv.training.options import records_missing
+    from fkd_ffcv.data.manifest import records_missing
     beton, labelled = tmp_path / 'x_train.beton', tmp_path / 'x_train_fkd.beton'
     message = records_missing('fkd', str(beton), ['image', 'label'], CLASSES_FIELD)
     assert message.endswith(f"; label it with fkd-write --labels.beton={beton} "
@@ -274,7 +278,7 @@ def test_notes_print_once_under_torchrun(fashion_betons):
     """The fitted defaults' notes come from rank 0 only (training itself stubbed out)."""
     train, val = fashion_betons
     code = ("import sys; import fkd_ffcv.training.loop as t; t.main = lambda opts: 0; "
-            "from fkd_ffcv.commands.cli import train; sys.exit(train())")
+            "from fkd_ffcv.commands.train import train; sys.exit(train())")
     for rank, notes in (('0', 1), ('1', 0)):
         done = subprocess.run([sys.executable, '-c', code, f'--data.train_dataset={train}',
                                f'--data.val_dataset={val}', '--training.mode=plain',
@@ -290,7 +294,7 @@ def test_the_batch_fits_the_crops_per_image_the_plan_uses(labelled_jpeg_beton, r
                                                           monkeypatch):
     """A run shorter than K epochs (fkd.single_crop_phases) takes one crop per image in every
     pass: its batch need not be a multiple of K, nor leave K steps per pass."""
-    from fkd_ffcv.training.options import largest_batch
+    from fkd_ffcv.training.run_options import largest_batch
     monkeypatch.setenv('WORLD_SIZE', '5')  # 12 images: 3 per process
     base = {'data.train_dataset': str(labelled_jpeg_beton),
             'data.val_dataset': str(raw_tree_beton[0]), 'training.mode': 'fkd',

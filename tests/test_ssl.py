@@ -13,7 +13,7 @@ import torchvision
 from ffcv.fields import IntField
 from ffcv.loader import OrderOption
 
-from fkd_ffcv.commands import cli
+from fkd_ffcv.commands.probe import probe as fkd_probe
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops, sample_records
 from fkd_ffcv.loading.decoders import record_index
@@ -376,7 +376,7 @@ def test_probe_command_on_an_export_and_on_a_beton_without_labels(ssl_data, ssl_
     train, val, _, _ = ssl_data
     out = io.StringIO()
     with redirect_stdout(out):
-        assert cli.probe([str(folder / 'final_weights.pt'), str(train), str(val),
+        assert fkd_probe([str(folder / 'final_weights.pt'), str(train), str(val),
                           '--epochs', '10']) == 0
     text = out.getvalue()
     assert 'k-NN top-1' in text and 'linear-probe top-1' in text and '32-d features' in text
@@ -394,7 +394,7 @@ def test_probe_command_on_an_export_and_on_a_beton_without_labels(ssl_data, ssl_
                progress=False)
     err = io.StringIO()
     with redirect_stderr(err):
-        assert cli.probe([str(folder / 'final_weights.pt'), str(train), str(unlabelled)]) == 1
+        assert fkd_probe([str(folder / 'final_weights.pt'), str(train), str(unlabelled)]) == 1
     assert f"{unlabelled} has no 'label' field: the linear probe and k-NN need" in err.getvalue()
     with pytest.raises(TrainingError, match=f"{unlabelled} has no 'label' field"):
         Trainer(ssl_options((train, unlabelled, None, None), tmp_path / 'y')).run()
@@ -418,7 +418,7 @@ def test_ssl_eval_only_of_a_classifier_names_its_mode_and_the_fix(ssl_data, tmp_
 
 
 def test_writing_options_for_embeddings(tmp_path):
-    from fkd_ffcv.training.options import check_writing
+    from fkd_ffcv.training.write_options import check_writing
     data = {'source': 'fashion-mnist', 'root': '', 'split': 'all'}
     labels = {'beton': '', 'out': '', 'teacher': '', 'import_root': '', 'scale_min': 0.0,
               'scale_max': 0.0, 'label_type': '', 'embedding': 'auto'}
@@ -449,7 +449,7 @@ def test_two_process_ssl_run_gathers_every_image_for_the_probes(ssl_data, tmp_pa
     # share averaged BatchNorm statistics before validating, so they embed with the export's)
     out = io.StringIO()
     with redirect_stdout(out):
-        assert cli.probe([str(folder / 'final_weights.pt'), str(train), str(val),
+        assert fkd_probe([str(folder / 'final_weights.pt'), str(train), str(val),
                           '--epochs', '5']) == 0
     text = out.getvalue()
     knn = float(text.split('k-NN top-1 ')[1].split('%')[0]) / 100

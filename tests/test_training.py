@@ -193,14 +193,14 @@ def test_eval_teacher_measures_an_export_as_the_trainer_validated_it(fkd_run, fk
     """fkd-eval-teacher on the run's export, options left out: the run's side, ratio, flip
     and precision, and the trainer's top-1; without the flip, what the trainer gives
     without it."""
-    from fkd_ffcv.commands import cli
+    from fkd_ffcv.commands.eval_teacher import eval_teacher
     folder, summary, _ = fkd_run
     spec, val = f"checkpoint:{folder / 'final_weights.pt'}", fkd_options(folder)['data'][
         'val_dataset']
     for flip, expected in (([], summary['top1']), (['--no-flip'], Trainer(fkd_options(
             folder, training__eval_only=True, validation__lr_tta=False)).run()['top1'])):
         capsys.readouterr()
-        assert cli.eval_teacher([spec, val, *flip]) == 0
+        assert eval_teacher([spec, val, *flip]) == 0
         line = capsys.readouterr().out
         assert f"top-1 {expected:.2%}" in line and 'at 32 px, ratio 1.000' in line
         assert ('no flip' if flip else 'with flip') in line and 'as the run validated' in line
@@ -210,15 +210,15 @@ def test_eval_teacher_takes_fp32_where_the_cpu_lacks_the_runs_bf16(fkd_run, fkd_
                                                                    monkeypatch, tmp_path,
                                                                    capsys):
     """An export recorded in bf16, on a CPU without bf16: fp32, and the line says why."""
-    from fkd_ffcv.commands import cli
+    from fkd_ffcv.commands.eval_teacher import eval_teacher
     from fkd_ffcv import devices
     folder, summary, _ = fkd_run
     export = torch.load(folder / 'final_weights.pt', weights_only=False)
     export['validation'] = {**export['validation'], 'precision': 'bf16'}
     torch.save(export, tmp_path / 'bf16.pt')
     monkeypatch.setattr(devices, 'cpu_has_bf16', lambda: False)
-    assert cli.eval_teacher([f"checkpoint:{tmp_path / 'bf16.pt'}", '--device=cpu',
-                             fkd_options(folder)['data']['val_dataset']]) == 0
+    assert eval_teacher([f"checkpoint:{tmp_path / 'bf16.pt'}", '--device=cpu',
+                         fkd_options(folder)['data']['val_dataset']]) == 0
     line = capsys.readouterr().out
     assert f"top-1 {summary['top1']:.2%}" in line  # the run trained and validated in fp32
     assert "fp32, not the run's bf16: this CPU does not compute bf16 natively" in line

@@ -1,5 +1,8 @@
-"""The command lines (fkd-write, fkd-train, fkd-eval-teacher, fkd-probe, fkd-inspect, fkd-plot,
-fkd-demo), thin: parse, check, call the package.
+"""The command lines, one module each, thin: parse, check (before torch or ffcv loads), call the
+package. write.py (fkd-write), train.py (fkd-train), eval_teacher.py (fkd-eval-teacher),
+probe.py (fkd-probe), inspect_beton.py (fkd-inspect), plot.py (fkd-plot), demo.py and its
+data steps demo_steps.py (fkd-demo); common.py holds what they share. Exit status: 0, 1 for an
+error in the run or in the data, 2 for options, 130 for Ctrl-C.
 
 May import: everything.
 """

@@ -9,9 +9,9 @@
    time (plots.py, as `fkd-plot` draws runs).
 
 The recipes are `fkd_ffcv/small_configs/fashion_mnist_*.yaml` (installed with the package);
-the steps are fkd_ffcv/commands/demo_steps.py's. A finished step is reused when the demo runs again (a
-beton with its manifest, a run folder with summary.json); an interrupted training run resumes
-from its last pass. Files go under the current directory (build/demo by default).
+the steps are fkd_ffcv/commands/demo_steps.py's. A finished step is reused when the demo runs
+again (a beton with its manifest, a run folder with summary.json); an interrupted training run
+resumes from its last pass. Files go under the current directory (build/demo by default).
 
     fkd-demo [--smoke] [--out build/demo]        (or: python -m fkd_ffcv.commands.demo)
 """
@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, recipe, run_or_reuse
+from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, run_or_reuse
+from fkd_ffcv.training.options import recipe
 
 SIZES = {  # images, epochs and records; 'full' fits `make demo` in minutes on two cores
     'full': dict(train=10_000, val=5_000, teacher_epochs=6, records=4, epochs=4),

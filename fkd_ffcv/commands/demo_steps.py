@@ -1,9 +1,10 @@
-"""Recipe files as trainer options, and the demo's data steps as functions that experiments
-reuse (benchmarks/accuracy.py and epochs_table.py extend the demo's runs through these).
+"""The demo's data steps as functions that experiments reuse (benchmarks/accuracy.py and
+epochs_table.py extend the demo's runs through these).
 
 The demo's own recipes are `fkd_ffcv/small_configs/fashion_mnist_*.yaml`, installed with the
-package. Every step reuses what an earlier run finished: a beton with its manifest, a labelled
-beton, a run folder with summary.json; a run folder with only a checkpoint resumes.
+package (fkd_ffcv.training.options.recipe reads them). Every step reuses what an earlier run
+finished: a beton with its manifest, a labelled beton, a run folder with summary.json; a run
+folder with only a checkpoint resumes.
 """
 from __future__ import annotations
 
@@ -12,33 +13,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-SMALL_CONFIGS = Path(__file__).resolve().parents[1] / 'small_configs'
+from fkd_ffcv.training.options import recipe
+
 # How the demo labels its crops (with the plain recipe's crop scale, so that with seed 0 the
 # FKD student's record r is the crop the plain student draws in pass r).
 DEMO_LABEL_TYPE = 'marginal_smoothing_k3'
-
-
-def recipe(path_or_name, overrides: Optional[dict] = None) -> dict:
-    """A YAML/JSON recipe file (or the name of a small recipe: 'plain' is
-    small_configs/fashion_mnist_plain.yaml) as options(), `overrides` ({'section.key': v}) on
-    top. Keys are checked as `--config-file` checks them: an unknown one is a ValueError."""
-    from fkd_ffcv.config import read_config_file, unknown_keys
-    from fkd_ffcv.training.options import PARAMS, options
-    path = Path(path_or_name)
-    if path.suffix not in ('.yaml', '.yml', '.json'):
-        path = SMALL_CONFIGS / f'fashion_mnist_{path_or_name}.yaml'
-    data = read_config_file(str(path))
-    known = [(section, key) for section, (_, params) in PARAMS.items() for key in params]
-    problems = unknown_keys(data, known)
-    if problems:
-        raise ValueError(f"{path}: {'; '.join(problems)}")
-    flat = {}
-    for section, values in data.items():  # sections of keys, or 'section.key' at the top
-        if isinstance(values, dict):
-            flat.update({f'{section}.{key}': value for key, value in values.items()})
-        elif values is not None:
-            flat[section] = values
-    return options({**flat, **(overrides or {})})
 
 
 def fashion_mnist_betons(out: Path, train_images: int, val_images: int) -> tuple:

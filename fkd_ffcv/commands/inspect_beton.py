@@ -1,5 +1,5 @@
-"""`fkd-inspect <beton> [--read]` (or `python -m fkd_ffcv.commands.inspect_beton`): what a beton holds, and
-whether it reads back.
+"""`fkd-inspect <beton> [--read]` (or `python -m fkd_ffcv.commands.inspect_beton`): what a beton
+holds, and whether it reads back.
 
 Prints the fields, sample and class counts, the source and write options from the manifest, any
 skipped inputs, and for crop records: records per image, label type, teacher(s), bytes per

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GRADIENTS = ('shared', 'reversed')
+from fkd_ffcv.defaults import DISCRIMINATOR_GRADIENTS as GRADIENTS
+
 MIN_WIDTH = 8
 
 

@@ -28,7 +28,8 @@ from fkd_ffcv.models.students import (build_model, check_arch, check_start, clas
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.errors import DataError, OptionError, TrainingError
 from fkd_ffcv.files import load_data
-from fkd_ffcv.training.options import PARAMS, PRECISE_BN_IMAGES, PRECISE_BN_STEPS, check, run_folder
+from fkd_ffcv.training.option_checks import check
+from fkd_ffcv.training.options import PARAMS, PRECISE_BN_IMAGES, PRECISE_BN_STEPS, run_folder
 from fkd_ffcv.progress import bar as progress_bar
 from fkd_ffcv.training.run_folder import RunFolder
 from fkd_ffcv.training.schedules import ema_decay, lr_factor, resolution

@@ -1,33 +1,28 @@
-"""The trainer's options, and every check between options of the two command lines, without
-torch or ffcv: a wrong combination fails in a fraction of a second, naming the option, before
-any teacher, model or data is loaded (the scripts call `check` / `check_writing` first; the
-Trainer calls `check` too).
+"""fkd-train's options, without torch or ffcv: its sections (`PARAMS`), `options()` (them as
+{section: {key: value}} for Python use, each value checked as on the command line) and
+`recipe()` (a YAML/JSON recipe file as those options).
 
-Options are fastargs sections (`PARAMS`); `options({'section.key': value})` gives them as
-{section: {key: value}} for Python use, each value checked as on the command line.
+The other option modules, all torch-free so that a wrong command line fails before torch
+loads: option_checks.py (fkd-train's checks between options), run_options.py (options taken
+from the run that --eval-only or --resume continues, defaults fitted to a short run),
+write_options.py (fkd-write's sections and checks).
 """
 from __future__ import annotations
 
-import json
-import math
-import os
+from pathlib import Path
 from typing import Optional
 
 from fastargs import Param, Section
 from fastargs.validation import And, Checker, InRange, OneOf
 
-from pathlib import Path
-
-from fkd_ffcv.config import Flag
-from fkd_ffcv.defaults import (DEFAULT_RESIZE, EMBEDDING_KINDS, FASHION_MNIST_DIR, PRECISIONS,
-                               RESIZE_FILTERS, STUDENT_ARCHS, STUDENT_PREFIXES)
-from fkd_ffcv.errors import DataError, OptionError
-from fkd_ffcv.data.header import check_beton
-from fkd_ffcv.data.manifest import (Manifest, Records, check_records, labelled_beton,
-                                    read_manifest, records_missing)
-from fkd_ffcv.records.label_types import LabelSpec, default_label_type
+from fkd_ffcv.config import Flag, read_config_file, unknown_keys
+from fkd_ffcv.defaults import (DEFAULT_RESIZE, DISCRIMINATOR_GRADIENTS, EMBEDDING_KINDS,
+                               PRECISIONS, RESIZE_FILTERS)
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.training.schedules import LR_SCHEDULES
+
+# The demo's recipes, installed with the package (recipe('plain') reads fashion_mnist_plain.yaml)
+SMALL_CONFIGS = Path(__file__).resolve().parents[1] / 'small_configs'
 
 
 class Registered(Checker):
@@ -177,7 +172,7 @@ PARAMS = {
                           default=1.0),
         disc_lr_ratio=Param(And(float, InRange(min=0)), 'its learning rate / the student\'s '
                             '(it follows the schedule)', default=1.0),
-        disc_gradient=Param(OneOf(['shared', 'reversed']), 'reversed: the student learns to '
+        disc_gradient=Param(OneOf(DISCRIMINATOR_GRADIENTS), 'reversed: the student learns to '
                             'fool it; shared: it minimises its BCE too, as in MEAL V2 (it cost '
                             '2.7 points where the discriminator learnt: docs/training.md)',
                             default='reversed'),
@@ -216,9 +211,10 @@ PARAMS = {
 }
 
 
-def declare_sections() -> None:
-    """Make PARAMS fastargs' command-line sections (train_imagenet.py; once per process)."""
-    for name, (description, params) in PARAMS.items():
+def declare_sections(sections: dict = PARAMS) -> None:
+    """Make `sections` (fkd-train's PARAMS, or fkd-write's WRITE_PARAMS) fastargs'
+    command-line sections (once per process)."""
+    for name, (description, params) in sections.items():
         Section(name, description).params(**params)
 
 
@@ -242,439 +238,28 @@ def options(overrides: Optional[dict] = None) -> dict:
     return out
 
 
+def recipe(path_or_name, overrides: Optional[dict] = None) -> dict:
+    """A YAML/JSON recipe file (or the name of a small recipe: 'plain' is
+    small_configs/fashion_mnist_plain.yaml) as options(), `overrides` ({'section.key': v}) on
+    top. Keys are checked as `--config-file` checks them: an unknown one is a ValueError."""
+    path = Path(path_or_name)
+    if path.suffix not in ('.yaml', '.yml', '.json'):
+        path = SMALL_CONFIGS / f'fashion_mnist_{path_or_name}.yaml'
+    data = read_config_file(str(path))
+    known = [(section, key) for section, (_, params) in PARAMS.items() for key in params]
+    problems = unknown_keys(data, known)
+    if problems:
+        raise ValueError(f"{path}: {'; '.join(problems)}")
+    flat = {}
+    for section, values in data.items():  # sections of keys, or 'section.key' at the top
+        if isinstance(values, dict):
+            flat.update({f'{section}.{key}': value for key, value in values.items()})
+        elif values is not None:
+            flat[section] = values
+    return options({**flat, **(overrides or {})})
+
+
 def run_folder(opts: dict) -> str:
     """The run's folder: logging.folder, by default runs/<mode>_<arch>."""
     return opts['logging']['folder'] or \
         f"runs/{opts['training']['mode']}_{opts['model']['arch']}"
-
-
-# What a run's config.json records but a later command must not take from it.
-NOT_RECORDED = {('training', 'resume'), ('training', 'eval_only'), ('training', 'checkpoint'),
-                ('logging', 'folder')}
-
-
-def take_recorded(opts: dict, given) -> Optional[str]:
-    """--eval-only and --resume: each option that neither the command line nor a recipe gives
-    (`given`: 'section.key' names) takes the value the run recorded in its config.json (beside
-    --training.checkpoint when that is given, else in the run folder), so that
-    `--eval-only --logging.folder=runs/x` needs nothing else. Returns the file read, or None
-    when there is none."""
-    t = opts['training']
-    if not (t['eval_only'] or t['resume']):
-        return None
-    path = recorded_config(opts)
-    try:
-        with open(path) as f:
-            recorded = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(recorded, dict):
-        return None
-    for name, (_, params) in PARAMS.items():
-        values = recorded.get(name)
-        for key, param in params.items():
-            if not isinstance(values, dict) or key not in values or \
-                    f'{name}.{key}' in given or (name, key) in NOT_RECORDED:
-                continue
-            try:
-                opts[name][key] = param.validate(values[key])
-            except Exception:  # a value an older version recorded otherwise: the default
-                pass
-    return path
-
-
-def beton_samples(path: str) -> Optional[int]:
-    """The sample count in a beton's header (header.check_beton, no ffcv); None when the file
-    is not there or not a whole beton: `check` then names what is wrong with it."""
-    try:
-        return check_beton(path).num_samples
-    except (OSError, DataError):
-        return None
-
-
-def fit_to_run(opts: dict, given) -> list:
-    """Defaults that a short run or a small data set cannot hold, made to fit; a value given
-    (`given`: 'section.key' names) is left for `check` to refuse. Returns one line per choice
-    made, for the log: a cyclic schedule's default peak past the end of the run comes at the
-    same share of it as in the default 16 epochs; a default batch larger than the training
-    set (per process, whole K-crop groups) is reduced to it."""
-    t, lr, notes = opts['training'], opts['lr'], []
-    if t['eval_only']:
-        return notes
-    peak = PARAMS['lr'][1]['peak_epoch'].default
-    epochs = PARAMS['training'][1]['epochs'].default
-    if lr['schedule'] == 'cyclic' and lr['peak_epoch'] >= t['epochs'] and \
-            'lr.peak_epoch' not in given:
-        lr['peak_epoch'] = t['epochs'] * peak / epochs
-        notes.append(f"--lr.peak_epoch={lr['peak_epoch']:g}: the default {peak:g} is not "
-                     f"within {t['epochs']} epoch(s), so the peak comes at the same share of "
-                     f"the run as {peak:g} of {epochs} (give --lr.peak_epoch to choose)")
-    largest = largest_batch(opts)
-    if largest and t['batch_size'] > largest and 'training.batch_size' not in given:
-        notes.append(f"--training.batch_size={largest}: the default {t['batch_size']} is more "
-                     f"than the {largest} crops of one step over "
-                     f"{opts['data']['train_dataset']} (give --training.batch_size to choose)")
-        t['batch_size'] = largest
-    return notes
-
-
-def plan_step(opts: dict) -> int:
-    """The crops per image a batch must be a multiple of: the K of every pass in the mode's
-    plan (K = fkd.num_crops, and 1 for the passes fkd.single_crop_phases or a run shorter
-    than K epochs run with one crop). Raises ValueError where the plan cannot be made."""
-    return math.lcm(*set(MODES[opts['training']['mode']].pass_plan(opts)))
-
-
-def largest_batch(opts: dict) -> Optional[int]:
-    """The largest batch (crops per process) that gives every pass of the plan at least its K
-    steps: a pass of K crops per image steps over the process's share of the images, batch / K
-    at a time, and the incomplete last batch is dropped. None where the beton or the plan
-    cannot tell (`check` names why)."""
-    data = opts['data']
-    images = beton_samples(data['train_dataset']) if data['train_dataset'] else None
-    if images is None:
-        return None
-    try:
-        step = plan_step(opts)
-    except ValueError:
-        return None
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    per_process = -(-images // world)  # FFCV's distributed mode pads to a multiple
-    return per_process // step * step
-
-
-def check(opts: dict) -> None:
-    """Raise OptionError for the first problem between options: files they name, epochs and
-    batches that a pass of K crops per image cannot divide, sides off the rounding, a schedule
-    that ends before it starts, a mode's missing teacher, more crops than stored records, an
-    unknown architecture name, a run folder that holds a run (or none to resume)."""
-    data, t, lr, r = opts['data'], opts['training'], opts['lr'], opts['resolution']
-    mode = MODES[t['mode']]  # the class: its facts, nothing loaded
-    check_run_to_continue(opts)  # before the data: a wrong folder is why the data are missing
-    # an evaluation of features (k-NN, probe) reads the training beton's labels too
-    needed = ('train_dataset', 'val_dataset') if not t['eval_only'] or mode.probes else \
-        ('val_dataset',)
-    for key in needed:
-        if not data[key]:
-            raise OptionError(f"--data.{key} is required" + (
-                f" ({recorded_config(opts)} does not record it)"
-                if t['eval_only'] or t['resume'] else ""))
-        if not os.path.isfile(data[key]):
-            raise OptionError(f"--data.{key}: {data[key]}: no such file")
-        check_beton(data[key])  # DataError (exit 1): not a beton, or truncated
-    if t['eval_only']:
-        return
-    checkpoint = os.path.join(run_folder(opts), 'checkpoint.pt')
-    if not t['resume'] and os.path.isfile(checkpoint):
-        raise OptionError(f"{run_folder(opts)} already holds a run; continue it with --resume "
-                          f"or choose another --logging.folder")
-    check_arch_name(opts['model']['arch'])
-    weights = opts['model']['weights']
-    if weights and not os.path.isfile(weights):
-        raise OptionError(f"--model.weights: {weights}: no such file")
-    m = opts['model']
-    takes = ('image_size', 'patch_size', 'drop_path') if m['arch'].startswith('timm:') else \
-        ('image_size', 'drop_path') if m['arch'].startswith('sret_') else ()
-    misplaced = [f"--model.{key}={m[key]}" for key in ('image_size', 'patch_size', 'drop_path')
-                 if m[key] and key not in takes]
-    if misplaced:
-        raise OptionError(f"{', '.join(misplaced)}: not an option of {m['arch']} (image_size, "
-                          f"patch_size and drop_path are for timm models, image_size and "
-                          f"drop_path for SReT)")
-    if opts['model']['head_epochs'] >= t['epochs']:
-        raise OptionError(f"--model.head_epochs={opts['model']['head_epochs']} must end before "
-                          f"--training.epochs={t['epochs']}")
-    check_sections(opts, t['mode'], mode)
-    if 'ssl' in mode.sections:
-        if opts['fkd']['temperature'] != PARAMS['fkd'][1]['temperature'].default:
-            raise OptionError(f"--fkd.temperature={opts['fkd']['temperature']}: the "
-                              f"self-supervised loss takes tau from --ssl.temperature")
-        if not mode.needs_teacher and opts['ssl']['embedding'] != 'auto':
-            raise OptionError(f"--ssl.embedding={opts['ssl']['embedding']}: {t['mode']} mode "
-                              f"replays the embeddings the records store (chosen when labelling, "
-                              f"--labels.embedding); the option is online_ssl's")
-    if mode.starts_from_weights and not weights:
-        raise OptionError(f"{t['mode']} mode starts the student from weights: give "
-                          f"--model.weights (a final_weights.pt, torchvision or timm "
-                          f"checkpoint of the data set's classes); for a student from scratch "
-                          f"use --training.mode=fkd")
-    k = mode.crops_per_image(opts)
-    manifest = read_manifest(data['train_dataset']) if mode.reads_records else Manifest()
-    if manifest.fields and mode.record_field not in manifest.fields:
-        raise OptionError(records_missing(t['mode'], data['train_dataset'],
-                                          list(manifest.fields), mode.record_field))
-    if lr['schedule'] == 'cyclic' and lr['peak_epoch'] >= t['epochs']:
-        raise OptionError(f"--lr.peak_epoch={lr['peak_epoch']} must come before the end of the "
-                          f"run (--training.epochs={t['epochs']}): set a smaller "
-                          f"--lr.peak_epoch or more --training.epochs")
-    if lr['schedule'] != 'cyclic' and lr['warmup_epochs'] >= t['epochs']:
-        raise OptionError(f"--lr.warmup_epochs={lr['warmup_epochs']} must end before "
-                          f"--training.epochs={t['epochs']}")
-    try:
-        mode.pass_plan(opts)
-    except ValueError as e:
-        raise OptionError(str(e)) from None
-    step = plan_step(opts)  # k where a pass of the plan takes k crops per image, else 1
-    if t['batch_size'] % step:
-        raise OptionError(f"--training.batch_size={t['batch_size']} counts crops and must be a "
-                          f"multiple of --fkd.num_crops={step}")
-    largest = largest_batch(opts)
-    if largest is not None and t['batch_size'] > largest:
-        images, world = beton_samples(data['train_dataset']), os.environ.get('WORLD_SIZE', '1')
-        where = f"{images} images of {data['train_dataset']}" + (
-            f", shared by {world} processes," if world != '1' else '')
-        raise OptionError(f"--training.batch_size={t['batch_size']}: a pass over the {where} "
-                          f"holds fewer than {step} step(s) of {t['batch_size']} crops ({step} "
-                          f"per image); set --training.batch_size={largest} or less"
-                          if largest >= step else f"{data['train_dataset']} has {images} "
-                          f"images, too few for the {step} crops per image of "
-                          f"--fkd.num_crops={step} per process")
-    wanted, classes = opts['model']['num_classes'], read_manifest(
-        data['train_dataset']).classes
-    if wanted and classes and wanted != len(classes):
-        raise OptionError(f"--model.num_classes={wanted} but {data['train_dataset']} has "
-                          f"{len(classes)} classes (0 takes the data set's)")
-    for key in ('min_res', 'max_res'):
-        if r[key] % r['round_to']:
-            raise OptionError(f"--resolution.{key}={r[key]} is not a multiple of "
-                              f"--resolution.round_to={r['round_to']}")
-    if mode.needs_teacher and not opts['fkd']['teacher']:
-        raise OptionError(f"{t['mode']} mode needs --fkd.teacher")
-    if mode.needs_teacher:
-        check_teacher_files('--fkd.teacher', opts['fkd']['teacher'])
-    described = manifest.records(mode.record_field) or Records()
-    check_records(k, described.num_records, data['train_dataset'])
-    if described.dim and opts['ssl']['dim'] not in (0, described.dim):
-        raise OptionError(f"--ssl.dim={opts['ssl']['dim']}: the student's projection head must "
-                          f"have the {described.dim} dimensions of the teacher embeddings in "
-                          f"{data['train_dataset']}")
-    check_same_classes(data['train_dataset'], data['val_dataset'])
-
-
-def recorded_config(opts: dict) -> str:
-    """The config.json that --eval-only and --resume take the run's options from: beside
-    --training.checkpoint when that is given, else in the run folder."""
-    t = opts['training']
-    folder = os.path.dirname(t['checkpoint']) if t['eval_only'] and t['checkpoint'] else \
-        run_folder(opts)
-    return os.path.join(folder or '.', 'config.json')
-
-
-def check_run_to_continue(opts: dict) -> None:
-    """--eval-only and --resume need the run they continue: its folder and checkpoint (or
-    --training.checkpoint), named before any option the run would have given."""
-    t, folder = opts['training'], run_folder(opts)
-    if not (t['eval_only'] or t['resume']):
-        return
-    switch = '--eval-only' if t['eval_only'] else '--resume'
-    fix = ("give --logging.folder of a run, or --training.checkpoint" if t['eval_only'] else
-           "nothing to resume; --logging.folder names the run")
-    if t['eval_only'] and t['checkpoint']:
-        if not os.path.isfile(t['checkpoint']):
-            raise OptionError(f"--training.checkpoint={t['checkpoint']}: no such checkpoint")
-        return
-    if not os.path.isdir(folder):
-        raise OptionError(f"{switch}: {folder}: no such run folder ({fix})")
-    checkpoint = os.path.join(folder, 'checkpoint.pt')
-    if not os.path.isfile(checkpoint):
-        raise OptionError(f"{switch}: {folder} holds no checkpoint.pt ({fix})")
-
-
-def check_arch_name(arch: str) -> None:
-    """Refuse an architecture that is neither a built-in name, a family prefix, nor a
-    `<module>:<function>` whose package is installed, without importing torch (a name
-    registered from Python counts once models.py is loaded; timm names are checked when timm
-    is loaded)."""
-    import difflib
-    import importlib.util
-    import sys
-    if arch in STUDENT_ARCHS or arch.startswith(STUDENT_PREFIXES):
-        return
-    models = sys.modules.get('fkd_ffcv.models.students')
-    if models is not None and models.MODELS.registered(arch):
-        return
-    module, _, function = arch.partition(':')
-    top = module.partition('.')[0]
-    try:
-        found = bool(top and function) and importlib.util.find_spec(top) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        close = difflib.get_close_matches(arch, STUDENT_ARCHS, n=1)
-        raise OptionError(f"--model.arch={arch}: unknown architecture"
-                          + (f" (did you mean {close[0]}?)" if close else "")
-                          + f"; known: {', '.join(STUDENT_ARCHS)}, "
-                          f"{', '.join(p + '<name>' for p in STUDENT_PREFIXES)}, or "
-                          f"<module>:<function> returning a model")
-
-
-def check_sections(opts: dict, name: str, mode) -> None:
-    """A section that belongs to other modes (meal) must keep its defaults."""
-    owned = {section for _, m in MODES.items() for section in m.sections}
-    for section in sorted(owned - set(mode.sections)):
-        changed = [f"--{section}.{key}={value}" for key, value in opts[section].items()
-                   if value != PARAMS[section][1][key].default]
-        if changed:
-            owners = [n for n, m in MODES.items() if section in m.sections]
-            raise OptionError(f"{', '.join(changed)}: an option of the {' and '.join(owners)} "
-                              f"mode(s), not of {name} mode")
-
-
-def check_same_classes(train: str, val: str) -> None:
-    """A training and a validation beton must name the same classes in the same order (their
-    manifests say; a beton without one is judged when the trainer opens it). A DataError
-    (exit 1): the options are fine, the files do not belong together."""
-    ours, theirs = (read_manifest(path).classes for path in (train, val))
-    if ours is not None and theirs is not None and ours != theirs:
-        differ = next((f"class {i}: {a!r} against {b!r}" for i, (a, b) in
-                       enumerate(zip(ours, theirs)) if a != b),
-                      f"{len(ours)} classes against {len(theirs)}")
-        raise DataError(f"--data.train_dataset={train} and --data.val_dataset={val} have "
-                          f"other classes ({differ}): give betons written from the same data "
-                          f"set")
-
-
-def check_writing(data: dict, write: dict, labels: dict) -> None:
-    """write_dataset.py's checks between its `data`, `write` and `labels` sections, then the
-    files and folders they name (so a typo fails in a fraction of a second, before ffcv)."""
-    source = labels['teacher'] or labels['import_root']
-    if data['source'] == 'folder' and not data['root'] and not labels['beton']:
-        raise OptionError("--data.root is required with --data.source=folder")
-    if labels['beton'] and not source and not labels.get('out'):
-        raise OptionError(f"--labels.beton={labels['beton']}: give the labels' source, "
-                          f"--labels.teacher or --labels.import_root (or only --labels.out "
-                          f"to write a copy without its crop records)")
-    if labels['teacher'] and labels['import_root']:
-        raise OptionError("--labels.teacher and --labels.import_root both give the labels; "
-                          "choose one")
-    if labels.get('embedding') and not labels['teacher']:
-        raise OptionError(f"--labels.embedding={labels['embedding']} stores a teacher's "
-                          f"embeddings: give --labels.teacher")
-    if not labels.get('embedding') and any(spec.startswith('moco:')
-                                           for spec in labels['teacher'].split(',')):
-        raise OptionError(f"--labels.teacher={labels['teacher']}: a MoCo checkpoint gives "
-                          f"embeddings, not class scores; add --labels.embedding=auto")
-    if labels.get('embedding') and labels['label_type']:
-        raise OptionError(f"--labels.label_type={labels['label_type']} is a soft-label type; "
-                          f"--labels.embedding stores embeddings, not soft labels")
-    if labels.get('embedding') and labels.get('temperature', 1.0) != 1.0:
-        raise OptionError(f"--labels.temperature={labels['temperature']}: embeddings are "
-                          f"stored as they are; the self-supervised loss applies "
-                          f"--ssl.temperature when training")
-    if labels['scale_min'] and not labels['scale_max']:
-        raise OptionError(f"--labels.scale_min={labels['scale_min']} needs --labels.scale_max "
-                          f"(0 keeps FKD's default range)")
-    if labels['scale_max'] and labels['scale_min'] > labels['scale_max']:
-        raise OptionError(f"--labels.scale_min={labels['scale_min']} is above "
-                          f"--labels.scale_max={labels['scale_max']}")
-    if source and not labels['beton'] and data['split'] == 'val':
-        raise OptionError("crop records go into the train split, which --data.split=val does "
-                          "not write (label a beton with --labels.beton)")
-    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not labels['beton'] and source:
-        raise OptionError("under torchrun, write the images first, then label them with "
-                          "--labels.beton")
-    check_writing_paths(data, labels)
-    if labels['beton']:
-        check_beton(labels['beton'])  # DataError (exit 1), before any teacher loads
-    if source and labels.get('label_type') and not labels.get('embedding'):
-        check_label_type(labels['label_type'], data, labels)
-    check_outputs(data, write, labels)
-
-
-def written_betons(data: dict) -> dict:
-    """{split: the beton fkd-write writes for it}: <out_dir>/<name>_<split>.beton."""
-    fashion = data['source'] == 'fashion-mnist'
-    name = data['name'] or ('fashion_mnist' if fashion else
-                            Path(data['root'] or FASHION_MNIST_DIR).resolve().name)
-    splits = ['train', 'val'] if data['split'] == 'all' else [data['split']]
-    return {split: Path(data['out_dir']) / f"{name}_{split}.beton" for split in splits}
-
-
-def check_outputs(data: dict, write: dict, labels: dict) -> None:
-    """Betons this command would write must not exist yet, unless --overwrite says to replace
-    them (write.overwrite)."""
-    if write.get('overwrite'):
-        return
-    source = labels['teacher'] or labels['import_root']
-    outputs = [] if labels['beton'] else [(path, '--data.out_dir or --data.name')
-                                          for path in written_betons(data).values()]
-    if labels['beton'] or (source and data['split'] != 'val'):
-        beton = labels['beton'] or written_betons(data)['train']
-        outputs.append((labelled_beton(labels, beton), '--labels.out'))
-    for path, other in outputs:
-        if path.exists():
-            written = read_manifest(path).written_at
-            raise OptionError(f"{path} exists{f' (written {written})' if written else ''}: give "
-                              f"--overwrite to replace it, or another {other}")
-
-
-def check_label_type(label_type: str, data: dict, labels: dict) -> None:
-    """An explicit --labels.label_type must be possible for the class count of the beton to
-    label (its manifest, or the class folders about to be written)."""
-    if labels['beton']:
-        where, classes = labels['beton'], len(read_manifest(labels['beton']).classes or [])
-    elif data['source'] == 'folder':
-        where = os.path.join(data['root'], 'train')
-        classes = sum(entry.is_dir() for entry in os.scandir(where))
-    else:
-        where, classes = 'Fashion-MNIST', 10
-    if classes:
-        try:
-            LabelSpec.parse(label_type, classes)
-        except ValueError as e:
-            raise OptionError(f"--labels.label_type: {e} ({where}); without the option, "
-                              f"{default_label_type(classes)} is chosen from the class "
-                              f"count") from None
-
-
-def check_writing_paths(data: dict, labels: dict) -> None:
-    """write_dataset.py: the beton to label, the FKD tree to import and the data root must be
-    there, laid out as their source reads them."""
-    layout = "<root>/train/<class>/<image> (val likewise)"
-    # sources.FashionMNISTSource's image files (sources.py loads cv2, so they are named here)
-    fashion_images = {'train': 'train-images-idx3-ubyte.gz', 'val': 't10k-images-idx3-ubyte.gz'}
-    if labels['beton']:
-        if not os.path.isfile(labels['beton']):
-            raise OptionError(f"--labels.beton={labels['beton']}: no such file (write the "
-                              f"images first: python write_dataset.py --data.source=...)")
-    check_teacher_files('--labels.teacher', labels['teacher'])
-    if labels['import_root'] and not os.path.isdir(labels['import_root']):
-        raise OptionError(f"--labels.import_root={labels['import_root']}: no such directory "
-                          f"(FKD's tree: <import_root>/train/<class>/<image stem>.tar)")
-    if labels['beton']:
-        return  # no images are written
-    splits = ['train', 'val'] if data['split'] == 'all' else [data['split']]
-    root = data['root']
-    if data['source'] == 'folder':
-        if not os.path.isdir(root):
-            raise OptionError(f"--data.root={root}: no such directory; a folder source is laid "
-                              f"out as {layout}")
-        for split in splits:
-            folder = os.path.join(root, split)
-            if not os.path.isdir(folder):
-                raise OptionError(f"--data.root={root} has no {split}/ folder; a folder source "
-                                  f"is laid out as {layout}")
-            with os.scandir(folder) as entries:
-                if not any(entry.is_dir() for entry in entries):
-                    raise OptionError(f"{folder} has no class folders; a folder source is laid "
-                                      f"out as {layout}")
-    elif root:  # fashion-mnist from another folder than the Debian package's
-        missing = [fashion_images[split] for split in splits
-                   if not os.path.isfile(os.path.join(root, fashion_images[split]))]
-        if missing:
-            raise OptionError(f"--data.root={root} does not hold Fashion-MNIST ({missing[0]}) "
-                              f"and --data.source is fashion-mnist (the default); for images "
-                              f"laid out as {layout}, the source must be folder: "
-                              f"--data.source=folder")
-
-
-def check_teacher_files(option: str, specs: str) -> None:
-    """The files a teacher spec names (checkpoint:<file>, torchscript:<file>,
-    torchvision:<arch>:<file>, timm:<name>:<file>, moco:<arch>:<file>; teachers.py reads them)
-    must be there."""
-    for spec in filter(None, specs.split(',')):
-        kind, _, rest = spec.partition(':')
-        path = {'checkpoint': rest, 'torchscript': rest, 'torchvision': rest.partition(':')[2],
-                'timm': rest.partition(':')[2], 'moco': rest.partition(':')[2]}.get(kind)
-        if path and not os.path.isfile(path):
-            raise OptionError(f"{option}={spec}: {path}: no such file")
