@@ -36,7 +36,7 @@ from typing import Tuple
 
 import torch
 
-from fkd_ffcv.defaults import IMAGENET_MEAN, IMAGENET_STD, RESIZE_FILTERS
+from fkd_ffcv.defaults import IMAGENET_CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE_FILTERS
 from fkd_ffcv.files import load_data
 from fkd_ffcv.models.heads import ProjectionHead
 from fkd_ffcv.models.weights import plain_state_dict
@@ -53,7 +53,7 @@ class Preprocess:
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
     fixed_input_size: bool = False
-    crop_pct: float = 224 / 256
+    crop_pct: float = IMAGENET_CROP
     model: str = ''  # what the spec resolved to, where that can change (a timm name and tag)
 
     def __post_init__(self):

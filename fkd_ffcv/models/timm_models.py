@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import sys
 
-from fkd_ffcv.defaults import IMAGENET_MEAN, IMAGENET_STD, RESIZE_FILTERS
+from fkd_ffcv.defaults import IMAGENET_CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE_FILTERS
 from fkd_ffcv.files import load_data
 from fkd_ffcv.models.weights import plain_state_dict
 
@@ -66,7 +66,7 @@ def pretrained_config(name: str) -> dict:
     cfg = timm().models.get_pretrained_cfg(name)
     if cfg is None:
         return dict(input_size=(3, 224, 224), interpolation='bicubic', fixed_input_size=False,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=IMAGENET_CROP,
                     num_classes=1000, classifier=None)
     return cfg.to_dict()
 
@@ -86,7 +86,7 @@ def preprocessing(name: str) -> dict:
         raise ValueError(f"timm model {name!r} was trained with {interpolation!r} "
                          f"interpolation; crops are cut with one of {', '.join(RESIZE_FILTERS)}")
     return dict(input_size=height, interpolation=interpolation, mean=tuple(cfg['mean']),
-                std=tuple(cfg['std']), crop_pct=cfg.get('crop_pct') or 0.875,
+                std=tuple(cfg['std']), crop_pct=cfg.get('crop_pct') or IMAGENET_CROP,
                 fixed_input_size=bool(cfg.get('fixed_input_size')))
 
 
