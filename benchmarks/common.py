@@ -1,9 +1,8 @@
-"""What the benchmark scripts share: the machine line every table carries, the photo set, FKD's
+"""What the benchmark scripts share: the versions line every table carries, the photo set, FKD's
 original data path and interleaved timing.
 
-- machine(), versions(): the line that names where a table was measured. Top-1 values repeat
-  exactly only on one machine: the CPU model decides the float kernels, and whether torch
-  computes bf16 on the CPU decides what `training.precision=auto` picks there (bf16 or fp32).
+- versions(): the package versions a table was measured with, beside the machine line
+  (`fkd_ffcv.reporting.machine`, which says why the machine matters).
 - The photo sets: the landscapes of Debian's endless-sky-data (720x360 JPEG), four variants of
   each in one class folder per scene, stored at 500 px longest side, JPEG 90, with random crop
   records (a loader's speed does not depend on the labels' values). `panoramas`: as is,

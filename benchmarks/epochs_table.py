@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import versions
-from fkd_ffcv.devices import machine, precision_of
+from fkd_ffcv.reporting import machine, precision_of
 from fkd_ffcv.commands.demo_steps import run_or_reuse
 from fkd_ffcv.training.options import recipe
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import interleaved_times, landscapes, versions
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops, sample_records
 from fkd_ffcv.data.fields import bytes_per_record, image_fields, soft_label_fields

@@ -46,7 +46,7 @@ from benchmarks.common import (IMAGES_PER_BATCH, PHOTO_SETS, SIDE, export_origin
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import box_pixels, sample_records
 from fkd_ffcv.defaults import DEFAULT_RESIZE, RESIZE_FILTERS
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 from fkd_ffcv.loading.loaders import FKDLoader, OrderOption, PlainLoader
 from fkd_ffcv.records.resample import filter_code, make_resize
 

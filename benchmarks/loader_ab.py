@@ -26,7 +26,7 @@ from benchmarks.common import (IMAGES_PER_BATCH, PHOTO_SETS, SIDE, export_origin
                                extract_revision, interleaved_rates, labelled_photos,
                                original_path, versions)
 from fkd_ffcv.defaults import DEFAULT_RESIZE, RESIZE_FILTERS
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 
 
 def package_at(revision: str, folder: Path):

@@ -12,7 +12,7 @@ import time
 import torch
 
 from benchmarks.common import versions
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 from fkd_ffcv.records.soft_labels import LabelSpec, recover, soft_cross_entropy
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import report, versions
-from fkd_ffcv.devices import machine, precision_of
+from fkd_ffcv.reporting import machine, precision_of
 from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, run_or_reuse
 from fkd_ffcv.training.options import options, recipe
 

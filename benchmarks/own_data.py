@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, make_photo_tree, versions
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 
 
 def commands(python: str) -> list:

@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks.common import interleaved_times, make_photo_tree, report, versions
 from fkd_ffcv.records.crops import box_pixels, sample_records
 from fkd_ffcv.defaults import RESIZE_FILTERS
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 from fkd_ffcv.records.resample import filter_code, make_resize, mirror
 
 

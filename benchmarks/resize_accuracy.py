@@ -29,7 +29,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, make_photo_tree, report, seed_table, versions
 from fkd_ffcv.defaults import RESIZE_FILTERS
-from fkd_ffcv.devices import machine, precision_of
+from fkd_ffcv.reporting import machine, precision_of
 from fkd_ffcv.commands.demo_steps import label_as_demo, run_or_reuse
 from fkd_ffcv.training.options import recipe
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import report, versions
-from fkd_ffcv.devices import machine, precision_of
+from fkd_ffcv.reporting import machine, precision_of
 from fkd_ffcv.training.probes import evaluate
 from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, run_or_reuse
 from fkd_ffcv.training.options import recipe
@@ -56,7 +56,9 @@ def initial_weights(folder: Path, seed: int, train) -> Path:
     model; the head it adds after does not change the features), as an export."""
     import torch
     from fkd_ffcv.data.beton import Beton
-    from fkd_ffcv.models.students import IMAGENET_MEAN, IMAGENET_STD, build_model, save_weights
+    from fkd_ffcv.defaults import IMAGENET_MEAN, IMAGENET_STD
+    from fkd_ffcv.models.exports import save_weights
+    from fkd_ffcv.models.students import build_model
     m = recipe('ssl')['model']
     arch = {'arch': m['arch'], 'width': m['width'], 'depth': m['depth'], 'blurpool': False}
     classes = Beton(train).classes

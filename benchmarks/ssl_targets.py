@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import report, versions
 from fkd_ffcv.data.fields import bytes_per_record, embedding_fields, soft_label_fields
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 from fkd_ffcv.records.embeddings import decode, encode
 from fkd_ffcv.loading.loaders import eval_loader
 from fkd_ffcv.records.soft_labels import LabelSpec, compress, decode_probs, kl_divergence, recover
@@ -61,7 +61,7 @@ def stored_forms(t: torch.Tensor) -> dict:
 
 def embedding_sets(demo: Path) -> list:
     """[(description, unit embeddings (M, D) float64)] of the validation centre crops."""
-    from fkd_ffcv.records.embeddings import ProjectionHead
+    from fkd_ffcv.models.heads import ProjectionHead
     val = demo / 'fashion_mnist_val.beton'
     teacher = Teacher(f"checkpoint:{demo / 'runs' / 'teacher' / 'final_weights.pt'}",
                       embedding='features')

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from benchmarks.common import landscapes, versions
-from fkd_ffcv.devices import machine
-from fkd_ffcv.labeling.teachers import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
+from fkd_ffcv.reporting import machine
+from fkd_ffcv.defaults import IMAGENET_MEAN, IMAGENET_STD
+from fkd_ffcv.labeling.teachers import efficientnet_lite0
 
 PHOTOS = Path('/usr/share/doc/opencv-doc/examples/data')
 GEOLOGY = set(range(970, 981))

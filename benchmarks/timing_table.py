@@ -49,14 +49,15 @@ import torch
 
 from benchmarks.common import REPO, OriginalFKDPath, export_original_files, versions
 from fkd_ffcv.data.beton import Beton
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 from fkd_ffcv.data.fields import image_fields
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton
-from fkd_ffcv.models.students import build_model, save_weights
+from fkd_ffcv.models.exports import save_weights
+from fkd_ffcv.models.students import build_model
 from fkd_ffcv.training.options import options
 from fkd_ffcv.data.sources import FashionMNISTSource, SyntheticPhotoSource
 from fkd_ffcv.labeling.teachers import Teacher
-from fkd_ffcv.models.students import IMAGENET_MEAN, IMAGENET_STD
+from fkd_ffcv.defaults import IMAGENET_MEAN, IMAGENET_STD
 from fkd_ffcv.training.loop import Trainer
 from fkd_ffcv.data.manifest import Manifest
 from fkd_ffcv.data.writer import write_beton

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, extract_revision, report, versions
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 from fkd_ffcv.commands.demo_steps import fashion_mnist_betons
 
 SHAPE = {'model.patch_size': 4, 'model.image_size': 32, 'model.drop_path': 0.1}

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import interleaved_times, make_photo_tree, versions
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 from fkd_ffcv.data.fields import image_fields
 from fkd_ffcv.data.sources import ImageFolderSource
 from fkd_ffcv.data.writer import write_beton

@@ -2,7 +2,7 @@
 
 The subpackages follow the data (docs/architecture.md), and each imports only those before it:
 data -> records -> loading -> models -> labeling -> training -> commands, over the base
-modules here (errors, defaults, config, files, progress, registry, devices).
+modules here (errors, defaults, config, files, progress, registry, devices, reporting).
 """
 from fkd_ffcv import moved as _moved
 

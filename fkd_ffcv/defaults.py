@@ -27,8 +27,12 @@ DISCRIMINATOR_GRADIENTS = ('shared', 'reversed')
 # docs/results.md ("Resize filters and accuracy").
 RESIZE_FILTERS = ('antialias', 'bilinear', 'bicubic', 'area')
 DEFAULT_RESIZE = 'antialias'
-# The student architectures models.py registers by name and by family prefix (listed here so
-# that option_checks.py can check a name without importing torch).
+# RGB in [0, 1] as torchvision's ImageNet weights (and most timm ones) were trained to take it:
+# the input normalisation of a model that records none of its own.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_CROP = 224 / 256  # the centre crop ImageNet models are evaluated with (256 px -> 224)
+# The student architectures models/students.py registers by name and by family prefix (listed here
+# so that option_checks.py can check a name without importing torch).
 STUDENT_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'small_resnet', 'sret_t',
                  'sret_lt', 'sret_s')
 STUDENT_PREFIXES = ('timm:', 'torchvision:')

@@ -1,10 +1,7 @@
 """Which device, precision and process-group backend a process uses, decided from what torch
-reports, so that the CUDA branches run in CPU tests with those answers stubbed; and the line
-that names the machine under every measured table."""
+reports, so that the CUDA branches run in CPU tests with those answers stubbed. (The line that
+names the machine under a measured table: reporting.py.)"""
 from __future__ import annotations
-
-import os
-import platform
 
 import torch
 
@@ -79,33 +76,3 @@ def resolve_backend(requested: str, device: torch.device, local_world_size: int)
     if device.type != 'cuda':
         return 'gloo'
     return 'nccl' if local_world_size <= torch.cuda.device_count() else 'gloo'
-
-
-# ------------------------------------------------------------------------- the machine line
-
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it ('AMD EPYC', 'Intel(R) Xeon(R) ...')."""
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
-
-
-def machine() -> str:
-    """Where a table was measured: the GPU (with CUDA), the CPU model, the cores this process
-    may use, and whether torch computes bf16 on this CPU (precision auto = bf16 there)."""
-    bf16 = 'yes' if cpu_has_bf16() else 'no'
-    text = f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, bf16 on this CPU: {bf16}"
-    if torch.cuda.is_available():
-        text = f"{torch.cuda.get_device_name()}; {text}"
-    return text
-
-
-def precision_of(summaries) -> str:
-    """The precision the runs trained in ('bf16', 'fp32', or several joined by '/')."""
-    found = sorted({s.get('precision', 'not recorded') for s in summaries})
-    return '/'.join(found)

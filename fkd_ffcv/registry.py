@@ -1,7 +1,10 @@
 """Name -> builder tables for the things that come in families (training modes, models,
-teachers), so a new family plugs in by registering itself, with no edits elsewhere."""
+teachers), so a new family plugs in by registering itself, with no edits elsewhere; and the
+`<module>:<function>` entry points that serve the names no family claims (a student
+architecture, a teacher spec)."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Dict, Optional
 
 
@@ -61,3 +64,33 @@ class Registry:
 
     def describe(self) -> str:
         return ', '.join(self.names())
+
+
+def find_entry_point(spec: str) -> Optional[Callable]:
+    """The function a `<module>:<function>` spec names, or None where the spec is not of that
+    form or names nothing importable (an ImportError inside the module counts as nothing)."""
+    module, _, function = spec.partition(':')
+    if not module or not function:
+        return None
+    try:
+        return getattr(importlib.import_module(module), function, None)
+    except ImportError:
+        return None
+
+
+def call_entry_point(spec: str, what: str, known: str) -> tuple:
+    """(model, preprocessing dict) from a `<module>:<function>` spec: the function returns a
+    model, or (model, dict with input_size, interpolation, mean, std). `what` and `known` name
+    the spec's role and the alternatives in errors."""
+    module, _, function = spec.partition(':')
+    if not module or not function:
+        raise ValueError(f"unknown {what} {spec!r}; known: {known}, or <module>:<function>")
+    try:
+        build = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{what} {spec!r}: {e}") from None
+    try:
+        made = build()
+    except ImportError as e:  # a package the entry point needs (efficientnet_lite0: .[teacher])
+        raise ValueError(f"{what} {spec!r} needs a package that is not installed: {e}") from None
+    return made if isinstance(made, tuple) else (made, {})

@@ -12,7 +12,7 @@ import torch
 
 from benchmarks import common, timing_table
 from conftest import REPO
-from fkd_ffcv.devices import machine
+from fkd_ffcv.reporting import machine
 
 SCRIPTS = sorted(p.stem for p in (REPO / 'benchmarks').glob('*.py') if p.stem != '__init__')
 

@@ -39,7 +39,8 @@ def test_the_wheel_installs_commands_and_carries_the_demos_recipes(wheel):
 def test_eval_teacher_scores_an_export_on_a_validation_beton(fashion_betons, tmp_path, capsys):
     import torch
     from fkd_ffcv.commands.eval_teacher import eval_teacher
-    from fkd_ffcv.models.students import build_model, save_weights
+    from fkd_ffcv.models.exports import save_weights
+    from fkd_ffcv.models.students import build_model
     from fkd_ffcv.data.sources import FashionMNISTSource
     torch.manual_seed(0)
     arch = {'arch': 'small_resnet', 'width': 4, 'depth': 1}

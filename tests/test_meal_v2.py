@@ -6,7 +6,9 @@ import torch
 from fkd_ffcv.training.discriminator import Discriminator, discriminator_loss
 from fkd_ffcv.errors import OptionError, TrainingError
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton
-from fkd_ffcv.models.students import IMAGENET_MEAN, IMAGENET_STD, build_model, save_weights
+from fkd_ffcv.defaults import IMAGENET_MEAN, IMAGENET_STD
+from fkd_ffcv.models.exports import save_weights
+from fkd_ffcv.models.students import build_model
 from fkd_ffcv.data.sources import FashionMNISTSource
 from fkd_ffcv.labeling.teachers import Teacher
 from fkd_ffcv.training.loop import Trainer

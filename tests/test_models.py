@@ -5,7 +5,9 @@ import torch
 import torchvision
 from torch import nn
 
-from fkd_ffcv.models.students import BlurPoolConv2d, build_model, export_state_dict, unwrap
+from fkd_ffcv.models.resnets import BlurPoolConv2d
+from fkd_ffcv.models.students import build_model
+from fkd_ffcv.models.weights import export_state_dict, unwrap
 
 
 @pytest.mark.parametrize('arch, options, side', [
@@ -43,7 +45,7 @@ def test_blurpool_wraps_strided_convolutions_and_exports_plain_names():
 
 
 def test_saved_weights_rebuild_the_same_function(tmp_path):
-    from fkd_ffcv.models.students import load_weights, save_weights
+    from fkd_ffcv.models.exports import load_weights, save_weights
     torch.manual_seed(0)
     model = build_model('small_resnet', 4, width=16, depth=1, blurpool=True).eval()
     with torch.no_grad():  # BatchNorm statistics other than the defaults
@@ -105,7 +107,7 @@ def test_an_entry_point_architecture_keeps_its_weights_and_gets_a_new_head():
 
 
 def test_weights_start_a_model_and_a_classifier_of_another_size_starts_new(tmp_path, capsys):
-    from fkd_ffcv.models.students import save_weights
+    from fkd_ffcv.models.exports import save_weights
     torch.manual_seed(0)
     source = build_model('small_resnet', 10, width=4, depth=1, blurpool=True)
     save_weights(tmp_path / 'w.pt', source, {'arch': 'small_resnet'}, list('abcdefghij'),
@@ -139,7 +141,8 @@ def needs_a_missing_package():
 
 
 def test_an_export_of_an_entry_point_model_is_a_teacher_with_its_normalisation(tmp_path):
-    from fkd_ffcv.models.students import input_normalisation, save_weights
+    from fkd_ffcv.models.exports import save_weights
+    from fkd_ffcv.models.students import input_normalisation
     from fkd_ffcv.labeling.teachers import Teacher
     model = build_model('test_models:pretrained_toy', 3)
     mean, std = input_normalisation(model)
@@ -153,8 +156,20 @@ def test_an_export_of_an_entry_point_model_is_a_teacher_with_its_normalisation(t
 
 
 def test_weights_of_another_shape_beyond_the_classifier_are_refused(tmp_path):
-    from fkd_ffcv.models.students import save_weights
+    from fkd_ffcv.models.exports import save_weights
     save_weights(tmp_path / 'w.pt', build_model('small_resnet', 10, width=4, depth=1),
                  {'arch': 'small_resnet'}, list('abcdefghij'), {'input_size': 32})
     with pytest.raises(ValueError, match='other shapes besides the classifier, e.g. stem'):
         build_model('small_resnet', 10, width=8, depth=1, weights=str(tmp_path / 'w.pt'))
+
+
+def test_one_head_replacement_prefers_a_projection_head():
+    from fkd_ffcv.models.heads import ProjectionHead, classifier_name, replace_head
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), ProjectionHead(6, 8, 4))
+    old = replace_head(model, lambda head: nn.Identity())
+    assert isinstance(old, ProjectionHead) and isinstance(model[2], nn.Identity)
+    assert classifier_name(model) == '1'
+    old = replace_head(model, lambda head: nn.Linear(head.in_features, 3), projection=False)
+    assert old.out_features == 6 and model[1].out_features == 3
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(2, 2)))
+    assert replace_head(scripted, lambda head: nn.Identity()) is None

@@ -6,7 +6,8 @@ from torch import nn
 
 from fkd_ffcv.models.students import MODELS, build_model
 from fkd_ffcv.registry import Registry
-from fkd_ffcv.labeling.teachers import TEACHERS, Teacher
+from fkd_ffcv.labeling.teacher_specs import TEACHERS
+from fkd_ffcv.labeling.teachers import Teacher
 
 
 def test_exact_names_beat_prefixes_and_the_longest_prefix_wins():
@@ -31,7 +32,7 @@ def toy_families():
                              nn.Linear(width, num_classes))
 
     def teacher(spec):
-        from fkd_ffcv.labeling.teachers import Preprocess
+        from fkd_ffcv.labeling.teacher_specs import Preprocess
         torch.manual_seed(0)
         return build(spec, 4, width=8), Preprocess(input_size=16)
 
@@ -55,3 +56,22 @@ def test_the_torch_free_list_of_architectures_is_the_registrys():
     """options.py checks names against defaults.STUDENT_ARCHS without importing torch."""
     from fkd_ffcv.defaults import STUDENT_ARCHS, STUDENT_PREFIXES
     assert MODELS.names() == sorted(STUDENT_ARCHS) + sorted(p + '...' for p in STUDENT_PREFIXES)
+
+
+def test_entry_point_specs_of_earlier_module_paths_still_load():
+    """Betons, exports and recipes of earlier versions name entry points by the module paths
+    of their day (`fkd_ffcv.teachers:efficientnet_lite0`); fkd_ffcv/moved.py serves them."""
+    from fkd_ffcv.labeling import teacher_specs, teachers
+    from fkd_ffcv.models import exports, heads
+    from fkd_ffcv.moved import forward
+    from fkd_ffcv.registry import find_entry_point
+    for spec in ('fkd_ffcv.teachers:efficientnet_lite0',
+                 'fkd_ffcv.labeling.teachers:efficientnet_lite0'):
+        assert find_entry_point(spec) is not None and find_entry_point(spec).__name__ == \
+            'efficientnet_lite0'
+    assert forward('teachers', 'efficientnet_lite0') is teachers.efficientnet_lite0
+    assert forward('teachers', 'Preprocess') is teacher_specs.Preprocess
+    assert forward('embeddings', 'ProjectionHead') is heads.ProjectionHead
+    assert forward('models', 'load_weights') is exports.load_weights
+    assert find_entry_point('fkd_ffcv.nowhere:model') is None
+    assert find_entry_point('no_colon') is None

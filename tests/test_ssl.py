@@ -17,13 +17,14 @@ from fkd_ffcv.commands.probe import probe as fkd_probe
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops, sample_records
 from fkd_ffcv.loading.decoders import record_index
-from fkd_ffcv.records.embeddings import (ProjectionHead, decode, embedding_loss, encode,
-                                 feature_model)
+from fkd_ffcv.records.embeddings import decode, embedding_loss, encode
+from fkd_ffcv.models.heads import ProjectionHead, feature_model
 from fkd_ffcv.errors import OptionError, TrainingError
 from fkd_ffcv.data.fields import EMBEDDING_FIELD, FLAGS_FIELD, LABEL_FIELD
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton
 from fkd_ffcv.loading.loaders import EmbeddingLoader
-from fkd_ffcv.models.students import build_model, load_weights
+from fkd_ffcv.models.students import build_model
+from fkd_ffcv.models.exports import load_weights
 from fkd_ffcv.training import probes
 from fkd_ffcv.training.probes import embed, knn_top1, linear_probe
 from fkd_ffcv.labeling.teachers import Teacher
@@ -130,7 +131,7 @@ def test_the_ssl_student_trains_logs_the_probes_and_exports_its_head(ssl_data, s
                           weights=str(folder / 'final_weights.pt'))
     assert isinstance(student.fc, torch.nn.Linear) and student.fc.out_features == 10
     assert torch.equal(student.stem[0].weight, model.stem[0].weight)
-    from fkd_ffcv.models.students import check_start  # MEAL V2 must start from a classifier
+    from fkd_ffcv.models.exports import check_start  # MEAL V2 must start from a classifier
     with pytest.raises(ValueError, match='is an ssl export: a backbone with a projection head'):
         check_start(folder / 'final_weights.pt', classes, {'arch': 'small_resnet'})
 

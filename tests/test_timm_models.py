@@ -12,7 +12,8 @@ from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops
 from fkd_ffcv.data.fields import SOFT_LABEL_FIELDS
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton
-from fkd_ffcv.models.students import build_model, load_weights, save_weights
+from fkd_ffcv.models.exports import load_weights, save_weights
+from fkd_ffcv.models.students import build_model
 from fkd_ffcv.records.soft_labels import FLAG_FLIP
 from fkd_ffcv.labeling.teachers import Teacher
 from fkd_ffcv.models.timm_models import resolve
@@ -193,7 +194,7 @@ def test_names_and_configurations_that_cannot_work_are_named(monkeypatch):
 
 
 def test_a_timm_cnn_student_is_built_as_timm_builds_it(tmp_path):
-    from fkd_ffcv.models.students import BlurPoolConv2d
+    from fkd_ffcv.models.resnets import BlurPoolConv2d
     model = build_model('timm:test_resnet', 4, blurpool=True)  # blurpool is not for timm
     assert not any(isinstance(m, BlurPoolConv2d) for m in model.modules())
     assert model.timm_args == {'model_name': 'test_resnet', 'num_classes': 4}

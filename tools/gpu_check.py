@@ -218,7 +218,9 @@ def step_data(args) -> None:
     from fkd_ffcv.data.beton import Beton
     from fkd_ffcv.data.fields import image_fields
     from fkd_ffcv.labeling.label import LabelingSettings, label_beton
-    from fkd_ffcv.models.students import build_model, save_weights
+    from fkd_ffcv.defaults import IMAGENET_MEAN, IMAGENET_STD
+    from fkd_ffcv.models.exports import save_weights
+    from fkd_ffcv.models.students import build_model
     from fkd_ffcv.data.sources import SyntheticPhotoSource
     from fkd_ffcv.labeling.teachers import Teacher
     from fkd_ffcv.data.manifest import Manifest
@@ -237,7 +239,7 @@ def step_data(args) -> None:
         save_weights(paths['teacher'], build_model(num_classes=1000, **arch), arch,
                      SyntheticPhotoSource(1).classes,
                      {'input_size': 32, 'interpolation': 'antialias',
-                      'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]})
+                      'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD)})
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     t0 = time.perf_counter()
     teacher = Teacher(teacher_spec(args), device=device)  # fp32, as labelling must be

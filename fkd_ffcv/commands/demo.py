@@ -48,7 +48,7 @@ def report(out: Path, summaries: dict, folders: dict) -> str:
     if labelling:
         lines.append(f"| labelling {labelling['records']} crop records per image (once) | | | "
                      f"| {labelling['seconds']:.0f} | |")
-    from fkd_ffcv.devices import machine, precision_of
+    from fkd_ffcv.reporting import machine, precision_of
     table = '\n'.join(lines + ['', f"{machine()}; precision {precision_of(summaries.values())}."])
     from fkd_ffcv.commands.plot import plot_runs, read_log
     plot_runs({names[key].split(' (')[0]: read_log(folders[key]) for key in STUDENTS},

@@ -1,30 +1,7 @@
-"""Teachers: loading a model and its preprocessing, and turning crops into probabilities.
-
-A teacher is named by a spec string:
-
-- `torchvision:<arch>:<checkpoint>`: a torchvision architecture and a state-dict checkpoint
-  (plain, or under 'model'/'state_dict'; 'module.' and '_orig_mod.' prefixes are removed; the
-  class count is read from the checkpoint). Without a checkpoint the weights are random, which
-  only tests can want;
-- `torchscript:<file>`: a TorchScript module;
-- `checkpoint:<file>`: weights exported by the trainer (`final_weights.pt`), which record
-  their architecture, class count and preprocessing;
-- `timm:<name>[.<tag>]:<checkpoint>`: a timm model (timm_models.py) with weights from a local
-  file (.pth/.pt/.safetensors; never downloaded), fed as timm's pretrained configuration for
-  that name and tag says (input size, interpolation, mean, std); deprecated names such as
-  `tf_efficientnet_l2_ns_475` or `gluon_senet154` are resolved to their current ones;
-- `moco:<arch>:<checkpoint>`: a MoCo v2 checkpoint of a torchvision ResNet: the query encoder
-  (`module.encoder_q.*`) with its projection head, loaded strictly; an embedding teacher
-  (self-supervised FKD, embeddings.py);
-- `<module>:<function>`: a Python entry point returning a model, or (model, preprocessing dict)
-  with keys input_size, mean, std, interpolation. `fkd_ffcv.labeling.teachers:efficientnet_lite0` is one.
-
-Any of them can be an embedding teacher (`embedding=`): its output is then the L2-normalised
-embedding of each crop, either its projection (MoCo, an ssl-mode export) or its pooled
-features (the input of a classifier), instead of class probabilities.
-
-The kinds are builders in `TEACHERS`, by prefix; a new family registers one (spec -> model and
-preprocessing) and needs no edit elsewhere.
+"""Teachers: turning crops into probabilities (or embeddings), by one model or an ensemble
+loaded from spec strings (teacher_specs.py reads them); and `efficientnet_lite0`, the
+pretrained entry point the examples name as `fkd_ffcv.labeling.teachers:efficientnet_lite0`
+(a teacher, or a student to fine-tune).
 
 Several specs separated by commas form an ensemble: the members' probabilities are averaged on
 the same crops (as MEAL V2 did). Members must share input size and interpolation (the crop is
@@ -40,44 +17,21 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import replace
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from fkd_ffcv.defaults import RESIZE_FILTERS, TEACHER_PRECISIONS
+from fkd_ffcv.defaults import TEACHER_PRECISIONS
 from fkd_ffcv.devices import autocast_dtype
-from fkd_ffcv.files import load_data
-from fkd_ffcv.models.students import (IMAGENET_MEAN, IMAGENET_STD, call_entry_point, classifier_name,
-                     plain_state_dict)
-from fkd_ffcv.registry import Registry
+from fkd_ffcv.labeling.teacher_specs import load_member
+from fkd_ffcv.models.heads import embedding_model, replace_head
 
 
 # The crop filters (resample.py) as torch's interpolate computes them: (mode, antialias)
 TORCH_MODES = {'antialias': ('bilinear', True), 'bicubic': ('bicubic', True),
                'bilinear': ('bilinear', False), 'area': ('area', False)}
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a teacher wants its input: side in pixels, resize interpolation, normalisation of
-    RGB values scaled to [0, 1]; whether it takes only that side (a timm ViT's
-    fixed_input_size), and the centre-crop fraction it was evaluated with."""
-    input_size: int = 224
-    interpolation: str = 'antialias'  # PIL's bilinear: what torchvision's weights were fed
-    mean: Tuple[float, float, float] = IMAGENET_MEAN
-    std: Tuple[float, float, float] = IMAGENET_STD
-    fixed_input_size: bool = False
-    crop_pct: float = 224 / 256
-    model: str = ''  # what the spec resolved to, where that can change (a timm name and tag)
-
-    def __post_init__(self):
-        if self.interpolation not in RESIZE_FILTERS:  # teacher crops: the loaders' filters
-            raise ValueError(f"interpolation must be one of {list(RESIZE_FILTERS)}, not "
-                             f"{self.interpolation!r}")
-        if self.input_size < 1 or len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"invalid preprocessing {self}")
 
 
 def efficientnet_lite0():
@@ -96,126 +50,6 @@ def efficientnet_lite0():
                        std=(0.5, 0.5, 0.5))
 
 
-def _options(preprocess: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(preprocess).items()}
-
-
-def _entry_point(spec: str):
-    """`<module>:<function>`: the function returns a model, or (model, preprocessing dict)."""
-    model, options = call_entry_point(spec, 'teacher', TEACHERS.describe())
-    return model, Preprocess(**_options(options))
-
-
-# Teacher families by spec prefix; a spec that matches none is an entry point.
-TEACHERS = Registry('teacher kind', default=_entry_point)
-
-
-def _file_after(prefix: str, spec: str, what: str) -> str:
-    """The file a `<prefix><file>` spec names, refused if it is not there."""
-    path = spec[len(prefix):]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such {what}")
-    return path
-
-
-@TEACHERS.register('torchvision:', prefix=True)
-def _torchvision_model(spec: str):
-    """`torchvision:<arch>[:<checkpoint>]`; the class count is read from the checkpoint."""
-    import torchvision
-    arch, _, checkpoint = spec[len('torchvision:'):].partition(':')
-    if arch not in torchvision.models.list_models():
-        raise ValueError(f"unknown torchvision architecture {arch!r}")
-    build = torchvision.models.get_model
-    if not checkpoint:
-        return build(arch, weights=None), Preprocess()
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    state = plain_state_dict(load_data(checkpoint))
-    reference = build(arch, weights=None).state_dict()
-    # The classifier is the last weight whose shape differs from the 1000-class default.
-    mismatched = [name for name, value in state.items()
-                  if name in reference and value.shape != reference[name].shape]
-    model = build(arch, weights=None,
-                  num_classes=state[mismatched[-1]].shape[0]) if mismatched else \
-        build(arch, weights=None)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{checkpoint} does not fit torchvision {arch}: {e}") from None
-    return model, Preprocess()
-
-
-@TEACHERS.register('timm:', prefix=True)
-def _timm_model(spec: str):
-    """`timm:<name>[.<tag>]:<checkpoint>`; the class count is read from the checkpoint."""
-    from fkd_ffcv.models.timm_models import teacher
-    model, options = teacher(spec)
-    return model, Preprocess(**options)
-
-
-@TEACHERS.register('checkpoint:', prefix=True)
-def _exported_model(spec: str):
-    """`checkpoint:<file>`: a trainer's final_weights.pt, with its own preprocessing."""
-    from fkd_ffcv.models.students import load_weights
-    model, preprocess, _ = load_weights(_file_after('checkpoint:', spec, 'checkpoint'))
-    return model, Preprocess(**_options(preprocess))
-
-
-@TEACHERS.register('torchscript:', prefix=True)
-def _torchscript_model(spec: str):
-    """`torchscript:<file>`: a TorchScript module."""
-    path = _file_after('torchscript:', spec, 'TorchScript file')
-    return torch.jit.load(path, map_location='cpu'), Preprocess()
-
-
-@TEACHERS.register('moco:', prefix=True)
-def _moco_model(spec: str):
-    """`moco:<arch>:<checkpoint>`: MoCo v2's query encoder, a torchvision ResNet whose `fc` is
-    the projection head (Linear, ReLU, Linear; embeddings.ProjectionHead), output normalised.
-    Only `module.encoder_q.*` is read (the key encoder and the queue are training state), and
-    it must fit exactly: the first missing or unexpected keys are named."""
-    import torchvision
-    from fkd_ffcv.records.embeddings import ProjectionHead
-    arch, _, checkpoint = spec[len('moco:'):].partition(':')
-    if arch not in torchvision.models.list_models(torchvision.models) or not checkpoint:
-        raise ValueError(f"{spec}: give moco:<torchvision arch>:<checkpoint file> (arch "
-                         f"{arch!r}, file {checkpoint!r})")
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    saved = load_data(checkpoint)
-    state = saved.get('state_dict', saved) if isinstance(saved, dict) else None
-    prefix = 'module.encoder_q.'
-    if not isinstance(state, dict) or not any(k.startswith(prefix) for k in state):
-        raise ValueError(f"{checkpoint} is not a MoCo checkpoint: no {prefix}* keys in its "
-                         f"state_dict")
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    model = torchvision.models.get_model(arch, weights=None)
-    if 'fc.0.weight' in state and 'fc.2.weight' in state:
-        hidden, width = state['fc.0.weight'].shape
-        model.fc = ProjectionHead(width, hidden, state['fc.2.weight'].shape[0])
-    elif 'fc.weight' in state:
-        raise ValueError(f"{checkpoint}: a MoCo v1 head (one Linear layer, fc.weight); only MoCo "
-                         f"v2's MLP head (fc.0, fc.2) is read")
-    own = model.state_dict()
-    missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or extra or shapes:
-        raise ValueError(f"{checkpoint} does not fit a MoCo {arch}: missing {missing[:4]}, "
-                         f"unexpected {extra[:4]}, other shapes {shapes[:4]} ({len(missing)}, "
-                         f"{len(extra)} and {len(shapes)} in all, under {prefix})")
-    model.load_state_dict(state)
-    return model, Preprocess(interpolation='antialias')  # MoCo's crops: torchvision on PIL
-
-
-def load_member(spec: str) -> Tuple[torch.nn.Module, Preprocess]:
-    """One teacher from its spec string (module docstring), by the builder TEACHERS holds
-    for its prefix."""
-    model, preprocess = TEACHERS[spec](spec)
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"teacher {spec!r} gave a {type(model).__name__}, not a torch module")
-    return model.eval(), preprocess
-
-
 class _Fp32Linear(torch.nn.Module):
     """A Linear layer computed in fp32 under autocast."""
 
@@ -231,15 +65,10 @@ class _Fp32Linear(torch.nn.Module):
 def fp32_head(model: torch.nn.Module, spec: str) -> torch.nn.Module:
     """`model` with its last Linear layer (the classifier, for torchvision, timm and the
     project's models) computed in fp32."""
-    name = classifier_name(model)
-    if name is None:
+    if replace_head(model, _Fp32Linear, projection=False) is None:
         print(f"warning: teacher {spec}: no Linear classifier to keep in fp32; its logits are "
               f"rounded to the autocast type (use precision fp32 for exact labels)",
               file=sys.stderr)
-        return model
-    parent_name, _, child = name.rpartition('.')
-    parent = model.get_submodule(parent_name)
-    setattr(parent, child, _Fp32Linear(getattr(parent, child)))
     return model
 
 
@@ -260,7 +89,7 @@ def _ieee_fp32(device: torch.device):
 class Teacher:
     """One model or an ensemble; `outputs` maps uint8 crops to averaged softmax(logits / T).
 
-    With `embedding` ('auto', 'projection' or 'features'; embeddings.embedding_model) it is
+    With `embedding` ('auto', 'projection' or 'features'; models.heads.embedding_model) it is
     an embedding teacher instead: one model, whose outputs are L2-normalised embeddings of
     `dim` dimensions (`num_classes` is None)."""
 
@@ -291,7 +120,6 @@ class Teacher:
         members = [load_member(spec) for spec in self.specs]
         self.embedding = embedding
         if embedding:
-            from fkd_ffcv.records.embeddings import embedding_model
             members = [(embedding_model(m, embedding, f"teacher {spec}"), p)
                        for spec, (m, p) in zip(self.specs, members)]
         for spec, (_, p) in zip(self.specs, members):

@@ -1,5 +1,6 @@
 """timm models as students (`--model.arch=timm:<name>`) and teachers
-(`timm:<name>[.<tag>]:<checkpoint>`), with weights only ever from local files.
+(`timm:<name>[.<tag>]:<checkpoint>`, read by labeling/teacher_specs.py), with weights only ever
+from local files.
 
 A name is timm's: an architecture, optionally with a pretrained tag (`resnet50.a1_in1k`).
 Names timm keeps as deprecated aliases (FKD's `tf_efficientnet_l2_ns_475`, MEAL V2's
@@ -16,6 +17,10 @@ from __future__ import annotations
 
 import difflib
 import sys
+
+from fkd_ffcv.defaults import IMAGENET_CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE_FILTERS
+from fkd_ffcv.files import load_data
+from fkd_ffcv.models.weights import plain_state_dict
 
 PREFIX = 'timm:'
 
@@ -61,7 +66,7 @@ def pretrained_config(name: str) -> dict:
     cfg = timm().models.get_pretrained_cfg(name)
     if cfg is None:
         return dict(input_size=(3, 224, 224), interpolation='bicubic', fixed_input_size=False,
-                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=IMAGENET_CROP,
                     num_classes=1000, classifier=None)
     return cfg.to_dict()
 
@@ -69,7 +74,6 @@ def pretrained_config(name: str) -> dict:
 def preprocessing(name: str) -> dict:
     """(input_size, interpolation, mean, std) of the pretrained configuration, as a teacher's
     Preprocess takes them; crop_pct and fixed_input_size beside them for whoever needs them."""
-    from fkd_ffcv.defaults import RESIZE_FILTERS
     cfg = pretrained_config(name)
     _, height, width = cfg['input_size']
     if height != width:
@@ -82,7 +86,7 @@ def preprocessing(name: str) -> dict:
         raise ValueError(f"timm model {name!r} was trained with {interpolation!r} "
                          f"interpolation; crops are cut with one of {', '.join(RESIZE_FILTERS)}")
     return dict(input_size=height, interpolation=interpolation, mean=tuple(cfg['mean']),
-                std=tuple(cfg['std']), crop_pct=cfg.get('crop_pct') or 0.875,
+                std=tuple(cfg['std']), crop_pct=cfg.get('crop_pct') or IMAGENET_CROP,
                 fixed_input_size=bool(cfg.get('fixed_input_size')))
 
 
@@ -141,10 +145,9 @@ def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
     """`timm:<name>` as a student: fresh, or started from `weights` (a checkpoint of this
     architecture, e.g. timm's pretrained weights kept locally; another class count gets a new
     classifier, unless `new_head` is False). ViT-like models take inputs of any size
-    (dynamic_img_size), so progressive resizing and validation at another side work. The arguments the model was created with are
-    kept on it (`timm_args`) and recorded by the export."""
-    from fkd_ffcv.files import load_data
-    from fkd_ffcv.models.students import plain_state_dict
+    (dynamic_img_size), so progressive resizing and validation at another side work. The
+    arguments the model was created with are kept on it (`timm_args`) and recorded by the
+    export."""
     name = resolve(arch[len(PREFIX):])
     args = {'drop_path_rate': drop_path} if drop_path else {}
     args.update({k: v for k, v in (('img_size', image_size), ('patch_size', patch_size)) if v})
@@ -171,7 +174,7 @@ def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
                  for k in (head + '.weight', head + '.bias') if k in state]
         raise ValueError(f"{weights} holds a classifier for {classes} classes "
                          f"({', '.join(heads)}); the data set has {num_classes}")
-    if classes != num_classes:
+    if classes != num_classes:  # timm's reset knows each model's classifiers (DeiT-distilled: 2)
         model.reset_classifier(num_classes)
         fresh = [k for head in _classifiers(pretrained_config(name))
                  for k in (head + '.weight', head + '.bias') if k in model.state_dict()]
@@ -183,22 +186,11 @@ def student(arch: str, num_classes: int, *, image_size: int, patch_size: int,
     return model
 
 
-student.loads_weights = True  # build_model leaves --model.weights to it
-
-
-def teacher(spec: str):
-    """`timm:<name>[.<tag>]:<checkpoint>` -> (model, preprocessing dict). The class count is
-    the checkpoint's; the preprocessing is the pretrained configuration's for that name, and
-    `model` names the timm model and tag it resolved to (recorded in labelled betons)."""
-    import os
-    from fkd_ffcv.files import load_data
-    from fkd_ffcv.models.students import plain_state_dict
-    name, _, path = spec[len(PREFIX):].partition(':')
-    if not path:
-        raise ValueError(f"teacher {spec!r}: give its weights, timm:{name}:<checkpoint file> "
-                         f"(nothing is downloaded)")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+def teacher(name: str, path: str):
+    """A timm model of `name` (with its tag, if any) holding the classifier checkpoint in
+    `path` -> (model, preprocessing dict). The class count is the checkpoint's; the
+    preprocessing is the pretrained configuration's for that name, and `model` names the timm
+    model and tag it resolved to (recorded in labelled betons)."""
     name = resolve(name)
     state = plain_state_dict(load_data(path))
     classes = checkpoint_classes(name, state)

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fkd_ffcv.devices import autocast_dtype, local_device, resolve_backend, resolve_precision
-from fkd_ffcv.records.embeddings import projection_of, with_projection
+from fkd_ffcv.models.heads import classifier_name, projection_of, with_projection
 from fkd_ffcv.training.mixing import mix
-from fkd_ffcv.models.students import (build_model, check_arch, check_start, classifier_name,
-                     input_normalisation, is_ssl_export, saved_options, takes_blurpool, unwrap)
+from fkd_ffcv.models.exports import check_start, saved_options
+from fkd_ffcv.models.students import build_model, check_arch, input_normalisation, takes_blurpool
+from fkd_ffcv.models.weights import is_ssl_export, unwrap
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.errors import DataError, OptionError, TrainingError
 from fkd_ffcv.files import load_data
@@ -553,7 +554,7 @@ class Trainer:
                                 f"{data['val_dataset']} has {len(classes)} (or other names)")
         self.num_classes, self.classes = len(classes), classes
         if 'arch' in state:  # final_weights.pt
-            from fkd_ffcv.models.students import load_weights
+            from fkd_ffcv.models.exports import load_weights
             self.model, preprocess, _ = load_weights(path)
             self.set_normalisation(preprocess['mean'], preprocess['std'])
             stored = {'resize': 'area', **state.get('validation', {})}  # older: INTER_AREA

@@ -355,7 +355,7 @@ class EmbeddingDistillation:
             require_labels(trainer.opts['data'][key])
 
     def student(self, trainer, model):
-        from fkd_ffcv.records.embeddings import with_projection
+        from fkd_ffcv.models.heads import with_projection
         try:
             return with_projection(model, self.dim, trainer.opts['ssl']['head_hidden'])
         except ValueError as e:
@@ -369,8 +369,8 @@ class EmbeddingDistillation:
 
     def evaluate(self, trainer):
         import torch
-        from fkd_ffcv.records.embeddings import feature_model
-        from fkd_ffcv.models.students import unwrap
+        from fkd_ffcv.models.heads import feature_model
+        from fkd_ffcv.models.weights import unwrap
         from fkd_ffcv.training.probes import evaluate
         model = trainer.ema if trainer.ema is not None else unwrap(trainer.model)
         features = feature_model(model, 'the student').eval()

@@ -107,7 +107,7 @@ class RunFolder:
 
     def export(self, model, model_options: dict, classes, preprocess: dict,
                validation: dict) -> Path:
-        from fkd_ffcv.models.students import save_weights
+        from fkd_ffcv.models.exports import save_weights
         if self.is_main:
             save_weights(self.weights, model, model_options, classes, preprocess,
                          validation=validation)
