@@ -130,6 +130,10 @@ def layer_of(name: str, modules: dict) -> str:
     return parts[1]
 
 
+def _exempt(module: Module, modules: dict) -> bool:
+    return layer_of(module.name, modules) == 'base' and module.name.split('.')[-1] in EXEMPT
+
+
 def _where(module: Module, line: int, root: Path) -> str:
     return f'{module.path.relative_to(root.parent)}:{line}'
 
@@ -142,7 +146,7 @@ def upward_imports(modules: dict, root: Path) -> list:
             problems.append(f'{_where(module, 1, root)}: {module.name} is in no layer ({here}); '
                             f'add its subpackage to LAYERS in tools/check_imports.py')
             continue
-        if module.name.split('.')[-1] in EXEMPT and here == 'base':
+        if _exempt(module, modules):
             continue
         for imp in module.imports:
             target = own_target(imp.target, modules)
@@ -157,7 +161,7 @@ def _edges(modules: dict) -> dict:
     """module -> {imported module: first line}, package modules only, no self edges."""
     graph = {}
     for module in modules.values():
-        if module.name.split('.')[-1] in EXEMPT:
+        if _exempt(module, modules):
             graph[module.name] = {}
             continue
         out = graph.setdefault(module.name, {})
