@@ -3,7 +3,7 @@ PY := .venv/bin/python
 DATA := data
 WHOLE_32PX := --resolution=32 --ratio=1
 
-.PHONY: setup demo smoke test bench clean
+.PHONY: setup check demo smoke test bench clean
 
 setup:
 	@bash tools/setup.sh
@@ -19,6 +19,11 @@ smoke: setup
 	.venv/bin/fkd-demo --smoke
 	$(PY) write_dataset.py --data.out_dir=build/smoke --data.subset=2000 --overwrite
 	.venv/bin/fkd-inspect build/smoke/fashion_mnist_train.beton --read $(WHOLE_32PX)
+
+# Imports point down the layers, no circles, the option modules torch-free (standard library only,
+# so it needs no set-up; docs/architecture.md). tests/test_architecture.py runs it too.
+check:
+	python3 tools/check_imports.py
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -96,4 +96,4 @@ class _FormerModuleFinder(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     if not any(isinstance(finder, _FormerModuleFinder) for finder in sys.meta_path):
-        sys.meta_path.append(_FormerModuleFinder())
+        sys.meta_path.insert(0, _FormerModuleFinder())  # before an editable install's finder

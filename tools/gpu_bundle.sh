@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds build/gpu_bundle/ for a lent GPU machine that has no network, no package registry and
+# Builds build/gpu_bundle/ for a GPU machine that has no network, no package registry and
 # possibly no pip:
 #   wheels/          ffcv (C extension compiled here for CPython 3.12), fastargs, terminaltables,
 #                    timm and safetensors (the device image may lack them or hold other versions)

@@ -1,6 +1,6 @@
 """The one-call GPU check (run by tools/gpu_check.sh): the project's CUDA path end to end, in
 steps of fixed order, each in its own process under its own time cap, each result printed and
-written under --out as soon as it is known (a GPU machine returns only that folder).
+written under --out as soon as it is known (a run cut short still leaves what it measured).
 
     python tools/gpu_check.py --out DIR [--budget SECONDS] [--dry-run]
 
@@ -48,7 +48,7 @@ SIZES = {
     # 2,048 training images: FKD's 2 passes of 32 steps (K = 4, 256 crops per step); plain and
     # online KD 6 epochs of 8 steps. ResNet-18 keeps torch.compile's two graphs (one per side)
     # short; the timing table measures ResNet-50. The budget (8 minutes, preparation included)
-    # and caps fit one 10-minute device command.
+    # and the caps end well within 10 minutes.
     'gpu': dict(train=2048, val=512, side=500, records=8, arch={'model.arch': 'resnet18'},
                 timm_student={'model.arch': 'timm:deit_tiny_patch16_224',
                               'resolution.round_to': 16}, timm_teacher='resnet50.a1_in1k',

@@ -5,10 +5,11 @@
 #
 #     bash tools/gpu_check.sh --out DIR [--budget SECONDS] [--dry-run]
 #
-# On a lent GPU machine (no network): carry build/gpu_bundle (bash tools/gpu_bundle.sh here;
-# FKD_GPU_BUNDLE=DIR for another place) and pass --out "$OUT". Without CUDA it is a CPU dry run
-# of the same steps (under 2 minutes here), which .ci/run runs. Exits non-zero when a step
-# failed or timed out.
+# On a GPU machine after `make setup`: bash tools/gpu_check.sh --out build/gpu-check. On one
+# without network, copy the checkout with build/gpu_bundle (bash tools/gpu_bundle.sh where there
+# is network; FKD_GPU_BUNDLE=DIR for another place). Without CUDA it is a CPU dry run of the
+# same steps (under 2 minutes here), which .ci/run runs. Exits non-zero when a step failed or
+# timed out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FKD_GPU_CHECK_STARTED=$(date +%s)  # the budget counts the preparation too

@@ -1,6 +1,6 @@
-# Prepares a lent GPU machine (no network, no registry, maybe no pip; the image's python3 3.12
-# already has torch, numpy, numba, opencv) to run this repo, from the bundle that
-# tools/gpu_bundle.sh built here and the device run carried (carry=["build/gpu_bundle"]).
+# Prepares a GPU machine without network (no registry, maybe no pip; its python3 3.12 already
+# has torch, numpy, numba, opencv) to run this repo, from the bundle that tools/gpu_bundle.sh
+# built on a machine with network and that was copied over with the checkout (docs/gpu.md).
 # Nothing is installed: the bundle's site/ holds ffcv, fastargs, terminaltables, timm and
 # safetensors unpacked (timm imports without huggingface_hub, which is not carried), and
 # ffcv's extension finds its libraries in site/ffcv.libs/ through its own RPATH, so no
@@ -54,7 +54,7 @@ if [ -z "$ext" ] || [ ! -d "$SITE/fastargs" ] || [ ! -d "$SITE/terminaltables" ]
         || [ ! -d "$SITE/timm" ] || [ ! -d "$SITE/safetensors" ] \
         || ! ls "$SITE"/ffcv.libs/lib*.so* >/dev/null 2>&1; then
     echo "gpu_prepare: $B is missing or incomplete (no site/ with ffcv, its ffcv.libs/, fastargs," >&2
-    echo "  terminaltables, timm, safetensors): run 'bash tools/gpu_bundle.sh' on the build machine and carry" >&2
+    echo "  terminaltables, timm, safetensors): run 'bash tools/gpu_bundle.sh' on a machine with network and copy" >&2
     echo "  build/gpu_bundle to this one (see docs/gpu.md), or point --bundle/FKD_GPU_BUNDLE at it" >&2
     exit 1
 fi
