@@ -41,8 +41,8 @@ def test_the_beton_and_its_manifest_read(inside, capsys):
     assert len(beton) == 32 and len(Beton(VAL)) == 16
     assert beton.classes[:2] == ['T-shirt/top', 'Trouser']
     assert set(SOFT_LABEL_FIELDS) <= set(beton.field_names)
-    labels = beton.manifest['soft_labels']  # read only if its fingerprint is the beton's
-    assert (labels['label_type'], labels['num_records'], labels['num_classes']) == (
+    labels = beton.manifest.soft_labels  # read only if its fingerprint is the beton's
+    assert (labels.label_type, labels.num_records, labels.num_classes) == (
         'marginal_smoothing_k5', 4, 10)
     assert beton.image(0).shape == (16, 16, 3)
     assert inspect_beton.main([TRAIN]) == 0
@@ -54,8 +54,8 @@ def test_the_beton_and_its_manifest_read(inside, capsys):
 
 def test_a_loader_reads_a_batch_with_soft_labels(inside):
     from fkd_ffcv.loading.loaders import FKDLoader
-    info = Beton(TRAIN).manifest['soft_labels']
-    spec = LabelSpec.parse(info['label_type'], info['num_classes'])
+    info = Beton(TRAIN).manifest.soft_labels
+    spec = LabelSpec.parse(info.label_type, info.num_classes)
     loader = FKDLoader(TRAIN, batch_size=8, num_crops=1, resolution=16, device='cpu')
     images, classes, probs, labels = next(iter(loader))
     assert tuple(images.shape[:1]) == (8,) and 16 in tuple(images.shape)
@@ -70,7 +70,7 @@ def test_the_recorded_teacher_specs_resolve(inside):
     from fkd_ffcv.labeling import teachers
     from fkd_ffcv.moved import forward
     beton = Beton(TRAIN)
-    recorded = beton.manifest['soft_labels']['teacher']
+    recorded = beton.manifest.soft_labels.teacher
     teacher = teachers.Teacher(','.join(recorded['specs']), input_size=recorded['input_size'],
                       interpolation=recorded['interpolation'])
     assert teacher.dim == 10
@@ -90,11 +90,13 @@ def test_the_recorded_teacher_specs_resolve(inside):
 
 
 def train(given: dict) -> tuple:
-    """fkd-train's path (commands/cli.train) for options given as {'section.key': value}:
+    """fkd-train's path (commands/train.py) for options given as {'section.key': value}:
     the run's recorded options, the fitted defaults, the check, the run. (exit status, summary
     printed)."""
     from fkd_ffcv.training.loop import main
-    from fkd_ffcv.training.options import check, fit_to_run, options, take_recorded
+    from fkd_ffcv.training.option_checks import check
+    from fkd_ffcv.training.options import options
+    from fkd_ffcv.training.run_options import fit_to_run, take_recorded
     opts = options(given)
     take_recorded(opts, set(given))
     fit_to_run(opts, set(given))
