@@ -17,8 +17,8 @@ from fkd_ffcv.commands import cli
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops, sample_records
 from fkd_ffcv.loading.decoders import record_index
-from fkd_ffcv.records.embeddings import (ProjectionHead, decode, embedding_loss, encode,
-                                 feature_model)
+from fkd_ffcv.records.embeddings import ProjectionHead, decode, encode, feature_model
+from fkd_ffcv.training.losses import embedding_loss
 from fkd_ffcv.errors import OptionError, TrainingError
 from fkd_ffcv.data.fields import EMBEDDING_FIELD, FLAGS_FIELD, LABEL_FIELD
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton

@@ -356,7 +356,8 @@ def eval_teacher(argv=None) -> int:
     except (OptionError, DataError, OSError) as e:
         return refused(e)
     from fkd_ffcv.devices import recorded_precision, resolve_device
-    from fkd_ffcv.labeling.teachers import Teacher, evaluate
+    from fkd_ffcv.labeling.teachers import Teacher
+    from fkd_ffcv.training.evaluation import teacher_top_k
     try:
         run = validated_as(args.teacher)
         device = resolve_device(args.device)
@@ -364,9 +365,9 @@ def eval_teacher(argv=None) -> int:
                                                        run.get('precision', 'fp32'), device)
         flip = args.flip if args.flip is not None else run.get('lr_tta', False)
         teacher = Teacher(args.teacher, device=device, precision=precision)
-        result = evaluate(teacher, args.beton, ratio=args.ratio or run.get('ratio', 0),
-                          resolution=args.resolution or run.get('resolution', 0),
-                          batch_size=args.batch_size, flip=flip)
+        result = teacher_top_k(teacher, args.beton, ratio=args.ratio or run.get('ratio', 0),
+                               resolution=args.resolution or run.get('resolution', 0),
+                               batch_size=args.batch_size, flip=flip)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -447,7 +448,7 @@ def probe(argv=None) -> int:
     from fkd_ffcv.data.beton import Beton
     from fkd_ffcv.devices import recorded_precision, resolve_device
     from fkd_ffcv.errors import TrainingError
-    from fkd_ffcv.training.probes import evaluate, require_labels
+    from fkd_ffcv.training.probes import knn_and_probe_top1, require_labels
     from fkd_ffcv.labeling.teachers import Teacher
     try:
         require_labels(args.train)
@@ -463,11 +464,11 @@ def probe(argv=None) -> int:
                           embedding=args.embedding,
                           input_size=args.resolution or stored.get('resolution'))
         ratio = args.ratio or stored.get('ratio') or teacher.crop_pct
-        result = evaluate(teacher.forward, args.train, args.val, len(classes),
-                          resolution=teacher.input_size, ratio=ratio, knn_k=args.knn_k,
-                          knn_temperature=args.knn_temperature, probe_epochs=args.epochs,
-                          probe_lr=args.lr, seed=args.seed, batch_size=args.batch_size,
-                          device=teacher.device, resize=teacher.interpolation)
+        result = knn_and_probe_top1(
+            teacher.forward, args.train, args.val, len(classes), resolution=teacher.input_size,
+            ratio=ratio, knn_k=args.knn_k, knn_temperature=args.knn_temperature,
+            probe_epochs=args.epochs, probe_lr=args.lr, seed=args.seed,
+            batch_size=args.batch_size, device=teacher.device, resize=teacher.interpolation)
     except (ValueError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
