@@ -382,7 +382,7 @@ def test_probe_command_on_an_export_and_on_a_beton_without_labels(ssl_data, ssl_
     assert 'k-NN top-1' in text and 'linear-probe top-1' in text and '32-d features' in text
     # the export is measured as the run validated it (side, ratio, filter, precision)
     assert f"k-NN top-1 {summary['knn_top1']:.2%} (k 20)" in text
-    assert text.rstrip().endswith(f"{trainer.precision})")
+    assert text.rstrip().endswith(f"{trainer.ctx.precision})")
     # --eval-only in ssl mode measures the same, from the checkpoint or the export
     for checkpoint in ('checkpoint.pt', 'final_weights.pt'):
         again = Trainer(ssl_options(ssl_data, folder, training__eval_only=True,
