@@ -36,8 +36,9 @@ def refuse_prerelease(path, state: dict) -> None:
                  ("it records no mode state", 'mode' not in state),
                  ('its model has model.heads (the hand-written ViT)',
                   'heads' in state['model_options']))
-    else:  # an export
-        signs = (('it records no data.resize', 'resize' not in state.get('validation', {})),
+    else:  # an export: save_weights' validation settings are the trainer's, and optional
+        signs = (('it records no data.resize',
+                  'validation' in state and 'resize' not in state['validation']),
                  ('its model has model.heads (the hand-written ViT)',
                   'heads' in state.get('arch', {})))
     found = [sign for sign, there in signs if there]
@@ -51,7 +52,8 @@ def refuse_prerelease(path, state: dict) -> None:
 
 def evaluated_model(path: Path, mode: str, classes, val_path) -> tuple:
     """(model on the CPU, its input normalisation (mean, std), the validation settings its run
-    used: resolution, ratio, resize) from a checkpoint.pt or final_weights.pt, refused with the
+    used: resolution, ratio, resize, none for an export written without them) from a
+    checkpoint.pt or final_weights.pt (or another save_weights file), refused with the
     fix where the file's model is not what `mode` measures (a classifier or an ssl student) or
     was trained on other `classes`."""
     from fkd_ffcv.models.students import (build_model, classifier_name, input_normalisation,
@@ -83,7 +85,7 @@ def evaluated_model(path: Path, mode: str, classes, val_path) -> tuple:
                             f"{val_path} has {len(classes)} (or other names)")
     if 'arch' in state:  # final_weights.pt
         model, preprocess, _ = load_weights(path)
-        return model, (preprocess['mean'], preprocess['std']), state['validation']
+        return model, (preprocess['mean'], preprocess['std']), state.get('validation', {})
     model = build_model(num_classes=len(classes), **state['model_options'])
     if embeds:  # the student's classifier became a projection head of these sizes
         from fkd_ffcv.records.embeddings import with_projection
@@ -98,9 +100,9 @@ def evaluated_model(path: Path, mode: str, classes, val_path) -> tuple:
 
 
 def validate_as_run(opts: dict, run: dict) -> None:
-    """Take the run's validation side, ratio and resize filter into `opts` where they are at
-    their defaults (what the command line did not change)."""
+    """Take the run's validation side, ratio and resize filter (those `run` records) into
+    `opts` where they are at their defaults (what the command line did not change)."""
     for section, key in (('validation', 'resolution'), ('validation', 'ratio'),
                          ('data', 'resize')):
-        if opts[section][key] == PARAMS[section][1][key].default:
+        if key in run and opts[section][key] == PARAMS[section][1][key].default:
             opts[section][key] = run[key]
