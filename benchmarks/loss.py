@@ -13,7 +13,8 @@ import torch
 
 from benchmarks.common import versions
 from fkd_ffcv.reporting import machine
-from fkd_ffcv.records.soft_labels import LabelSpec, recover, soft_cross_entropy
+from fkd_ffcv.records.soft_labels import LabelSpec, recover
+from fkd_ffcv.training.losses import soft_cross_entropy
 
 
 def dense_loss(logits, classes, probs, spec):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from benchmarks.common import report, versions
 from fkd_ffcv.reporting import machine, precision_of
-from fkd_ffcv.training.probes import evaluate
+from fkd_ffcv.training.probes import knn_and_probe_top1
 from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, run_or_reuse
 from fkd_ffcv.training.options import recipe
 from fkd_ffcv.labeling.teachers import Teacher
@@ -48,7 +48,7 @@ ROWS = {  # name: overrides of the ssl recipe
 def probe(spec: str, train, val, precision: str) -> dict:
     """k-NN and probe top-1 of a model's pooled features, as the ssl runs measure theirs."""
     teacher = Teacher(spec, embedding='features', precision=precision)
-    return evaluate(teacher.forward, train, val, 10, resolution=32, ratio=1.0)
+    return knn_and_probe_top1(teacher.forward, train, val, 10, resolution=32, ratio=1.0)
 
 
 def initial_weights(folder: Path, seed: int, train) -> Path:

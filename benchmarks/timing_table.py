@@ -171,7 +171,7 @@ def timed_run(key, work, train, val, overrides, preset, trainer_class=Trainer):
     wait = sum(line['data_wait'] * line['seconds'] for line in second)
     return {'key': key, 'name': ROWS[key][0], 'k': k, 'seconds_per_epoch': seconds / len(second),
             'crops_per_s': crops / seconds, 'data_wait': wait / seconds,
-            'precision': trainer.precision, 'device': str(trainer.device),
+            'precision': trainer.ctx.precision, 'device': str(trainer.ctx.device),
             'wall_seconds': time.perf_counter() - started}
 
 

@@ -5,6 +5,7 @@ import torch
 
 from fake_cuda import FakeCuda
 from fkd_ffcv import devices
+from fkd_ffcv.training.context import Process, RunContext, join_processes, parallel
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.training.options import options
 from fkd_ffcv.training.loop import Trainer
@@ -69,10 +70,8 @@ def test_trainer_takes_its_rank_gpu_modulo_the_gpu_count(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
     monkeypatch.setenv('LOCAL_RANK', '1')
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
-    trainer = Trainer.__new__(Trainer)
-    trainer.opts = options()
-    trainer.setup_distributed()
-    assert trainer.device == torch.device('cuda', 0)
+    process = join_processes(options())
+    assert process.device == torch.device('cuda', 0)
     assert ('MainThread', 0, 'set_device', 0) in fake.calls
     assert torch.backends.cudnn.benchmark
 
@@ -87,15 +86,17 @@ def test_compiled_models_get_one_static_graph_per_input_side(monkeypatch):
     monkeypatch.setattr(torch, 'compile', fake_compile)
     trainer = Trainer.__new__(Trainer)
     trainer.opts = options({'model.arch': 'small_resnet', 'training.compile': True})
-    trainer.device, trainer.world_size, trainer.num_classes = torch.device('cpu'), 1, 10
+    trainer.ctx = RunContext(trainer.opts, Process(torch.device('cpu'), 0, 1, 1, 1), 'fp32',
+                             (1,), None, None, [str(c) for c in range(10)])
     trainer.mode = MODES['fkd']()
     trainer.create_model()
     assert compiled == {'dynamic': False}  # progressive resizing: a graph per side
 
 
 def test_ddp_wraps_the_student_and_a_discriminator_on_the_ranks_gpu(monkeypatch):
-    """Trainer.parallel: DDP on the rank's GPU (device_ids) on CUDA, without on the CPU, and
-    nothing with one process. MEAL V2's discriminator goes through it as the student does."""
+    """context.parallel: DDP on the rank's GPU (device_ids) on CUDA, without on the CPU, and
+    nothing with one process. MEAL V2's discriminator goes through it (RunContext.parallel) as
+    the student does."""
     wrapped = []
 
     class FakeDDP:
@@ -103,14 +104,10 @@ def test_ddp_wraps_the_student_and_a_discriminator_on_the_ranks_gpu(monkeypatch)
             wrapped.append((module, device_ids))
 
     monkeypatch.setattr(torch.nn.parallel, 'DistributedDataParallel', FakeDDP)
-    trainer = Trainer.__new__(Trainer)
     module = torch.nn.Linear(2, 2)
-    trainer.world_size, trainer.device = 1, torch.device('cuda', 1)
-    assert trainer.parallel(module) is module and not wrapped
-    trainer.world_size = 2
-    assert isinstance(trainer.parallel(module), FakeDDP)
-    trainer.device = torch.device('cpu')
-    trainer.parallel(module)
+    assert parallel(module, torch.device('cuda', 1), 1) is module and not wrapped
+    assert isinstance(parallel(module, torch.device('cuda', 1), 2), FakeDDP)
+    parallel(module, torch.device('cpu'), 2)
     assert wrapped == [(module, [1]), (module, None)]
 
 

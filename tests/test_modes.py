@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fkd_ffcv.training.modes import MODES, Plain, mixed
+from fkd_ffcv.training.losses import mixed
+from fkd_ffcv.training.modes import MODES, Plain
 from fkd_ffcv.training.options import options
 from fkd_ffcv.training.loop import Trainer
 from test_training import run_options

@@ -17,8 +17,9 @@ from fkd_ffcv.commands.probe import probe as fkd_probe
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops, sample_records
 from fkd_ffcv.loading.decoders import record_index
-from fkd_ffcv.records.embeddings import decode, embedding_loss, encode
+from fkd_ffcv.records.embeddings import decode, encode
 from fkd_ffcv.models.heads import ProjectionHead, feature_model
+from fkd_ffcv.training.losses import embedding_loss
 from fkd_ffcv.errors import OptionError, TrainingError
 from fkd_ffcv.data.fields import EMBEDDING_FIELD, FLAGS_FIELD, LABEL_FIELD
 from fkd_ffcv.labeling.label import LabelingSettings, label_beton
@@ -383,7 +384,7 @@ def test_probe_command_on_an_export_and_on_a_beton_without_labels(ssl_data, ssl_
     assert 'k-NN top-1' in text and 'linear-probe top-1' in text and '32-d features' in text
     # the export is measured as the run validated it (side, ratio, filter, precision)
     assert f"k-NN top-1 {summary['knn_top1']:.2%} (k 20)" in text
-    assert text.rstrip().endswith(f"{trainer.precision})")
+    assert text.rstrip().endswith(f"{trainer.ctx.precision})")
     # --eval-only in ssl mode measures the same, from the checkpoint or the export
     for checkpoint in ('checkpoint.pt', 'final_weights.pt'):
         again = Trainer(ssl_options(ssl_data, folder, training__eval_only=True,

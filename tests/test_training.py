@@ -227,12 +227,11 @@ def test_eval_teacher_takes_fp32_where_the_cpu_lacks_the_runs_bf16(fkd_run, fkd_
 def test_a_run_that_ends_near_chance_while_training_learnt_warns(capsys):
     """The end of training warns once (rank 0) where the final top-1 is at most 1.5x chance
     and train_top1 at least twice chance; the trainer's state is stubbed (no training)."""
-    from types import SimpleNamespace
+    from fkd_ffcv.training.report import warn_if_at_chance
     def warned(top1, train_top1, rank=0, bn_images=0, **line):
-        trainer = SimpleNamespace(history=[{'epoch': 4, 'top1': top1, 'train_top1': train_top1,
-                                            **line}], num_classes=4, is_main=rank == 0,
-                                  train_beton=range(84), bn_images=bn_images)
-        Trainer.warn_if_at_chance(trainer)
+        warn_if_at_chance([{'epoch': 4, 'top1': top1, 'train_top1': train_top1, **line}],
+                          num_classes=4, train_images=84, precise_bn_ran=bn_images > 0,
+                          is_main=rank == 0)
         return capsys.readouterr().err
     assert warned(0.25, 0.56) == (
         "warning: validation top-1 25.00% is near chance (25.00% for 4 classes) while "
@@ -253,7 +252,7 @@ def test_precise_bn_recomputes_the_evaluated_statistics_and_keeps_them(fkd_optio
     the images, not on what the running averages held), and momentum and step counts are
     restored."""
     from fkd_ffcv.training.options import PRECISE_BN_IMAGES, PRECISE_BN_STEPS
-    from fkd_ffcv.training.loop import is_batchnorm, precise_bn_images
+    from fkd_ffcv.training.batchnorm import is_batchnorm, precise_bn_images
     folder = tmp_path / 'run'
     trainer = Trainer(fkd_options(folder, validation__precise_bn=-1))
     summary = trainer.run()
@@ -545,23 +544,36 @@ def test_fine_tuning_starts_from_weights_and_trains_only_the_head_first(plain_ru
 
 def test_a_checkpoint_from_before_an_option_existed_resumes(fkd_run, fkd_options, tmp_path):
     """Options added later (model.weights, model.head_epochs) count as their defaults in an
-    older checkpoint, and options retired since (model.heads) are ignored, so it resumes; but
-    data.resize, added with a default that resizes otherwise, counts as what the run did."""
+    older checkpoint, so it resumes. A checkpoint or export of a version before the first
+    release (no data.resize recorded: the loaders resized with INTER_AREA; the hand-written
+    ViT's model.heads) is refused, for a resume and an evaluation, with how to rebuild it."""
     folder = tmp_path / 'run'
     folder.mkdir()
     state = torch.load(fkd_run[0] / 'checkpoint.pt', weights_only=True)
     state['options'] = fkd_options(folder)
     for key in ('weights', 'head_epochs'):
         del state['options']['model'][key]
-    # the version with the hand-written ViT: its options, their old defaults
-    state['options']['model'].update(heads=3, patch_size=4, image_size=224)
+    torch.save(state, folder / 'checkpoint.pt')
+    summary = Trainer(fkd_options(folder, training__resume=True)).run()
+    assert summary['top1'] == fkd_run[1]['top1']  # every pass was done: the same model
+    old = tmp_path / 'old'
+    old.mkdir()
+    state['options'] = fkd_options(old)
     state['model_options'].update(heads=3, patch_size=4, image_size=224)
     del state['options']['data']['resize']  # before the filter choice the loaders used area
-    torch.save(state, folder / 'checkpoint.pt')
-    with pytest.raises(TrainingError, match='data.resize'):
-        Trainer(fkd_options(folder, training__resume=True)).run()
-    summary = Trainer(fkd_options(folder, training__resume=True, data__resize='area')).run()
-    assert summary['top1'] == fkd_run[1]['top1']  # every pass was done: the same model
+    torch.save(state, old / 'checkpoint.pt')
+    export = torch.load(fkd_run[0] / 'final_weights.pt', weights_only=True)
+    del export['validation']['resize']
+    torch.save(export, old / 'final_weights.pt')
+    for overrides, signs in (
+            ({'training__resume': True}, ('data.resize', 'model.heads')),
+            ({'training__eval_only': True}, ('data.resize', 'model.heads')),
+            ({'training__eval_only': True,
+              'training__checkpoint': str(old / 'final_weights.pt')}, ('data.resize',))):
+        with pytest.raises(TrainingError, match='before the first release') as e:
+            Trainer(fkd_options(old, **overrides)).run()
+        assert all(sign in str(e.value) for sign in signs)
+        assert 'train the run again with this version' in str(e.value)
 
 
 def test_a_timm_vit_student_trains_an_fkd_pass_and_its_export_loads_into_timm(fkd_options,
@@ -603,6 +615,6 @@ def test_a_small_input_sret_trains_an_fkd_pass_and_its_export_loads_back(fkd_opt
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     trainer.model.eval()
     with torch.no_grad():
-        x = (images.float() - trainer.mean) / trainer.std
+        x = (images.float() - trainer.normalise.mean) / trainer.normalise.std
         assert torch.allclose(teacher.forward(images), torch.softmax(trainer.model(x), 1),
                               atol=1e-5)

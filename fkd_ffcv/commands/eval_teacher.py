@@ -49,7 +49,8 @@ def eval_teacher(argv=None) -> int:
     except (OptionError, DataError, OSError) as e:
         return refused(e)
     from fkd_ffcv.devices import recorded_precision, resolve_device
-    from fkd_ffcv.labeling.teachers import Teacher, evaluate
+    from fkd_ffcv.labeling.teachers import Teacher
+    from fkd_ffcv.training.evaluation import teacher_top_k
     try:
         run = validated_as(args.teacher)
         device = resolve_device(args.device)
@@ -57,9 +58,9 @@ def eval_teacher(argv=None) -> int:
                                                        run.get('precision', 'fp32'), device)
         flip = args.flip if args.flip is not None else run.get('lr_tta', False)
         teacher = Teacher(args.teacher, device=device, precision=precision)
-        result = evaluate(teacher, args.beton, ratio=args.ratio or run.get('ratio', 0),
-                          resolution=args.resolution or run.get('resolution', 0),
-                          batch_size=args.batch_size, flip=flip)
+        result = teacher_top_k(teacher, args.beton, ratio=args.ratio or run.get('ratio', 0),
+                               resolution=args.resolution or run.get('resolution', 0),
+                               batch_size=args.batch_size, flip=flip)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -67,7 +67,7 @@ def probe(argv=None) -> int:
     from fkd_ffcv.data.beton import Beton
     from fkd_ffcv.devices import recorded_precision, resolve_device
     from fkd_ffcv.errors import TrainingError
-    from fkd_ffcv.training.probes import evaluate, require_labels
+    from fkd_ffcv.training.probes import knn_and_probe_top1, require_labels
     from fkd_ffcv.labeling.teachers import Teacher
     try:
         require_labels(args.train)
@@ -83,11 +83,11 @@ def probe(argv=None) -> int:
                           embedding=args.embedding,
                           input_size=args.resolution or stored.get('resolution'))
         ratio = args.ratio or stored.get('ratio') or teacher.crop_pct
-        result = evaluate(teacher.forward, args.train, args.val, len(classes),
-                          resolution=teacher.input_size, ratio=ratio, knn_k=args.knn_k,
-                          knn_temperature=args.knn_temperature, probe_epochs=args.epochs,
-                          probe_lr=args.lr, seed=args.seed, batch_size=args.batch_size,
-                          device=teacher.device, resize=teacher.interpolation)
+        result = knn_and_probe_top1(
+            teacher.forward, args.train, args.val, len(classes), resolution=teacher.input_size,
+            ratio=ratio, knn_k=args.knn_k, knn_temperature=args.knn_temperature,
+            probe_epochs=args.epochs, probe_lr=args.lr, seed=args.seed,
+            batch_size=args.batch_size, device=teacher.device, resize=teacher.interpolation)
     except (ValueError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

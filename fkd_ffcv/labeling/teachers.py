@@ -206,39 +206,3 @@ class Teacher:
             p = torch.softmax(logits.float() / self.temperature, dim=-1)
             total = p if total is None else total + p
         return total / len(self.models)
-
-
-@torch.no_grad()
-def evaluate(teacher: Teacher, beton_path, ratio: float = 0, resolution: int = 0,
-             batch_size: int = 256, num_workers: int = -1, flip: bool = False,
-             progress: bool = True) -> dict:
-    """Top-1 and top-5 of `teacher` on every image of a beton, centre-cropped (side `ratio` x
-    the shorter side; default: the teacher's own crop fraction) and resized to `resolution`
-    (default: the teacher's input size) with the teacher's own filter; a bar on a terminal.
-    With `flip`, each image's classes are ranked by the sum of its and its mirror's
-    log-probabilities, which ranks them as the trainer's validation.lr_tta does (the mean of
-    the two logits)."""
-    ratio = ratio or teacher.crop_pct
-    from fkd_ffcv.data.beton import Beton
-    from fkd_ffcv.loading.loaders import eval_loader
-    classes = Beton(beton_path).classes
-    if teacher.num_classes != len(classes):
-        raise ValueError(f"the teacher predicts {teacher.num_classes} classes; {beton_path} has "
-                         f"{len(classes)}")
-    side = resolution or teacher.input_size
-    top1 = top5 = n = 0
-    from fkd_ffcv.progress import bar
-    loader = eval_loader(beton_path, batch_size, side, ratio, num_workers, str(teacher.device),
-                         resize=teacher.interpolation)
-    for images, labels in bar(progress, iterable=loader, unit='batch', leave=False,
-                              desc=f"evaluating on {os.path.basename(beton_path)}"):
-        labels = labels.to(teacher.device).long()
-        scores = teacher.forward(images)
-        if flip:
-            scores = scores.log() + teacher.forward(torch.flip(images, dims=[3])).log()
-        top = scores.topk(min(5, teacher.num_classes), dim=1).indices
-        top1 += int((top[:, 0] == labels).sum())
-        top5 += int((top == labels[:, None]).any(1).sum())
-        n += labels.shape[0]
-    return {'top1': top1 / n, 'top5': top5 / n, 'images': n, 'resolution': side, 'ratio': ratio,
-            'flip': flip}

@@ -1,5 +1,5 @@
 """Teacher embeddings for self-supervised FKD (S2-BNN's distillation-only recipe): the
-stored form of an embedding, and the loss (the projection head: models/heads.py).
+stored form of an embedding (the projection head: models/heads.py; the loss: training/losses.py).
 
 A self-supervised teacher (MoCo v2: ResNet-50 -> Linear(2048, 2048) -> ReLU -> Linear(2048,
 128), L2-normalised) gives each crop a unit vector t. The student (backbone + the same kind of
@@ -35,12 +35,3 @@ def encode(embeddings: torch.Tensor) -> torch.Tensor:
 def decode(stored) -> torch.Tensor:
     """int8 (..., D) -> float32 unit vectors (..., D)."""
     return F.normalize(torch.as_tensor(stored).float(), dim=-1)
-
-
-def embedding_loss(student: torch.Tensor, target: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
-    """Mean over crops of -sum_d softmax(t / tau)_d log softmax(s / tau)_d, for L2-normalised
-    student outputs s and targets t (S2-BNN's distillation loss, tau on both)."""
-    q = torch.softmax(F.normalize(target.float(), dim=-1) / temperature, dim=-1)
-    logp = torch.log_softmax(F.normalize(student.float(), dim=-1) / temperature, dim=-1)
-    return -(q * logp).sum(-1).mean()

@@ -1,6 +1,7 @@
-"""FKD soft labels: the label types, their compact stored form, recovery and the loss.
+"""FKD soft labels: the label types, their compact stored form and their recovery.
 
-This module owns the soft-label math; inspection, the loader and the training loss all call it.
+This module owns the stored form; inspection, the loader and the training loss
+(training/losses.py) all call it.
 
 Every label type stores, per crop record, k class indices and k probabilities, the teacher's
 top-k in descending order, and recovers a C-way distribution q from them (S = stored set):
@@ -96,7 +97,7 @@ def top1_agreement(beton, max_images: int = 2000):
 
 
 # --------------------------------------------------------------------------------------------
-# Recovery and loss
+# Recovery
 
 
 def recover(classes, probs, spec: LabelSpec) -> torch.Tensor:
@@ -110,32 +111,6 @@ def recover(classes, probs, spec: LabelSpec) -> torch.Tensor:
         probs = probs / probs.sum(-1, keepdim=True).clamp(min=1e-12)
         q = probs.new_zeros(*probs.shape[:-1], spec.num_classes)
     return q.scatter_(-1, classes, probs)
-
-
-def soft_cross_entropy(logits: torch.Tensor, classes, probs, spec: LabelSpec,
-                       temperature: float = 1.0) -> torch.Tensor:
-    """Mean over crops of -sum_c q_c log softmax(logits / T)_c, computed from the stored top-k
-    without building q: for smoothing, the uniform rest contributes its mass times the mean
-    log-probability of the classes outside S."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    classes = torch.as_tensor(classes, device=logits.device).long()
-    probs = torch.as_tensor(probs, device=logits.device, dtype=torch.float32)
-    picked = logp.gather(-1, classes)
-    if spec.smoothing:
-        rest = (1 - probs.sum(-1)).clamp(min=0)
-        outside = (logp.sum(-1) - picked.sum(-1)) / (spec.num_classes - spec.k)
-        loss = -(probs * picked).sum(-1) - rest * outside
-    else:
-        loss = -(probs * picked).sum(-1) / probs.sum(-1).clamp(min=1e-12)
-    return loss.mean()
-
-
-def dense_cross_entropy(logits: torch.Tensor, q: torch.Tensor,
-                        temperature: float = 1.0) -> torch.Tensor:
-    """Mean over crops of -sum_c q_c log softmax(logits / T)_c for a dense target q (N, C):
-    online distillation, where the teacher's full distribution is at hand."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return -(q.float() * logp).sum(-1).mean()
 
 
 def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Training modes: what a run needs from the beton, its training loader, how it reads a batch,
 its loss, and any state it checkpoints. `MODES` holds them by name (`training.mode`); a new
-mode is a new class registered here, and the trainer needs no new branch.
+mode is a new class registered here, and the trainer needs no new branch. A mode reads the run
+through its `RunContext` (context.py: device, precision, plan, betons, classes, options), never
+the trainer; the losses are losses.py's.
 
 Nothing heavy is imported at module level: options.py reads the modes' facts (crops per image,
 a teacher needed, crop records read) to check a command line before torch is loaded.
@@ -19,7 +21,8 @@ MODES = Registry('training mode')
 class Mode:
     """What every mode has unless it says otherwise: one crop per image, no teacher, no crop
     records, no state of its own. The facts are class-level, read by options.check without
-    making a mode; the trainer makes one per run (no arguments)."""
+    making a mode; the trainer makes one per run (no arguments) and passes every method the
+    run's context (`ctx`)."""
     needs_teacher = False  # the mode runs a teacher (--fkd.teacher)
     reads_records = False  # the mode replays the beton's crop records
     record_field = CLASSES_FIELD  # the record field it reads (with boxes and flags)
@@ -47,20 +50,21 @@ class Mode:
                              f"crop)")
         return [k] * (epochs // k)
 
-    def check_data(self, trainer) -> None:
+    def check_data(self, ctx) -> None:
         """Raise TrainingError where the training beton lacks what the mode reads."""
 
-    def setup(self, trainer) -> None:
+    def setup(self, ctx) -> None:
         """Load what the mode needs besides the student (a teacher)."""
 
-    def student(self, trainer, model):
+    def student(self, ctx, model):
         """The student as the mode trains it, from the model build_model gave (the mode may
         replace its classifier)."""
         return model
 
-    def evaluate(self, trainer):
-        """The validation line's numbers when the mode measures the student its own way (a
-        dict), or None for top-1/top-5 of its classifier."""
+    def probe_scores(self, ctx, model, normalise):
+        """The validation line's numbers when the mode measures the student (`model`, in eval
+        mode; `normalise` its input normalisation) by probing its features (a dict), or None
+        for top-1/top-5 of its classifier."""
         return None
 
     def forwards(self) -> list:
@@ -68,13 +72,13 @@ class Mode:
         the trainer's check of every input side."""
         return []
 
-    def parameter_groups(self, trainer) -> list:
+    def parameter_groups(self, ctx) -> list:
         """Optimiser groups of the mode's own trained modules (a discriminator), after the
         student's; a group's 'lr_scale' multiplies the scheduled learning rate, and one marked
         'always' learns in model.head_epochs too, while the student's body waits."""
         return []
 
-    def train_loader(self, trainer, num_crops: int, **common):
+    def train_loader(self, ctx, num_crops: int, **common):
         """The training loader for passes of `num_crops` crops per image; `common` holds
         resolution, seed, workers and distributed."""
         raise NotImplementedError
@@ -84,7 +88,7 @@ class Mode:
         None in a mode that reads no labels)."""
         raise NotImplementedError
 
-    def loss(self, trainer, logits, targets, images255, perm, lam):
+    def loss(self, ctx, logits, targets, images255, perm, lam):
         """The loss of a step. With mixing (perm is not None), images255 holds the mixed
         images, and `lam` is the weight of the unpermuted targets. A mode with `metrics` sets
         `self.step_metrics` to a tensor of their step means."""
@@ -98,69 +102,68 @@ class Mode:
         pass
 
 
-def mixed(loss_of, perm, lam):
-    """A loss linear in its target, for targets mixed with weight `lam`: lam L(a) + (1 - lam)
-    L(b), with `loss_of(index)` the loss against the targets picked by `index`."""
-    everything = slice(None)
-    return loss_of(everything) if perm is None else \
-        lam * loss_of(everything) + (1 - lam) * loss_of(perm)
-
-
 @MODES.register('plain')
 class Plain(Mode):
     """Hard labels with label smoothing, on a seeded RandomResizedCrop per image and pass."""
 
-    def train_loader(self, trainer, num_crops: int, **common):
+    def train_loader(self, ctx, num_crops: int, **common):
         from fkd_ffcv.loading.loaders import PlainLoader
-        data, t = trainer.opts['data'], trainer.opts['training']
+        data, t = ctx.opts['data'], ctx.opts['training']
         return PlainLoader(data['train_dataset'], t['batch_size'],
                            scale=(data['crop_scale_min'], data['crop_scale_max']),
-                           device=trainer.device, labels=self.reads_labels, **common)
+                           device=ctx.device, labels=self.reads_labels, **common)
 
     def unpack(self, batch):
         images, labels = batch
         return images, labels, labels
 
-    def loss(self, trainer, logits, labels, images255, perm, lam):
+    def loss(self, ctx, logits, labels, images255, perm, lam):
         import torch.nn.functional as F
-        smoothing = trainer.opts['training']['label_smoothing']
+        from fkd_ffcv.training.losses import mixed
+        smoothing = ctx.opts['training']['label_smoothing']
         return mixed(lambda i: F.cross_entropy(logits.float(), labels[i],
                                                label_smoothing=smoothing), perm, lam)
 
 
-@MODES.register('online_kd')
-class OnlineKD(Plain):
-    """Classic distillation: the teacher (--fkd.teacher) runs on every batch, on the student's
-    crops resized to its input; soft cross-entropy against its full distribution."""
+class RunsTeacher:
+    """A mode whose teacher (--fkd.teacher) runs on every batch, on the student's crops
+    resized to its input, on this process's device, threads and precision."""
     needs_teacher = True
 
-    def setup(self, trainer):
+    def load_teacher(self, ctx, **options) -> None:
         from fkd_ffcv.labeling.teachers import Teacher
-        spec = trainer.opts['fkd']['teacher']
+        self.spec = ctx.opts['fkd']['teacher']
         try:
-            self.teacher = Teacher(spec, device=trainer.device, cpu_threads=trainer.threads,
-                                   temperature=trainer.opts['fkd']['temperature'],
-                                   precision=trainer.precision)
+            self.teacher = Teacher(self.spec, device=ctx.device, precision=ctx.precision,
+                                   cpu_threads=ctx.process.threads, **options)
         except (ValueError, FileNotFoundError) as e:
             raise TrainingError(f"--fkd.teacher: {e}") from None
-        if self.teacher.num_classes != trainer.num_classes:
-            raise TrainingError(f"--fkd.teacher {spec} predicts {self.teacher.num_classes} "
-                                f"classes; the data set has {trainer.num_classes}")
-        self.spec = spec
 
     def forwards(self):
         return [(f"the teacher {self.spec}", self.teacher.forward)]
 
-    def distribution(self, trainer, labels, images255, perm, lam):
+
+@MODES.register('online_kd')
+class OnlineKD(RunsTeacher, Plain):
+    """Classic distillation: soft cross-entropy against the teacher's full distribution."""
+
+    def setup(self, ctx):
+        self.load_teacher(ctx, temperature=ctx.opts['fkd']['temperature'])
+        if self.teacher.num_classes != ctx.num_classes:
+            raise TrainingError(f"--fkd.teacher {self.spec} predicts "
+                                f"{self.teacher.num_classes} classes; the data set has "
+                                f"{ctx.num_classes}")
+
+    def distribution(self, ctx, labels, images255, perm, lam):
         """The teacher's probabilities (N, C) on the (mixed) images themselves."""
         import torch
         with torch.no_grad():
             return self.teacher.forward(images255)
 
-    def loss(self, trainer, logits, labels, images255, perm, lam):
-        from fkd_ffcv.records.soft_labels import dense_cross_entropy
-        q = self.distribution(trainer, labels, images255, perm, lam)
-        return dense_cross_entropy(logits, q, trainer.opts['fkd']['temperature'])
+    def loss(self, ctx, logits, labels, images255, perm, lam):
+        from fkd_ffcv.training.losses import dense_cross_entropy
+        q = self.distribution(ctx, labels, images255, perm, lam)
+        return dense_cross_entropy(logits, q, ctx.opts['fkd']['temperature'])
 
 
 @MODES.register('fkd')
@@ -186,55 +189,55 @@ class FKD(Mode):
         middle = (epochs - warmup) // k
         return [1] * warmup + [k] * middle + [1] * (epochs - warmup - middle * k)
 
-    def check_data(self, trainer):
+    def check_data(self, ctx):
         """options.check has seen the manifest's word on these; the beton's own is final."""
         from fkd_ffcv.data.manifest import check_records, records_missing
         from fkd_ffcv.records.soft_labels import LabelSpec
-        beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
+        beton, path = ctx.train_beton, ctx.opts['data']['train_dataset']
         if CLASSES_FIELD not in beton.fields:
             raise TrainingError(records_missing('fkd', path, beton.field_names, CLASSES_FIELD))
         info = beton.manifest.soft_labels
         if not info:
             raise TrainingError(f"{path}: its manifest does not describe the soft labels "
                                 f"(label type); rewrite the labels with write_dataset.py")
-        if info.num_classes != trainer.num_classes:
+        if info.num_classes != ctx.num_classes:
             raise TrainingError(f"{path}: the soft labels cover {info.num_classes} classes, "
-                                f"the data set has {trainer.num_classes}")
+                                f"the data set has {ctx.num_classes}")
         self.num_records = info.num_records
-        check_records(self.crops_per_image(trainer.opts), self.num_records, path)
+        check_records(self.crops_per_image(ctx.opts), self.num_records, path)
         self.label_spec = LabelSpec.parse(info.label_type, info.num_classes)
 
-    def note_reuse(self, trainer, num_crops: int) -> None:
+    def note_reuse(self, ctx, num_crops: int) -> None:
         """Say once when the run uses more crops per image than the beton holds records."""
         import sys
-        epochs = trainer.opts['training']['epochs']  # one crop per image and epoch
-        if epochs > self.num_records and trainer.is_main and num_crops == max(trainer.plan):
+        epochs = ctx.opts['training']['epochs']  # one crop per image and epoch
+        if epochs > self.num_records and ctx.is_main and num_crops == max(ctx.plan):
             print(f"note: {epochs} epochs use {epochs} crops per image; "
-                  f"{trainer.opts['data']['train_dataset']} holds {self.num_records} records "
+                  f"{ctx.opts['data']['train_dataset']} holds {self.num_records} records "
                   f"per image, so records are reused", file=sys.stderr)
 
-    def train_loader(self, trainer, num_crops: int, **common):
+    def train_loader(self, ctx, num_crops: int, **common):
         from fkd_ffcv.loading.loaders import FKDLoader
-        data, t = trainer.opts['data'], trainer.opts['training']
-        self.note_reuse(trainer, num_crops)
+        data, t = ctx.opts['data'], ctx.opts['training']
+        self.note_reuse(ctx, num_crops)
         return FKDLoader(data['train_dataset'], t['batch_size'], num_crops,
-                         device=trainer.device, **common)
+                         device=ctx.device, **common)
 
     def unpack(self, batch):
         images, classes, probs, hard = batch
         return images, (classes, probs), hard
 
-    def distribution(self, trainer, targets, images255, perm, lam):
+    def distribution(self, ctx, targets, images255, perm, lam):
         """The recovered soft labels (N, C), mixed as the images were."""
         from fkd_ffcv.records.soft_labels import recover
         classes, probs = targets
         q = recover(classes, probs, self.label_spec)  # on the labels' device
         return q if perm is None else lam * q + (1 - lam) * q[perm]
 
-    def loss(self, trainer, logits, targets, images255, perm, lam):
-        from fkd_ffcv.records.soft_labels import soft_cross_entropy
+    def loss(self, ctx, logits, targets, images255, perm, lam):
+        from fkd_ffcv.training.losses import mixed, soft_cross_entropy
         classes, probs = targets
-        temperature = trainer.opts['fkd']['temperature']
+        temperature = ctx.opts['fkd']['temperature']
         return mixed(lambda i: soft_cross_entropy(logits, classes[i], probs[i],
                                                   self.label_spec, temperature), perm, lam)
 
@@ -248,49 +251,47 @@ class WithDiscriminator:
     starts_from_weights = True
     sections = ('meal',)
 
-    def check_teacher_count(self, trainer, specs, where: str) -> None:
+    def check_teacher_count(self, ctx, specs, where: str) -> None:
         """Warn when the labels come from another number of teachers than --meal.teachers
         asks for (`specs`: the teachers' specs, None where they were not recorded)."""
         import sys
-        wanted = trainer.opts['meal']['teachers']
-        if not wanted or (specs and len(specs) == wanted) or not trainer.is_main:
+        wanted = ctx.opts['meal']['teachers']
+        if not wanted or (specs and len(specs) == wanted) or not ctx.is_main:
             return
         came = (f"{len(specs)} teacher(s) ({', '.join(specs)})" if specs else
                 "teachers that were not recorded (imported labels)")
         print(f"warning: {where} come from {came}; the recipe asks for an ensemble of "
               f"{wanted} (--meal.teachers)", file=sys.stderr)
 
-    def setup(self, trainer):
-        super().setup(trainer)
+    def setup(self, ctx):
+        super().setup(ctx)
         import torch
         from fkd_ffcv.training.discriminator import Discriminator
-        meal = trainer.opts['meal']
+        meal = ctx.opts['meal']
         self.discriminator = None
         if not meal['discriminator']:
             return
         with torch.random.fork_rng(devices=[]):  # its own seed, whatever ran before
-            torch.manual_seed(trainer.opts['training']['seed'] + 7919)
-            self.discriminator = Discriminator(trainer.num_classes,
-                                               meal['disc_last_relu']).to(trainer.device)
-        self.train_discriminator = trainer.parallel(self.discriminator)
+            torch.manual_seed(ctx.opts['training']['seed'] + 7919)
+            self.discriminator = Discriminator(ctx.num_classes,
+                                               meal['disc_last_relu']).to(ctx.device)
+        self.train_discriminator = ctx.parallel(self.discriminator)
         self.metrics = ('kd_loss', 'disc_loss', 'disc_right')
 
-    def parameter_groups(self, trainer):
-        if self.discriminator is None:
-            return []
-        meal = trainer.opts['meal']
-        return [{'params': list(self.discriminator.parameters()), 'weight_decay': 0.0,
-                 'always': True, 'lr_scale': meal['disc_lr_ratio']}]
+    def parameter_groups(self, ctx):
+        return [] if self.discriminator is None else [
+            {'params': list(self.discriminator.parameters()), 'weight_decay': 0.0,
+             'always': True, 'lr_scale': ctx.opts['meal']['disc_lr_ratio']}]
 
-    def loss(self, trainer, logits, targets, images255, perm, lam):
+    def loss(self, ctx, logits, targets, images255, perm, lam):
         import torch
         from fkd_ffcv.training.discriminator import discriminator_loss
-        from fkd_ffcv.records.soft_labels import dense_cross_entropy
-        q = self.distribution(trainer, targets, images255, perm, lam)
-        loss = dense_cross_entropy(logits, q, trainer.opts['fkd']['temperature'])
+        from fkd_ffcv.training.losses import dense_cross_entropy
+        q = self.distribution(ctx, targets, images255, perm, lam)
+        loss = dense_cross_entropy(logits, q, ctx.opts['fkd']['temperature'])
         if self.discriminator is None:
             return loss
-        meal = trainer.opts['meal']
+        meal = ctx.opts['meal']
         bce, right = discriminator_loss(self.train_discriminator,
                                         torch.softmax(logits.float(), dim=-1), q,
                                         meal['disc_gradient'])
@@ -311,11 +312,11 @@ class FastMealV2(WithDiscriminator, FKD):
     """Fast MEAL V2: MEAL V2 on the soft labels an ensemble stored in the beton (FKD's
     variant): K recorded crops per decoded image, the discriminator on the recovered labels."""
 
-    def check_data(self, trainer):
-        super().check_data(trainer)
-        info = trainer.train_beton.manifest.soft_labels
-        self.check_teacher_count(trainer, (info.teacher or {}).get('specs'),
-                                 f"the soft labels of {trainer.opts['data']['train_dataset']}")
+    def check_data(self, ctx):
+        super().check_data(ctx)
+        info = ctx.train_beton.manifest.soft_labels
+        self.check_teacher_count(ctx, (info.teacher or {}).get('specs'),
+                                 f"the soft labels of {ctx.opts['data']['train_dataset']}")
 
 
 @MODES.register('online_meal_v2')
@@ -323,9 +324,9 @@ class OnlineMealV2(WithDiscriminator, OnlineKD):
     """MEAL V2 as published: the ensemble (--fkd.teacher, comma-separated) runs on every batch,
     on the student's crops; the baseline Fast MEAL V2 is timed against."""
 
-    def setup(self, trainer):
-        super().setup(trainer)
-        self.check_teacher_count(trainer, self.teacher.specs, "the online distributions")
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.check_teacher_count(ctx, self.teacher.specs, "the online distributions")
 
 
 class EmbeddingDistillation:
@@ -339,55 +340,53 @@ class EmbeddingDistillation:
     reads_labels = False
     probes = True
 
-    def set_dim(self, trainer, dim: int, where: str) -> None:
+    def set_dim(self, ctx, dim: int, where: str) -> None:
         """The head's width: the teacher's D; --ssl.dim, when given, must agree."""
-        wanted, dim = trainer.opts['ssl']['dim'], int(dim)  # a beton's shapes are numpy's
+        wanted, dim = ctx.opts['ssl']['dim'], int(dim)  # a beton's shapes are numpy's
         if wanted and wanted != dim:
             raise TrainingError(f"--ssl.dim={wanted}: the student's projection head must have "
                                 f"the {dim} dimensions of {where}")
         self.dim = dim
 
-    def check_probe_labels(self, trainer) -> None:
+    def check_probe_labels(self, ctx) -> None:
         """The validations read both betons' hard labels (k-NN, probe): a beton without them
         is named now, not after the training."""
         from fkd_ffcv.training.probes import require_labels
         for key in ('train_dataset', 'val_dataset'):
-            require_labels(trainer.opts['data'][key])
+            require_labels(ctx.opts['data'][key])
 
-    def student(self, trainer, model):
+    def student(self, ctx, model):
         from fkd_ffcv.models.heads import with_projection
         try:
-            return with_projection(model, self.dim, trainer.opts['ssl']['head_hidden'])
+            return with_projection(model, self.dim, ctx.opts['ssl']['head_hidden'])
         except ValueError as e:
-            raise TrainingError(f"--model.arch={trainer.opts['model']['arch']}: {e}") from None
+            raise TrainingError(f"--model.arch={ctx.opts['model']['arch']}: {e}") from None
 
-    def loss(self, trainer, logits, targets, images255, perm, lam):
+    def loss(self, ctx, logits, targets, images255, perm, lam):
         """Against the stored embeddings (N, D) of the crops, mixed as the images were."""
-        from fkd_ffcv.records.embeddings import embedding_loss
-        temperature = trainer.opts['ssl']['temperature']
+        from fkd_ffcv.training.losses import embedding_loss, mixed
+        temperature = ctx.opts['ssl']['temperature']
         return mixed(lambda i: embedding_loss(logits, targets[i], temperature), perm, lam)
 
-    def evaluate(self, trainer):
+    def probe_scores(self, ctx, model, normalise):
         import torch
         from fkd_ffcv.models.heads import feature_model
-        from fkd_ffcv.models.weights import unwrap
-        from fkd_ffcv.training.probes import evaluate
-        model = trainer.ema if trainer.ema is not None else unwrap(trainer.model)
+        from fkd_ffcv.training.probes import knn_and_probe_top1
         features = feature_model(model, 'the student').eval()
 
         def forward(images):
-            with torch.autocast(**trainer.autocast):
-                return features(trainer.normalise(images.float()))
+            with torch.autocast(**ctx.autocast):
+                return features(normalise(images.float()))
 
-        s, v, d = trainer.opts['ssl'], trainer.opts['validation'], trainer.opts['data']
-        return evaluate(forward, d['train_dataset'], d['val_dataset'], trainer.num_classes,
-                        resolution=v['resolution'], ratio=v['ratio'], knn_k=s['knn_k'],
-                        knn_temperature=s['knn_temperature'], probe_epochs=s['probe_epochs'],
-                        probe_lr=s['probe_lr'], seed=trainer.opts['training']['seed'],
-                        batch_size=v['batch_size'], num_workers=trainer.workers,
-                        device=trainer.device, rank=trainer.rank,
-                        world_size=trainer.world_size, resize=d['resize'],
-                        progress=trainer.is_main and trainer.opts['logging']['progress'])
+        s, v, d = ctx.opts['ssl'], ctx.opts['validation'], ctx.opts['data']
+        return knn_and_probe_top1(
+            forward, d['train_dataset'], d['val_dataset'], ctx.num_classes,
+            resolution=v['resolution'], ratio=v['ratio'], knn_k=s['knn_k'],
+            knn_temperature=s['knn_temperature'], probe_epochs=s['probe_epochs'],
+            probe_lr=s['probe_lr'], seed=ctx.opts['training']['seed'],
+            batch_size=v['batch_size'], num_workers=ctx.process.workers, device=ctx.device,
+            rank=ctx.rank, world_size=ctx.world_size, resize=d['resize'],
+            progress=ctx.progress)
 
 
 @MODES.register('ssl')
@@ -396,8 +395,8 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
     teacher embedding each record stores (write_dataset.py --labels.embedding=...)."""
     record_field = EMBEDDING_FIELD
 
-    def check_data(self, trainer):
-        beton, path = trainer.train_beton, trainer.opts['data']['train_dataset']
+    def check_data(self, ctx):
+        beton, path = ctx.train_beton, ctx.opts['data']['train_dataset']
         info = beton.manifest.embeddings
         from fkd_ffcv.data.manifest import check_records, records_missing
         if EMBEDDING_FIELD not in beton.fields:
@@ -408,17 +407,17 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
                                 f"(records per image, teacher); label it again with "
                                 f"write_dataset.py --labels.embedding=...")
         self.num_records = info.num_records
-        check_records(self.crops_per_image(trainer.opts), self.num_records, path)
-        self.set_dim(trainer, beton.fields[EMBEDDING_FIELD].shape[1],
+        check_records(self.crops_per_image(ctx.opts), self.num_records, path)
+        self.set_dim(ctx, beton.fields[EMBEDDING_FIELD].shape[1],
                      f"the teacher embeddings in {path}")
-        self.check_probe_labels(trainer)
+        self.check_probe_labels(ctx)
 
-    def train_loader(self, trainer, num_crops: int, **common):
+    def train_loader(self, ctx, num_crops: int, **common):
         from fkd_ffcv.loading.loaders import EmbeddingLoader
-        t = trainer.opts['training']
-        self.note_reuse(trainer, num_crops)
-        return EmbeddingLoader(trainer.opts['data']['train_dataset'], t['batch_size'],
-                               num_crops, device=trainer.device, **common)
+        t = ctx.opts['training']
+        self.note_reuse(ctx, num_crops)
+        return EmbeddingLoader(ctx.opts['data']['train_dataset'], t['batch_size'],
+                               num_crops, device=ctx.device, **common)
 
     def unpack(self, batch):
         images, embeddings = batch
@@ -426,38 +425,26 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
 
 
 @MODES.register('online_ssl')
-class OnlineSelfSupervised(EmbeddingDistillation, Plain):
+class OnlineSelfSupervised(EmbeddingDistillation, RunsTeacher, Plain):
     """The baseline self-supervised FKD is timed against: the embedding teacher
     (--fkd.teacher, --ssl.embedding) runs on every batch, on the student's random crops (the
     plain loader's, label field unread)."""
-    needs_teacher = True
 
-    def check_data(self, trainer):
-        self.check_probe_labels(trainer)
+    def check_data(self, ctx):
+        self.check_probe_labels(ctx)
 
-    def setup(self, trainer):
-        from fkd_ffcv.labeling.teachers import Teacher
-        spec = trainer.opts['fkd']['teacher']
-        try:
-            self.teacher = Teacher(spec, device=trainer.device, cpu_threads=trainer.threads,
-                                   precision=trainer.precision,
-                                   embedding=trainer.opts['ssl']['embedding'])
-        except (ValueError, FileNotFoundError) as e:
-            raise TrainingError(f"--fkd.teacher: {e}") from None
-        self.spec = spec
-        self.set_dim(trainer, self.teacher.dim, f"the embeddings of --fkd.teacher {spec}")
-
-    def forwards(self):
-        return [(f"the teacher {self.spec}", self.teacher.forward)]
+    def setup(self, ctx):
+        self.load_teacher(ctx, embedding=ctx.opts['ssl']['embedding'])
+        self.set_dim(ctx, self.teacher.dim, f"the embeddings of --fkd.teacher {self.spec}")
 
     def unpack(self, batch):
         images, _ = batch
         return images, None, None
 
-    def loss(self, trainer, logits, targets, images255, perm, lam):
+    def loss(self, ctx, logits, targets, images255, perm, lam):
         """Against the teacher's embeddings of the (mixed) images themselves."""
         import torch
-        from fkd_ffcv.records.embeddings import embedding_loss
+        from fkd_ffcv.training.losses import embedding_loss
         with torch.no_grad():
             t = self.teacher.forward(images255)
-        return embedding_loss(logits, t, trainer.opts['ssl']['temperature'])
+        return embedding_loss(logits, t, ctx.opts['ssl']['temperature'])

@@ -132,14 +132,14 @@ def linear_probe(train_features, train_labels, val_features, val_labels, num_cla
                 'probe_train_top1': float((head(x).argmax(1) == train_labels).float().mean())}
 
 
-def evaluate(forward, train_path, val_path, num_classes: int, *, resolution: int,
-             ratio: float, knn_k: int = 20, knn_temperature: float = 0.07,
-             probe_epochs: int = 100, probe_lr: float = 0.1, probe_batch_size: int = 256,
-             seed: int = 0, **loading) -> dict:
+def knn_and_probe_top1(forward, train_path, val_path, num_classes: int, *, resolution: int,
+                       ratio: float, knn_k: int = 20, knn_temperature: float = 0.07,
+                       probe_epochs: int = 100, probe_lr: float = 0.1,
+                       probe_batch_size: int = 256, seed: int = 0, **loading) -> dict:
     """k-NN top-1 and linear-probe top-1 of the features `forward` gives (module docstring);
     `loading` goes to `embed` (batch_size, num_workers, device, rank, world_size, resize,
-    progress). Every rank
-    gets the same numbers (it computes them on the gathered features)."""
+    progress). Every rank gets the same numbers (it computes them on the gathered
+    features)."""
     train = embed(forward, train_path, resolution=resolution, ratio=ratio, **loading)
     val = embed(forward, val_path, resolution=resolution, ratio=ratio, **loading)
     out = {'knn_top1': knn_top1(*train, *val, num_classes, knn_k, knn_temperature)}

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from fkd_ffcv.files import atomic_write, load_data
+from fkd_ffcv.training.checkpoints import refuse_prerelease
 from fkd_ffcv.training.options import PARAMS
 from fkd_ffcv.errors import OptionError, TrainingError
 
@@ -33,24 +34,10 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-# Options whose default changed: in a run recorded by a version that had the hand-written ViT
-# (its options include model.heads), patch_size and image_size at their old defaults mean the
-# new ones (0: the timm model's own).
-FORMER_DEFAULTS = {('model', 'patch_size'): 4, ('model', 'image_size'): 224}
-
-
-# Options added with a default that behaves otherwise than the versions before them did: a run
-# recorded without the option ran as this value (the loaders resized with INTER_AREA).
-BEHAVIOUR_BEFORE = {('data', 'resize'): 'area'}
-
-
 def _current(recorded: dict, section: str, key: str):
-    """The recorded value of an option, as this version would record it."""
-    value = recorded.get(section, {}).get(
-        key, BEHAVIOUR_BEFORE.get((section, key), PARAMS[section][1][key].default))
-    if 'heads' in recorded.get('model', {}) and FORMER_DEFAULTS.get((section, key)) == value:
-        return PARAMS[section][1][key].default
-    return value
+    """The recorded value of an option; an option added after the run was recorded counts as
+    its default."""
+    return recorded.get(section, {}).get(key, PARAMS[section][1][key].default)
 
 
 class RunFolder:
@@ -90,17 +77,17 @@ class RunFolder:
             raise TrainingError(str(e)) from None
         if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
             raise TrainingError(f"{self.checkpoint} is not a fkd-ffcv checkpoint")
+        refuse_prerelease(self.checkpoint, state)
         recorded = state['options']
         changed = [f'{s}.{k} (checkpoint: {_current(recorded, s, k)})'
                    for s, values in opts.items() for k, v in values.items()
-                   if (s, k) not in RESUMABLE_CHANGES  # options added since: their default
-                   and _current(recorded, s, k) != v]
+                   if (s, k) not in RESUMABLE_CHANGES and _current(recorded, s, k) != v]
         if changed:
             raise OptionError(f"--resume: options differ from the checkpointed run's: "
                               f"{', '.join(changed)} (resume with the same options)")
-        if state.get('world_size', 1) != world_size:
+        if state['world_size'] != world_size:
             raise OptionError(f"--resume: {self.checkpoint} was written by a run of "
-                              f"{state.get('world_size', 1)} process(es), this one has "
+                              f"{state['world_size']} process(es), this one has "
                               f"{world_size}; batch sizes are per process, so the run would "
                               f"change (resume with the same process count)")
         return state
