@@ -1,6 +1,6 @@
 """The speed-run trainer: one class, read top to bottom as set-up, the pass, the step and the
 evaluation. What differs between FKD, plain training, online KD, MEAL V2 and self-supervised
-distillation is a mode object (modes.py), which reads the run through its RunContext
+distillation is a mode object (training/modes/), which reads the run through its RunContext
 (context.py); the options and every check between them are options.py; the run folder is
 run_folder.py; the losses losses.py, the top-k count evaluation.py, the weight average ema.py,
 precise BatchNorm batchnorm.py, what eval-only reads back checkpoints.py, the end-of-run

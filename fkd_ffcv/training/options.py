@@ -100,7 +100,7 @@ PARAMS = {
                          default=0.0),
     )),
     'training': ('the optimisation', dict(
-        mode=Param(Registered(MODES), 'a training mode of modes.py (meal_v2: Fast MEAL V2; '
+        mode=Param(Registered(MODES), 'a training mode of training/modes/ (meal_v2: Fast MEAL V2; '
                    'ssl: self-supervised FKD)',
                    default='fkd'),
         epochs=Param(And(int, InRange(min=1)), 'epochs (crops = epochs x images)', default=16),

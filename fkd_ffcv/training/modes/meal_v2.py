@@ -1,0 +1,93 @@
+"""MEAL V2's modes: a discriminator on top of a distillation mode, on the soft labels stored in
+the beton (meal_v2) or on an ensemble that runs on every batch (online_meal_v2)."""
+from __future__ import annotations
+
+from fkd_ffcv.training.modes.base import MODES
+from fkd_ffcv.training.modes.classification import FKD, OnlineKD
+
+
+class WithDiscriminator:
+    """MEAL V2 (discriminator.py) on top of a distillation mode that gives the teacher's
+    distribution: the student starts from --model.weights, learns the soft cross-entropy to
+    the teacher's distribution (no hard labels) plus --meal.disc_weight x the discriminator's
+    BCE, and the discriminator is a second optimiser group at --meal.disc_lr_ratio x the
+    student's learning rate, checkpointed with the run."""
+    starts_from_weights = True
+    sections = ('meal',)
+
+    def check_teacher_count(self, ctx, specs, where: str) -> None:
+        """Warn when the labels come from another number of teachers than --meal.teachers
+        asks for (`specs`: the teachers' specs, None where they were not recorded)."""
+        import sys
+        wanted = ctx.opts['meal']['teachers']
+        if not wanted or (specs and len(specs) == wanted) or not ctx.is_main:
+            return
+        came = (f"{len(specs)} teacher(s) ({', '.join(specs)})" if specs else
+                "teachers that were not recorded (imported labels)")
+        print(f"warning: {where} come from {came}; the recipe asks for an ensemble of "
+              f"{wanted} (--meal.teachers)", file=sys.stderr)
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        import torch
+        from fkd_ffcv.training.discriminator import Discriminator
+        meal = ctx.opts['meal']
+        self.discriminator = None
+        if not meal['discriminator']:
+            return
+        with torch.random.fork_rng(devices=[]):  # its own seed, whatever ran before
+            torch.manual_seed(ctx.opts['training']['seed'] + 7919)
+            self.discriminator = Discriminator(ctx.num_classes,
+                                               meal['disc_last_relu']).to(ctx.device)
+        self.train_discriminator = ctx.parallel(self.discriminator)
+        self.metrics = ('kd_loss', 'disc_loss', 'disc_right')
+
+    def parameter_groups(self, ctx):
+        return [] if self.discriminator is None else [
+            {'params': list(self.discriminator.parameters()), 'weight_decay': 0.0,
+             'always': True, 'lr_scale': ctx.opts['meal']['disc_lr_ratio']}]
+
+    def loss(self, ctx, logits, targets, images255, perm, lam):
+        import torch
+        from fkd_ffcv.training.discriminator import discriminator_loss
+        from fkd_ffcv.training.losses import dense_cross_entropy
+        q = self.distribution(ctx, targets, images255, perm, lam)
+        loss = dense_cross_entropy(logits, q, ctx.opts['fkd']['temperature'])
+        if self.discriminator is None:
+            return loss
+        meal = ctx.opts['meal']
+        bce, right = discriminator_loss(self.train_discriminator,
+                                        torch.softmax(logits.float(), dim=-1), q,
+                                        meal['disc_gradient'])
+        self.step_metrics = torch.stack([loss.detach(), bce.detach(), right])
+        return loss + meal['disc_weight'] * bce
+
+    def state_dict(self):
+        return {} if self.discriminator is None else \
+            {'discriminator': self.discriminator.state_dict()}
+
+    def load_state_dict(self, state):
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict(state['discriminator'])
+
+
+@MODES.register('meal_v2')
+class FastMealV2(WithDiscriminator, FKD):
+    """Fast MEAL V2: MEAL V2 on the soft labels an ensemble stored in the beton (FKD's
+    variant): K recorded crops per decoded image, the discriminator on the recovered labels."""
+
+    def check_data(self, ctx):
+        super().check_data(ctx)
+        info = ctx.train_beton.manifest.soft_labels
+        self.check_teacher_count(ctx, (info.teacher or {}).get('specs'),
+                                 f"the soft labels of {ctx.opts['data']['train_dataset']}")
+
+
+@MODES.register('online_meal_v2')
+class OnlineMealV2(WithDiscriminator, OnlineKD):
+    """MEAL V2 as published: the ensemble (--fkd.teacher, comma-separated) runs on every batch,
+    on the student's crops; the baseline Fast MEAL V2 is timed against."""
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.check_teacher_count(ctx, self.teacher.specs, "the online distributions")
