@@ -115,3 +115,18 @@ def labelled_jpeg_beton(image_tree, tmp_path_factory):
                                  label_type='marginal_smoothing_k2'),
                 out / 'work', progress=False)
     return out / 'fkd.beton'
+
+
+def xdist_group(item) -> str:
+    """The worker group of a test under `pytest -n` (`--dist loadgroup`): its module, so that a
+    module's fixtures are built once; test_training.py is split in two (the tests that read its
+    FKD run, and the others), as it alone takes a third of the suite."""
+    group = item.path.name
+    if group == 'test_training.py' and 'fkd_run' in item.fixturenames:
+        group += ':fkd_run'
+    return group
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
