@@ -43,8 +43,9 @@ from fkd_ffcv.training.schedules import ema_decay, lr_factor, resolution
 class Trainer:
     """One training run (or one evaluation) from an `options()` dict.
 
-    `Trainer(opts).run()` trains and returns the summary; `validation_scores()` gives top-1 and
-    top-5 (or the mode's own measures) of the current or averaged weights."""
+    `Trainer(opts).run()` trains (or evaluates) and returns the summary. The model, loaders,
+    optimiser and log are None until prepare() (run_eval_only(): the model and validation
+    loader) fills them; validation_scores(), train_pass() and the checkpoints need them."""
 
     def __init__(self, opts: dict):
         check(opts)
@@ -62,7 +63,10 @@ class Trainer:
         self.folder = RunFolder(run_folder(self.opts), self.ctx.is_main)
         self.scaler = torch.amp.GradScaler(self.ctx.device.type,
                                            enabled=self.ctx.precision == 'fp16')
-        self.ema, self.precise_bn, self.passes_done = None, None, 0
+        self.model = self.train_model = self.normalise = self.optimizer = self.ema = None
+        self.train_loaders = self.pass_steps = self.first_step = self.val_loader = None
+        self.precise_bn = self.ema_decay = self.history = None
+        self.passes_done = 0
         self.started = time.perf_counter()
 
     # ---------------------------------------------------------------------------- set-up
@@ -145,19 +149,14 @@ class Trainer:
     # ---------------------------------------------------------------------------- schedules
 
     def resolution_at(self, pass_index: int) -> int:
-        r = self.opts['resolution']
-        return resolution(self.first_epoch[pass_index],
-                          min_res=r['min_res'], max_res=r['max_res'],
-                          start_ramp=r['start_ramp'], end_ramp=r['end_ramp'],
-                          round_to=r['round_to'])
+        return resolution(self.first_epoch[pass_index], **self.opts['resolution'])
 
     def lr_at(self, epoch: float) -> float:
         lr, t = self.opts['lr'], self.opts['training']
         return lr['lr'] * lr_factor(epoch, schedule=lr['schedule'], epochs=t['epochs'],
-                                    warmup_epochs=lr['warmup_epochs'],
-                                    peak_epoch=lr['peak_epoch'],
-                                    step_length=lr['step_length'],
-                                    step_ratio=lr['step_ratio'], end_factor=lr['end_factor'])
+                                    warmup_epochs=lr['warmup_epochs'], peak_epoch=lr['peak_epoch'],
+                                    step_length=lr['step_length'], step_ratio=lr['step_ratio'],
+                                    end_factor=lr['end_factor'])
 
     # ---------------------------------------------------------------------------- runs
 
@@ -344,7 +343,7 @@ class Trainer:
         data, v, ctx = self.opts['data'], self.opts['validation'], self.ctx
         model, normalisation, run = evaluated_model(path, self.opts['training']['mode'],
                                                     ctx.classes, data['val_dataset'])
-        validate_as_run(self.opts, run)
+        validate_as_run(self.opts, run)  # in place: self.ctx.opts is this dict and sees it
         if ctx.is_main:
             print(f"evaluating {path} at {v['resolution']} px, ratio {v['ratio']:.3f}, "
                   f"{data['resize']} resize, as the run validated (--validation.resolution, "

@@ -12,14 +12,21 @@ MODES = Registry('training mode')
 
 class Mode:
     """What every mode has unless it says otherwise: one crop per image, no teacher, no crop
-    records, no state of its own. The facts are class-level, read by options.check without
-    making a mode; the trainer makes one per run (no arguments) and passes every method the
-    run's context (`ctx`)."""
+    records, no state of its own. The facts are class-level, read by option_checks.check
+    without making a mode; the trainer makes one per run (no arguments) and passes every
+    method the run's context (`ctx`).
+
+    Per-run facts are instance attributes, each None from the constructor and set by
+    check_data/setup, which the trainer calls first, in this order, before any other method:
+    `num_records` and `label_spec` (fkd, meal_v2), `dim` (ssl, online_ssl), `spec` and
+    `teacher` (online modes), `discriminator` and `train_discriminator` (MEAL V2). `metrics` is
+    the class's () unless setup gives the instance its own (MEAL V2 with a discriminator), and
+    then every `loss` sets `step_metrics`."""
     needs_teacher = False  # the mode runs a teacher (--fkd.teacher)
     reads_records = False  # the mode replays the beton's crop records
     record_field = CLASSES_FIELD  # the record field it reads (with boxes and flags)
     starts_from_weights = False  # needs --model.weights, of the data set's class count
-    sections = ()  # option sections only this mode may set (options.check refuses them elsewhere)
+    sections = ()  # option sections only this mode may set (option_checks refuses them elsewhere)
     reads_labels = True  # the training batches carry hard labels (train_top1 is logged)
     probes = False  # validation measures frozen features (k-NN, linear probe), not top-1
     metrics = ()  # names of the step means `loss` leaves in `step_metrics`, logged per epoch

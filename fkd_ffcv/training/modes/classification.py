@@ -37,6 +37,10 @@ class RunsTeacher:
     resized to its input, on this process's device, threads and precision."""
     needs_teacher = True
 
+    def __init__(self):
+        super().__init__()
+        self.spec = self.teacher = None  # setup: --fkd.teacher and the model it names
+
     def load_teacher(self, ctx, **options) -> None:
         from fkd_ffcv.labeling.teachers import Teacher
         self.spec = ctx.opts['fkd']['teacher']
@@ -79,6 +83,11 @@ class FKD(Mode):
     (FKDLoader) with the teacher's stored top-k; soft cross-entropy against their recovery."""
     reads_records = True
 
+    def __init__(self):
+        super().__init__()
+        self.num_records = None  # check_data: records per image in the beton
+        self.label_spec = None  # check_data: the records' LabelSpec
+
     @classmethod
     def crops_per_image(cls, opts):
         return opts['fkd']['num_crops']
@@ -97,7 +106,7 @@ class FKD(Mode):
         return [1] * warmup + [k] * middle + [1] * (epochs - warmup - middle * k)
 
     def check_data(self, ctx):
-        """options.check has seen the manifest's word on these; the beton's own is final."""
+        """option_checks.check has seen the manifest's word on these; the beton's own is final."""
         from fkd_ffcv.data.manifest import check_records, records_missing
         from fkd_ffcv.records.soft_labels import LabelSpec
         beton, path = ctx.train_beton, ctx.opts['data']['train_dataset']

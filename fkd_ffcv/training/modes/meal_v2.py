@@ -15,6 +15,11 @@ class WithDiscriminator:
     starts_from_weights = True
     sections = ('meal',)
 
+    def __init__(self):
+        super().__init__()
+        self.discriminator = None  # setup: the discriminator, when --meal.discriminator
+        self.train_discriminator = None  # setup: the discriminator as it trains (DDP)
+
     def check_teacher_count(self, ctx, specs, where: str) -> None:
         """Warn when the labels come from another number of teachers than --meal.teachers
         asks for (`specs`: the teachers' specs, None where they were not recorded)."""
@@ -32,7 +37,6 @@ class WithDiscriminator:
         import torch
         from fkd_ffcv.training.discriminator import Discriminator
         meal = ctx.opts['meal']
-        self.discriminator = None
         if not meal['discriminator']:
             return
         with torch.random.fork_rng(devices=[]):  # its own seed, whatever ran before

@@ -19,6 +19,10 @@ class EmbeddingDistillation:
     reads_labels = False
     probes = True
 
+    def __init__(self):
+        super().__init__()
+        self.dim = None  # check_data (ssl) or setup (online_ssl): the projection head's width
+
     def set_dim(self, ctx, dim: int, where: str) -> None:
         """The head's width: the teacher's D; --ssl.dim, when given, must agree."""
         wanted, dim = ctx.opts['ssl']['dim'], int(dim)  # a beton's shapes are numpy's
