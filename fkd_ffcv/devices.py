@@ -8,6 +8,12 @@ import torch
 from fkd_ffcv.defaults import PRECISIONS
 
 
+def __getattr__(name: str):
+    """machine, cpu_model and precision_of, which moved to reporting.py (moved.RENAMED)."""
+    from fkd_ffcv.moved import forward
+    return forward('devices', name)
+
+
 def local_device(local_rank: int = 0) -> torch.device:
     """GPU `local_rank` modulo the GPU count where CUDA is available, else the CPU. More ranks
     than GPUs (two processes on one GPU, to check a multi-process run) share them."""

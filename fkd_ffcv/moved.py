@@ -5,7 +5,10 @@ or `python -m fkd_ffcv.demo`. Each former module maps to the modules that now ho
 (searched in order); importing the old name gives the new module (one target) or a module that
 forwards attribute look-ups (several), so old specs, pickled names and `-m` keep working.
 Three former modules share their name with a subpackage (`models`, `labeling`,
-`training`); those subpackages forward unknown attributes here (`forward`).
+`training`); those subpackages forward unknown attributes here (`forward`). Names renamed in
+the split (`RENAMED`) resolve to the new object, or, where its arguments changed, raise an
+AttributeError that names it; `devices` is still a module, and forwards its three former
+names the same way.
 """
 from __future__ import annotations
 
@@ -43,21 +46,39 @@ FORMER_MODULES = {
     'inspect': ['commands.inspect_beton'], 'plots': ['commands.plot'],
     'demo': ['commands.demo'], 'recipes': ['commands.demo_steps', 'training.options'],
 }
+RENAMED = {  # (former module, former name): the name's new home
+    ('teachers', 'evaluate'): 'training.evaluation.teacher_top_k',
+    ('probes', 'evaluate'): 'training.probes.knn_and_probe_top1',
+    ('cli', 'label'): 'labeling.from_options.label_from_options',
+    ('ffcv_loader', 'pass_of'): 'loading.ffcv_loader.first_epoch_of',
+    ('ffcv_loader', 'pass_tag_query'): 'loading.ffcv_loader.first_epoch_tag',
+    ('devices', 'machine'): 'reporting.machine',
+    ('devices', 'cpu_model'): 'reporting.cpu_model',
+    ('devices', 'precision_of'): 'reporting.precision_of',
+}
+NEW_ARGUMENTS = {('cli', 'label'): 'takes the output path as a fourth argument'}
 PACKAGE = __name__.rpartition('.')[0]
 
 
 def _targets(former: str) -> list:
-    return [f'{PACKAGE}.{target}' for target in FORMER_MODULES[former]]
+    return [f'{PACKAGE}.{target}' for target in FORMER_MODULES.get(former, [])]
 
 
 def forward(former: str, name: str):
-    """Attribute `name` of the former module `former`, from the modules that now hold it."""
+    """Attribute `name` of the former module `former`: its renamed object (RENAMED), or the
+    same name in the modules that now hold the module's names."""
+    if (former, name) in RENAMED:
+        module, _, new = f'{PACKAGE}.{RENAMED[former, name]}'.rpartition('.')
+        if (former, name) in NEW_ARGUMENTS:
+            raise AttributeError(f"{PACKAGE}.{former}.{name} is now {module}.{new}, which "
+                                 f"{NEW_ARGUMENTS[former, name]}")
+        return getattr(importlib.import_module(module), new)
+    moved_to = f" (its names moved to {', '.join(_targets(former))})" if _targets(former) else ''
     for target in _targets(former):
         module = importlib.import_module(target)
         if hasattr(module, name):
             return getattr(module, name)
-    raise AttributeError(f"module '{PACKAGE}.{former}' has no attribute '{name}' (its names "
-                         f"moved to {', '.join(_targets(former))})")
+    raise AttributeError(f"module '{PACKAGE}.{former}' has no attribute '{name}'{moved_to}")
 
 
 class _Forwarding(types.ModuleType):
@@ -71,7 +92,7 @@ class _FormerModule(importlib.abc.Loader):
 
     def create_module(self, spec):
         targets = _targets(self.former)
-        if len(targets) == 1:
+        if len(targets) == 1 and not any(former == self.former for former, _ in RENAMED):
             module = importlib.import_module(targets[0])
             self.own_spec = module.__spec__  # importlib sets the alias's spec on it next
             return module

@@ -145,3 +145,27 @@ def test_former_import_paths_of_the_commands_and_options_still_resolve():
         [options.options, option_checks.check, run_options.take_recorded,
          write_options.check_writing]
     assert forward('recipes', 'recipe') is options.recipe
+
+
+def test_names_renamed_in_the_split_resolve_or_name_their_new_home():
+    """A renamed function is the new one where its arguments stayed (through the former
+    module's alias too, and through devices.py, still a module); where they changed, the
+    error names its new home."""
+    import importlib
+    from fkd_ffcv import devices, reporting
+    from fkd_ffcv.loading import ffcv_loader
+    from fkd_ffcv.moved import forward
+    from fkd_ffcv.training import evaluation, probes
+    assert forward('teachers', 'evaluate') is evaluation.teacher_top_k
+    assert forward('probes', 'evaluate') is probes.knn_and_probe_top1
+    assert forward('ffcv_loader', 'pass_of') is ffcv_loader.first_epoch_of
+    assert forward('ffcv_loader', 'pass_tag_query') is ffcv_loader.first_epoch_tag
+    assert importlib.import_module('fkd_ffcv.probes').evaluate is probes.knn_and_probe_top1
+    assert importlib.import_module('fkd_ffcv.probes').embed is probes.embed
+    assert importlib.import_module('fkd_ffcv.ffcv_loader').pass_of is ffcv_loader.first_epoch_of
+    assert [devices.machine, devices.cpu_model, devices.precision_of] == \
+        [reporting.machine, reporting.cpu_model, reporting.precision_of]
+    with pytest.raises(AttributeError, match=r'fkd_ffcv\.cli\.label is now fkd_ffcv\.labeling'):
+        forward('cli', 'label')
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        devices.nothing
