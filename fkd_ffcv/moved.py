@@ -42,14 +42,15 @@ FORMER_MODULES = {
     'schedules': ['training.schedules'], 'run_folder': ['training.run_folder'],
     'probes': ['training.probes'],
     'cli': ['commands.write', 'commands.train', 'commands.eval_teacher', 'commands.probe',
-            'commands.common', 'data.from_options'],
+            'commands.common', 'data.splits'],
     'inspect': ['commands.inspect_beton'], 'plots': ['commands.plot'],
     'demo': ['commands.demo'], 'recipes': ['commands.demo_steps', 'training.options'],
 }
 RENAMED = {  # (former module, former name): the name's new home
     ('teachers', 'evaluate'): 'training.evaluation.teacher_top_k',
     ('probes', 'evaluate'): 'training.probes.knn_and_probe_top1',
-    ('cli', 'label'): 'labeling.from_options.label_from_options',
+    ('cli', 'label'): 'labeling.relabel.label_or_strip',
+    ('options', 'run_folder'): 'training.options.run_folder_path',
     ('ffcv_loader', 'pass_of'): 'loading.ffcv_loader.first_epoch_of',
     ('ffcv_loader', 'pass_tag_query'): 'loading.ffcv_loader.first_epoch_tag',
     ('devices', 'machine'): 'reporting.machine',

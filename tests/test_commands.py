@@ -134,7 +134,7 @@ def test_former_import_paths_of_the_commands_and_options_still_resolve():
     fkd_ffcv.moved directly: in a checkout beside an editable install of an older tree, the
     import system may find that tree's fkd_ffcv/cli.py first.)"""
     from fkd_ffcv.commands import eval_teacher, probe, train, write
-    from fkd_ffcv.data.from_options import drop_records
+    from fkd_ffcv.data.splits import drop_records
     from fkd_ffcv.moved import forward
     from fkd_ffcv.training import option_checks, options, run_options, write_options
     assert [forward('cli', name) for name in ('write', 'train', 'eval_teacher', 'probe',

@@ -1,6 +1,6 @@
 """fkd-write (and `python write_dataset.py` in a checkout): parse the options, check them before
-ffcv or torch loads, then write the betons (data/from_options.py) and label the train split or
-a given beton (labeling/from_options.py)."""
+ffcv or torch loads, then write the betons (data/splits.py) and label the train split or
+a given beton (labeling/relabel.py)."""
 from __future__ import annotations
 
 import sys
@@ -59,14 +59,14 @@ def write_data(data: dict, write: dict, labels: dict) -> None:
     """Label `--labels.beton`, or write each split and label the train split where a teacher or
     FKD's files give labels."""
     # Imported here so that option errors and --help answer without loading ffcv (seconds).
-    from fkd_ffcv.data.from_options import write_split
-    from fkd_ffcv.labeling.from_options import label_from_options
+    from fkd_ffcv.data.splits import write_split
+    from fkd_ffcv.labeling.relabel import label_or_strip
     from fkd_ffcv.data.manifest import labelled_beton
     from fkd_ffcv.training.write_options import written_betons
     if labels['beton']:
         beton = Path(labels['beton'])
-        return label_from_options(labels, write, beton, labelled_beton(labels, beton))
+        return label_or_strip(labels, write, beton, labelled_beton(labels, beton))
     for split, out in written_betons(data).items():
         write_split(data, write, split, out)
         if split == 'train' and (labels['teacher'] or labels['import_root']):
-            label_from_options(labels, write, out, labelled_beton(labels, out))
+            label_or_strip(labels, write, out, labelled_beton(labels, out))

@@ -60,12 +60,38 @@ class LabelingSettings:
             raise ValueError(f"ratio must satisfy 0 < min <= max, not {self.ratio}")
 
 
-def _record_dtype(n: int, spec) -> np.dtype:
-    """One image's records: soft labels of `spec` (a LabelSpec), or embeddings of `spec`
-    dimensions (an int)."""
-    targets = [('embedding', 'i1', (n, spec))] if isinstance(spec, int) else \
-        [('classes', '<i2', (n, spec.k)), ('codes', 'u1', (n, spec.k))]
-    return np.dtype([('boxes', '<i2', (n, 4)), ('flags', 'u1', (n,))] + targets)
+@dataclass(frozen=True)
+class RecordTargets:
+    """What a record stores besides its box and flags: the soft labels of `label_spec`, or,
+    for an embedding teacher (label_spec None), the direction of a `dim`-dimensional
+    embedding."""
+    label_spec: Optional[LabelSpec] = None
+    dim: int = 0
+
+    @property
+    def embeds(self) -> bool:
+        return self.label_spec is None
+
+    def dtype(self, n: int) -> np.dtype:
+        """One image's `n` records, as the work folder's chunks hold them."""
+        spec = self.label_spec
+        targets = [('embedding', 'i1', (n, self.dim))] if self.embeds else \
+            [('classes', '<i2', (n, spec.k)), ('codes', 'u1', (n, spec.k))]
+        return np.dtype([('boxes', '<i2', (n, 4)), ('flags', 'u1', (n,))] + targets)
+
+    def fields(self, n: int) -> tuple:
+        """(the beton's record fields, the chunk columns that fill them)."""
+        if self.embeds:
+            return embedding_fields(n, self.dim), ('boxes', 'flags', 'embedding')
+        return soft_label_fields(n, self.label_spec.k), ('boxes', 'flags', 'classes', 'codes')
+
+    def manifest(self, **common) -> dict:
+        """The manifest's description of the records."""
+        if self.embeds:
+            return {'embeddings': Records(dim=self.dim, **common)}
+        spec = self.label_spec
+        return {'soft_labels': Records(label_type=spec.name, k=spec.k,
+                                       num_classes=spec.num_classes, **common)}
 
 
 class WorkFolder:
@@ -192,11 +218,11 @@ class ChunkValues:
         return tuple(np.ascontiguousarray(rec[name]) for name in self.columns)
 
 
-def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: LabelingSettings,
-                   indices, pool: ThreadPoolExecutor) -> np.ndarray:
+def _chunk_records(beton: Beton, teacher: Teacher, targets: RecordTargets,
+                   settings: LabelingSettings, indices, pool: ThreadPoolExecutor) -> np.ndarray:
     """Label the images `indices`; returns one structured row per image."""
     n, size = settings.num_records, teacher.input_size
-    rows = np.zeros(len(indices), _record_dtype(n, spec))
+    rows = np.zeros(len(indices), targets.dtype(n))
 
     def prepare(index):  # decode once, draw the records, cut every crop (in a worker thread)
         pixels = beton.image(index)
@@ -226,7 +252,7 @@ def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: La
                       torch.nonzero(~torch.isfinite(probs).all(1)).flatten().tolist()})
         raise ValueError(f"the teacher gave NaN or Inf for samples {bad[:10]} "
                          f"({beton.path}); no records were written for them")
-    if isinstance(spec, int):  # embeddings: their direction in int8
+    if targets.embeds:  # their direction in int8
         from fkd_ffcv.records.embeddings import encode
         zero = torch.nonzero(probs.abs().amax(1) == 0).flatten().tolist()
         if zero:
@@ -234,12 +260,13 @@ def _chunk_records(beton: Beton, teacher: Teacher, spec: LabelSpec, settings: La
             raise ValueError(f"the teacher gave all-zero embeddings (no direction to store) for "
                              f"samples {bad[:10]} ({beton.path}); no records were written for "
                              f"them")
-        rows['embedding'] = encode(probs).numpy().reshape(len(indices), n, spec)
+        rows['embedding'] = encode(probs).numpy().reshape(len(indices), n, targets.dim)
         rows['flags'] = record_flags(flips, np.zeros_like(flips))
         return rows
-    classes, codes, p1_stored = compress(probs, spec)
-    rows['classes'] = classes.numpy().reshape(len(indices), n, spec.k)
-    rows['codes'] = codes.numpy().reshape(len(indices), n, spec.k)
+    k = targets.label_spec.k
+    classes, codes, p1_stored = compress(probs, targets.label_spec)
+    rows['classes'] = classes.numpy().reshape(len(indices), n, k)
+    rows['codes'] = codes.numpy().reshape(len(indices), n, k)
     rows['flags'] = record_flags(flips, p1_stored.numpy().reshape(len(indices), n))
     return rows
 
@@ -256,7 +283,7 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
                          f"{', '.join(beton.field_names)})")
     classes = beton.classes
     if teacher.embedding:
-        spec = teacher.dim  # records hold embeddings (label_type does not apply)
+        targets = RecordTargets(dim=teacher.dim)  # label_type does not apply
     elif teacher.num_classes != len(classes):
         raise ValueError(f"the teacher predicts {teacher.num_classes} classes; {beton.path} has "
                          f"{len(classes)} ({', '.join(classes[:3])}, ...)")
@@ -267,7 +294,7 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
                 print(f"label type: {settings.label_type} (the default: the top {TOP_K} "
                       f"classes, or the class count - 1 where that is less; {len(classes)} "
                       f"classes here; --labels.label_type sets it)", flush=True)
-        spec = LabelSpec.parse(settings.label_type, len(classes))
+        targets = RecordTargets(LabelSpec.parse(settings.label_type, len(classes)))
     meta = beton.field_metadata(IMAGE_FIELD)
     longest = int(np.maximum(meta['height'], meta['width']).max()) if len(beton) else 0
     if rank == 0 and 0 < longest < teacher.input_size:
@@ -277,8 +304,8 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
               file=sys.stderr)
     if any(name in beton.fields for name in RECORD_FIELDS):
         raise ValueError(already_labelled(beton))
-    if rank == 0 and isinstance(spec, int):  # embedding records grow with D: say how much
-        per_record = bytes_per_record(embedding_fields(settings.num_records, spec))
+    if rank == 0 and targets.embeds:  # embedding records grow with D: say how much
+        per_record = bytes_per_record(targets.fields(settings.num_records)[0])
         size = len(beton) * settings.num_records * per_record
         print(f"embedding records: {len(beton):,} images x {settings.num_records} records x "
               f"{per_record} B = {size / 2 ** 30:.2f} GiB added to the beton "
@@ -300,9 +327,10 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
     with ThreadPoolExecutor(1) as pool:
         for c in mine:
             indices = _chunk_indices(c, settings, len(beton))
-            folder.save(c, _chunk_records(beton, timed, spec, settings, indices, pool))
+            folder.save(c, _chunk_records(beton, timed, targets, settings, indices, pool))
             bar.update(len(indices))
-            bar.set_postfix(crops_per_s=f"{bar.n * settings.num_records / (time.perf_counter() - started):,.0f}")
+            rate = bar.n * settings.num_records / (time.perf_counter() - started)
+            bar.set_postfix(crops_per_s=f"{rate:,.0f}")
     bar.close()
     if rank != 0:
         return None
@@ -312,22 +340,14 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
             raise TimeoutError(f"{len(missing)} chunk(s) of {folder.path} are still missing "
                                f"(first: {missing[0]}); rerun to resume them")
         time.sleep(2)
-    if isinstance(spec, int):
-        fields, columns = embedding_fields(settings.num_records, spec), \
-            ('boxes', 'flags', 'embedding')
-    else:
-        fields, columns = soft_label_fields(settings.num_records, spec.k), \
-            ('boxes', 'flags', 'classes', 'codes')
+    fields, columns = targets.fields(settings.num_records)
     common = {'num_records': settings.num_records, 'source': 'teacher',
               'crop_resize': teacher.interpolation,  # loaders warn when they resize otherwise
               'teacher': teacher.describe(), 'settings': asdict(settings),
               'bytes_per_record': bytes_per_record(fields)}
-    described = {'embeddings': Records(dim=spec, **common)} if isinstance(spec, int) else \
-        {'soft_labels': Records(label_type=spec.name, k=spec.k, num_classes=spec.num_classes,
-                                **common)}
     report = copy_beton(beton.path, dst, fields,
                         ChunkValues(folder, len(beton), settings.chunk_images, columns),
-                        manifest_updates=described, progress=progress, **write_options)
+                        manifest_updates=targets.manifest(**common), progress=progress, **write_options)
     shutil.rmtree(folder.path)  # everything it held is in dst now
     return report
 

@@ -50,7 +50,7 @@ def refuse_prerelease(path, state: dict) -> None:
                             f"--logging.folder)")
 
 
-def evaluated_model(path: Path, mode: str, classes, val_path) -> tuple:
+def load_for_evaluation(path: Path, mode: str, classes, val_path) -> tuple:
     """(model on the CPU, its input normalisation (mean, std), the validation settings its run
     used: resolution, ratio, resize, none for an export written without them) from a
     checkpoint.pt or final_weights.pt (or another save_weights file), refused with the

@@ -26,7 +26,7 @@ from fkd_ffcv.models.exports import check_start
 from fkd_ffcv.models.weights import unwrap
 from fkd_ffcv.progress import bar as progress_bar
 from fkd_ffcv.training.batchnorm import PreciseBatchNorm
-from fkd_ffcv.training.checkpoints import evaluated_model, model_build_options, validate_as_run
+from fkd_ffcv.training.checkpoints import load_for_evaluation, model_build_options, validate_as_run
 from fkd_ffcv.training.context import Normalisation, RunContext
 from fkd_ffcv.training.ema import update_average, weight_average
 from fkd_ffcv.training.evaluation import top_k_accuracy
@@ -34,7 +34,7 @@ from fkd_ffcv.training.mixing import mix
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.training.optimizer import create_optimizer
 from fkd_ffcv.training.option_checks import check
-from fkd_ffcv.training.options import run_folder
+from fkd_ffcv.training.options import run_folder_path
 from fkd_ffcv.training.report import interrupted, print_summary, run_summary, warn_if_at_chance
 from fkd_ffcv.training.run_folder import RunFolder
 from fkd_ffcv.training.schedules import ema_decay, lr_factor, resolution
@@ -60,7 +60,7 @@ class Trainer:
         self.passes = len(self.plan)
         self.first_epoch = [sum(self.plan[:p]) for p in range(self.passes + 1)]
         self.ctx = RunContext.build(self.opts, self.plan, self.mode.probes)
-        self.folder = RunFolder(run_folder(self.opts), self.ctx.is_main)
+        self.folder = RunFolder(run_folder_path(self.opts), self.ctx.is_main)
         self.scaler = torch.amp.GradScaler(self.ctx.device.type,
                                            enabled=self.ctx.precision == 'fp16')
         self.model = self.train_model = self.normalise = self.optimizer = self.ema = None
@@ -341,8 +341,8 @@ class Trainer:
         validated with unless the options change them."""
         path = Path(self.opts['training']['checkpoint'] or self.folder.checkpoint)
         data, v, ctx = self.opts['data'], self.opts['validation'], self.ctx
-        model, normalisation, run = evaluated_model(path, self.opts['training']['mode'],
-                                                    ctx.classes, data['val_dataset'])
+        model, normalisation, run = load_for_evaluation(path, self.opts['training']['mode'],
+                                                        ctx.classes, data['val_dataset'])
         validate_as_run(self.opts, run)  # in place: self.ctx.opts is this dict and sees it
         if ctx.is_main:
             print(f"evaluating {path} at {v['resolution']} px, ratio {v['ratio']:.3f}, "

@@ -14,7 +14,7 @@ from fkd_ffcv.errors import DataError, OptionError
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.data.manifest import (Manifest, Records, check_records, read_manifest,
                                     records_missing)
-from fkd_ffcv.training.options import PARAMS, run_folder
+from fkd_ffcv.training.options import PARAMS, run_folder_path
 from fkd_ffcv.training.run_options import (beton_samples, check_run_to_continue, largest_batch,
                                            plan_step, recorded_config)
 
@@ -40,10 +40,10 @@ def check(opts: dict) -> None:
         check_beton(data[key])  # DataError (exit 1): not a beton, or truncated
     if t['eval_only']:
         return
-    checkpoint = os.path.join(run_folder(opts), 'checkpoint.pt')
+    checkpoint = os.path.join(run_folder_path(opts), 'checkpoint.pt')
     if not t['resume'] and os.path.isfile(checkpoint):
-        raise OptionError(f"{run_folder(opts)} already holds a run; continue it with --resume "
-                          f"or choose another --logging.folder")
+        raise OptionError(f"{run_folder_path(opts)} already holds a run; continue it with "
+                          f"--resume or choose another --logging.folder")
     check_arch_name(opts['model']['arch'])
     weights = opts['model']['weights']
     if weights and not os.path.isfile(weights):

@@ -259,7 +259,7 @@ def recipe(path_or_name, overrides: Optional[dict] = None) -> dict:
     return options({**flat, **(overrides or {})})
 
 
-def run_folder(opts: dict) -> str:
+def run_folder_path(opts: dict) -> str:
     """The run's folder: logging.folder, by default runs/<mode>_<arch>."""
     return opts['logging']['folder'] or \
         f"runs/{opts['training']['mode']}_{opts['model']['arch']}"

@@ -13,7 +13,7 @@ from typing import Optional
 from fkd_ffcv.data.header import check_beton
 from fkd_ffcv.errors import DataError, OptionError
 from fkd_ffcv.training.modes import MODES
-from fkd_ffcv.training.options import PARAMS, run_folder
+from fkd_ffcv.training.options import PARAMS, run_folder_path
 
 
 # What a run's config.json records but a later command must not take from it.
@@ -55,14 +55,14 @@ def recorded_config(opts: dict) -> str:
     --training.checkpoint when that is given, else in the run folder."""
     t = opts['training']
     folder = os.path.dirname(t['checkpoint']) if t['eval_only'] and t['checkpoint'] else \
-        run_folder(opts)
+        run_folder_path(opts)
     return os.path.join(folder or '.', 'config.json')
 
 
 def check_run_to_continue(opts: dict) -> None:
     """--eval-only and --resume need the run they continue: its folder and checkpoint (or
     --training.checkpoint), named before any option the run would have given."""
-    t, folder = opts['training'], run_folder(opts)
+    t, folder = opts['training'], run_folder_path(opts)
     if not (t['eval_only'] or t['resume']):
         return
     switch = '--eval-only' if t['eval_only'] else '--resume'

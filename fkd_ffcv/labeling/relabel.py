@@ -11,14 +11,14 @@ from pathlib import Path
 from fkd_ffcv.defaults import TEACHER_RECORDS
 
 
-def label_from_options(labels: dict, write: dict, beton: Path, out: Path) -> None:
+def label_or_strip(labels: dict, write: dict, beton: Path, out: Path) -> None:
     """Write `out`: `beton` with crop records, from `labels['teacher']` or
     `labels['import_root']`; with neither, `beton` without its crop records. `write` gives the
     writer's settings (workers, chunk and page size, what to do with an unusable file)."""
     writer_settings = dict(num_workers=write['num_workers'], chunk_size=write['chunk_size'],
                            page_size=write['page_size'])
     if not (labels['teacher'] or labels['import_root']):
-        from fkd_ffcv.data.from_options import drop_records
+        from fkd_ffcv.data.splits import drop_records
         return drop_records(beton, out, writer_settings)
     if labels['import_root']:
         return _import(labels, write, beton, out, writer_settings)
