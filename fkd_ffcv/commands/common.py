@@ -1,10 +1,13 @@
-"""What the commands share: the refusal of options or data found before anything heavy loads,
-and how the run of an export validated (so a command measures the model as the trainer did).
+"""What the commands share: the refusal of options or data found before anything heavy loads;
+and, for the commands that measure a teacher spec or an export (fkd-eval-teacher, fkd-probe),
+their parser's device and precision options and how the run of an export validated (so that
+they measure the model as the trainer did).
 """
 from __future__ import annotations
 
 import sys
 
+from fkd_ffcv.defaults import TEACHER_PRECISIONS
 from fkd_ffcv.errors import OptionError, os_error_line
 
 
@@ -26,3 +29,25 @@ def validated_as(spec: str) -> dict:
         return {}
     saved = load_data(spec[len('checkpoint:'):])
     return dict(saved.get('validation', {})) if isinstance(saved, dict) else {}
+
+
+def measuring_parser(prog: str, description: str):
+    """The argument parser of a command that measures a model (fkd-eval-teacher, fkd-probe);
+    add_device_options ends its options."""
+    import argparse
+    return argparse.ArgumentParser(prog=prog, allow_abbrev=False, description=description)
+
+
+def add_device_options(parser, precision_help: str) -> None:
+    """--device and --precision (auto: the run's for an export, `precision_help` says more)."""
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
+    parser.add_argument('--precision', choices=('auto',) + TEACHER_PRECISIONS,
+                        default='auto', help=precision_help)
+
+
+def device_and_precision(args, run: dict) -> tuple:
+    """(device, precision, its description for the result line) of --device and --precision,
+    `run` being validated_as of the measured spec."""
+    from fkd_ffcv.devices import recorded_precision, resolve_device
+    device = resolve_device(args.device)
+    return (device, *recorded_precision(args.precision, run.get('precision', 'fp32'), device))

@@ -5,23 +5,23 @@ from __future__ import annotations
 import os
 import sys
 
-from fkd_ffcv.commands.common import refused, validated_as
+from fkd_ffcv.commands.common import (add_device_options, device_and_precision,
+                                      measuring_parser, refused, validated_as)
 from fkd_ffcv.data.header import check_beton
-from fkd_ffcv.defaults import TEACHER_PRECISIONS
 from fkd_ffcv.errors import DataError, OptionError
+
+EVAL_TEACHER_HELP = ("Top-1 and top-5 of a teacher (any spec of docs/teachers.md, comma-separated "
+                     "for an ensemble) on a beton, each image centre-cropped and resized to the "
+                     "teacher's input side. An export of this project "
+                     "(checkpoint:<final_weights.pt>) is evaluated as its run validated it (side, "
+                     "ratio, flip, precision), so the two agree.")
 
 
 def eval_teacher(argv=None) -> int:
     """Top-1 / top-5 of a teacher spec (or an ensemble) on a validation beton."""
     import argparse
     from fkd_ffcv.training.option_checks import check_teacher_files
-    parser = argparse.ArgumentParser(
-        prog='fkd-eval-teacher', allow_abbrev=False,
-        description='Top-1 and top-5 of a teacher (any spec of docs/teachers.md, '
-                    'comma-separated for an ensemble) on a beton, each image centre-cropped '
-                    'and resized to the teacher\'s input side. An export of this project '
-                    '(checkpoint:<final_weights.pt>) is evaluated as its run validated it '
-                    '(side, ratio, flip, precision), so the two agree.')
+    parser = measuring_parser('fkd-eval-teacher', EVAL_TEACHER_HELP)
     parser.add_argument('teacher', help='e.g. checkpoint:runs/teacher/final_weights.pt')
     parser.add_argument('beton', help='a beton with the classes the teacher predicts')
     parser.add_argument('--ratio', type=float, default=0,
@@ -35,11 +35,9 @@ def eval_teacher(argv=None) -> int:
                              'trainer\'s validation.lr_tta (default: as the run validated, for '
                              'an export; else off)')
     parser.add_argument('--batch-size', type=int, default=256)
-    parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
-    parser.add_argument('--precision', choices=('auto',) + TEACHER_PRECISIONS,
-                        default='auto', help='auto: the run\'s for an export (fp32 where '
-                        'this device does not compute it natively), else fp32 (bf16, fp16 keep '
-                        'the classifier in fp32)')
+    add_device_options(parser, 'auto: the run\'s for an export (fp32 where this device does '
+                               'not compute it natively), else fp32 (bf16, fp16 keep the '
+                               'classifier in fp32)')
     args = parser.parse_args(argv)
     try:
         if not os.path.isfile(args.beton):
@@ -48,14 +46,11 @@ def eval_teacher(argv=None) -> int:
         check_beton(args.beton)
     except (OptionError, DataError, OSError) as e:
         return refused(e)
-    from fkd_ffcv.devices import recorded_precision, resolve_device
     from fkd_ffcv.labeling.teachers import Teacher
     from fkd_ffcv.training.evaluation import teacher_top_k
     try:
         run = validated_as(args.teacher)
-        device = resolve_device(args.device)
-        precision, precision_text = recorded_precision(args.precision,
-                                                       run.get('precision', 'fp32'), device)
+        device, precision, precision_text = device_and_precision(args, run)
         flip = args.flip if args.flip is not None else run.get('lr_tta', False)
         teacher = Teacher(args.teacher, device=device, precision=precision)
         result = teacher_top_k(teacher, args.beton, ratio=args.ratio or run.get('ratio', 0),

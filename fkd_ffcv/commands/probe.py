@@ -5,22 +5,22 @@ from __future__ import annotations
 import os
 import sys
 
-from fkd_ffcv.commands.common import refused, validated_as
+from fkd_ffcv.commands.common import (add_device_options, device_and_precision,
+                                      measuring_parser, refused, validated_as)
 from fkd_ffcv.data.header import check_beton
-from fkd_ffcv.defaults import EMBEDDING_KINDS, TEACHER_PRECISIONS
+from fkd_ffcv.defaults import EMBEDDING_KINDS
 from fkd_ffcv.errors import DataError, OptionError
+
+PROBE_HELP = ('k-NN top-1 and linear-probe top-1 of the frozen pooled features of an export (a '
+              'final_weights.pt of any mode, ssl included) or of any teacher spec (moco:, timm:, '
+              'torchvision:, ...; docs/teachers.md), from the hard labels of a train and a '
+              'validation beton.')
 
 
 def probe(argv=None) -> int:
     """k-NN and linear-probe top-1 of a model's frozen features (probes.py)."""
-    import argparse
     from fkd_ffcv.training.option_checks import check_teacher_files
-    parser = argparse.ArgumentParser(
-        prog='fkd-probe', allow_abbrev=False,
-        description='k-NN top-1 and linear-probe top-1 of the frozen pooled features of an '
-                    'export (a final_weights.pt of any mode, ssl included) or of any teacher '
-                    'spec (moco:, timm:, torchvision:, ...; docs/teachers.md), from the hard '
-                    'labels of a train and a validation beton.')
+    parser = measuring_parser('fkd-probe', PROBE_HELP)
     parser.add_argument('model', help='final_weights.pt, or a teacher spec such as '
                                       'moco:resnet50:moco_v2_800ep_pretrain.pth.tar')
     parser.add_argument('train', help='beton whose images and labels fit the probe and vote')
@@ -40,11 +40,9 @@ def probe(argv=None) -> int:
     parser.add_argument('--batch-size', type=int, default=256,
                         help='images per forward while embedding (the probe steps on 256)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:<n>')
-    parser.add_argument('--precision', choices=('auto',) + TEACHER_PRECISIONS,
-                        default='auto', help='auto: the run\'s for an export (so that its '
-                        'k-NN and probe equal the logged ones; fp32 where this device does not '
-                        'compute it natively), else fp32')
+    add_device_options(parser, 'auto: the run\'s for an export (so that its k-NN and probe '
+                               'equal the logged ones; fp32 where this device does not compute '
+                               'it natively), else fp32')
     args = parser.parse_args(argv)
     spec = args.model if ':' in args.model and not os.path.isfile(args.model) else \
         f'checkpoint:{args.model}'
@@ -65,7 +63,6 @@ def probe(argv=None) -> int:
     except (OptionError, DataError, OSError) as e:
         return refused(e)
     from fkd_ffcv.data.beton import Beton
-    from fkd_ffcv.devices import recorded_precision, resolve_device
     from fkd_ffcv.errors import TrainingError
     from fkd_ffcv.training.probes import knn_and_probe_top1, require_labels
     from fkd_ffcv.labeling.teachers import Teacher
@@ -76,9 +73,7 @@ def probe(argv=None) -> int:
         if Beton(args.val).classes != classes:
             raise ValueError(f"{args.train} and {args.val} have other classes")
         stored = validated_as(spec)
-        device = resolve_device(args.device)
-        precision, precision_text = recorded_precision(args.precision,
-                                                       stored.get('precision', 'fp32'), device)
+        device, precision, precision_text = device_and_precision(args, stored)
         teacher = Teacher(spec, device=device, precision=precision,
                           embedding=args.embedding,
                           input_size=args.resolution or stored.get('resolution'))
