@@ -36,3 +36,8 @@ IMAGENET_CROP = 224 / 256  # the centre crop ImageNet models are evaluated with 
 STUDENT_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'small_resnet', 'sret_t',
                  'sret_lt', 'sret_s')
 STUDENT_PREFIXES = ('timm:', 'torchvision:')
+# The teacher kinds labeling/teacher_specs.py registers (`<kind>:...`), listed here so that
+# option_checks.py can find the file a spec names without importing torch: `<kind>:<file>`, or
+# `<kind>:<name>:<file>` for the kinds that also name an architecture or model.
+TEACHER_KINDS = ('checkpoint', 'moco', 'timm', 'torchscript', 'torchvision')
+NAMED_TEACHER_KINDS = ('moco', 'timm', 'torchvision')

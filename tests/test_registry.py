@@ -58,6 +58,14 @@ def test_the_torch_free_list_of_architectures_is_the_registrys():
     assert MODELS.names() == sorted(STUDENT_ARCHS) + sorted(p + '...' for p in STUDENT_PREFIXES)
 
 
+def test_the_torch_free_list_of_teacher_kinds_is_the_registrys():
+    """option_checks.check_teacher_files finds a spec's file by defaults.TEACHER_KINDS without
+    importing torch."""
+    from fkd_ffcv.defaults import NAMED_TEACHER_KINDS, TEACHER_KINDS
+    assert TEACHERS.names() == sorted(f'{kind}:...' for kind in TEACHER_KINDS)
+    assert set(NAMED_TEACHER_KINDS) < set(TEACHER_KINDS)
+
+
 def test_entry_point_specs_of_earlier_module_paths_still_load():
     """Betons, exports and recipes of earlier versions name entry points by the module paths
     of their day (`fkd_ffcv.teachers:efficientnet_lite0`); fkd_ffcv/moved.py serves them."""

@@ -8,6 +8,7 @@ import sys
 from fkd_ffcv.commands.common import (add_device_options, device_and_precision,
                                       measuring_parser, refused, validated_as)
 from fkd_ffcv.data.header import check_beton
+from fkd_ffcv.defaults import IMAGENET_CROP
 from fkd_ffcv.errors import DataError, OptionError
 
 EVAL_TEACHER_HELP = ("Top-1 and top-5 of a teacher (any spec of docs/teachers.md, comma-separated "
@@ -25,8 +26,9 @@ def eval_teacher(argv=None) -> int:
     parser.add_argument('teacher', help='e.g. checkpoint:runs/teacher/final_weights.pt')
     parser.add_argument('beton', help='a beton with the classes the teacher predicts')
     parser.add_argument('--ratio', type=float, default=0,
-                        help='centre crop side / shorter image side (default: the run\'s for '
-                             'an export, else the teacher\'s own, timm\'s crop_pct, or 0.875)')
+                        help="centre crop side / shorter image side (default: the run's for an "
+                             f"export, else the teacher's own, timm's crop_pct, or "
+                             f"{IMAGENET_CROP})")
     parser.add_argument('--resolution', type=int, default=0,
                         help='side fed to the teacher (default: the run\'s validation side '
                              'for an export, else its own input size)')

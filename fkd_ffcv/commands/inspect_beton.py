@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fkd_ffcv.defaults import CLASSES_FIELD, IMAGE_FIELD, LABEL_FIELD
+from fkd_ffcv.defaults import CLASSES_FIELD, IMAGE_FIELD, IMAGENET_CROP, LABEL_FIELD
 
 if TYPE_CHECKING:
     from fkd_ffcv.data.beton import Beton
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument('--read', action='store_true', help='read every image back')
     parser.add_argument('--batch-size', type=int, default=256)
     parser.add_argument('--resolution', type=int, default=224)
-    parser.add_argument('--ratio', type=float, default=224 / 256,
+    parser.add_argument('--ratio', type=float, default=IMAGENET_CROP,
                         help='centre crop side / shorter image side (1 = whole square image)')
     parser.add_argument('--workers', type=int, default=-1, help='loader threads (-1: all cores)')
     parser.add_argument('--epochs', type=int, default=0,

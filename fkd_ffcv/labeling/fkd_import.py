@@ -24,6 +24,7 @@ from fkd_ffcv.data.manifest import Records
 from fkd_ffcv.records.soft_labels import LabelSpec, encode_probs, record_flags, top1_agreement
 from fkd_ffcv.data.sources import BadSample
 from fkd_ffcv.data.writer import WriteReport
+from fkd_ffcv.records.label_types import marginal_smoothing
 
 _reconstruct = np._core.multiarray._reconstruct
 SAFE_NUMPY = [np.ndarray, np.dtype, _reconstruct,
@@ -69,7 +70,7 @@ def label_type_of(labels: np.ndarray) -> str:
     if labels.ndim == 2 and labels.shape[1] == 2:
         return 'smoothing'
     if labels.ndim == 3 and labels.shape[1] == 2:
-        return f'marginal_smoothing_k{labels.shape[2]}'
+        return marginal_smoothing(labels.shape[2])
     raise BadSample(f"labels of shape {labels.shape} match no FKD label type")
 
 

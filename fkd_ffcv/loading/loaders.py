@@ -12,7 +12,7 @@ from ffcv.loader import OrderOption
 from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
 from fkd_ffcv.data.beton import Beton
-from fkd_ffcv.defaults import DEFAULT_RESIZE
+from fkd_ffcv.defaults import DEFAULT_RESIZE, IMAGENET_CROP
 from fkd_ffcv.loading.ffcv_loader import Loader
 from fkd_ffcv.data.fields import IMAGE_FIELD, LABEL_FIELD
 
@@ -31,9 +31,9 @@ def only(path, pipelines: dict) -> dict:
     return {**{name: None for name in Beton(path).field_names}, **pipelines}
 
 
-def eval_loader(path, batch_size: int = 256, resolution: int = 224, ratio: float = 224 / 256,
-                num_workers: int = -1, device: str = 'cpu', rank: int = 0,
-                world_size: int = 1, resize: str = DEFAULT_RESIZE) -> Loader:
+def eval_loader(path, batch_size: int = 256, resolution: int = 224,
+                ratio: float = IMAGENET_CROP, num_workers: int = -1, device: str = 'cpu',
+                rank: int = 0, world_size: int = 1, resize: str = DEFAULT_RESIZE) -> Loader:
     """Every sample once, in order: centre crop of side `ratio` x the shorter side, resized to
     `resolution` with the filter `resize` (resample.py), as (N, 3, H, W) channels-last uint8,
     and int64 labels.

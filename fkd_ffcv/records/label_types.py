@@ -14,7 +14,12 @@ TOP_K = 5  # the default label type's k (FKD's), lowered where there are fewer o
 def default_label_type(num_classes: int) -> str:
     """The label type when none is given: FKD's marginal smoothing of the top 5, with k
     lowered to num_classes - 1 (the most k can be: one class must be left to smooth over)."""
-    return f"marginal_smoothing_k{max(1, min(TOP_K, num_classes - 1))}"
+    return marginal_smoothing(max(1, min(TOP_K, num_classes - 1)))
+
+
+def marginal_smoothing(k: int) -> str:
+    """The name of FKD's label type: the top `k` kept, the rest of the mass spread evenly."""
+    return f"marginal_smoothing_k{k}"
 
 
 @dataclass(frozen=True)

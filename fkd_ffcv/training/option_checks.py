@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from fkd_ffcv.data.header import check_beton
-from fkd_ffcv.defaults import STUDENT_ARCHS, STUDENT_PREFIXES
+from fkd_ffcv.defaults import NAMED_TEACHER_KINDS, STUDENT_ARCHS, STUDENT_PREFIXES, TEACHER_KINDS
 from fkd_ffcv.errors import DataError, OptionError
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.data.manifest import (Manifest, Records, check_records, read_manifest,
@@ -185,7 +185,8 @@ def check_teacher_files(option: str, specs: str) -> None:
     must be there."""
     for spec in filter(None, specs.split(',')):
         kind, _, rest = spec.partition(':')
-        path = {'checkpoint': rest, 'torchscript': rest, 'torchvision': rest.partition(':')[2],
-                'timm': rest.partition(':')[2], 'moco': rest.partition(':')[2]}.get(kind)
+        if kind not in TEACHER_KINDS:
+            continue  # a `<module>:<function>` entry point names no file
+        path = rest.partition(':')[2] if kind in NAMED_TEACHER_KINDS else rest
         if path and not os.path.isfile(path):
             raise OptionError(f"{option}={spec}: {path}: no such file")

@@ -17,7 +17,7 @@ from fastargs.validation import And, Checker, InRange, OneOf
 
 from fkd_ffcv.config import Flag, read_config_file, unknown_keys
 from fkd_ffcv.defaults import (DEFAULT_RESIZE, DISCRIMINATOR_GRADIENTS, EMBEDDING_KINDS,
-                               PRECISIONS, RESIZE_FILTERS)
+                               IMAGENET_CROP, PRECISIONS, RESIZE_FILTERS)
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.training.schedules import LR_SCHEDULES
 
@@ -132,7 +132,7 @@ PARAMS = {
     'validation': ('evaluation on data.val_dataset', dict(
         resolution=Param(And(int, InRange(min=1)), 'side of the centre crop', default=256),
         ratio=Param(And(float, InRange(0, 1)), 'centre crop side / shorter image side',
-                    default=224 / 256),
+                    default=IMAGENET_CROP),
         batch_size=Param(And(int, InRange(min=1)), 'images per batch', default=256),
         lr_tta=Param(Flag(), 'average the logits of the image and its mirror', default=True),
         every_passes=Param(And(int, InRange(min=0)), 'evaluate every n passes (0: at the '
