@@ -53,7 +53,7 @@ def test_model_and_teacher_families_plug_in_by_registering(toy_families):
 
 
 def test_the_torch_free_list_of_architectures_is_the_registrys():
-    """options.py checks names against defaults.STUDENT_ARCHS without importing torch."""
+    """option_checks.py checks names against defaults.STUDENT_ARCHS without importing torch."""
     from fkd_ffcv.defaults import STUDENT_ARCHS, STUDENT_PREFIXES
     assert MODELS.names() == sorted(STUDENT_ARCHS) + sorted(p + '...' for p in STUDENT_PREFIXES)
 

@@ -6,7 +6,7 @@
 4. train three students with the same model, crops and schedule: FKD (soft labels replayed
    from the beton), online KD (the teacher runs on every batch) and plain (hard labels);
 5. print a results table (top-1, time, crops/s) and plot accuracy and loss against training
-   time (plots.py, as `fkd-plot` draws runs).
+   time (plot.py, as `fkd-plot` draws runs).
 
 The recipes are `fkd_ffcv/small_configs/fashion_mnist_*.yaml` (installed with the package);
 the steps are fkd_ffcv/commands/demo_steps.py's. A finished step is reused when the demo runs

@@ -5,7 +5,7 @@ Enters: an architecture name and options, or a checkpoint. Leaves: a torch modul
 export file). `build_model` (students.py) is the one constructor; `fkd_ffcv.models.build_model`
 names it too. Inside, imports go one way: resnets, sret, heads -> weights -> timm_models ->
 students (the registry) -> exports.
-May import: the base modules and fkd_ffcv.records.
+May import: the base modules only (it needs nothing of data, records or loading).
 """
 
 

@@ -1,7 +1,8 @@
-"""The training loop and what it is made of: the options of every command and the checks between
-them (torch-free, so a wrong command line fails before torch loads), the modes (plain, FKD,
-online KD, MEAL V2, self-supervised), losses, evaluation, schedules, mixing, the discriminator,
-the probes, the trainer and the run folder.
+"""The training loop and what it is made of: the option sections of fkd-train and fkd-write and
+the checks between them (torch-free, so a wrong command line fails before torch loads;
+fkd-eval-teacher, fkd-probe, fkd-inspect and fkd-plot parse their own arguments in commands/),
+the modes (plain, FKD, online KD, MEAL V2, self-supervised), losses, evaluation, schedules,
+mixing, the discriminator, the probes, the trainer and the run folder.
 
 Enters: option dicts and betons. Leaves: run folders (logs, checkpoints, exports).
 May import: the base modules and every subpackage before it (data, records, loading, models,

@@ -5,7 +5,7 @@ files written before the first release, whose records lack what this version rea
 A checkpoint holds the options, the model's build options and weights (and the weight
 average's), the optimiser, the mode's state and the log (Trainer.save_checkpoint; the run
 folder writes it); an export holds the weights with what rebuilding and feeding the model
-takes (models.save_weights) and the validation settings.
+takes (models/exports.py: save_weights) and the validation settings.
 """
 from __future__ import annotations
 

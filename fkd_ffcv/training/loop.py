@@ -1,10 +1,10 @@
 """The speed-run trainer: one class, read top to bottom as set-up, the pass, the step and the
 evaluation. What differs between FKD, plain training, online KD, MEAL V2 and self-supervised
 distillation is a mode object (training/modes/), which reads the run through its RunContext
-(context.py); the options and every check between them are options.py; the run folder is
-run_folder.py; the losses losses.py, the top-k count evaluation.py, the weight average ema.py,
-precise BatchNorm batchnorm.py, what eval-only reads back checkpoints.py, the end-of-run
-lines report.py.
+(context.py); the options are options.py and the checks between them option_checks.py; the
+run folder is run_folder.py; the losses losses.py, the top-k count evaluation.py, the weight
+average ema.py, precise BatchNorm batchnorm.py, what eval-only reads back checkpoints.py, the
+end-of-run lines report.py.
 
 Units (docs/units.md): an epoch is as many crops as the training set has images; with K crops
 per image a pass over the images is K epochs; the batch size counts crops; schedules are
@@ -50,7 +50,7 @@ class Trainer:
     def __init__(self, opts: dict):
         check(opts)
         self.opts = {name: dict(values) for name, values in opts.items()}
-        try:  # known once models.py is loaded
+        try:  # known once models/students.py is loaded
             check_arch(self.opts['model']['arch'])
         except ValueError as e:
             raise OptionError(f"--model.arch: {e}") from None
@@ -111,7 +111,7 @@ class Trainer:
 
     def create_loaders(self):
         t, ctx = self.opts['training'], self.ctx
-        # one loader per K the plan uses (each compiles its pipeline once); options.check has
+        # one loader per K the plan uses (each compiles its pipeline once); option_checks.check has
         # seen that the batch leaves every pass its K steps
         self.train_loaders = {k: self.mode.train_loader(
             ctx, k, resolution=self.resolution_at(0), seed=t['seed'],
@@ -165,7 +165,7 @@ class Trainer:
         if self.opts['training']['eval_only']:
             return self.run_eval_only()
         state = None
-        if self.opts['training']['resume']:  # options.check: the folder holds a run (or none)
+        if self.opts['training']['resume']:  # option_checks.check: the folder holds a run
             state = self.folder.read_checkpoint(self.opts, self.ctx.world_size, self.ctx.device)
             self.passes_done = state['passes_done']  # what a Ctrl-C from here on keeps
         self.prepare()
@@ -379,7 +379,7 @@ class Trainer:
 
     def export(self) -> Path:
         """Plain weights (averaged, if averaging) with what a teacher or a user needs to
-        rebuild and feed the model (models.save_weights)."""
+        rebuild and feed the model (models/exports.py: save_weights)."""
         v, resize = self.opts['validation'], self.opts['data']['resize']
         mean, std = input_normalisation(self.model)
         return self.folder.export(

@@ -129,7 +129,7 @@ def check(opts: dict) -> None:
 def check_arch_name(arch: str) -> None:
     """Refuse an architecture that is neither a built-in name, a family prefix, nor a
     `<module>:<function>` whose package is installed, without importing torch (a name
-    registered from Python counts once models.py is loaded; timm names are checked when timm
+    registered from Python counts once models/students.py is loaded; timm names are checked when timm
     is loaded)."""
     import difflib
     import importlib.util
@@ -181,7 +181,7 @@ def check_same_classes(train: str, val: str) -> None:
 
 def check_teacher_files(option: str, specs: str) -> None:
     """The files a teacher spec names (checkpoint:<file>, torchscript:<file>,
-    torchvision:<arch>:<file>, timm:<name>:<file>, moco:<arch>:<file>; teachers.py reads them)
+    torchvision:<arch>:<file>, timm:<name>:<file>, moco:<arch>:<file>; teacher_specs.py reads them)
     must be there."""
     for spec in filter(None, specs.split(',')):
         kind, _, rest = spec.partition(':')

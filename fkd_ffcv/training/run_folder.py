@@ -5,7 +5,7 @@
   pass; with `validation.at_start`, a first line for epoch 0: the starting point's);
 - `checkpoint.pt`: everything to continue, written atomically after every pass;
 - `final_weights.pt`: plain weights with what rebuilding and feeding the model takes
-  (models.save_weights), on the CPU;
+  (models/exports.py: save_weights), on the CPU;
 - `summary.json`.
 
 Only the main process writes; every file appears under its name only when complete.

@@ -9,12 +9,12 @@ from fkd_ffcv.training.modes.classification import FKD, Plain, RunsTeacher
 
 
 class EmbeddingDistillation:
-    """Self-supervised distillation (S2-BNN's distillation-only recipe, FKD's SSL variant;
-    embeddings.py): the student is its backbone with a projection head of the teacher's D
-    dimensions instead of a classifier, and learns the soft cross-entropy between the
-    teacher's and its own L2-normalised outputs over --ssl.temperature. No hard label is read
-    in training; the validation measures the frozen features by k-NN and a linear probe
-    (probes.py)."""
+    """Self-supervised distillation (S2-BNN's distillation-only recipe, FKD's SSL variant):
+    the student is its backbone with a projection head of the teacher's D dimensions instead
+    of a classifier (models/heads.py), and learns the soft cross-entropy between the teacher's
+    and its own L2-normalised outputs over --ssl.temperature (training/losses.py). No hard
+    label is read in training; the validation measures the frozen features by k-NN and a
+    linear probe (training/probes.py)."""
     sections = ('ssl',)
     reads_labels = False
     probes = True
