@@ -5,7 +5,8 @@ so the scripts validate their options against this module before loading the res
 """
 IMAGE_FIELD, LABEL_FIELD, PATH_FIELD = 'image', 'label', 'path'
 # FKD crop records, N per image (see crops.py and soft_labels.py for their meaning).
-BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD = 'fkd_boxes', 'fkd_flags', 'fkd_classes', 'fkd_codes'
+BOXES_FIELD, FLAGS_FIELD = 'fkd_boxes', 'fkd_flags'
+CLASSES_FIELD, CODES_FIELD = 'fkd_classes', 'fkd_codes'
 EMBEDDING_FIELD = 'fkd_embedding'  # self-supervised FKD: a teacher embedding per record (int8)
 SOFT_LABEL_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)  # soft_label_fields
 RECORD_FIELDS = SOFT_LABEL_FIELDS + (EMBEDDING_FIELD,)  # every field a crop record may have
@@ -15,10 +16,11 @@ WRITE_MODES = ('raw', 'jpg', 'smart', 'proportion')  # RGBImageField's write mod
 SMART_THRESHOLD = 224 * 224 * 3  # 'smart': JPEG when raw pixels would take more bytes than this
 ON_ERROR = ('fail', 'skip')      # what the writer does with an unusable input file
 PAGE_SIZE = 8 * 1024 * 1024      # FFCV's default page (power of two, 2 MiB <= page < 4 GiB)
-TEACHER_RECORDS = 500            # crop records per image from a teacher: FKD's N (docs/soft_labels.md)
+TEACHER_RECORDS = 500            # crop records per image from a teacher: FKD's N (soft_labels.md)
 LABELLED_SUFFIX = '_fkd'         # x.beton labelled -> x_fkd.beton, unless --labels.out names it
 MAX_PIXELS = 178_956_970         # refuse larger images; Pillow's own hard limit as well
-TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')  # teachers.py: fp32 is exact, the others keep the head fp32
+# labeling/teachers.py: fp32 is exact, the others keep the head in fp32
+TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')  # training.precision (devices.resolve_precision)
 # How the student meets MEAL V2's discriminator (discriminator.py, meal.disc_gradient)
 DISCRIMINATOR_GRADIENTS = ('shared', 'reversed')

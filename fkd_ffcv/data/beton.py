@@ -60,7 +60,8 @@ class Beton:
     def field_metadata(self, name: str) -> np.ndarray:
         """Per-sample metadata of one field (a view, one row per sample)."""
         if name not in self.fields:
-            raise KeyError(f"{self.path}: no field {name!r} (fields: {', '.join(self.field_names)})")
+            raise KeyError(f"{self.path}: no field {name!r} (fields: "
+                           f"{', '.join(self.field_names)})")
         return self.metadata[f'f{self.field_names.index(name)}']
 
     def read(self, ptr: int) -> np.ndarray:

@@ -49,8 +49,8 @@ def copy_beton(src, dst, add_fields: Optional[Mapping[str, Field]] = None, value
     `add_fields`, whose values for sample i are `values[i]` (a tuple in `add_fields` order).
 
     Images are never decoded or re-encoded. The manifest of `src` carries over, updated with
-    `manifest_updates` (Manifest fields: {'soft_labels': Records(...)}) and the copy's lineage. `dst` may be `src`: the old file stays readable
-    until the new one replaces it.
+    `manifest_updates` (Manifest fields: {'soft_labels': Records(...)}) and the copy's lineage.
+    `dst` may be `src`: the old file stays readable until the new one replaces it.
     """
     beton = Beton(src, custom_fields=custom_fields)
     add_fields = dict(add_fields or {})

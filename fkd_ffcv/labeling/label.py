@@ -347,7 +347,8 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
               'bytes_per_record': bytes_per_record(fields)}
     report = copy_beton(beton.path, dst, fields,
                         ChunkValues(folder, len(beton), settings.chunk_images, columns),
-                        manifest_updates=targets.manifest(**common), progress=progress, **write_options)
+                        manifest_updates=targets.manifest(**common), progress=progress,
+                        **write_options)
     shutil.rmtree(folder.path)  # everything it held is in dst now
     return report
 

@@ -33,8 +33,8 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
 from fkd_ffcv.records.crops import box_pixels, mix64, seeded_crop
-from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD,
-                       FLAGS_FIELD)
+from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, DEFAULT_RESIZE,
+                               EMBEDDING_FIELD, FLAGS_FIELD)
 from fkd_ffcv.loading.ffcv_loader import first_epoch_of, first_epoch_tag
 from fkd_ffcv.records.resample import filter_code, make_resize
 from fkd_ffcv.records.soft_labels import FLAG_FLIP

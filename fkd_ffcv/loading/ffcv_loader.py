@@ -156,7 +156,8 @@ def copy_device(graph) -> Optional[torch.device]:
     devices = {torch.device('cuda', torch.cuda.current_device()) if d.index is None else d
                for d in devices if d.type == 'cuda'}
     if len(devices) > 1:
-        raise ValueError(f"a loader's pipelines copy to several devices: {sorted(map(str, devices))}")
+        raise ValueError(f"a loader's pipelines copy to several devices: "
+                         f"{sorted(map(str, devices))}")
     return devices.pop() if devices else None
 
 

@@ -123,7 +123,8 @@ def sample_records(seed: int, index: int, height: int, width: int, n: int, scale
 def cut_crops(pixels: np.ndarray, stored_boxes, flips, size: int,
               interpolation: str = DEFAULT_RESIZE) -> np.ndarray:
     """Replay records on a decoded image (H, W, 3) -> uint8 crops (n, size, size, 3)."""
-    from fkd_ffcv.records.resample import resize_box  # an unknown interpolation is refused there, named
+    # an unknown interpolation is refused there, named
+    from fkd_ffcv.records.resample import resize_box
     height, width = pixels.shape[:2]
     out = np.empty((len(stored_boxes), size, size, 3), np.uint8)
     for r, (stored, flip) in enumerate(zip(stored_boxes, flips)):

@@ -126,11 +126,12 @@ def check(opts: dict) -> None:
                           f"{data['train_dataset']}")
     check_same_classes(data['train_dataset'], data['val_dataset'])
 
+
 def check_arch_name(arch: str) -> None:
     """Refuse an architecture that is neither a built-in name, a family prefix, nor a
     `<module>:<function>` whose package is installed, without importing torch (a name
-    registered from Python counts once models/students.py is loaded; timm names are checked when timm
-    is loaded)."""
+    registered from Python counts once models/students.py is loaded; timm names are checked
+    when timm is loaded)."""
     import difflib
     import importlib.util
     import sys
@@ -178,6 +179,7 @@ def check_same_classes(train: str, val: str) -> None:
         raise DataError(f"--data.train_dataset={train} and --data.val_dataset={val} have "
                           f"other classes ({differ}): give betons written from the same data "
                           f"set")
+
 
 def check_teacher_files(option: str, specs: str) -> None:
     """The files a teacher spec names (checkpoint:<file>, torchscript:<file>,
