@@ -1,4 +1,4 @@
-"""The spread, over seeds, of the metrics that tests/test_training.py puts thresholds on: the
+"""The spread, over seeds, of the metrics that tests/training/test_training.py puts thresholds on: the
 plain, FKD and online-KD runs of its fixtures, with `training.seed` (and the labelling seed)
 set to each seed. Thresholds are set below the lowest value seen, with a margin stated in the
 test (docs/testing.md has the table).

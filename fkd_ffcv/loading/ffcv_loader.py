@@ -7,7 +7,7 @@ Written against ffcv 1.0.x: it overrides `EpochIterator.run`/`run_pipeline` and 
 module with another version fails at once rather than in the middle of a run.
 
 What FFCV does and this module changes (each item is tested on the CPU with torch.cuda stubbed,
-tests/test_ffcv_loader.py):
+tests/loading/test_ffcv_loader.py):
 - A failing worker thread ends silently and the consumer waits forever: here its exception is
   raised in the consumer as LoaderError.
 - Every pass allocates every buffer anew (page faults, or pinning with CUDA, on hundreds of MB

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # name -> head dimension, heads per stage, MLP ratio, NLL ratio (the depths and groups are
-# the same for every size); tests/test_sret.py checks their parameter and MAC counts
+# the same for every size); tests/models/test_sret.py checks their parameter and MAC counts
 SIZES = {
     'sret_t': dict(head_dim=32, heads=(2, 4, 8), mlp_ratio=3.6, nll_ratio=1.0),
     'sret_lt': dict(head_dim=32, heads=(2, 4, 8), mlp_ratio=4.0, nll_ratio=1.0),

@@ -13,7 +13,7 @@ from fkd_ffcv.data.manifest import (MANIFEST_FORMAT, Manifest, Origin, Records, 
 
 # Written by the code before the manifest was typed (branch `layout`, fkd-write on a folder
 # with one corrupt image, then labelled with soft labels and with embeddings).
-WRITTEN = Path(__file__).parent / 'manifests'
+WRITTEN = Path(__file__).parents[1] / 'manifests'
 
 
 @pytest.mark.parametrize('name', ['written', 'labelled', 'embeddings'])
