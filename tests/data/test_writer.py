@@ -288,7 +288,7 @@ write_beton({out!r}, image_fields('raw'), SlowSource(), num_workers=2, chunk_siz
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
 def test_killing_the_writer_stops_its_workers(tmp_path, sig):
     import psutil
-    script = KILL_SCRIPT.format(tests=str(REPO / 'tests'), repo=str(REPO),
+    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), repo=str(REPO),
                                 out=str(tmp_path / 'x.beton'))
     proc = subprocess.Popen([sys.executable, '-c', script], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
