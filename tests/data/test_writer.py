@@ -276,7 +276,7 @@ def test_fail_fast_does_not_wait_for_the_other_workers(tmp_path):
 
 KILL_SCRIPT = """
 import sys, time
-sys.path[:0] = [{tests!r}, {repo!r}]
+sys.path[:0] = [{here!r}, {tests!r}, {repo!r}]  # test_writer, conftest, the package
 from test_writer import SlowSource
 from fkd_ffcv.data.fields import image_fields
 from fkd_ffcv.data.writer import write_beton
@@ -288,8 +288,8 @@ write_beton({out!r}, image_fields('raw'), SlowSource(), num_workers=2, chunk_siz
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
 def test_killing_the_writer_stops_its_workers(tmp_path, sig):
     import psutil
-    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), repo=str(REPO),
-                                out=str(tmp_path / 'x.beton'))
+    script = KILL_SCRIPT.format(here=os.path.dirname(__file__), tests=str(REPO / 'tests'),
+                                repo=str(REPO), out=str(tmp_path / 'x.beton'))
     proc = subprocess.Popen([sys.executable, '-c', script], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     workers = []
