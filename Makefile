@@ -25,8 +25,10 @@ smoke: setup
 check:
 	python3 tools/check_imports.py
 
+# PYTEST_ARGS='-n 2 --dist loadgroup' runs it on two workers (docs/testing.md: 10 min against 14 here).
+PYTEST_ARGS ?=
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # The benchmarks are modules of the benchmarks package (docs/benchmarks.md); run from here.
 bench: setup
