@@ -20,6 +20,14 @@ tests/loading/test_ffcv_loader.py):
   reads them, but nothing keeps the worker from rewriting a slot's pinned *host* buffers while
   the asynchronous copy out of them is still queued (the GPU may run many steps behind a host
   that never synchronises). Here the worker waits for the slot's previous copy to finish first.
+- Every loader compiles its decoders anew (1-2 s each on 2 cores), even when an identical
+  loader was built before in the process (the trainer's evaluation loaders, a run resumed in
+  the same process, the tests). Here a function is compiled once per process for the values
+  it captures (`compile_once`, which replaces `Compiler.compile`).
+- FFCV's os-cache reader marks numba's shared `uint8[::1]` type read-only (it mutates an
+  interned type), after which a compiled function called from two pipelines fails inside
+  numba with a KeyError on its argument types. Here the reader is compiled for the types it
+  is called with and no numba type is changed (`_os_cache_reader`).
 - Values a compiled pipeline captures are frozen when FFCV compiles it, once; but FFCV declares
   every operation's memory anew at the start of each pass and hands the buffers to the
   compiled code. So the decoders read their output side from their output buffer's shape, and
@@ -28,8 +36,10 @@ tests/loading/test_ffcv_loader.py):
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+from collections import OrderedDict
 from contextlib import nullcontext
 from importlib.metadata import version
 from queue import Full
@@ -40,7 +50,9 @@ import numba as nb
 import numpy as np
 import torch
 from ffcv.loader import epoch_iterator
+from ffcv.memory_managers.os_cache import OSCacheManager
 from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.graph import TransformNode
 from ffcv.transforms import ToDevice
 
@@ -71,6 +83,72 @@ sys.unraisablehook = _drop_numba_finalizer_noise
 
 
 _NOTED = set()  # (threads asked for, cores there are) already said
+
+COMPILED_KEPT = 64  # compiled functions kept per process, the least recently used dropped
+_compiled = OrderedDict()  # key -> (compiled function, the objects its key names by id)
+_compile = Compiler.compile
+
+
+def _captured_key(value, held: list):
+    """A hashable stand-in for a value a compiled function captures (numba freezes it into the
+    code): numbers, strings, tuples and arrays by content; anything else (other compiled
+    functions, ctypes functions, modules) by identity, kept alive in `held` so that no new
+    object can take its id while the key is in use."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.generic)):
+        return type(value).__name__, value
+    if isinstance(value, tuple):
+        return ('tuple',) + tuple(_captured_key(item, held) for item in value)
+    if isinstance(value, np.ndarray):
+        return ('array', value.dtype.str, value.shape,
+                hashlib.sha1(np.ascontiguousarray(value).view(np.uint8)).hexdigest())
+    held.append(value)
+    return 'id', id(value)
+
+
+def compile_once(code, signature=None):
+    """`Compiler.compile(code, signature)`, returning the function compiled before for the same
+    code, options and captured values (closure cells, the globals it names, defaults), so that
+    a loader built again with the same settings compiles nothing. FFCV and the decoders go
+    through it (it replaces `Compiler.compile`)."""
+    if not Compiler.is_enabled or not hasattr(code, '__code__'):
+        return _compile(code, signature)
+    held = [code]
+    try:
+        cells = tuple(_captured_key(cell.cell_contents, held) for cell in code.__closure__ or ())
+    except ValueError:  # a cell not yet filled
+        return _compile(code, signature)
+    names = code.__code__.co_names
+    key = (code.__code__, signature, getattr(code, 'is_parallel', False) and
+           Compiler.num_threads > 1, cells, _captured_key(code.__defaults__, held),
+           tuple((name, _captured_key(code.__globals__[name], held)) for name in names
+                 if name in code.__globals__))
+    if key not in _compiled:
+        _compiled[key] = _compile(code, signature), held
+        if len(_compiled) > COMPILED_KEPT:
+            _compiled.popitem(last=False)
+    _compiled.move_to_end(key)
+    return _compiled[key][0]
+
+
+Compiler.compile = staticmethod(compile_once)
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True, error_model='numpy')
+def _read_mapped(address, state):
+    """A sample's bytes of a memory-mapped beton, given its file offset and the os cache's
+    state (the map, the offsets of the stored blobs and their sizes)."""
+    data, offsets, sizes = state
+    return data[address:address + sizes[np.searchsorted(offsets, address)]]
+
+
+def _os_cache_reader(manager):
+    """FFCV's OSCacheManager.compile_reader, without its change to numba's shared uint8 type:
+    one reader for every beton (it reads only its arguments), typed by what it is called with
+    (the map is read-only) and kept in numba's cache on disk."""
+    return _read_mapped
+
+
+OSCacheManager.compile_reader = _os_cache_reader
 
 
 class LoaderError(RuntimeError):

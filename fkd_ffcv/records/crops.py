@@ -29,7 +29,7 @@ SMALL_IMAGE_SIDE = 64
 RATIO = (3 / 4, 4 / 3)
 
 
-@nb.njit(cache=False)
+@nb.njit(cache=True)
 def mix64(x):
     """splitmix64 finaliser: a well-spread 64-bit hash of x."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -37,14 +37,14 @@ def mix64(x):
     return x ^ (x >> np.uint64(31))
 
 
-@nb.njit(cache=False)
+@nb.njit(cache=True)
 def _uniform(state):
     """(next state, uniform float in [0, 1)) of a splitmix64 stream."""
     state = state + np.uint64(0x9E3779B97F4A7C15)
     return state, np.float64(mix64(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@nb.njit(cache=False)
+@nb.njit(cache=True)
 def seeded_crop(seed, draw, sample, height, width, scale_lo, scale_hi, ratio_lo, ratio_hi):
     """(i, j, h, w, flip) of a sample's crop number `draw`: torchvision's RandomResizedCrop
     (10 tries, then a centre crop clipped to the ratio range) and a flip with p = 1/2."""
@@ -87,7 +87,7 @@ def quantize_boxes(boxes, height: int, width: int) -> np.ndarray:
     return np.round(np.asarray(boxes, np.float64) / sides * BOX_UNITS).astype(np.int16)
 
 
-@nb.njit(cache=False)
+@nb.njit(cache=True)
 def box_pixels(stored, height, width):
     """One stored box (an integer array of 4, as stored: int16) -> (i, j, h, w) pixels inside a
     height x width image, integer arithmetic only. Compiled: the numba decoders and Python code
