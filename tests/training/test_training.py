@@ -3,6 +3,7 @@ export) and online KD runs, resume, eval-only, DDP, and the faults the trainer m
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -429,30 +430,55 @@ def fkd_command(labelled, folder, epochs):
             '--logging.progress=false', f'--logging.folder={folder}']
 
 
-def started_until_first_checkpoint(command, folder, **pipes):
-    """The command started, once its first checkpoint is there (within 4 minutes)."""
+def started_until_checkpoint(command, folder, **pipes):
+    """The command started, once it has saved a checkpoint (a new one, where the folder held
+    one already; within 4 minutes)."""
+    checkpoint = folder / 'checkpoint.pt'
+    before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
     process = subprocess.Popen(command, text=True, **pipes)
     deadline = time.monotonic() + 240
-    while not (folder / 'checkpoint.pt').exists() and process.poll() is None:
+    while process.poll() is None and not (checkpoint.exists() and
+                                          checkpoint.stat().st_mtime_ns != before):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     return process
 
 
-def test_kill_mid_pass_then_resume_from_the_command_line(labelled, tmp_path):
+def test_kill_and_ctrl_c_mid_run_then_resume_from_the_command_line(labelled, tmp_path):
+    """A run killed mid-pass (SIGKILL) resumes from its last checkpoint; a resumed run
+    interrupted by Ctrl-C says what was kept and the command that goes on; the run then ends
+    with every epoch logged once, and the folder is not taken again without --resume."""
     folder = tmp_path / 'run'
-    command = fkd_command(labelled, folder, 40)  # 20 passes: killed well before the end
-    process = started_until_first_checkpoint(command, folder, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT)
+    command = fkd_command(labelled, folder, 12)  # 6 passes: killed well before the end
+    process = started_until_checkpoint(command, folder, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT)
     time.sleep(1.0)  # past the first pass
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     done = torch.load(folder / 'checkpoint.pt', weights_only=False)['passes_done']
-    assert 1 <= done < 20
+    assert 1 <= done < 5
 
-    result = subprocess.run(command + ['--resume'], capture_output=True, text=True, timeout=240)
+    # A shell that starts a job in the background (`cmd &`) sets SIGINT to be ignored, its
+    # children inherit that, and Python then installs no KeyboardInterrupt handler: restore the
+    # default, or under such a CI runner the run ignores the signal and ends with status 0.
+    process = started_until_checkpoint(
+        command + ['--resume'], folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert 'resuming ' in out and f' after pass {done} of ' in out
+    assert 'Traceback' not in err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith('interrupted: ') and 'checkpoint.pt holds' in message
+    resume = shlex.split(message.split('continue with: ')[1])  # the command, resuming
+    assert resume[0] == 'python' and resume[-1] in ('--resume', '--training.resume=true')
+
+    result = subprocess.run([sys.executable, *resume[1:]], capture_output=True, text=True,
+                            timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [line['epoch'] for line in read_log(folder)] == list(range(1, 41))
+    assert 'resuming ' in result.stdout and ' after pass ' in result.stdout
+    assert [line['epoch'] for line in read_log(folder)] == list(range(1, 13))
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and 'already holds a run' in again.stderr  # an option error
 
@@ -490,29 +516,6 @@ def test_a_checkpoint_that_carries_code_is_refused(fkd_run, fkd_options, tmp_pat
 def test_a_batch_too_large_names_the_largest_that_works(labelled, fkd_options, tmp_path):
     with pytest.raises(OptionError, match='=600 or less'):  # 600 images, K = 2, at once
         Trainer(fkd_options(tmp_path / 'run', training__batch_size=1024))
-
-
-def test_ctrl_c_says_what_was_kept_and_the_resume_says_where_it_starts(labelled, tmp_path):
-    folder = tmp_path / 'run'
-    command = fkd_command(labelled, folder, 8)
-    # A shell that starts a job in the background (`cmd &`) sets SIGINT to be ignored, its
-    # children inherit that, and Python then installs no KeyboardInterrupt handler: restore the
-    # default, or under such a CI runner the run ignores the signal and ends with status 0.
-    process = started_until_first_checkpoint(
-        command, folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130
-    assert 'Traceback' not in err
-    message = err.strip().splitlines()[-1]
-    assert message.startswith('interrupted: ') and 'checkpoint.pt holds' in message
-    resume = message.split('continue with: ')[1]
-    assert resume.endswith(' --resume')
-    result = subprocess.run(command + ['--resume'], capture_output=True, text=True,
-                            timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert 'resuming ' in result.stdout and ' after pass ' in result.stdout
 
 
 def test_fine_tuning_starts_from_weights_and_trains_only_the_head_first(plain_run, labelled,
@@ -576,15 +579,24 @@ def test_a_checkpoint_from_before_an_option_existed_resumes(fkd_run, fkd_options
         assert 'train the run again with this version' in str(e.value)
 
 
-def test_a_timm_vit_student_trains_an_fkd_pass_and_its_export_loads_into_timm(fkd_options,
-                                                                               tmp_path):
+def small_fkd_options(labelled_jpeg_beton, folder, **overrides):
+    """An FKD run on the session's 12 labelled images (3 classes, 6 records each), train and
+    validation alike: for the tests of what a model family does, which no data size changes."""
+    return run_options((labelled_jpeg_beton, labelled_jpeg_beton), folder,
+                       **{'training__mode': 'fkd', 'fkd__num_crops': 2,
+                          'training__batch_size': 8, 'validation__batch_size': 12,
+                          **overrides})
+
+
+def test_a_timm_vit_student_trains_an_fkd_pass_and_its_export_loads_into_timm(
+        labelled_jpeg_beton, tmp_path):
     import timm
     folder = tmp_path / 'vit'
-    trainer = Trainer(fkd_options(folder, model__arch='timm:test_vit', model__patch_size=4,
-                                  model__image_size=32, model__drop_path=0.1,
-                                  training__epochs=2, training__optimizer='adamw',
-                                  training__weight_decay=0.05, lr__lr=1e-3,
-                                  lr__schedule='cosine', validation__resolution=48))
+    trainer = Trainer(small_fkd_options(
+        labelled_jpeg_beton, folder, model__arch='timm:test_vit', model__patch_size=4,
+        model__image_size=32, model__drop_path=0.1, training__epochs=2,
+        training__optimizer='adamw', training__weight_decay=0.05, lr__lr=1e-3,
+        lr__schedule='cosine', validation__resolution=48))
     summary = trainer.run()
     assert math.isfinite(trainer.history[-1]['loss']) and summary['top1'] >= 0
     no_decay = {id(p) for g in trainer.optimizer.param_groups if g['weight_decay'] == 0
@@ -600,12 +612,13 @@ def test_a_timm_vit_student_trains_an_fkd_pass_and_its_export_loads_into_timm(fk
         assert torch.allclose(teacher.forward(images), torch.softmax(plain(x), 1), atol=1e-5)
 
 
-def test_a_small_input_sret_trains_an_fkd_pass_and_its_export_loads_back(fkd_options, tmp_path):
+def test_a_small_input_sret_trains_an_fkd_pass_and_its_export_loads_back(labelled_jpeg_beton,
+                                                                          tmp_path):
     folder = tmp_path / 'sret'
-    trainer = Trainer(fkd_options(folder, model__arch='sret_t', model__small_input=True,
-                                  model__drop_path=0.1, training__epochs=2,
-                                  training__optimizer='adamw', training__weight_decay=0.05,
-                                  lr__lr=1e-3, lr__schedule='cosine', training__ema_epochs=0))
+    trainer = Trainer(small_fkd_options(
+        labelled_jpeg_beton, folder, model__arch='sret_t', model__small_input=True,
+        model__drop_path=0.1, training__epochs=2, training__optimizer='adamw',
+        training__weight_decay=0.05, lr__lr=1e-3, lr__schedule='cosine'))
     trainer.run()
     assert math.isfinite(trainer.history[-1]['loss'])
     no_decay = {id(p) for g in trainer.optimizer.param_groups if g['weight_decay'] == 0
