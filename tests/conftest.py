@@ -119,6 +119,18 @@ def labelled_jpeg_beton(image_tree, tmp_path_factory):
     return out / 'fkd.beton'
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test. For tests of many small steps: torch's pool (as many
+    threads as the last loader had: ffcv sets both) only waits on its second thread there, and
+    under `pytest -n 2` that thread waits for a core (one such test: 82 s instead of 13)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def xdist_group(item) -> str:
     """The worker group of a test under `pytest -n` (`--dist loadgroup`): its module, so that a
     module's fixtures are built once; test_training.py is split in two (the tests that read its

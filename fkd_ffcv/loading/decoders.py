@@ -32,40 +32,12 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
-from fkd_ffcv.records.crops import box_pixels, mix64, seeded_crop
+from fkd_ffcv.records.crops import box_pixels, record_index, seeded_crop
 from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, DEFAULT_RESIZE,
                                EMBEDDING_FIELD, FLAGS_FIELD)
 from fkd_ffcv.loading.ffcv_loader import first_epoch_of, first_epoch_tag
 from fkd_ffcv.records.resample import filter_code, make_resize
 from fkd_ffcv.records.soft_labels import FLAG_FLIP
-
-
-@nb.njit(cache=False)
-def record_index(seed, epoch, sample, slot, n):
-    """Record used by `sample` in slot `slot` of the pass that starts at `epoch` (one draw per
-    epoch: a pass of K crops spans K epochs).
-
-    Draw t = epoch + slot belongs to cycle t // n; within a cycle the records are visited in
-    the order of a bijection a * pos + b (mod n), a coprime to n, seeded by (seed, cycle,
-    sample): every record once per cycle, a different order each cycle."""
-    t = epoch + slot
-    cycle, pos = t // n, t % n
-    h = mix64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + mix64(
-        np.uint64(cycle) * np.uint64(0xD1B54A32D192ED03) + np.uint64(sample)))
-    if n == 1:
-        return 0
-    a = np.int64(h % np.uint64(n - 1)) + 1
-    while _gcd(a, n) != 1:
-        a = a % (n - 1) + 1
-    b = np.int64((h >> np.uint64(32)) % np.uint64(n))
-    return (a * pos + b) % n
-
-
-@nb.njit(cache=False)
-def _gcd(a, b):
-    while b:
-        a, b = b, a % b
-    return a
 
 
 def _stored_image_reader(memory_read):
@@ -87,7 +59,7 @@ def _stored_image_reader(memory_read):
     return Compiler.compile(read)
 
 
-@nb.njit(cache=False)
+@nb.njit(cache=True)
 def scratch_row(dst, per_thread):
     """The row of the decode buffers that image `dst` of the batch decodes into: the calling
     thread's own when the batch has at least one image per thread, else the image's own.
@@ -96,7 +68,7 @@ def scratch_row(dst, per_thread):
     return np.int64(nb.get_thread_id()) if per_thread else np.int64(dst)
 
 
-@nb.njit(cache=False)
+@nb.njit(cache=True)
 def _raise_if_failed(failed):
     """Raise for images that did not decode. Kept out of the parallel loop: a raise inside a
     prange loop makes numba run the whole loop on one thread."""

@@ -166,7 +166,7 @@ def first_epoch_tag(first_epoch: int) -> AllocationQuery:
     return AllocationQuery((1 + first_epoch // 256, 1 + first_epoch % 256), np.dtype('u1'))
 
 
-@nb.njit(cache=False)
+@nb.njit(cache=True)
 def first_epoch_of(tag):
     """The pass's first epoch carried by a batch of tag buffers (see first_epoch_tag)."""
     return (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)

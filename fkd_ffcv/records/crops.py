@@ -9,6 +9,7 @@ student crop covers exactly the pixels the teacher saw.
 Boxes and flips come from `seeded_crop`, torchvision's RandomResizedCrop algorithm on a
 splitmix64 stream seeded by (seed, draw, sample): generation draws record r with draw = r, the
 plain training loader draws pass p's crop with draw = p (decoders.py), one implementation.
+`record_index` picks the record a loader replays in a given epoch and crop slot.
 
 Order of operations on replay, for teacher and student alike: crop the box from the decoded
 stored image, resize to the output size with the named interpolation, then mirror if flipped.
@@ -75,6 +76,34 @@ def seeded_crop(seed, draw, sample, height, width, scale_lo, scale_hi, ratio_lo,
         w, h = width, height
     state, u = _uniform(state)
     return (height - h) // 2, (width - w) // 2, h, w, u < 0.5
+
+
+@nb.njit(cache=True)
+def record_index(seed, epoch, sample, slot, n):
+    """Record used by `sample` in slot `slot` of the pass that starts at `epoch` (one draw per
+    epoch: a pass of K crops spans K epochs).
+
+    Draw t = epoch + slot belongs to cycle t // n; within a cycle the records are visited in
+    the order of a bijection a * pos + b (mod n), a coprime to n, seeded by (seed, cycle,
+    sample): every record once per cycle, a different order each cycle."""
+    t = epoch + slot
+    cycle, pos = t // n, t % n
+    h = mix64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + mix64(
+        np.uint64(cycle) * np.uint64(0xD1B54A32D192ED03) + np.uint64(sample)))
+    if n == 1:
+        return 0
+    a = np.int64(h % np.uint64(n - 1)) + 1
+    while _gcd(a, n) != 1:
+        a = a % (n - 1) + 1
+    b = np.int64((h >> np.uint64(32)) % np.uint64(n))
+    return (a * pos + b) % n
+
+
+@nb.njit(cache=True)
+def _gcd(a, b):
+    while b:
+        a, b = b, a % b
+    return a
 
 
 def default_scale(height: int, width: int):

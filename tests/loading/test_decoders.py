@@ -9,7 +9,7 @@ import torch
 from conftest import LABELLED_RECORDS as N
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import box_pixels
-from fkd_ffcv.loading.decoders import record_index
+from fkd_ffcv.records.crops import record_index
 from fkd_ffcv.data.fields import BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, FLAGS_FIELD
 from fkd_ffcv.loading.loaders import FKDLoader, OrderOption
 from fkd_ffcv.records.resample import resize_box

@@ -158,3 +158,94 @@ def test_more_loader_threads_than_numba_may_run_are_capped(raw_tree_beton, capsy
     loader = eval_loader(path, batch_size=4, resolution=16, ratio=1.0, num_workers=asked)
     assert len(passes(loader, 1)[0]) == 3
     assert f'note: {asked} loader threads asked for' in capsys.readouterr().err
+
+
+# Compiling: once per process for the same settings, and FFCV's reader without its type change.
+
+def compile_count(build):
+    """(what `build()` returned after one batch, the functions numba compiled for it)."""
+    from numba.core import event
+    compiled = []
+
+    class Record(event.Listener):
+        def on_start(self, e):
+            compiled.append(e.data['dispatcher'].py_func.__qualname__)
+
+        def on_end(self, e):
+            pass
+
+    listener = Record()
+    event.register('numba:compile', listener)
+    try:
+        loader = build()
+        next(iter(loader))
+        ffcv_loader(loader)._finish_running()
+    finally:
+        event.unregister('numba:compile', listener)
+    return loader, compiled
+
+
+def test_a_loader_built_again_with_the_same_settings_compiles_nothing(labelled_jpeg_beton):
+    make = lambda seed: FKDLoader(labelled_jpeg_beton, batch_size=4 * K, num_crops=K,
+                                  resolution=16, num_workers=2, seed=seed,
+                                  order=OrderOption.SEQUENTIAL, drop_last=False)
+    _, first = compile_count(lambda: make(1001))  # a seed no other test uses
+    _, again = compile_count(lambda: make(1001))
+    _, other_seed = compile_count(lambda: make(1002))  # the seed is frozen into the code
+    assert first and not again
+    assert 'MultiCropDecoder.make_cut.<locals>.cut' in other_seed
+    assert not [name for name in other_seed if 'read' in name]  # the reader is shared
+
+
+def test_compile_once_keys_on_every_captured_value():
+    import numpy as np
+    from fkd_ffcv.loading.ffcv_loader import compile_once
+
+    def make(scale, table):
+        def scaled(x):
+            return x * scale + table[0]
+        return scaled
+
+    table = np.array([1.0])
+    one = compile_once(make(2.0, table))
+    assert compile_once(make(2.0, table.copy())) is one  # equal contents: the same code
+    assert compile_once(make(3.0, table)) is not one
+    other = compile_once(make(2.0, np.array([5.0])))
+    assert other is not one and (one(1.0), other(1.0)) == (3.0, 7.0)
+
+
+def test_reading_a_beton_leaves_numbas_shared_types_as_they_were(labelled_jpeg_beton):
+    """FFCV's own os-cache reader set `mutable = False` on numba's interned uint8[::1] type:
+    afterwards a compiled function shared by two pipelines failed inside numba (KeyError)."""
+    import numba as nb
+    loader = FKDLoader(labelled_jpeg_beton, batch_size=4 * K, num_crops=K, resolution=16,
+                       num_workers=2, order=OrderOption.SEQUENTIAL, drop_last=False)
+    next(iter(loader))
+    loader.loader._finish_running()
+    assert nb.uint8[::1].mutable and nb.uint64[::1].mutable
+    plain_batches = passes(plain(labelled_jpeg_beton, 'cpu'), 1)  # shares the JPEG reader
+    assert plain_batches[0][0][0].shape[0] == 4
+
+
+def test_cached_numba_functions_call_only_functions_of_their_own_file():
+    """numba's disk cache (cache=True) is invalidated by its function's file alone: a cached
+    function that called one from another file would keep a stale copy of it after that file
+    changed. So every cached function of the package calls only its own file's."""
+    import importlib
+    import pkgutil
+    from numba.core.dispatcher import Dispatcher
+    import fkd_ffcv
+    cached = []
+    for info in pkgutil.walk_packages(fkd_ffcv.__path__, 'fkd_ffcv.'):
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if isinstance(value, Dispatcher) and value.__module__ == module.__name__ and \
+                    type(value._cache).__name__ != 'NullCache':
+                cached.append(value)
+    assert len(cached) >= 10
+    for function in cached:
+        for name in function.py_func.__code__.co_names:
+            callee = function.py_func.__globals__.get(name)
+            if isinstance(callee, Dispatcher):
+                assert callee.py_func.__module__ == function.py_func.__module__, \
+                    f"{function.py_func.__qualname__} calls {callee.py_func.__module__}.{name}"

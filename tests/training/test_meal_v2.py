@@ -239,7 +239,7 @@ def test_two_process_gloo_run_from_the_command_line(meal_data, tmp_path):
     assert saved['world_size'] == 2 and 'discriminator' in saved['mode']
 
 
-def test_the_last_relu_closes_while_the_two_cannot_be_told_apart():
+def test_the_last_relu_closes_while_the_two_cannot_be_told_apart(one_torch_thread):
     """BCE's gradient on a score z >= 0 averages to sigmoid(z) - 1/2 >= 0 over the two labels,
     so a discriminator that cannot separate its inputs (here: the same vectors as student and
     as teacher) drives every score to 0, where the last ReLU passes no gradient: shown

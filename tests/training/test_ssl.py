@@ -16,7 +16,7 @@ from ffcv.loader import OrderOption
 from fkd_ffcv.commands.probe import probe as fkd_probe
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops, sample_records
-from fkd_ffcv.loading.decoders import record_index
+from fkd_ffcv.records.crops import record_index
 from fkd_ffcv.records.embeddings import decode, encode
 from fkd_ffcv.models.heads import ProjectionHead, feature_model
 from fkd_ffcv.training.losses import embedding_loss

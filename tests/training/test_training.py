@@ -418,11 +418,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fkd_options, tmp_path
 
 
 def fkd_command(labelled, folder, epochs):
-    """The command line of a small FKD run (K = 2) in `folder`."""
+    """The command line of a small FKD run (K = 2) in `folder`: one loader thread and no
+    precise BN, as each process compiles its loaders (a serial loop compiles faster)."""
     train, val = labelled
     return [sys.executable, str(REPO / 'train_imagenet.py'),
             f'--data.train_dataset={train}', f'--data.val_dataset={val}',
-            '--model.arch=small_resnet', '--model.width=8', '--model.depth=1',
+            '--data.num_workers=1', '--validation.precise_bn=0', '--model.arch=small_resnet', '--model.width=8', '--model.depth=1',
             '--training.mode=fkd', '--fkd.num_crops=2', f'--training.epochs={epochs}',
             '--training.batch_size=32', '--training.precision=fp32',
             '--validation.resolution=32', '--validation.ratio=1',
