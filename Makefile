@@ -25,8 +25,10 @@ smoke: setup
 check:
 	python3 tools/check_imports.py
 
-# PYTEST_ARGS='-n 2 --dist loadgroup' runs it on two workers (docs/testing.md: 10 min against 14 here).
-PYTEST_ARGS ?=
+# One pytest-xdist worker per core, each module's tests on one worker (tests/conftest.py groups
+# them); PYTEST_ARGS= runs it serially. Times in docs/testing.md.
+TEST_WORKERS ?= $(shell nproc)
+PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadgroup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
