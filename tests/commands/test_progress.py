@@ -64,6 +64,7 @@ def test_a_terminal_without_a_size_gets_columns_or_80(monkeypatch):
         monkeypatch.delenv('COLUMNS')
         shown = bar(True, total=3, desc='x')
         shown.update(2)
+        shown.refresh()  # drawn now: an update within tqdm's mininterval (0.1 s) is not
         shown.close()
         terminal.flush()
         drawn = os.read(master, 65536).decode()
