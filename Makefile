@@ -25,9 +25,9 @@ smoke: setup
 check:
 	python3 tools/check_imports.py
 
-# One pytest-xdist worker per core, each module's tests on one worker (tests/conftest.py groups
+# One pytest-xdist worker per core (8 at most), each module's tests on one worker (tests/conftest.py groups
 # them); PYTEST_ARGS= runs it serially. Times in docs/testing.md.
-TEST_WORKERS ?= $(shell nproc)
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$((n < 8 ? n : 8)))
 PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadgroup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

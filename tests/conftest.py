@@ -8,11 +8,19 @@ from pathlib import Path
 # are the same bit for bit, and the suite's training runs took a third of the time with it.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
+REPO = Path(__file__).resolve().parents[1]
+
+# Under `pytest -n`, each worker (and the processes its tests start) keeps numba's disk cache in
+# a folder of its own, set before numba loads: numba names a cache entry's file from an index it
+# reads without a lock, so two processes saving different signatures of one function at the same
+# moment can swap their entries (numba/numba#10128), and the workers start together.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ['NUMBA_CACHE_DIR'] = str(REPO / 'build' / 'numba-cache' /
+                                        os.environ['PYTEST_XDIST_WORKER'])
+
 import numpy as np
 import pytest
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def smooth_image(seed: int, height: int, width: int) -> np.ndarray:

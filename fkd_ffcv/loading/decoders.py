@@ -38,6 +38,7 @@ from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, DEFAULT_
 from fkd_ffcv.loading.ffcv_loader import first_epoch_of, first_epoch_tag
 from fkd_ffcv.records.resample import filter_code, make_resize
 from fkd_ffcv.records.soft_labels import FLAG_FLIP
+from fkd_ffcv.numba_cache import on_disk
 
 
 def _stored_image_reader(memory_read):
@@ -59,7 +60,7 @@ def _stored_image_reader(memory_read):
     return Compiler.compile(read)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def scratch_row(dst, per_thread):
     """The row of the decode buffers that image `dst` of the batch decodes into: the calling
     thread's own when the batch has at least one image per thread, else the image's own.
@@ -68,7 +69,7 @@ def scratch_row(dst, per_thread):
     return np.int64(nb.get_thread_id()) if per_thread else np.int64(dst)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def _raise_if_failed(failed):
     """Raise for images that did not decode. Kept out of the parallel loop: a raise inside a
     prange loop makes numba run the whole loop on one thread."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 from collections import OrderedDict
 from contextlib import nullcontext
 from importlib.metadata import version
@@ -56,6 +57,8 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.graph import TransformNode
 from ffcv.transforms import ToDevice
 
+from fkd_ffcv.numba_cache import on_disk
+
 FFCV_WRITTEN_FOR = '1.0.'
 if not version('ffcv').startswith(FFCV_WRITTEN_FOR):
     raise ImportError(f"fkd_ffcv adapts the internals of ffcv {FFCV_WRITTEN_FOR}x (its epoch "
@@ -63,46 +66,45 @@ if not version('ffcv').startswith(FFCV_WRITTEN_FOR):
                       f"Install ffcv==1.0.2 (constraints.txt).")
 
 
-def _drop_numba_finalizer_noise(unraisable, previous=sys.unraisablehook):
-    """When a compiled FFCV pipeline is garbage-collected, numba's dispatcher finalizer raises
-    KeyError and Python prints 'Exception ignored' tracebacks (harmless: the memory is freed
-    anyway). A process that builds several loaders (trainer runs, benchmarks, tests) would
-    print one per collected pipeline; drop exactly those, pass everything else on."""
-    tb = unraisable.exc_traceback
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if (isinstance(unraisable.exc_value, KeyError) and tb is not None
-            and tb.tb_frame.f_code.co_name == 'finalizer'
-            and tb.tb_frame.f_code.co_filename.endswith(os.path.join('numba', 'core',
-                                                                     'dispatcher.py'))):
-        return
-    previous(unraisable)
-
-
-sys.unraisablehook = _drop_numba_finalizer_noise
-
-
 _NOTED = set()  # (threads asked for, cores there are) already said
 
 COMPILED_KEPT = 64  # compiled functions kept per process, the least recently used dropped
 _compiled = OrderedDict()  # key -> (compiled function, the objects its key names by id)
 _compile = Compiler.compile
+_compiling = threading.Lock()
 
 
 def _captured_key(value, held: list):
     """A hashable stand-in for a value a compiled function captures (numba freezes it into the
-    code): numbers, strings, tuples and arrays by content; anything else (other compiled
-    functions, ctypes functions, modules) by identity, kept alive in `held` so that no new
-    object can take its id while the key is in use."""
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.generic)):
-        return type(value).__name__, value
-    if isinstance(value, tuple):
-        return ('tuple',) + tuple(_captured_key(item, held) for item in value)
+    code): numbers, strings, tuples and arrays by type and content (floats to the bit, so that
+    -0.0 is not 0.0); anything else (other compiled functions, ctypes functions, modules) by
+    identity, kept alive in `held` so that no new object can take its id while the key is in
+    use. An array is read when the function is compiled for its first call: the decoders
+    capture arrays that nothing writes afterwards."""
+    kind = type(value)
+    if isinstance(value, float):
+        return kind, value.hex()
+    if isinstance(value, np.generic):
+        return kind, value.dtype, value.tobytes()
+    if value is None or isinstance(value, (bool, int, complex, str, bytes)):
+        return kind, value
+    if isinstance(value, tuple):  # namedtuples keep their type
+        return (kind,) + tuple(_captured_key(item, held) for item in value)
     if isinstance(value, np.ndarray):
-        return ('array', value.dtype.str, value.shape,
+        return (kind, value.dtype, value.shape,
                 hashlib.sha1(np.ascontiguousarray(value).view(np.uint8)).hexdigest())
     held.append(value)
     return 'id', id(value)
+
+
+def _global_names(code) -> set:
+    """The global names a code object and the code nested in it (comprehensions, inner
+    functions) may read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, 'co_names'):
+            names |= _global_names(const)
+    return names
 
 
 def compile_once(code, signature=None):
@@ -117,23 +119,23 @@ def compile_once(code, signature=None):
         cells = tuple(_captured_key(cell.cell_contents, held) for cell in code.__closure__ or ())
     except ValueError:  # a cell not yet filled
         return _compile(code, signature)
-    names = code.__code__.co_names
     key = (code.__code__, signature, getattr(code, 'is_parallel', False) and
            Compiler.num_threads > 1, cells, _captured_key(code.__defaults__, held),
-           tuple((name, _captured_key(code.__globals__[name], held)) for name in names
-                 if name in code.__globals__))
-    if key not in _compiled:
-        _compiled[key] = _compile(code, signature), held
-        if len(_compiled) > COMPILED_KEPT:
-            _compiled.popitem(last=False)
-    _compiled.move_to_end(key)
-    return _compiled[key][0]
+           tuple((name, _captured_key(code.__globals__[name], held))
+                 for name in sorted(_global_names(code.__code__)) if name in code.__globals__))
+    with _compiling:  # labelling builds its resize in a worker thread
+        if key not in _compiled:
+            _compiled[key] = _compile(code, signature), held
+            if len(_compiled) > COMPILED_KEPT:
+                _compiled.popitem(last=False)
+        _compiled.move_to_end(key)
+        return _compiled[key][0]
 
 
 Compiler.compile = staticmethod(compile_once)
 
 
-@nb.njit(cache=True, fastmath=True, nogil=True, error_model='numpy')
+@nb.njit(cache=on_disk(), fastmath=True, nogil=True, error_model='numpy')
 def _read_mapped(address, state):
     """A sample's bytes of a memory-mapped beton, given its file offset and the os cache's
     state (the map, the offsets of the stored blobs and their sizes)."""
@@ -166,7 +168,7 @@ def first_epoch_tag(first_epoch: int) -> AllocationQuery:
     return AllocationQuery((1 + first_epoch // 256, 1 + first_epoch % 256), np.dtype('u1'))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def first_epoch_of(tag):
     """The pass's first epoch carried by a batch of tag buffers (see first_epoch_tag)."""
     return (tag.shape[1] - 1) * 256 + (tag.shape[2] - 1)

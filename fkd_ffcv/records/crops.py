@@ -20,6 +20,7 @@ import numba as nb
 import numpy as np
 
 from fkd_ffcv.defaults import DEFAULT_RESIZE
+from fkd_ffcv.numba_cache import on_disk
 
 BOX_UNITS = 32767
 # FKD's scale range for ImageNet (the upper bound matched its teacher's training); small images
@@ -30,7 +31,7 @@ SMALL_IMAGE_SIDE = 64
 RATIO = (3 / 4, 4 / 3)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def mix64(x):
     """splitmix64 finaliser: a well-spread 64-bit hash of x."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -38,14 +39,14 @@ def mix64(x):
     return x ^ (x >> np.uint64(31))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def _uniform(state):
     """(next state, uniform float in [0, 1)) of a splitmix64 stream."""
     state = state + np.uint64(0x9E3779B97F4A7C15)
     return state, np.float64(mix64(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def seeded_crop(seed, draw, sample, height, width, scale_lo, scale_hi, ratio_lo, ratio_hi):
     """(i, j, h, w, flip) of a sample's crop number `draw`: torchvision's RandomResizedCrop
     (10 tries, then a centre crop clipped to the ratio range) and a flip with p = 1/2."""
@@ -78,7 +79,7 @@ def seeded_crop(seed, draw, sample, height, width, scale_lo, scale_hi, ratio_lo,
     return (height - h) // 2, (width - w) // 2, h, w, u < 0.5
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def record_index(seed, epoch, sample, slot, n):
     """Record used by `sample` in slot `slot` of the pass that starts at `epoch` (one draw per
     epoch: a pass of K crops spans K epochs).
@@ -99,7 +100,7 @@ def record_index(seed, epoch, sample, slot, n):
     return (a * pos + b) % n
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def _gcd(a, b):
     while b:
         a, b = b, a % b
@@ -116,7 +117,7 @@ def quantize_boxes(boxes, height: int, width: int) -> np.ndarray:
     return np.round(np.asarray(boxes, np.float64) / sides * BOX_UNITS).astype(np.int16)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def box_pixels(stored, height, width):
     """One stored box (an integer array of 4, as stored: int16) -> (i, j, h, w) pixels inside a
     height x width image, integer arithmetic only. Compiled: the numba decoders and Python code

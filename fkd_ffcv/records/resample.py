@@ -18,7 +18,7 @@ index and normalised weights of every output index), then a vertical pass over w
 the box (contiguous, so it vectorises) and a horizontal pass that writes the output, mirrored
 when asked (at mirrored positions: no separate pass). Pixel centres sit at half-integers, as in
 OpenCV, PIL and torchvision; taps never reach outside the box (crop, then resize). Each filter
-is compiled once per process as a C function that the pipelines call (`_c_resize`).
+is a C function that the pipelines call (`_c_resize`), kept in numba's disk cache.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import numpy as np
 from ffcv.libffcv import resize_crop
 
 from fkd_ffcv.defaults import DEFAULT_RESIZE, RESIZE_FILTERS
+from fkd_ffcv.numba_cache import on_disk
 
 _CODES = {name: code for code, name in enumerate(RESIZE_FILTERS)}
 _FIXED, _TRIANGLE, _CUBIC = 0, 1, 2  # the separable filters' kernels (_taps)
@@ -42,7 +43,7 @@ def filter_code(name: str) -> int:
     return _CODES[name]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def _kernel(kernel, t):
     """The triangle (support 1) or the cubic of a = -0.5 (support 2) at distance t >= 0."""
     if kernel == _CUBIC:
@@ -52,7 +53,7 @@ def _kernel(kernel, t):
     return 1.0 - t if t < 1.0 else 0.0
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def _taps(size_in, size_out, kernel):
     """Per output index: the first input index, the tap count and the normalised weights.
     _FIXED: OpenCV INTER_LINEAR's two neighbours of the centre (edges replicated); _TRIANGLE
@@ -91,7 +92,7 @@ def _taps(size_in, size_out, kernel):
     return first, count, weights
 
 
-@nb.njit(cache=True, fastmath=True)
+@nb.njit(cache=on_disk(), fastmath=True)
 def _two_taps(line, start, second, weights, row, flip):
     """The horizontal pass with two taps per output pixel, unrolled; + 0.5 because the
     conversion to uint8 truncates."""
@@ -104,7 +105,7 @@ def _two_taps(line, start, second, weights, row, flip):
         row[col + 2] = np.float32(0.5) + w0 * line[a + 2] + w1 * line[b + 2]
 
 
-@nb.njit(cache=True, fastmath=True)
+@nb.njit(cache=on_disk(), fastmath=True)
 def _many_taps(line, start, taps, weights, row, flip):
     """The horizontal pass with any number of taps per output pixel."""
     out_w = row.shape[0] // 3
@@ -119,7 +120,7 @@ def _many_taps(line, start, taps, weights, row, flip):
         row[col], row[col + 1], row[col + 2] = r, g, b
 
 
-@nb.njit(cache=True, fastmath=True)
+@nb.njit(cache=on_disk(), fastmath=True)
 def _separable(pixels, i, j, h, w, out, flip, kernel):
     """The separable filters, one output row at a time, in float32:
     - vertical: the row's input rows (columns j .. j+w) summed into `line`; slices of whole
@@ -158,7 +159,7 @@ def _separable(pixels, i, j, h, w, out, flip, kernel):
             target[x] = np.uint8(min(max(row[x], np.float32(0.0)), np.float32(255.0)))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=on_disk())
 def mirror(image):
     """Flip an (H, W, 3) image left-right in place. Whole pixels are swapped with the
     channel loop written out: 3x faster than a loop over channels (0.06 vs 0.18 ms at
@@ -174,7 +175,7 @@ def mirror(image):
             line[other, 0], line[other, 1], line[other, 2] = r, g, b
 
 
-_C_RESIZE = {}  # kernel -> (numba cfunc, its ctypes handle), compiled once per process
+_C_RESIZE = {}  # kernel -> (numba cfunc, its ctypes handle), made once per process
 
 
 def _c_resize(kernel: int):
@@ -188,7 +189,7 @@ def _c_resize(kernel: int):
         arg = types.int64
 
         @nb.cfunc(types.void(types.voidptr, arg, arg, arg, arg, arg, arg, types.voidptr, arg,
-                             arg, arg), cache=True)
+                             arg, arg), cache=on_disk())
         def resize_c(source, height, width, i, j, h, w, target, side_h, side_w, flip):
             pixels = nb.carray(source, (height, width, 3), np.uint8)
             out = nb.carray(target, (side_h, side_w, 3), np.uint8)

@@ -212,6 +212,8 @@ def test_compile_once_keys_on_every_captured_value():
     assert compile_once(make(3.0, table)) is not one
     other = compile_once(make(2.0, np.array([5.0])))
     assert other is not one and (one(1.0), other(1.0)) == (3.0, 7.0)
+    assert compile_once(make(-0.0, table)) is not compile_once(make(0.0, table))  # to the bit
+    assert compile_once(make(2.0, table.astype(np.float32))) is not one  # the dtype counts
 
 
 def test_reading_a_beton_leaves_numbas_shared_types_as_they_were(labelled_jpeg_beton):
@@ -233,6 +235,7 @@ def test_cached_numba_functions_call_only_functions_of_their_own_file():
     changed. So every cached function of the package calls only its own file's."""
     import importlib
     import pkgutil
+    from types import ModuleType
     from numba.core.dispatcher import Dispatcher
     import fkd_ffcv
     cached = []
@@ -246,6 +249,8 @@ def test_cached_numba_functions_call_only_functions_of_their_own_file():
     for function in cached:
         for name in function.py_func.__code__.co_names:
             callee = function.py_func.__globals__.get(name)
+            in_package = isinstance(callee, ModuleType) and callee.__name__.startswith('fkd_ffcv')
+            assert not in_package, f"{function.py_func.__qualname__} reads the module {name}"
             if isinstance(callee, Dispatcher):
                 assert callee.py_func.__module__ == function.py_func.__module__, \
                     f"{function.py_func.__qualname__} calls {callee.py_func.__module__}.{name}"

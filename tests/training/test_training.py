@@ -423,7 +423,8 @@ def fkd_command(labelled, folder, epochs):
     train, val = labelled
     return [sys.executable, str(REPO / 'train_imagenet.py'),
             f'--data.train_dataset={train}', f'--data.val_dataset={val}',
-            '--data.num_workers=1', '--validation.precise_bn=0', '--model.arch=small_resnet', '--model.width=8', '--model.depth=1',
+            '--data.num_workers=1', '--validation.precise_bn=0', '--model.arch=small_resnet',
+            '--model.width=8', '--model.depth=1',
             '--training.mode=fkd', '--fkd.num_crops=2', f'--training.epochs={epochs}',
             '--training.batch_size=32', '--training.precision=fp32',
             '--validation.resolution=32', '--validation.ratio=1',
@@ -445,41 +446,41 @@ def started_until_checkpoint(command, folder, **pipes):
     return process
 
 
-def test_kill_and_ctrl_c_mid_run_then_resume_from_the_command_line(labelled, tmp_path):
-    """A run killed mid-pass (SIGKILL) resumes from its last checkpoint; a resumed run
-    interrupted by Ctrl-C says what was kept and the command that goes on; the run then ends
-    with every epoch logged once, and the folder is not taken again without --resume."""
+def test_ctrl_c_and_kill_mid_run_then_resume_from_the_command_line(labelled, tmp_path):
+    """Ctrl-C (SIGINT) after the first pass says what was kept and prints the command that goes
+    on; that command, killed mid-pass (SIGKILL), resumes from its last checkpoint; the run
+    then ends with every epoch logged once, and the folder is not taken again without
+    --resume."""
     folder = tmp_path / 'run'
-    command = fkd_command(labelled, folder, 12)  # 6 passes: killed well before the end
-    process = started_until_checkpoint(command, folder, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT)
-    time.sleep(1.0)  # past the first pass
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    done = torch.load(folder / 'checkpoint.pt', weights_only=False)['passes_done']
-    assert 1 <= done < 5
-
+    command = fkd_command(labelled, folder, 16)  # 8 passes
     # A shell that starts a job in the background (`cmd &`) sets SIGINT to be ignored, its
     # children inherit that, and Python then installs no KeyboardInterrupt handler: restore the
     # default, or under such a CI runner the run ignores the signal and ends with status 0.
     process = started_until_checkpoint(
-        command + ['--resume'], folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command, folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 130
-    assert 'resuming ' in out and f' after pass {done} of ' in out
     assert 'Traceback' not in err
     message = err.strip().splitlines()[-1]
     assert message.startswith('interrupted: ') and 'checkpoint.pt holds' in message
-    resume = shlex.split(message.split('continue with: ')[1])  # the command, resuming
-    assert resume[0] == 'python' and resume[-1] in ('--resume', '--training.resume=true')
+    resume = message.split('continue with: ')[1]
+    assert resume.endswith(' --resume')
 
-    result = subprocess.run([sys.executable, *resume[1:]], capture_output=True, text=True,
-                            timeout=240)
+    resume = [sys.executable, *shlex.split(resume)[1:]]  # 'python train_imagenet.py ...'
+    process = started_until_checkpoint(resume, folder, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT)
+    os.kill(process.pid, signal.SIGKILL)  # in the pass after the checkpoint it just saved
+    out, _ = process.communicate()
+    done = torch.load(folder / 'checkpoint.pt', weights_only=False)['passes_done']
+    assert 'resuming ' in out and ' after pass 1 of ' in out
+    assert 2 <= done < 8
+
+    result = subprocess.run(resume, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert 'resuming ' in result.stdout and ' after pass ' in result.stdout
-    assert [line['epoch'] for line in read_log(folder)] == list(range(1, 13))
+    assert f' after pass {done} of ' in result.stdout
+    assert [line['epoch'] for line in read_log(folder)] == list(range(1, 17))
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and 'already holds a run' in again.stderr  # an option error
 
@@ -597,7 +598,8 @@ def test_a_timm_vit_student_trains_an_fkd_pass_and_its_export_loads_into_timm(
         labelled_jpeg_beton, folder, model__arch='timm:test_vit', model__patch_size=4,
         model__image_size=32, model__drop_path=0.1, training__epochs=2,
         training__optimizer='adamw', training__weight_decay=0.05, lr__lr=1e-3,
-        lr__schedule='cosine', validation__resolution=48))
+        lr__schedule='cosine', validation__resolution=48,
+        training__mixup_alpha=0.2, training__ema_epochs=0.25))  # the averaged model exported
     summary = trainer.run()
     assert math.isfinite(trainer.history[-1]['loss']) and summary['top1'] >= 0
     no_decay = {id(p) for g in trainer.optimizer.param_groups if g['weight_decay'] == 0
