@@ -183,10 +183,11 @@ class Teacher:
         return self.forward(x.permute(0, 3, 1, 2)).cpu()
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, with_logits: bool = False):
         """uint8 images (B, 3, H, W) on the teacher's device -> float32 probabilities (B, C),
         or unit embeddings (B, D), there; images of another size are resized to the teacher's
-        input size first (online distillation feeds it the student's crops)."""
+        input size first (online distillation feeds it the student's crops). `with_logits`:
+        (probabilities, the models' mean logits), what online MEAL V2's discriminator sees."""
         x = images.float().contiguous(memory_format=torch.channels_last)
         if x.shape[-2:] != (self.input_size, self.input_size):
             mode, antialias = TORCH_MODES[self.interpolation]
@@ -195,7 +196,7 @@ class Teacher:
                 **({} if mode == 'area' else {'align_corners': False, 'antialias': antialias}))
             x = x.clamp(0, 255)
         dtype = autocast_dtype(self.precision)
-        total = None
+        total = total_logits = None
         for model, (mean, std) in zip(self.models, self._norm):
             with torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                 enabled=dtype is not None), \
@@ -205,4 +206,7 @@ class Teacher:
                 return torch.nn.functional.normalize(logits.float(), dim=-1)
             p = torch.softmax(logits.float() / self.temperature, dim=-1)
             total = p if total is None else total + p
+            total_logits = logits.float() if total_logits is None else total_logits + logits
+        if with_logits:
+            return total / len(self.models), total_logits / len(self.models)
         return total / len(self.models)

@@ -1,29 +1,30 @@
 """MEAL V2's discriminator: a small network that tells the student's class distribution from
 the teacher ensemble's, trained in the same step as the student.
 
-As MEAL V2 built it (models/discriminator.py there): the C-way vector is a 1 x 1 map through
-three 1 x 1 convolutions C -> C/8 -> C/64 -> 2 (1000 -> 125 -> 15 -> 2), each followed by a
-ReLU, the last one too (so the two "logits" are never negative), and BCE-with-logits with the
-student's rows labelled [1, 0] and the teacher's [0, 1]. Here, as in MEAL V2's FKD variant, the
-student's vector is softmax(logits) and the teacher's the (recovered) soft label. Two changes:
-the widths are at least `MIN_WIDTH`, so that a data set of 10 classes gets a discriminator that
-can learn (10 // 64 is 0); and the last layer's biases start at 1. With PyTorch's default
-initialisation alone, about a quarter of these discriminators start dead (both last ReLUs
-closed for every input: BCE fixed at ln 2, no gradient, ever); measured over 200 seeds for 10
-and for 1000 classes.
+By default it is MEAL V2's (models/discriminator.py, loss.py and train.py there): the C-way
+vector is a 1 x 1 map through three 1 x 1 convolutions C -> C/8 -> C/64 -> 2 (1000 -> 125 -> 15
+-> 2), each followed by a ReLU, the last one too (so the two "logits" are never negative),
+PyTorch's default initialisation, and BCE-with-logits with the student's rows labelled [1, 0]
+and the teacher's [0, 1]; the student and the discriminator minimise that same BCE in one
+backward pass (`gradient='shared'`). One change that no option undoes: the widths are at least
+`MIN_WIDTH`, so that a data set of 10 classes gets a discriminator that can learn (10 // 64 is 0).
 
-The last ReLU also kills it in training: while it cannot tell the two apart, BCE's gradient on
-a score z >= 0 is sigmoid(z) - target, which averages to sigmoid(z) - 1/2 >= 0 over the two
-labels, so every score is pushed down until its ReLU closes for good. `last_relu=False` drops
-that ReLU (the scores are then true logits); docs/training.md has what each does in training.
+The project's variants, each an option (docs/training.md has what each changed, measured):
+- `open_start` (meal.disc_open_start): the last layer's biases start at 1. With PyTorch's
+  initialisation alone about a quarter of these discriminators start dead (both last ReLUs
+  closed for every input: BCE fixed at ln 2, no gradient, ever); measured over 200 seeds for
+  10 and for 1000 classes.
+- `last_relu=False` (meal.disc_last_relu): no ReLU after the last layer. While it cannot tell
+  the two apart, BCE's gradient on a score z >= 0 is sigmoid(z) - target, which averages to
+  sigmoid(z) - 1/2 >= 0 over the two labels, so every score is pushed down until its ReLU closes
+  for good; without that ReLU the scores are true logits.
+- `gradient='reversed'` (meal.disc_gradient): the student's gradient through the term is
+  negated (a gradient reversal layer), so it learns to fool the discriminator, as in a GAN,
+  still in one backward pass. With 'shared' the student is pushed to look *more* like a
+  student; MEAL V2's author calls the term a regulariser that keeps it from copying the ensemble.
 
-How the student meets it (`gradient`):
-- 'shared' (MEAL V2's): student and discriminator minimise the same BCE in one backward pass,
-  so the student is pushed to look *more* like a student. Its author calls the term a
-  regulariser that keeps the student from copying the ensemble.
-- 'reversed': the student's gradient through the term is negated (a gradient reversal layer),
-  so it learns to fool the discriminator, as in a GAN, still in one backward pass.
-docs/training.md says which the recipes use and what was measured.
+What the discriminator is fed is the mode's: softmax outputs in Fast MEAL V2 (the stored labels
+are probabilities, as in MEAL V2's FKD variant), raw logits in online MEAL V2 (as train.py).
 """
 from __future__ import annotations
 
@@ -37,17 +38,17 @@ MIN_WIDTH = 8
 
 
 class Discriminator(nn.Module):
-    """(N, C) probability vectors -> (N, 2) scores (student, teacher); non-negative with
+    """(N, C) class vectors -> (N, 2) scores (student, teacher); non-negative with
     `last_relu` (MEAL V2's)."""
 
-    def __init__(self, num_classes: int, last_relu: bool = True):
+    def __init__(self, num_classes: int, last_relu: bool = True, open_start: bool = False):
         super().__init__()
         wide = max(num_classes // 8, MIN_WIDTH)
         narrow = max(wide // 8, MIN_WIDTH)
         self.layers = nn.Sequential(nn.Conv2d(num_classes, wide, 1), nn.ReLU(),
                                     nn.Conv2d(wide, narrow, 1), nn.ReLU(),
                                     nn.Conv2d(narrow, 2, 1), *([nn.ReLU()] if last_relu else []))
-        if last_relu:
+        if open_start:
             nn.init.constant_(self.layers[4].bias, 1.0)  # both scores start open (docstring)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from fkd_ffcv.training.option_checks import check
 from fkd_ffcv.training.options import run_folder_path
 from fkd_ffcv.training.report import interrupted, print_summary, run_summary, warn_if_at_chance
 from fkd_ffcv.training.run_folder import RunFolder
-from fkd_ffcv.training.schedules import ema_decay, lr_factor, resolution
+from fkd_ffcv.training.schedules import ema_decay, lr_factor, resolution, step_epochs
 
 
 class Trainer:
@@ -156,6 +156,7 @@ class Trainer:
         return lr['lr'] * lr_factor(epoch, schedule=lr['schedule'], epochs=t['epochs'],
                                     warmup_epochs=lr['warmup_epochs'], peak_epoch=lr['peak_epoch'],
                                     step_length=lr['step_length'], step_ratio=lr['step_ratio'],
+                                    decays=step_epochs(lr['step_epochs']),
                                     end_factor=lr['end_factor'])
 
     # ---------------------------------------------------------------------------- runs

@@ -15,6 +15,7 @@ from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.data.manifest import (Manifest, Records, check_records, read_manifest,
                                     records_missing)
 from fkd_ffcv.training.options import PARAMS, run_folder_path
+from fkd_ffcv.training.schedules import step_epochs
 from fkd_ffcv.training.run_options import (beton_samples, check_run_to_continue, largest_batch,
                                            plan_step, recorded_config)
 
@@ -83,6 +84,13 @@ def check(opts: dict) -> None:
         raise OptionError(f"--lr.peak_epoch={lr['peak_epoch']} must come before the end of the "
                           f"run (--training.epochs={t['epochs']}): set a smaller "
                           f"--lr.peak_epoch or more --training.epochs")
+    try:
+        decays = step_epochs(lr['step_epochs'])
+    except ValueError as e:
+        raise OptionError(f"--lr.step_epochs: {e}") from None
+    if decays and lr['schedule'] != 'step':
+        raise OptionError(f"--lr.step_epochs={lr['step_epochs']} is for --lr.schedule=step, not "
+                          f"{lr['schedule']}")
     if lr['schedule'] != 'cyclic' and lr['warmup_epochs'] >= t['epochs']:
         raise OptionError(f"--lr.warmup_epochs={lr['warmup_epochs']} must end before "
                           f"--training.epochs={t['epochs']}")

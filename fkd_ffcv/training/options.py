@@ -96,6 +96,8 @@ PARAMS = {
         step_length=Param(And(float, InRange(min=1e-9)), 'step: epochs per step',
                           default=30.0),
         step_ratio=Param(And(float, InRange(0, 1)), 'step: factor per step', default=0.1),
+        step_epochs=Param(str, 'step: the epochs of the steps, comma-separated (e.g. 100,180; '
+                          'empty: every step_length epochs)', default=''),
         end_factor=Param(And(float, InRange(0, 1)), 'cyclic / cosine: final lr / peak',
                          default=0.0),
     )),
@@ -172,12 +174,14 @@ PARAMS = {
                           default=1.0),
         disc_lr_ratio=Param(And(float, InRange(min=0)), 'its learning rate / the student\'s '
                             '(it follows the schedule)', default=1.0),
-        disc_gradient=Param(OneOf(DISCRIMINATOR_GRADIENTS), 'reversed: the student learns to '
-                            'fool it; shared: it minimises its BCE too, as in MEAL V2 (it cost '
-                            '2.7 points where the discriminator learnt: docs/training.md)',
-                            default='reversed'),
+        disc_gradient=Param(OneOf(DISCRIMINATOR_GRADIENTS), 'shared: the student minimises '
+                            'the discriminator\'s BCE too, as in MEAL V2; reversed: it learns '
+                            'to fool it (docs/training.md)', default='shared'),
         disc_last_relu=Param(Flag(), 'MEAL V2\'s ReLU after the last layer (false: the scores '
                              'may be negative; docs/training.md)', default=True),
+        disc_open_start=Param(Flag(), 'the last layer\'s biases start at 1, so that no '
+                              'discriminator starts dead (MEAL V2: PyTorch\'s initialisation; '
+                              'docs/training.md)', default=False),
         teachers=Param(And(int, InRange(min=0)), 'teachers the labels should come from (a '
                        'warning names another count; 0: any)', default=0),
     )),

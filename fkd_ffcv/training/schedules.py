@@ -13,14 +13,29 @@ import numpy as np
 LR_SCHEDULES = ('cyclic', 'step', 'cosine')
 
 
+def step_epochs(text: str) -> tuple:
+    """'100,180' -> (100.0, 180.0): the epochs of a step schedule's decays, increasing and
+    positive ('' -> (): every step_length epochs instead)."""
+    if not text.strip():
+        return ()
+    try:
+        epochs = tuple(float(part) for part in text.split(','))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of epochs") from None
+    if any(e <= 0 for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError(f"{text!r}: the epochs must be positive and increasing")
+    return epochs
+
+
 def lr_factor(epoch: float, *, schedule: str, epochs: float, warmup_epochs: float = 0.0,
               peak_epoch: float = 2.0, step_length: float = 30.0, step_ratio: float = 0.1,
-              end_factor: float = 0.0) -> float:
+              decays: tuple = (), end_factor: float = 0.0) -> float:
     """Multiplier of the peak learning rate at `epoch` (fractional).
 
     - cyclic (ffcv-imagenet): linear from 0 at epoch 0 to 1 at `peak_epoch`, then linear to
       `end_factor` at the last epoch;
-    - step: times `step_ratio` every `step_length` epochs;
+    - step: times `step_ratio` every `step_length` epochs, or at each epoch of `decays`
+      (MEAL V2's FKD recipe: 100 and 180);
     - cosine: half a cosine from 1 to `end_factor`.
     step and cosine start with a linear warm-up from 0 over `warmup_epochs`."""
     if schedule == 'cyclic':
@@ -28,7 +43,8 @@ def lr_factor(epoch: float, *, schedule: str, epochs: float, warmup_epochs: floa
     if epoch < warmup_epochs:
         return epoch / warmup_epochs
     if schedule == 'step':
-        return step_ratio ** math.floor(epoch / step_length)
+        steps = sum(epoch >= e for e in decays) if decays else math.floor(epoch / step_length)
+        return step_ratio ** steps
     if schedule == 'cosine':
         t = min(1.0, (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12))
         return end_factor + (1 - end_factor) * 0.5 * (1 + math.cos(math.pi * t))

@@ -102,9 +102,9 @@ def test_the_meal_v2_recipes_are_meal_v2s(epochs):
     assert opts['fkd']['num_crops'] == 8 and t['batch_size'] * 8 == 512
     assert opts['fkd']['temperature'] == 1.0 and meal['discriminator'] and \
         meal['disc_weight'] == 1.0 and meal['teachers'] == 2
-    # MEAL V2's discriminator, with the gradient reversed (measured: docs/training.md)
+    # MEAL V2's discriminator, gradient reversed and biases open (measured: docs/training.md)
     assert meal['disc_last_relu'] and meal['disc_lr_ratio'] == 1.0 and \
-        meal['disc_gradient'] == 'reversed'
+        meal['disc_gradient'] == 'reversed' and meal['disc_open_start']
     assert opts['model']['arch'].startswith('timm:resnet50') and opts['model']['weights']
     plan = MODES['meal_v2'].pass_plan(opts)
     assert plan == [8] * (epochs // 8) + [1] * (epochs % 8)
@@ -128,3 +128,23 @@ def test_the_ssl_recipes_are_s2_bnns():
                             'fashion_mnist_ssl.yaml').read_text())
     assert small['training']['mode'] == 'ssl' and small['ssl']['temperature'] == 0.2
     assert small['training']['optimizer'] == 'adamw' and small['training']['weight_decay'] == 0
+
+
+def test_the_published_fast_meal_v2_recipe_runs_fkds_schedule_with_meal_v2s_defaults():
+    """FKD's MEAL V2 instructions: 200 epochs, the rate x0.1 at 100 and 180, MEAL V2's optimiser;
+    the discriminator at the option defaults (MEAL V2's method), 25 passes of 8 crops."""
+    from fkd_ffcv.training.schedules import lr_factor, step_epochs
+    raw = yaml.safe_load((REPO / 'rn50_configs' / 'rn50_meal_v2_fkd_200_epochs.yaml').read_text())
+    opts = options({f'{s}.{k}': v for s, values in raw.items() for k, v in values.items()})
+    t, lr, meal = opts['training'], opts['lr'], opts['meal']
+    assert (t['mode'], t['epochs'], t['optimizer'], t['momentum'], t['weight_decay']) == \
+        ('meal_v2', 200, 'sgd', 0.9, 0.0)
+    factor = lambda e: lr['lr'] * lr_factor(e, schedule=lr['schedule'], epochs=t['epochs'],
+                                            step_ratio=lr['step_ratio'],
+                                            decays=step_epochs(lr['step_epochs']))
+    assert [factor(e) for e in (0, 99.9, 100, 179.9, 180, 199.9)] == pytest.approx(
+        [0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001])
+    assert (meal['disc_gradient'], meal['disc_last_relu'], meal['disc_open_start'],
+            meal['disc_lr_ratio'], meal['teachers']) == ('shared', True, False, 1.0, 2)
+    assert MODES['meal_v2'].pass_plan(opts) == [8] * 25
+    assert t['batch_size'] * 8 == 512

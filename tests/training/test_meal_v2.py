@@ -153,7 +153,7 @@ def test_without_the_discriminator_it_is_distillation_from_the_weights(meal_data
 
 def test_the_gradient_choice_negates_what_the_student_gets():
     torch.manual_seed(0)
-    disc = Discriminator(10)
+    disc = Discriminator(10, open_start=True)  # seed 0 starts dead with PyTorch's biases
     teacher = torch.softmax(torch.randn(6, 10), -1)
     grads = {}
     for gradient in ('shared', 'reversed'):
@@ -179,14 +179,20 @@ def test_the_discriminator_has_meal_v2s_shape():
     assert len(Discriminator(10, last_relu=False).layers) == 5
 
 
-def test_no_discriminator_starts_dead():
-    """With PyTorch's default initialisation alone, seeds 0, 2 and 5 of 0-11 start with both
-    last ReLUs closed for every input (a quarter of them): no gradient, ever. Started open,
-    none does."""
+def test_an_open_start_leaves_no_discriminator_dead():
+    """With PyTorch's default initialisation alone (MEAL V2's, the default), seeds 0, 2 and 5
+    of 0-11 start with both last ReLUs closed for every input (a quarter of them): no gradient,
+    ever. Started open (meal.disc_open_start), none does."""
     x = torch.softmax(3 * torch.randn(256, 10, generator=torch.Generator().manual_seed(0)), -1)
+    dead = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        if (Discriminator(10)(x) == 0).all():
+            dead.append(seed)
+    assert dead == [0, 2, 5]
     for seed in range(50):
         torch.manual_seed(seed)
-        assert (Discriminator(10)(x) > 0).all(), seed
+        assert (Discriminator(10, open_start=True)(x) > 0).all(), seed
 
 
 def test_bad_inputs_are_named(meal_data, tmp_path, capsys):
@@ -264,3 +270,45 @@ def test_the_last_relu_closes_while_the_two_cannot_be_told_apart(one_torch_threa
                 assert all(p.grad.abs().sum() == 0 for p in disc.parameters())
             best[last_relu] = max(best.get(last_relu, 0), float(right))
     assert best[False] > 0.7
+
+
+def test_meal_v2_with_no_meal_options_follows_the_papers_objective_by_hand():
+    """One Fast MEAL V2 step at the option defaults against the same step written out by hand
+    from MEAL V2's equations: the student's cross-entropy to the ensemble's distribution q, plus
+    the discriminator's BCE on [softmax(z); q] labelled [1, 0] and [0, 1], one objective that
+    the student and the discriminator both descend (the shared gradient), through
+    PyTorch-initialised 1 x 1 layers with a ReLU after each, the last one too."""
+    from types import SimpleNamespace
+    from fkd_ffcv.training.modes.meal_v2 import FastMealV2
+    from fkd_ffcv.training.options import options
+    opts = options()
+    meal = opts['meal']
+    assert (meal['disc_gradient'], meal['disc_last_relu'], meal['disc_open_start'],
+            meal['disc_weight'], opts['fkd']['temperature']) == ('shared', True, False, 1.0, 1.0)
+    n, c = 6, 10
+    torch.manual_seed(3)
+    z = torch.randn(n, c, requires_grad=True)
+    q = torch.softmax(2 * torch.randn(n, c), -1)
+    disc = Discriminator(c, meal['disc_last_relu'], meal['disc_open_start'])
+    mode = FastMealV2()
+    mode.discriminator = mode.train_discriminator = disc
+    mode.distribution = lambda *args: q
+    mode.loss(SimpleNamespace(opts=opts), z, None, None, None, None).backward()
+    convs = [m for m in disc.layers if isinstance(m, torch.nn.Conv2d)]
+    got = [z.grad] + [g for m in convs for g in (m.weight.grad[:, :, 0, 0], m.bias.grad)]
+
+    # by hand: softmax, the three layers as matrices, BCE-with-logits as softplus(s) - y s
+    z2 = z.detach().clone().requires_grad_()
+    params = [t.detach().clone().requires_grad_() for m in convs
+              for t in (m.weight[:, :, 0, 0], m.bias)]
+    p = torch.exp(z2 - torch.logsumexp(z2, 1, keepdim=True))
+    distillation = -(q * torch.log(p)).sum(1).mean()
+    h = torch.cat([p, q])
+    for weight, bias in zip(params[0::2], params[1::2]):
+        h = torch.relu(h @ weight.T + bias)
+    y = torch.tensor([[1.0, 0.0]] * n + [[0.0, 1.0]] * n)
+    bce = (torch.nn.functional.softplus(h) - y * h).mean()
+    expected = torch.autograd.grad(distillation + bce, [z2, *params])
+    assert expected[1].abs().sum() > 0  # a discriminator alive at this seed: its gradient counts
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -308,3 +308,17 @@ def test_the_batch_fits_the_crops_per_image_the_plan_uses(labelled_jpeg_beton, r
     assert largest_batch(opts) == 0
     with pytest.raises(OptionError, match=r'has 12 images, too few for the 4 crops per image'):
         check(opts)
+
+
+def test_step_epochs_are_checked_before_training(fashion_betons):
+    train, val = fashion_betons
+    base = {'data.train_dataset': str(train), 'data.val_dataset': str(val),
+            'training.mode': 'plain', 'training.epochs': 4, 'lr.schedule': 'step',
+            'logging.folder': 'nowhere'}
+    check(options({**base, 'lr.step_epochs': '2,3'}))
+    with pytest.raises(OptionError, match=r"--lr.step_epochs: '3,2': the epochs must be "
+                                          r"positive and increasing"):
+        check(options({**base, 'lr.step_epochs': '3,2'}))
+    with pytest.raises(OptionError, match='--lr.step_epochs=2 is for --lr.schedule=step, not '
+                                          'cosine'):
+        check(options({**base, 'lr.schedule': 'cosine', 'lr.step_epochs': '2'}))

@@ -34,3 +34,14 @@ def test_progressive_resizing_ramps_in_multiples():
 def test_ema_time_constant_is_in_epochs():
     d = ema_decay(2.0, 50)
     assert d ** 100 == pytest.approx(math.exp(-1))
+
+
+def test_step_epochs_name_the_decays_and_bad_lists_are_refused():
+    from fkd_ffcv.training.schedules import step_epochs
+    decays = step_epochs('100,180')
+    f = lambda e: lr_factor(e, schedule='step', epochs=200, step_ratio=0.1, decays=decays)
+    assert [f(e) for e in (0, 99, 100, 179, 180)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    assert step_epochs('') == ()
+    for bad in ('100,80', 'a,b', '0,10'):
+        with pytest.raises(ValueError, match=repr(bad)):
+            step_epochs(bad)

@@ -41,8 +41,8 @@ class WithDiscriminator:
             return
         with torch.random.fork_rng(devices=[]):  # its own seed, whatever ran before
             torch.manual_seed(ctx.opts['training']['seed'] + 7919)
-            self.discriminator = Discriminator(ctx.num_classes,
-                                               meal['disc_last_relu']).to(ctx.device)
+            self.discriminator = Discriminator(ctx.num_classes, meal['disc_last_relu'],
+                                               meal['disc_open_start']).to(ctx.device)
         self.train_discriminator = ctx.parallel(self.discriminator)
         self.metrics = ('kd_loss', 'disc_loss', 'disc_right')
 
@@ -60,11 +60,17 @@ class WithDiscriminator:
         if self.discriminator is None:
             return loss
         meal = ctx.opts['meal']
-        bce, right = discriminator_loss(self.train_discriminator,
-                                        torch.softmax(logits.float(), dim=-1), q,
+        student, teacher = self.discriminator_inputs(logits, q)
+        bce, right = discriminator_loss(self.train_discriminator, student, teacher,
                                         meal['disc_gradient'])
         self.step_metrics = torch.stack([loss.detach(), bce.detach(), right])
         return loss + meal['disc_weight'] * bce
+
+    def discriminator_inputs(self, logits, q) -> tuple:
+        """(the student's, the teacher's) vectors the discriminator tells apart: softmax
+        outputs against the labels' probabilities, as MEAL V2's FKD variant feeds it."""
+        import torch
+        return torch.softmax(logits.float(), dim=-1), q
 
     def state_dict(self):
         return {} if self.discriminator is None else \
@@ -90,8 +96,26 @@ class FastMealV2(WithDiscriminator, FKD):
 @MODES.register('online_meal_v2')
 class OnlineMealV2(WithDiscriminator, OnlineKD):
     """MEAL V2 as published: the ensemble (--fkd.teacher, comma-separated) runs on every batch,
-    on the student's crops; the baseline Fast MEAL V2 is timed against."""
+    on the student's crops, and the discriminator sees raw logits (the student's, and the mean
+    of the teachers'); the baseline Fast MEAL V2 is timed against."""
+
+    def __init__(self):
+        super().__init__()
+        self.teacher_logits = None  # per step: the ensemble's mean logits, for the discriminator
 
     def setup(self, ctx):
         super().setup(ctx)
         self.check_teacher_count(ctx, self.teacher.specs, "the online distributions")
+
+    def distribution(self, ctx, labels, images255, perm, lam):
+        """The ensemble's mean probabilities on the (mixed) images; its mean logits are kept
+        for the discriminator."""
+        import torch
+        with torch.no_grad():
+            q, self.teacher_logits = self.teacher.forward(images255, with_logits=True)
+        return q
+
+    def discriminator_inputs(self, logits, q) -> tuple:
+        """The student's raw logits against the ensemble's mean logits, as MEAL V2's
+        train.py feeds its discriminator."""
+        return logits.float(), self.teacher_logits
