@@ -20,6 +20,7 @@ import torch
 from fkd_ffcv.files import atomic_write, load_data
 from fkd_ffcv.training.checkpoints import refuse_prerelease
 from fkd_ffcv.training.options import PARAMS
+from fkd_ffcv.training.run_options import other_modes_sections
 from fkd_ffcv.errors import OptionError, TrainingError
 
 CHECKPOINT_FORMAT = 'fkd-ffcv checkpoint 1'
@@ -79,8 +80,9 @@ class RunFolder:
             raise TrainingError(f"{self.checkpoint} is not a fkd-ffcv checkpoint")
         refuse_prerelease(self.checkpoint, state)
         recorded = state['options']
+        unread = other_modes_sections(opts['training']['mode'])
         changed = [f'{s}.{k} (checkpoint: {_current(recorded, s, k)})'
-                   for s, values in opts.items() for k, v in values.items()
+                   for s, values in opts.items() if s not in unread for k, v in values.items()
                    if (s, k) not in RESUMABLE_CHANGES and _current(recorded, s, k) != v]
         if changed:
             raise OptionError(f"--resume: options differ from the checkpointed run's: "

@@ -38,8 +38,12 @@ def take_recorded(opts: dict, given) -> Optional[str]:
         return None
     if not isinstance(recorded, dict):
         return None
+    mode = opts['training']['mode'] if 'training.mode' in given else \
+        (recorded.get('training') or {}).get('mode', opts['training']['mode'])
     for name, (_, params) in PARAMS.items():
         values = recorded.get(name)
+        if name in other_modes_sections(mode):
+            continue
         for key, param in params.items():
             if not isinstance(values, dict) or key not in values or \
                     f'{name}.{key}' in given or (name, key) in NOT_RECORDED:
@@ -49,6 +53,15 @@ def take_recorded(opts: dict, given) -> Optional[str]:
             except Exception:  # a value an older version recorded otherwise: the default
                 pass
     return path
+
+def other_modes_sections(mode: str) -> set:
+    """The option sections that belong to modes other than `mode` (meal, ssl, ...): a run
+    never reads them, so a run recorded with other values there (the defaults of its day) is
+    the same run."""
+    modes = dict(MODES.items())
+    owned = {section for m in modes.values() for section in m.sections}
+    return owned - set(modes[mode].sections) if mode in modes else set()
+
 
 def recorded_config(opts: dict) -> str:
     """The config.json that --eval-only and --resume take the run's options from: beside
