@@ -12,17 +12,20 @@ probabilities averaged). Every row continues from the same export with the recip
 `fkd_ffcv/small_configs/fashion_mnist_meal_v2.yaml` (SGD, lr 0.01 with x0.1 after 3/4 of the
 epochs, no weight decay, 64 crops per step):
 
-- Fast MEAL V2 (meal_v2, K = 2 records per decoded image): the discriminator as in MEAL V2
-  (shared gradient, the student's learning rate, a ReLU after its last layer); without that
-  ReLU (discriminator.py: it closes for good while the discriminator cannot tell the two
-  apart), with the shared and with a reversed gradient; and without a discriminator;
+- Fast MEAL V2 (meal_v2, K = 2 records per decoded image): as published (the option
+  defaults: PyTorch's initialisation, a ReLU after its last layer, the shared gradient, the
+  student's learning rate); with the recipe's open start (the last biases at 1), shared; started
+  open without that ReLU (discriminator.py: it closes for good while the discriminator cannot
+  tell the two apart), with the shared and with a reversed gradient; and without a
+  discriminator;
 - plain: hard labels with the plain recipe's label smoothing, the same crops' distribution;
-- online MEAL V2: both teachers run on every batch, the discriminator as in MEAL V2;
+- online MEAL V2: both teachers run on every batch, the discriminator fed logits, as published
+  and started open;
 - probes, seed 0 only: MEAL V2's discriminator at 10x the student's rate, and one without its
   last ReLU at 10x the rate, shared and reversed.
 
 Top-1 on the 5,000 validation images (at the start: the export's), training seconds (without
-validation). Runs are kept under <demo>/meal_v2 and reused by a later invocation (delete them
+validation), and how many runs' discriminators were dead (BCE ln 2, 50% right, every epoch). Runs are kept under <demo>/meal_v2 and reused by a later invocation (delete them
 to rerun).
 """
 import argparse
@@ -38,15 +41,19 @@ from fkd_ffcv.training.options import options, recipe
 
 SECOND_TEACHER = {'model.width': 20, 'model.depth': 2}
 SHARED = {'meal.disc_gradient': 'shared'}
-ROWS = {  # name: overrides of the MEAL V2 recipe
-    'Fast MEAL V2, discriminator as MEAL V2 (last ReLU, shared gradient, lr x1)': SHARED,
-    'Fast MEAL V2, discriminator without its last ReLU, shared gradient': {
+PUBLISHED = {'meal.disc_open_start': False, **SHARED}  # MEAL V2's: the option defaults
+ROWS = {  # name: overrides of the MEAL V2 recipe (which names the project's variants)
+    'Fast MEAL V2 as published (PyTorch init, last ReLU, shared gradient)': PUBLISHED,
+    'Fast MEAL V2, discriminator started open (last ReLU, shared gradient, lr x1)': SHARED,
+    'Fast MEAL V2, discriminator started open, without its last ReLU, shared gradient': {
         'meal.disc_last_relu': False, **SHARED},
-    'Fast MEAL V2, discriminator without its last ReLU, reversed gradient': {
+    'Fast MEAL V2, discriminator started open, without its last ReLU, reversed gradient': {
         'meal.disc_last_relu': False, 'meal.disc_gradient': 'reversed'},
     'Fast MEAL V2 without discriminator': {'meal.discriminator': False},
     'plain training continued (hard labels, same epochs)': {'training.mode': 'plain'},
-    'online MEAL V2 (both teachers on every batch; shared gradient)': {
+    'online MEAL V2 as published (logits, PyTorch init, last ReLU, shared gradient)': {
+        'training.mode': 'online_meal_v2', **PUBLISHED},
+    'online MEAL V2, discriminator started open (shared gradient)': {
         'training.mode': 'online_meal_v2', **SHARED},
 }
 # Seed 0 only: MEAL V2's discriminator at 10x the rate, and probes of one that learns (without
@@ -153,19 +160,34 @@ def table(args, results, start_top1, second_summary, labelled, started) -> str:
              f"{versions('torch', 'ffcv')}; {time.strftime('%Y-%m-%d')}, "
              f"{time.perf_counter() - started:.0f} s.", '',
              '| run | seeds | top-1 mean | min - max | training s (mean) | crops/s | '
-             'discriminator right (last epoch) |', '|---|---|---|---|---|---|---|']
+             'discriminator right (last epoch) | dead discriminators |',
+             '|---|---|---|---|---|---|---|---|']
     for row, summaries in results.items():
         top1 = [s['top1'] for s in summaries]
         right = [last_line(s).get('disc_right') for s in summaries]
         right = '' if None in right else f"{statistics.mean(right):.0%}"
+        dead = '' if right == '' else f"{sum(map(was_dead, summaries))} of {len(summaries)}"
         seconds = statistics.mean(s['train_seconds'] for s in summaries)
         lines.append(f"| {row} | {len(top1)} | {statistics.mean(top1):.2%} | {min(top1):.2%} - "
                      f"{max(top1):.2%} | {seconds:.0f} | "
-                     f"{statistics.mean(s['crops_per_s'] for s in summaries):,.0f} | {right} |")
+                     f"{statistics.mean(s['crops_per_s'] for s in summaries):,.0f} | {right} | "
+                     f"{dead} |")
     if labelling:
         lines += ['', f"One-off ensemble labelling ({labelling['records']} records per image, "
                       f"{labelling.get('teachers', 2)} teachers): {labelling['seconds']:.0f} s."]
     return '\n'.join(lines)
+
+
+def was_dead(summary: dict) -> bool:
+    """Whether the run's discriminator never learnt: its BCE ln 2 (to 5 decimals) and its
+    share right 50% in every epoch (both last ReLUs closed: no gradient reaches it)."""
+    import json
+    import math
+    log = [json.loads(line) for line in
+           (Path(summary['folder']) / 'log.jsonl').read_text().splitlines()]
+    lines = [line for line in log if 'disc_loss' in line]
+    return bool(lines) and all(abs(line['disc_loss'] - math.log(2)) < 1e-5 and
+                               line['disc_right'] == 0.5 for line in lines)
 
 
 def last_line(summary: dict) -> dict:

@@ -111,3 +111,16 @@ def test_own_data_rewrites_the_splits_an_interrupted_write_left(tmp_path):
     with pytest.raises(OptionError, match='photos_train.beton exists'):
         check_writing(data, {'overwrite': False}, labels)
     check_writing(data, {'overwrite': True}, labels)  # what --overwrite sets
+
+
+def test_the_meal_v2_table_counts_a_discriminator_dead_only_when_it_never_learnt(tmp_path):
+    import math
+    from benchmarks.meal_v2 import was_dead
+    runs = {'dead': [(math.log(2), 0.5)] * 3, 'learnt': [(math.log(2), 0.5), (0.6, 0.7)],
+            'none': []}
+    for name, epochs in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'log.jsonl').write_text(''.join(
+            json.dumps({'epoch': e, 'disc_loss': loss, 'disc_right': right}) + '\n'
+            for e, (loss, right) in enumerate(epochs, 1)) or json.dumps({'epoch': 1}) + '\n')
+    assert [was_dead({'folder': str(tmp_path / n)}) for n in runs] == [True, False, False]
