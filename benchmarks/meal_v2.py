@@ -14,13 +14,14 @@ epochs, no weight decay, 64 crops per step):
 
 - Fast MEAL V2 (meal_v2, K = 2 records per decoded image): as published (the option
   defaults: PyTorch's initialisation, a ReLU after its last layer, the shared gradient, the
-  student's learning rate); with the recipe's open start (the last biases at 1), shared; started
+  student's learning rate, the student's logits); with the recipe's open start (the last biases
+  at 1) and softmax inputs, shared; started
   open without that ReLU (discriminator.py: it closes for good while the discriminator cannot
   tell the two apart), with the shared and with a reversed gradient; and without a
   discriminator;
 - plain: hard labels with the plain recipe's label smoothing, the same crops' distribution;
-- online MEAL V2: both teachers run on every batch, the discriminator fed logits, as published
-  and started open;
+- online MEAL V2: both teachers run on every batch; as published (logits) and started open
+  (softmax inputs);
 - probes, seed 0 only: MEAL V2's discriminator at 10x the student's rate, and one without its
   last ReLU at 10x the rate, shared and reversed.
 
@@ -41,7 +42,8 @@ from fkd_ffcv.training.options import options, recipe
 
 SECOND_TEACHER = {'model.width': 20, 'model.depth': 2}
 SHARED = {'meal.disc_gradient': 'shared'}
-PUBLISHED = {'meal.disc_open_start': False, **SHARED}  # MEAL V2's: the option defaults
+# MEAL V2's: the option defaults (the recipe names the project's variants)
+PUBLISHED = {'meal.disc_open_start': False, 'meal.disc_softmax': False, **SHARED}
 ROWS = {  # name: overrides of the MEAL V2 recipe (which names the project's variants)
     'Fast MEAL V2 as published (PyTorch init, last ReLU, shared gradient)': PUBLISHED,
     'Fast MEAL V2, discriminator started open (last ReLU, shared gradient, lr x1)': SHARED,
@@ -56,10 +58,10 @@ ROWS = {  # name: overrides of the MEAL V2 recipe (which names the project's var
     'online MEAL V2, discriminator started open (shared gradient)': {
         'training.mode': 'online_meal_v2', **SHARED},
 }
-# Seed 0 only: MEAL V2's discriminator at 10x the rate, and probes of one that learns (without
+# Seed 0 only: the open-start discriminator at 10x the rate, and probes of one that learns (without
 # the last ReLU, at 10x the rate).
 PROBE_ROWS = {
-    'probe: discriminator as MEAL V2 but lr x10, shared gradient': {
+    'probe: discriminator started open, lr x10, shared gradient': {
         'meal.disc_lr_ratio': 10.0, **SHARED},
     'probe: no last ReLU, discriminator lr x10, shared gradient': {
         'meal.disc_last_relu': False, 'meal.disc_lr_ratio': 10.0, **SHARED},

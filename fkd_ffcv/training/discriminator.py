@@ -23,8 +23,10 @@ The project's variants, each an option (docs/training.md has what each changed, 
   still in one backward pass. With 'shared' the student is pushed to look *more* like a
   student; MEAL V2's author calls the term a regulariser that keeps it from copying the ensemble.
 
-What the discriminator is fed is the mode's: softmax outputs in Fast MEAL V2 (the stored labels
-are probabilities, as in MEAL V2's FKD variant), raw logits in online MEAL V2 (as train.py).
+What the discriminator is fed is the mode's: the student's raw logits against the stored
+probabilities in Fast MEAL V2 (as MEAL V2's FKD variant, FKD_train.py), raw logits on both sides
+in online MEAL V2 (as train.py); `meal.disc_softmax` (the project's) feeds softmax outputs
+against probabilities instead.
 """
 from __future__ import annotations
 

@@ -182,6 +182,9 @@ PARAMS = {
         disc_open_start=Param(Flag(), 'the last layer\'s biases start at 1, so that no '
                               'discriminator starts dead (MEAL V2: PyTorch\'s initialisation; '
                               'docs/training.md)', default=False),
+        disc_softmax=Param(Flag(), 'feed it softmax(student) and the teacher\'s '
+                           'probabilities (MEAL V2 feeds the student\'s raw logits; '
+                           'docs/training.md)', default=False),
         teachers=Param(And(int, InRange(min=0)), 'teachers the labels should come from (a '
                        'warning names another count; 0: any)', default=0),
     )),

@@ -37,8 +37,21 @@ def _write_text(path: Path, text: str) -> None:
 
 def _current(recorded: dict, section: str, key: str):
     """The recorded value of an option; an option added after the run was recorded counts as
-    its default."""
-    return recorded.get(section, {}).get(key, PARAMS[section][1][key].default)
+    what that run did (`BEFORE_THE_OPTION`), else as its default."""
+    values = recorded.get(section, {})
+    if key in values:
+        return values[key]
+    if (section, key) in BEFORE_THE_OPTION:
+        return BEFORE_THE_OPTION[section, key](values)
+    return PARAMS[section][1][key].default
+
+
+# What runs recorded before an option existed did, from what they recorded: the discriminator's
+# biases started at 1 with its last ReLU, and it was fed softmax outputs.
+BEFORE_THE_OPTION = {
+    ('meal', 'disc_open_start'): lambda meal: meal.get('disc_last_relu', True),
+    ('meal', 'disc_softmax'): lambda meal: True,
+}
 
 
 class RunFolder:

@@ -104,7 +104,7 @@ def test_the_meal_v2_recipes_are_meal_v2s(epochs):
         meal['disc_weight'] == 1.0 and meal['teachers'] == 2
     # MEAL V2's discriminator, gradient reversed and biases open (measured: docs/training.md)
     assert meal['disc_last_relu'] and meal['disc_lr_ratio'] == 1.0 and \
-        meal['disc_gradient'] == 'reversed' and meal['disc_open_start']
+        meal['disc_gradient'] == 'reversed' and meal['disc_open_start'] and meal['disc_softmax']
     assert opts['model']['arch'].startswith('timm:resnet50') and opts['model']['weights']
     plan = MODES['meal_v2'].pass_plan(opts)
     assert plan == [8] * (epochs // 8) + [1] * (epochs % 8)
@@ -144,7 +144,10 @@ def test_the_published_fast_meal_v2_recipe_runs_fkds_schedule_with_meal_v2s_defa
                                             decays=step_epochs(lr['step_epochs']))
     assert [factor(e) for e in (0, 99.9, 100, 179.9, 180, 199.9)] == pytest.approx(
         [0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001])
+    assert (meal['discriminator'], meal['disc_weight'], opts['fkd']['temperature']) == \
+        (True, 1.0, 1.0)
     assert (meal['disc_gradient'], meal['disc_last_relu'], meal['disc_open_start'],
-            meal['disc_lr_ratio'], meal['teachers']) == ('shared', True, False, 1.0, 2)
+            meal['disc_softmax'], meal['disc_lr_ratio'], meal['teachers']) == \
+        ('shared', True, False, False, 1.0, 2)
     assert MODES['meal_v2'].pass_plan(opts) == [8] * 25
     assert t['batch_size'] * 8 == 512

@@ -275,7 +275,8 @@ def test_the_last_relu_closes_while_the_two_cannot_be_told_apart(one_torch_threa
 def test_meal_v2_with_no_meal_options_follows_the_papers_objective_by_hand():
     """One Fast MEAL V2 step at the option defaults against the same step written out by hand
     from MEAL V2's equations: the student's cross-entropy to the ensemble's distribution q, plus
-    the discriminator's BCE on [softmax(z); q] labelled [1, 0] and [0, 1], one objective that
+    the discriminator's BCE on [z; q] labelled [1, 0] and [0, 1] (z the student's logits, as
+    MEAL V2's FKD variant feeds them), one objective that
     the student and the discriminator both descend (the shared gradient), through
     PyTorch-initialised 1 x 1 layers with a ReLU after each, the last one too."""
     from types import SimpleNamespace
@@ -284,7 +285,8 @@ def test_meal_v2_with_no_meal_options_follows_the_papers_objective_by_hand():
     opts = options()
     meal = opts['meal']
     assert (meal['disc_gradient'], meal['disc_last_relu'], meal['disc_open_start'],
-            meal['disc_weight'], opts['fkd']['temperature']) == ('shared', True, False, 1.0, 1.0)
+            meal['disc_softmax'], meal['disc_weight'], opts['fkd']['temperature']) == \
+        ('shared', True, False, False, 1.0, 1.0)
     n, c = 6, 10
     torch.manual_seed(3)
     z = torch.randn(n, c, requires_grad=True)
@@ -303,7 +305,7 @@ def test_meal_v2_with_no_meal_options_follows_the_papers_objective_by_hand():
               for t in (m.weight[:, :, 0, 0], m.bias)]
     p = torch.exp(z2 - torch.logsumexp(z2, 1, keepdim=True))
     distillation = -(q * torch.log(p)).sum(1).mean()
-    h = torch.cat([p, q])
+    h = torch.cat([z2, q])  # FKD_train.py: the student's raw logits against the stored label
     for weight, bias in zip(params[0::2], params[1::2]):
         h = torch.relu(h @ weight.T + bias)
     y = torch.tensor([[1.0, 0.0]] * n + [[0.0, 1.0]] * n)
@@ -312,3 +314,15 @@ def test_meal_v2_with_no_meal_options_follows_the_papers_objective_by_hand():
     assert expected[1].abs().sum() > 0  # a discriminator alive at this seed: its gradient counts
     for a, b in zip(got, expected):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_run_recorded_before_the_variants_were_options_resumes_as_it_ran():
+    """Runs recorded before meal.disc_open_start and meal.disc_softmax existed started the
+    discriminator open wherever it had its last ReLU and fed it softmax outputs: a resume
+    compares against that, not against today's defaults."""
+    from fkd_ffcv.training.run_folder import _current
+    assert _current({'meal': {'disc_last_relu': True}}, 'meal', 'disc_open_start') is True
+    assert _current({'meal': {'disc_last_relu': False}}, 'meal', 'disc_open_start') is False
+    assert _current({'meal': {}}, 'meal', 'disc_softmax') is True
+    assert _current({'meal': {'disc_softmax': False}}, 'meal', 'disc_softmax') is False
+    assert _current({}, 'lr', 'step_epochs') == ''  # any other new option: its default

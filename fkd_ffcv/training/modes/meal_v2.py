@@ -60,17 +60,18 @@ class WithDiscriminator:
         if self.discriminator is None:
             return loss
         meal = ctx.opts['meal']
-        student, teacher = self.discriminator_inputs(logits, q)
+        student, teacher = (torch.softmax(logits.float(), dim=-1), q) if meal['disc_softmax'] \
+            else self.discriminator_inputs(logits, q)
         bce, right = discriminator_loss(self.train_discriminator, student, teacher,
                                         meal['disc_gradient'])
         self.step_metrics = torch.stack([loss.detach(), bce.detach(), right])
         return loss + meal['disc_weight'] * bce
 
     def discriminator_inputs(self, logits, q) -> tuple:
-        """(the student's, the teacher's) vectors the discriminator tells apart: softmax
-        outputs against the labels' probabilities, as MEAL V2's FKD variant feeds it."""
-        import torch
-        return torch.softmax(logits.float(), dim=-1), q
+        """(the student's, the teacher's) vectors the discriminator tells apart, as MEAL V2's
+        FKD variant (FKD_train.py) feeds it: the student's raw logits against the labels'
+        probabilities (its stored labels are after the softmax)."""
+        return logits.float(), q
 
     def state_dict(self):
         return {} if self.discriminator is None else \
