@@ -326,3 +326,26 @@ def test_a_run_recorded_before_the_variants_were_options_resumes_as_it_ran():
     assert _current({'meal': {}}, 'meal', 'disc_softmax') is True
     assert _current({'meal': {'disc_softmax': False}}, 'meal', 'disc_softmax') is False
     assert _current({}, 'lr', 'step_epochs') == ''  # any other new option: its default
+
+
+def test_online_meal_v2_feeds_the_discriminator_the_ensembles_mean_logits(meal_data):
+    """As MEAL V2's train.py: the student's raw logits against the mean of the teachers'
+    logits (not of their probabilities), on the same images the distillation target comes
+    from."""
+    from types import SimpleNamespace
+    from fkd_ffcv.training.modes.meal_v2 import OnlineMealV2
+    _, _, specs, _ = meal_data
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    alone = [Teacher(spec) for spec in specs]
+    p, logits = Teacher(specs).forward(images, with_logits=True)
+    one_by_one = [t.forward(images, with_logits=True) for t in alone]
+    assert torch.allclose(p, sum(q for q, _ in one_by_one) / 2, atol=1e-6)
+    assert torch.allclose(logits, sum(z for _, z in one_by_one) / 2, atol=1e-5)
+    assert torch.allclose(torch.softmax(one_by_one[0][1], -1), one_by_one[0][0], atol=1e-6)
+    mode = OnlineMealV2()
+    mode.teacher = Teacher(specs)
+    q = mode.distribution(SimpleNamespace(), None, images, None, None)
+    student = torch.randn(4, 10)
+    fed = mode.discriminator_inputs(student, q)
+    assert torch.equal(fed[0], student) and torch.allclose(fed[1], logits, atol=1e-6)
+    assert torch.allclose(q, p, atol=1e-6)
