@@ -91,6 +91,9 @@ def check(opts: dict) -> None:
     if decays and lr['schedule'] != 'step':
         raise OptionError(f"--lr.step_epochs={lr['step_epochs']} is for --lr.schedule=step, not "
                           f"{lr['schedule']}")
+    if decays and lr['step_length'] != PARAMS['lr'][1]['step_length'].default:
+        raise OptionError(f"--lr.step_epochs={lr['step_epochs']} and --lr.step_length="
+                          f"{lr['step_length']} both place the steps: give one")
     if lr['schedule'] != 'cyclic' and lr['warmup_epochs'] >= t['epochs']:
         raise OptionError(f"--lr.warmup_epochs={lr['warmup_epochs']} must end before "
                           f"--training.epochs={t['epochs']}")

@@ -322,3 +322,5 @@ def test_step_epochs_are_checked_before_training(fashion_betons):
     with pytest.raises(OptionError, match='--lr.step_epochs=2 is for --lr.schedule=step, not '
                                           'cosine'):
         check(options({**base, 'lr.schedule': 'cosine', 'lr.step_epochs': '2'}))
+    with pytest.raises(OptionError, match='both place the steps: give one'):
+        check(options({**base, 'lr.step_epochs': '2', 'lr.step_length': 1.0}))
