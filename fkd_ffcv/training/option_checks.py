@@ -17,7 +17,7 @@ from fkd_ffcv.data.manifest import (Manifest, Records, check_records, read_manif
 from fkd_ffcv.training.options import PARAMS, run_folder_path
 from fkd_ffcv.training.schedules import step_epochs
 from fkd_ffcv.training.run_options import (beton_samples, check_run_to_continue, largest_batch,
-                                           plan_step, recorded_config)
+                                           other_modes_sections, plan_step, recorded_config)
 
 
 def check(opts: dict) -> None:
@@ -61,7 +61,7 @@ def check(opts: dict) -> None:
     if opts['model']['head_epochs'] >= t['epochs']:
         raise OptionError(f"--model.head_epochs={opts['model']['head_epochs']} must end before "
                           f"--training.epochs={t['epochs']}")
-    check_sections(opts, t['mode'], mode)
+    check_sections(opts, t['mode'])
     if 'ssl' in mode.sections:
         if opts['fkd']['temperature'] != PARAMS['fkd'][1]['temperature'].default:
             raise OptionError(f"--fkd.temperature={opts['fkd']['temperature']}: the "
@@ -166,10 +166,9 @@ def check_arch_name(arch: str) -> None:
                           f"<module>:<function> returning a model")
 
 
-def check_sections(opts: dict, name: str, mode) -> None:
+def check_sections(opts: dict, name: str) -> None:
     """A section that belongs to other modes (meal) must keep its defaults."""
-    owned = {section for _, m in MODES.items() for section in m.sections}
-    for section in sorted(owned - set(mode.sections)):
+    for section in sorted(other_modes_sections(name)):
         changed = [f"--{section}.{key}={value}" for key, value in opts[section].items()
                    if value != PARAMS[section][1][key].default]
         if changed:

@@ -40,9 +40,10 @@ def take_recorded(opts: dict, given) -> Optional[str]:
         return None
     mode = opts['training']['mode'] if 'training.mode' in given else \
         (recorded.get('training') or {}).get('mode', opts['training']['mode'])
+    unread = other_modes_sections(mode)
     for name, (_, params) in PARAMS.items():
         values = recorded.get(name)
-        if name in other_modes_sections(mode):
+        if name in unread:
             continue
         for key, param in params.items():
             if not isinstance(values, dict) or key not in values or \
