@@ -1,4 +1,5 @@
 """Shared test data: small image trees made here, and betons written once per session."""
+import faulthandler
 import os
 from pathlib import Path
 
@@ -152,3 +153,34 @@ def xdist_group(item) -> str:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+
+
+# pytest-timeout (pyproject.toml: 120 s) stops a test with a signal, whose handler runs only
+# when the main thread is back in Python; a test stuck inside C code (a deadlock, a wait with
+# the GIL held) never is. For those, faulthandler's own C thread prints every thread's stack to
+# the terminal and ends the process at HARD_LIMIT_S: pytest-xdist then names the test whose
+# worker crashed and goes on with a new worker, and CI fails in minutes with the place shown
+# instead of running into its time limit.
+HARD_LIMIT_S = 300
+_TERMINAL = None  # a copy of the terminal's stderr, taken while pytest's capture is off
+
+
+def pytest_configure(config):
+    global _TERMINAL
+    capture = config.pluginmanager.getplugin('capturemanager')  # None under -p no:capture
+    if capture is not None:
+        capture.suspend_global_capture()
+    try:
+        _TERMINAL = os.dup(2)
+    finally:
+        if capture is not None:
+            capture.resume_global_capture()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    faulthandler.dump_traceback_later(HARD_LIMIT_S, exit=True, file=_TERMINAL)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

@@ -21,6 +21,7 @@ import torch
 from ffcv.fields import (BytesField, Field, IntField, JSONField, NDArrayField, RGBImageField,
                          TorchTensorField)
 from ffcv.memory_allocator import MemoryAllocator
+from numba.core.compiler_lock import global_compiler_lock
 
 from fkd_ffcv.data.fields import MAX_SIDE, VerbatimField
 from fkd_ffcv.data.safe_write import STOP_SIGNALS, WriteError
@@ -52,8 +53,14 @@ def run_workers(tmp, layout, fields, source, num_workers, chunk_size, on_error, 
     # process's handler in the child.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        for w in workers:
-            w.start()
+        # A worker is a fork of this process, whose other threads (a loader's, say) may be
+        # compiling with numba at that moment: the worker's copy of numba's compiler lock would
+        # then be held by a thread it does not have, and the worker would wait for it forever
+        # at its first compile. Forking while holding the lock leaves it held by the worker's
+        # only thread, which takes it again as often as it likes (the lock is re-entrant).
+        with global_compiler_lock:
+            for w in workers:
+                w.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 

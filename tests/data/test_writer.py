@@ -15,7 +15,7 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 
-from conftest import REPO, save, smooth_image
+from conftest import REPO, save, smooth_image, write_tree
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.data.copying import copy_beton
 from fkd_ffcv.data.fields import image_fields
@@ -272,6 +272,32 @@ def test_fail_fast_does_not_wait_for_the_other_workers(tmp_path):
         write_beton(tmp_path / 'x.beton', image_fields('raw'), SlowSource(), num_workers=2,
                     chunk_size=30, progress=False)
     assert time.monotonic() - started < 5  # the other worker's chunk takes 9 s
+
+
+@pytest.mark.timeout(60)  # before the fix: the workers waited forever, and so did the write
+def test_workers_forked_while_another_thread_compiles(image_tree, tmp_path):
+    """A thread compiling with numba holds numba's compiler lock; a worker forked then got the
+    lock held by a thread it does not have and waited for it at its first compile (FFCV's
+    image field compiles a typed-dict lookup there): a loader's thread from an earlier test
+    once hung CI so. The writer now forks while holding the lock itself."""
+    import threading
+    from numba.core.compiler_lock import global_compiler_lock
+    taken, release = threading.Event(), threading.Event()
+
+    def compiling():
+        with global_compiler_lock:
+            taken.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=compiling, daemon=True)
+    thread.start()
+    taken.wait(10)
+    threading.Timer(1.0, release.set).start()  # the "compile" ends while the writer waits
+    report = write_tree(image_tree, tmp_path / 'x.beton', 'raw', num_workers=2, chunk_size=3)
+    _, _, expected = image_tree
+    assert report.num_samples == len(expected['train'])
+    for index, (_, _, pixels) in enumerate(expected['train']):
+        assert np.array_equal(stored_pixels(Beton(report.path), index), pixels)
 
 
 KILL_SCRIPT = """
