@@ -28,6 +28,10 @@ tests/loading/test_ffcv_loader.py):
   interned type), after which a compiled function called from two pipelines fails inside
   numba with a KeyError on its argument types. Here the reader is compiled for the types it
   is called with and no numba type is changed (`_os_cache_reader`).
+- A pass left before its end can hang the next one: FFCV's thread ends a pass by putting its
+  end mark in the batch queue with no time limit, so when the consumer has stopped reading
+  and the queue is full, the thread waits forever, and so does the join that starts the next
+  pass. Here the queue is emptied until the thread has gone (`_EpochIterator.stop`).
 - Values a compiled pipeline captures are frozen when FFCV compiles it, once; but FFCV declares
   every operation's memory anew at the start of each pass and hands the buffers to the
   compiled code. So the decoders read their output side from their output buffer's shape, and
@@ -43,7 +47,7 @@ import threading
 from collections import OrderedDict
 from contextlib import nullcontext
 from importlib.metadata import version
-from queue import Full
+from queue import Empty, Full
 from typing import Optional
 
 import ffcv.loader
@@ -214,6 +218,18 @@ class _EpochIterator(epoch_iterator.EpochIterator):
             self.copied[batch_slot] = done
         return result
 
+    def stop(self):
+        """Stop the thread and wait for it. It may be waiting for room in the queue for the
+        pass's end mark, which FFCV puts with no time limit: take batches out until it has
+        gone."""
+        self.close()
+        while self.is_alive():
+            try:
+                self.output_queue.get(timeout=0.1)
+            except Empty:
+                pass
+        self.join()
+
     def __next__(self):
         result = self.output_queue.get()
         if isinstance(result, _Failure):
@@ -304,8 +320,7 @@ class Loader(ffcv.loader.Loader):
 
     def _finish_running(self):
         if self._running is not None:
-            self._running.close()
-            self._running.join()
+            self._running.stop()
             self._running = None
         if self.copy_device is not None:
             torch.cuda.synchronize(self.copy_device)

@@ -151,6 +151,33 @@ def test_a_last_batch_of_one_keeps_its_batch_dimension(raw_tree_beton):
     assert [tuple(lab.shape) for _, lab in batches] == [(11,), (1,)]
 
 
+def test_a_pass_left_when_its_thread_has_finished_does_not_hang_the_next(raw_tree_beton):
+    """FFCV's thread ends a pass by putting its end mark in the queue with no time limit: a
+    pass left after one batch, whose thread then filled the queue and reached the end, once
+    hung the next pass's start forever."""
+    import threading
+    import time
+    path, _ = raw_tree_beton  # 12 images: 4 batches of 3
+    loader = PlainLoader(path, batch_size=3, resolution=16, num_workers=1,
+                         order=OrderOption.SEQUENTIAL)
+    running = ffcv_loader(loader)
+    first = iter(loader)
+    next(first)
+    room = running.batches_ahead  # the queue's size
+    deadline = time.monotonic() + 30
+    while running._running.output_queue.qsize() < room:  # the other 3 batches are in
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.2)  # the thread is now waiting to put the end mark
+    again = []
+    second = threading.Thread(target=lambda: again.extend(lab.tolist() for _, lab in loader),
+                              daemon=True)
+    second.start()
+    second.join(30)
+    assert not second.is_alive(), "the next pass did not start"
+    assert len(again) == 4
+
+
 def test_more_loader_threads_than_numba_may_run_are_capped(raw_tree_beton, capsys):
     import numba
     path, _ = raw_tree_beton
