@@ -9,7 +9,11 @@ BOXES_FIELD, FLAGS_FIELD = 'fkd_boxes', 'fkd_flags'
 CLASSES_FIELD, CODES_FIELD = 'fkd_classes', 'fkd_codes'
 EMBEDDING_FIELD = 'fkd_embedding'  # self-supervised FKD: a teacher embedding per record (int8)
 SOFT_LABEL_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)  # soft_label_fields
-RECORD_FIELDS = SOFT_LABEL_FIELDS + (EMBEDDING_FIELD,)  # every field a crop record may have
+# A record's colour augmentation, where the beton replays one (records/colour.py): COLOUR_BYTES
+# per record, drawn by --labels.colour (COLOUR_AUGMENTATIONS; 'none' stores no field).
+COLOUR_FIELD, COLOUR_BYTES = 'fkd_colour', 6
+COLOUR_AUGMENTATIONS = ('none', 'moco_v2')
+RECORD_FIELDS = SOFT_LABEL_FIELDS + (EMBEDDING_FIELD, COLOUR_FIELD)  # every field a record may have
 EMBEDDING_KINDS = ('auto', 'projection', 'features')  # an embedding teacher's (models/heads.py)
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
 WRITE_MODES = ('raw', 'jpg', 'smart', 'proportion')  # RGBImageField's write modes

@@ -18,13 +18,14 @@ from ffcv.types import TYPE_ID_HANDLER
 
 # The names are defined in defaults.py, where the option checks and header.py read them
 # without loading ffcv.
-from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, EMBEDDING_FIELD,
-                               FLAGS_FIELD, IMAGE_FIELD, LABEL_FIELD, PATH_FIELD, RECORD_FIELDS,
+from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, COLOUR_BYTES,
+                               COLOUR_FIELD, EMBEDDING_FIELD, FLAGS_FIELD, IMAGE_FIELD, LABEL_FIELD, PATH_FIELD, RECORD_FIELDS,
                                SMART_THRESHOLD, SOFT_LABEL_FIELDS, WRITE_MODES)
 __all__ = ['IMAGE_FIELD', 'LABEL_FIELD', 'PATH_FIELD', 'BOXES_FIELD', 'FLAGS_FIELD',
-           'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'SOFT_LABEL_FIELDS', 'RECORD_FIELDS',
+           'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'COLOUR_FIELD', 'SOFT_LABEL_FIELDS',
+           'RECORD_FIELDS',
            'MAX_NAME_LENGTH', 'MAX_SIDE', 'CUSTOM_TYPE_ID', 'image_fields', 'soft_label_fields',
-           'embedding_fields', 'bytes_per_record', 'check_field_names', 'pointer_columns',
+           'embedding_fields', 'colour_fields', 'bytes_per_record', 'check_field_names', 'pointer_columns',
            'Descriptor', 'descriptor_of', 'VerbatimValue', 'VerbatimField']
 MAX_NAME_LENGTH = 16  # FieldDescType['name'] is 16 bytes
 MAX_SIDE = 65535  # RGBImageField stores an image's sides as uint16
@@ -87,9 +88,16 @@ def embedding_fields(num_records: int, dim: int) -> Dict[str, Field]:
     }
 
 
+def colour_fields(num_records: int) -> Dict[str, Field]:
+    """The colour augmentation each of N records replays (records/colour.py's code), uint8
+    (N, 6): 6 bytes per record more."""
+    return {COLOUR_FIELD: NDArrayField(np.dtype('u1'), (num_records, COLOUR_BYTES))}
+
+
 def bytes_per_record(record_fields: Mapping[str, NDArrayField]) -> int:
-    """The bytes one crop record of `record_fields` (soft_label_fields or embedding_fields)
-    takes: its box, its flags byte and its label or embedding."""
+    """The bytes one crop record of `record_fields` (soft_label_fields or embedding_fields,
+    with or without colour_fields) takes: its box, its flags byte, its label or embedding, and
+    its colour code."""
     num_records = record_fields[BOXES_FIELD].shape[0]
     return sum(f.dtype.itemsize * int(np.prod(f.shape))
                for f in record_fields.values()) // num_records

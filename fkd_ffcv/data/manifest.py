@@ -61,6 +61,8 @@ class Records:
     teacher: Optional[dict] = None      # Teacher.describe()
     settings: Optional[dict] = None     # the LabelingSettings, as a dict
     bytes_per_record: Optional[int] = None
+    colour: Optional[str] = None        # the colour augmentation the records replay (moco_v2)
+    colour_side: Optional[int] = None   # the crops' side it was applied at (the blur's pixels)
     extra_files: Optional[dict] = None  # fkd-import: files of the tree no sample names
     unknown: dict = dataclasses.field(default_factory=dict)
 

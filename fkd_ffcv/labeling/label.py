@@ -28,10 +28,10 @@ import torch
 from tqdm import tqdm
 
 from fkd_ffcv.data.beton import Beton
-from fkd_ffcv.records.crops import RATIO, cut_crops, sample_records
-from fkd_ffcv.defaults import TEACHER_RECORDS
-from fkd_ffcv.data.fields import (IMAGE_FIELD, RECORD_FIELDS, bytes_per_record, embedding_fields,
-                                  soft_label_fields)
+from fkd_ffcv.records.crops import RATIO, colour_codes, cut_crops, sample_records
+from fkd_ffcv.defaults import COLOUR_AUGMENTATIONS, COLOUR_BYTES, TEACHER_RECORDS
+from fkd_ffcv.data.fields import (IMAGE_FIELD, RECORD_FIELDS, bytes_per_record, colour_fields,
+                                  embedding_fields, soft_label_fields)
 from fkd_ffcv.records.label_types import TOP_K, default_label_type
 from fkd_ffcv.records.soft_labels import LabelSpec, compress, record_flags
 from fkd_ffcv.labeling.teachers import Teacher
@@ -50,6 +50,7 @@ class LabelingSettings:
     seed: int = 0
     chunk_images: int = 64               # images per work item (the unit of resume)
     batch_size: int = 256                # crops per teacher forward
+    colour: str = 'none'                 # a colour augmentation per record (COLOUR_AUGMENTATIONS)
 
     def __post_init__(self):
         if self.num_records < 1 or self.chunk_images < 1 or self.batch_size < 1:
@@ -58,15 +59,18 @@ class LabelingSettings:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, not {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio must satisfy 0 < min <= max, not {self.ratio}")
+        if self.colour not in COLOUR_AUGMENTATIONS:
+            raise ValueError(f"colour must be one of {COLOUR_AUGMENTATIONS}, not {self.colour!r}")
 
 
 @dataclass(frozen=True)
 class RecordTargets:
     """What a record stores besides its box and flags: the soft labels of `label_spec`, or,
     for an embedding teacher (label_spec None), the direction of a `dim`-dimensional
-    embedding."""
+    embedding; with `colour`, the colour augmentation the teacher's crop got."""
     label_spec: Optional[LabelSpec] = None
     dim: int = 0
+    colour: bool = False
 
     @property
     def embeds(self) -> bool:
@@ -77,13 +81,19 @@ class RecordTargets:
         spec = self.label_spec
         targets = [('embedding', 'i1', (n, self.dim))] if self.embeds else \
             [('classes', '<i2', (n, spec.k)), ('codes', 'u1', (n, spec.k))]
-        return np.dtype([('boxes', '<i2', (n, 4)), ('flags', 'u1', (n,))] + targets)
+        colour = [('colour', 'u1', (n, COLOUR_BYTES))] if self.colour else []
+        return np.dtype([('boxes', '<i2', (n, 4)), ('flags', 'u1', (n,))] + targets + colour)
 
     def fields(self, n: int) -> tuple:
         """(the beton's record fields, the chunk columns that fill them)."""
         if self.embeds:
-            return embedding_fields(n, self.dim), ('boxes', 'flags', 'embedding')
-        return soft_label_fields(n, self.label_spec.k), ('boxes', 'flags', 'classes', 'codes')
+            fields, columns = embedding_fields(n, self.dim), ('boxes', 'flags', 'embedding')
+        else:
+            fields = soft_label_fields(n, self.label_spec.k)
+            columns = ('boxes', 'flags', 'classes', 'codes')
+        if self.colour:
+            fields, columns = {**fields, **colour_fields(n)}, columns + ('colour',)
+        return fields, columns
 
     def manifest(self, **common) -> dict:
         """The manifest's description of the records."""
@@ -229,13 +239,22 @@ def _chunk_records(beton: Beton, teacher: Teacher, targets: RecordTargets,
         height, width = pixels.shape[:2]
         boxes, flips = sample_records(settings.seed, index, height, width, n, settings.scale,
                                       settings.ratio)
-        return boxes, flips, cut_crops(pixels, boxes, flips, size, teacher.interpolation)
+        crops = cut_crops(pixels, boxes, flips, size, teacher.interpolation)
+        codes = None
+        if targets.colour:  # the teacher sees each crop with its record's colour
+            from fkd_ffcv.records.colour import apply_colour
+            codes = colour_codes(settings.seed, index, n, settings.colour)
+            for r in range(n):
+                apply_colour(crops[r], codes[r], 1.0)
+        return boxes, flips, crops, codes
 
     batch = np.empty((settings.batch_size, size, size, 3), np.uint8)
     outputs, fill = [], 0
     flips = np.zeros((len(indices), n), bool)
-    for slot, (boxes, image_flips, crops) in enumerate(_prefetch(pool, prepare, indices)):
+    for slot, (boxes, image_flips, crops, codes) in enumerate(_prefetch(pool, prepare, indices)):
         rows[slot]['boxes'], flips[slot] = boxes, image_flips
+        if codes is not None:
+            rows[slot]['colour'] = codes
         pos = 0
         while pos < n:  # batches span images, so few records per image still fill them
             take = min(settings.batch_size - fill, n - pos)
@@ -283,7 +302,7 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
                          f"{', '.join(beton.field_names)})")
     classes = beton.classes
     if teacher.embedding:
-        targets = RecordTargets(dim=teacher.dim)  # label_type does not apply
+        targets = RecordTargets(dim=teacher.dim, colour=settings.colour != 'none')
     elif teacher.num_classes != len(classes):
         raise ValueError(f"the teacher predicts {teacher.num_classes} classes; {beton.path} has "
                          f"{len(classes)} ({', '.join(classes[:3])}, ...)")
@@ -294,7 +313,8 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
                 print(f"label type: {settings.label_type} (the default: the top {TOP_K} "
                       f"classes, or the class count - 1 where that is less; {len(classes)} "
                       f"classes here; --labels.label_type sets it)", flush=True)
-        targets = RecordTargets(LabelSpec.parse(settings.label_type, len(classes)))
+        targets = RecordTargets(LabelSpec.parse(settings.label_type, len(classes)),
+                                colour=settings.colour != 'none')
     meta = beton.field_metadata(IMAGE_FIELD)
     longest = int(np.maximum(meta['height'], meta['width']).max()) if len(beton) else 0
     if rank == 0 and 0 < longest < teacher.input_size:
@@ -344,7 +364,9 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
     common = {'num_records': settings.num_records, 'source': 'teacher',
               'crop_resize': teacher.interpolation,  # loaders warn when they resize otherwise
               'teacher': teacher.describe(), 'settings': asdict(settings),
-              'bytes_per_record': bytes_per_record(fields)}
+              'bytes_per_record': bytes_per_record(fields),
+              **({'colour': settings.colour, 'colour_side': teacher.input_size}
+                 if targets.colour else {})}
     report = copy_beton(beton.path, dst, fields,
                         ChunkValues(folder, len(beton), settings.chunk_images, columns),
                         manifest_updates=targets.manifest(**common), progress=progress,

@@ -33,8 +33,9 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
 from fkd_ffcv.records.crops import box_pixels, record_index, seeded_crop
-from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, DEFAULT_RESIZE,
-                               EMBEDDING_FIELD, FLAGS_FIELD)
+from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, COLOUR_BYTES,
+                               COLOUR_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD, FLAGS_FIELD)
+from fkd_ffcv.records.colour import apply_colour
 from fkd_ffcv.loading.ffcv_loader import first_epoch_of, first_epoch_tag
 from fkd_ffcv.records.resample import filter_code, make_resize
 from fkd_ffcv.records.soft_labels import FLAG_FLIP
@@ -134,7 +135,9 @@ class ImageDecoder(Operation):
 class _Records:
     """A beton's crop-record fields as the decoders read them: per-sample file offsets of each
     field (`pointers[name]`), records per image N, and what each record holds: soft labels
-    (k classes per record) or a teacher embedding (D int8 values, `dim`)."""
+    (k classes per record) or a teacher embedding (D int8 values, `dim`); where the beton
+    replays a colour augmentation, `colour_side` is the crop side its codes were drawn for
+    (else 0)."""
 
     def __init__(self, beton, num_crops: int, seed: int):
         if BOXES_FIELD not in beton.fields:
@@ -145,16 +148,26 @@ class _Records:
         self.num_records = beton.fields[BOXES_FIELD].shape[0]
         self.num_crops, self.seed = num_crops, seed
         held = [name for name in (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD,
-                                  EMBEDDING_FIELD) if name in beton.fields]
+                                  EMBEDDING_FIELD, COLOUR_FIELD) if name in beton.fields]
         self.pointers = {name: np.ascontiguousarray(beton.field_metadata(name), dtype=np.uint64)
                          for name in held}
         self.k = beton.fields[CLASSES_FIELD].shape[1] if CLASSES_FIELD in held else 0
         self.dim = beton.fields[EMBEDDING_FIELD].shape[1] if EMBEDDING_FIELD in held else 0
+        self.colour_side = 0
+        if COLOUR_FIELD in held:
+            info = beton.manifest.embeddings or beton.manifest.soft_labels
+            if not (info and info.colour_side):
+                raise ValueError(f"{beton.path} has colour records, but its manifest does not "
+                                 f"say the crop side they were drawn for (colour_side): label "
+                                 f"it again")
+            self.colour_side = int(info.colour_side)
 
 
 class MultiCropDecoder(ImageDecoder):
     """Image field -> (K, S, S, 3) uint8 per image: the K records of this pass replayed on the
-    decoded stored image (crop, resize, mirror)."""
+    decoded stored image (crop, resize, mirror, and the record's colour augmentation where the
+    beton stores one: records/colour.py, the blur scaled from the side it was drawn for to
+    S)."""
 
     def __init__(self, beton, num_crops: int, output_size: int, seed: int = 0,
                  resize: str = DEFAULT_RESIZE):
@@ -170,6 +183,8 @@ class MultiCropDecoder(ImageDecoder):
         rec = self.records
         box_ptrs, flag_ptrs = rec.pointers[BOXES_FIELD], rec.pointers[FLAGS_FIELD]
         n, k_crops, seed = rec.num_records, rec.num_crops, rec.seed
+        colour_side = rec.colour_side
+        colour_ptrs = rec.pointers.get(COLOUR_FIELD, box_ptrs)  # read only with colour_side
 
         def cut(out, pixels, sample, epoch, storage_state):
             height, width = pixels.shape[0], pixels.shape[1]
@@ -179,6 +194,10 @@ class MultiCropDecoder(ImageDecoder):
                 r = record_index(seed, epoch, sample, slot, n)
                 i, j, h, w = box_pixels(boxes[4 * r:4 * r + 4], height, width)
                 resize(pixels, i, j, h, w, out[slot], (flags[r] & FLAG_FLIP) != 0)
+                if colour_side:
+                    codes = mem_read(colour_ptrs[sample], storage_state)
+                    apply_colour(out[slot], codes[COLOUR_BYTES * r:COLOUR_BYTES * (r + 1)],
+                                 out.shape[1] / colour_side)
 
         return Compiler.compile(cut)
 

@@ -80,6 +80,50 @@ def seeded_crop(seed, draw, sample, height, width, scale_lo, scale_hi, ratio_lo,
 
 
 @nb.njit(cache=on_disk())
+def seeded_colour(seed, draw, sample, jitter_p, brightness, contrast, saturation, hue,
+                  grayscale_p, blur_p, sigma_lo, sigma_hi, code):
+    """Fill `code` (uint8[6], colour.py's form) with the colour augmentation of a sample's crop
+    number `draw`, drawn as torchvision's RandomApply(ColorJitter) (a random order of the four
+    adjustments, each factor uniform in [1 - x, 1 + x], the hue shift in [-hue, hue]),
+    RandomGrayscale and a RandomApply'd blur of sigma uniform in [sigma_lo, sigma_hi]. The
+    stream is not seeded_crop's: the colour is independent of the box."""
+    state = mix64(np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + mix64(
+        np.uint64(draw) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(sample)) ^
+        np.uint64(0x5851F42D4C957F2D))
+    flags, rank = 0, 0
+    code[1], code[2], code[3], code[4], code[5] = 128, 128, 128, 128, 0
+    state, u = _uniform(state)
+    if u < jitter_p:
+        flags |= 1
+        order = np.arange(4)
+        for position in range(3, 0, -1):  # Fisher-Yates
+            state, u = _uniform(state)
+            k = np.int64(u * (position + 1))
+            order[position], order[k] = order[k], order[position]
+        for position in range(4):  # its lexicographic index (colour.permutation's inverse)
+            smaller = 0
+            for later in range(position + 1, 4):
+                smaller += order[later] < order[position]
+            rank += smaller * (6, 2, 1, 1)[position]
+        for byte, strength in ((1, brightness), (2, contrast), (3, saturation)):
+            state, u = _uniform(state)
+            factor = max(0.0, 1.0 - strength) + (1.0 + strength - max(0.0, 1.0 - strength)) * u
+            code[byte] = min(255, max(0, np.int64(np.round(factor * 127.5))))
+        state, u = _uniform(state)
+        code[4] = min(255, max(0, np.int64(np.round((2.0 * u - 1.0) * hue * 255.0)) + 128))
+    state, u = _uniform(state)
+    if u < grayscale_p:
+        flags |= 2
+    state, u = _uniform(state)
+    if u < blur_p:
+        flags |= 4
+        state, u = _uniform(state)
+        code[5] = min(255, max(1, np.int64(np.round((sigma_lo + (sigma_hi - sigma_lo) * u)
+                                                     * 63.75))))
+    code[0] = flags | (rank << 3)
+
+
+@nb.njit(cache=on_disk())
 def record_index(seed, epoch, sample, slot, n):
     """Record used by `sample` in slot `slot` of the pass that starts at `epoch` (one draw per
     epoch: a pass of K crops spans K epochs).
@@ -148,6 +192,20 @@ def sample_records(seed: int, index: int, height: int, width: int, n: int, scale
                                            ratio[0], ratio[1])
         boxes[r] = (i, j, h, w)
     return quantize_boxes(boxes, height, width), flips
+
+
+def colour_codes(seed: int, index: int, n: int, augmentation: str = 'moco_v2') -> np.ndarray:
+    """The colour codes (n, 6) uint8 of sample `index`'s n records: record r's is
+    `seeded_colour(seed, r, index, ...)` with the named augmentation's settings
+    (colour.AUGMENTATIONS)."""
+    from fkd_ffcv.records.colour import AUGMENTATIONS, COLOUR_BYTES
+    a = AUGMENTATIONS[augmentation]
+    codes = np.zeros((n, COLOUR_BYTES), np.uint8)
+    for r in range(n):
+        seeded_colour(seed, r, index, a['jitter_p'], a['brightness'], a['contrast'],
+                      a['saturation'], a['hue'], a['grayscale_p'], a['blur_p'], a['sigma_lo'],
+                      a['sigma_hi'], codes[r])
+    return codes
 
 
 def cut_crops(pixels: np.ndarray, stored_boxes, flips, size: int,

@@ -12,7 +12,7 @@ from fastargs.validation import And, InRange, OneOf
 
 from fkd_ffcv.config import Flag
 from fkd_ffcv.data.header import check_beton
-from fkd_ffcv.defaults import (EMBEDDING_KINDS, FASHION_MNIST_DIR, LABELLED_SUFFIX, MAX_PIXELS,
+from fkd_ffcv.defaults import (COLOUR_AUGMENTATIONS, EMBEDDING_KINDS, FASHION_MNIST_DIR, LABELLED_SUFFIX, MAX_PIXELS,
                                ON_ERROR, RESIZE_FILTERS, SMART_THRESHOLD, TEACHER_PRECISIONS,
                                TEACHER_RECORDS, WRITE_MODES)
 from fkd_ffcv.errors import OptionError
@@ -93,6 +93,10 @@ WRITE_PARAMS = {
                         'L2-normalised embedding per record instead of soft labels (ssl mode): '
                         'its projection head\'s output, its pooled features, or auto (the '
                         'projection where it has a head: moco:, ssl exports)', default=''),
+        colour=Param(OneOf(COLOUR_AUGMENTATIONS), 'a colour augmentation drawn per record, '
+                     'applied to the teacher\'s crop and stored with the record (6 B), so that '
+                     'the student replays the same image: moco_v2 (MoCo v2\'s colour jitter, '
+                     'grayscale and blur), or none', default='none'),
     )),
 }
 
@@ -117,6 +121,10 @@ def check_writing(data: dict, write: dict, labels: dict) -> None:
                                            for spec in labels['teacher'].split(',')):
         raise OptionError(f"--labels.teacher={labels['teacher']}: a MoCo checkpoint gives "
                           f"embeddings, not class scores; add --labels.embedding=auto")
+    if labels.get('colour', 'none') != 'none' and not labels['teacher']:
+        raise OptionError(f"--labels.colour={labels['colour']} draws a colour augmentation for "
+                          f"a teacher to see: give --labels.teacher (imported records carry "
+                          f"none)")
     if labels.get('embedding') and labels['label_type']:
         raise OptionError(f"--labels.label_type={labels['label_type']} is a soft-label type; "
                           f"--labels.embedding stores embeddings, not soft labels")

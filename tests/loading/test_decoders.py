@@ -145,3 +145,43 @@ def test_distributed_ranks_share_a_pass(labelled, monkeypatch):
     everything = sorted((int(lab), int(im.long().sum())) for images, _, _, labels in single
                         for im, lab in zip(images, labels))
     assert sorted(ranks[0] + ranks[1]) == everything
+
+
+@pytest.fixture(scope='module')
+def coloured(labelled_jpeg_beton, tmp_path_factory):
+    """The labelled beton's images labelled again by its teacher, with MoCo v2's colour
+    augmentation drawn per record (--labels.colour=moco_v2)."""
+    from fkd_ffcv.labeling.label import LabelingSettings, label_beton
+    from fkd_ffcv.labeling.teachers import Teacher
+    made = labelled_jpeg_beton.parent
+    teacher = Teacher(f'torchvision:resnet18:{made}/t.pt', input_size=32)
+    out = tmp_path_factory.mktemp('colour')
+    label_beton(made / 'images.beton', out / 'coloured.beton', teacher,
+                LabelingSettings(num_records=N, label_type='marginal_smoothing_k2',
+                                 colour='moco_v2'), out / 'work', progress=False)
+    return out / 'coloured.beton'
+
+
+def test_a_record_replays_the_colour_its_teacher_saw(coloured):
+    """Each crop is the record's box and flip, then its stored colour code, as torchvision
+    applies it to the same crop (the blur scaled from the teacher's 32 px to 24)."""
+    from colour_reference import assert_within_rounding, torchvision_colour
+    from fkd_ffcv.data.fields import COLOUR_FIELD
+    from fkd_ffcv.records.crops import colour_codes
+    beton = Beton(coloured)
+    info = beton.manifest.soft_labels
+    assert (info.colour, info.colour_side, info.bytes_per_record) == ('moco_v2', 32, 9 + 3 * 2 + 6)
+    loader = FKDLoader(coloured, batch_size=4 * K, num_crops=K, resolution=24, num_workers=2,
+                       order=OrderOption.SEQUENTIAL, drop_last=False)
+    images = torch.cat([batch[0].clone() for batch in loader])
+    drawn = 0
+    for sample in range(len(beton)):
+        codes = beton.array(COLOUR_FIELD, sample)
+        assert np.array_equal(codes, colour_codes(0, sample, N))  # the seeded draw
+        for slot in range(K):
+            r = record_index(0, 0, sample, slot, N)
+            want = torchvision_colour(reference(beton, sample, r, 24, 'antialias'), codes[r],
+                                      sigma_scale=24 / 32)
+            assert_within_rounding(images[sample * K + slot].permute(1, 2, 0).numpy(), want)
+            drawn |= int(codes[r][0])
+    assert drawn & 7 == 7  # jitter, grayscale and blur each replayed somewhere
