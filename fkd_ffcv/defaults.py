@@ -12,7 +12,7 @@ SOFT_LABEL_FIELDS = (BOXES_FIELD, FLAGS_FIELD, CLASSES_FIELD, CODES_FIELD)  # so
 # A record's colour augmentation, where the beton replays one (records/colour.py): COLOUR_BYTES
 # per record, drawn by --labels.colour (COLOUR_AUGMENTATIONS; 'none' stores no field).
 COLOUR_FIELD, COLOUR_BYTES = 'fkd_colour', 6
-COLOUR_AUGMENTATIONS = ('none', 'moco_v2')
+COLOUR_AUGMENTATIONS = ('none', 'moco_v2', 's2bnn')
 RECORD_FIELDS = SOFT_LABEL_FIELDS + (EMBEDDING_FIELD, COLOUR_FIELD)  # every field a record may have
 EMBEDDING_KINDS = ('auto', 'projection', 'features')  # an embedding teacher's (models/heads.py)
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist

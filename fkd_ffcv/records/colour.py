@@ -33,7 +33,10 @@ SIGMA_STEP = 1 / 63.75
 # with p = 0.8, RandomGrayscale(p = 0.2), GaussianBlur(sigma in [0.1, 2]) with p = 0.5.
 MOCO_V2 = dict(jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
                grayscale_p=0.2, blur_p=0.5, sigma_lo=0.1, sigma_hi=2.0)
-AUGMENTATIONS = {'moco_v2': MOCO_V2}  # by --labels.colour's name
+# S2-BNN's distillation (Distillation_only/step1/main_moco.py, --aug-plus): the same jitter,
+# applied with p = 0.6, and the blur with p = 0.2.
+S2BNN = {**MOCO_V2, 'jitter_p': 0.6, 'blur_p': 0.2}
+AUGMENTATIONS = {'moco_v2': MOCO_V2, 's2bnn': S2BNN}  # by --labels.colour's name
 
 
 def factor_code(factor: float) -> int:

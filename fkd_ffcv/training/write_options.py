@@ -96,7 +96,8 @@ WRITE_PARAMS = {
         colour=Param(OneOf(COLOUR_AUGMENTATIONS), 'a colour augmentation drawn per record, '
                      'applied to the teacher\'s crop and stored with the record (6 B), so that '
                      'the student replays the same image: moco_v2 (MoCo v2\'s colour jitter, '
-                     'grayscale and blur), or none', default='none'),
+                     'grayscale and blur), s2bnn (the same, less often: S2-BNN\'s '
+                     'distillation), or none', default='none'),
     )),
 }
 

@@ -120,3 +120,17 @@ def test_the_draw_is_a_function_of_seed_draw_and_sample():
     assert not np.array_equal(draws(300), draws(300, seed=1))
     codes = draws(300)
     assert len({bytes(c) for c in codes}) > 250  # samples differ
+
+
+def test_colour_replay_is_asked_for_with_a_teacher_and_a_known_name():
+    from fkd_ffcv.errors import OptionError
+    from fkd_ffcv.labeling.label import LabelingSettings
+    from fkd_ffcv.training.write_options import check_writing
+    data = {'source': 'fashion-mnist', 'root': '', 'split': 'all'}
+    labels = {'beton': 'x.beton', 'out': '', 'teacher': '', 'import_root': 'tree',
+              'scale_min': 0.0, 'scale_max': 0.0, 'label_type': '', 'embedding': '',
+              'colour': 's2bnn'}
+    with pytest.raises(OptionError, match='--labels.colour=s2bnn draws .* give --labels.teacher'):
+        check_writing(data, {}, labels)
+    with pytest.raises(ValueError, match="colour must be one of .*'moco_v2'.* not 'simclr'"):
+        LabelingSettings(colour='simclr')
