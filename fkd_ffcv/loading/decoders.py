@@ -32,7 +32,7 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
-from fkd_ffcv.records.crops import box_pixels, record_index, seeded_crop
+from fkd_ffcv.records.crops import box_pixels, record_index, seeded_colour, seeded_crop
 from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, COLOUR_BYTES,
                                COLOUR_FIELD, DEFAULT_RESIZE, EMBEDDING_FIELD, FLAGS_FIELD)
 from fkd_ffcv.records.colour import apply_colour
@@ -204,26 +204,47 @@ class MultiCropDecoder(ImageDecoder):
 
 class SeededRandomResizedCropDecoder(ImageDecoder):
     """Image field -> (S, S, 3) uint8: a RandomResizedCrop and flip drawn from (seed, epoch,
-    sample); S and the epoch change at run time as above."""
+    sample); S and the epoch change at run time as above. With `views` V > 1, (V, S, S, 3): V
+    such crops of the image decoded once, view v of epoch e drawn as draw e * V + v (MoCo's
+    two views). With `colour` (a records/colour.AUGMENTATIONS entry), each crop also gets the
+    colour augmentation `crops.seeded_colour` draws for the same draw."""
 
     def __init__(self, output_size: int, seed: int = 0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 resize: str = DEFAULT_RESIZE):
+                 resize: str = DEFAULT_RESIZE, views: int = 1, colour: dict = None):
         super().__init__(output_size, resize)
-        self.seed, self.scale, self.ratio = seed, scale, ratio
+        if views < 1:
+            raise ValueError(f"views must be positive, not {views}")
+        self.seed, self.scale, self.ratio, self.views = seed, scale, ratio, views
+        self.colour = colour
 
     def output_shape(self):
-        return (self.output_size, self.output_size, 3)
+        side = (self.output_size, self.output_size, 3)
+        return side if self.views == 1 else (self.views, *side)
 
     def make_cut(self):
         resize = make_resize(self.resize_code)
-        seed = self.seed
+        seed, views = self.seed, self.views
         (scale_lo, scale_hi), (ratio_lo, ratio_hi) = self.scale, self.ratio
+        c = self.colour or dict(jitter_p=0.0, brightness=0.0, contrast=0.0, saturation=0.0,
+                                hue=0.0, grayscale_p=0.0, blur_p=0.0, sigma_lo=0.0, sigma_hi=0.0)
+        coloured = self.colour is not None
+        jitter_p, brightness, contrast = c['jitter_p'], c['brightness'], c['contrast']
+        saturation, hue, grayscale_p = c['saturation'], c['hue'], c['grayscale_p']
+        blur_p, sigma_lo, sigma_hi = c['blur_p'], c['sigma_lo'], c['sigma_hi']
 
         def cut(out, pixels, sample, epoch, storage_state):
             height, width = np.int64(pixels.shape[0]), np.int64(pixels.shape[1])
-            i, j, h, w, flip = seeded_crop(seed, epoch, sample, height, width, scale_lo,
-                                           scale_hi, ratio_lo, ratio_hi)
-            resize(pixels, i, j, h, w, out, flip)
+            crops = out.reshape((views, out.shape[-3], out.shape[-2], 3))
+            code = np.zeros(COLOUR_BYTES, np.uint8)
+            for v in range(views):
+                draw = epoch * views + v
+                i, j, h, w, flip = seeded_crop(seed, draw, sample, height, width, scale_lo,
+                                               scale_hi, ratio_lo, ratio_hi)
+                resize(pixels, i, j, h, w, crops[v], flip)
+                if coloured:
+                    seeded_colour(seed, draw, sample, jitter_p, brightness, contrast,
+                                  saturation, hue, grayscale_p, blur_p, sigma_lo, sigma_hi, code)
+                    apply_colour(crops[v], code, 1.0)
 
         return Compiler.compile(cut)
 

@@ -246,3 +246,35 @@ class PlainLoader(_PassLoader):
     def __iter__(self):
         for batch in self._next_pass():
             yield (batch[0], batch[1].long()) if self.labels else (batch[0], None)
+
+
+class ViewsLoader(_PassLoader):
+    """Contrastive training batches (MoCo): `views` seeded RandomResizedCrops of each image,
+    decoded once, each with its own flip and, with `colour` (a records/colour.AUGMENTATIONS
+    entry), its own colour augmentation; no label is read. Iterating yields a tuple of `views`
+    uint8 (B, 3, S, S) channels-last batches on `device`, view v of image b at row b of each;
+    reproducible from `seed` (decoders.SeededRandomResizedCropDecoder)."""
+
+    def __init__(self, path, batch_size: int, views: int = 2, resolution: int = 224,
+                 seed: int = 0, num_workers: int = -1, order=OrderOption.RANDOM,
+                 distributed: bool = False, drop_last: bool = True, scale=(0.2, 1.0),
+                 ratio=(3 / 4, 4 / 3), colour: dict = None, device='cpu',
+                 resize: str = DEFAULT_RESIZE):
+        from ffcv.pipeline import PipelineSpec
+        from fkd_ffcv.loading.decoders import SeededRandomResizedCropDecoder
+        self.images = SeededRandomResizedCropDecoder(resolution, seed, scale, ratio, resize,
+                                                     views=views, colour=colour)
+        pipelines = only(path, {IMAGE_FIELD: PipelineSpec(
+            IMAGE_FIELD, decoder=self.images, transforms=[ToTensor(), *_to_device(device)])})
+        super().__init__(Loader(str(path), batch_size=batch_size, num_workers=num_workers,
+                                order=order, seed=seed, distributed=distributed,
+                                drop_last=drop_last, pipelines=pipelines), [self.images])
+        self.views = views
+
+    def set_resolution(self, resolution: int) -> None:
+        self.images.output_size = resolution
+
+    def __iter__(self):
+        for (images,) in self._next_pass():
+            yield tuple(images[:, v].permute(0, 3, 1, 2).contiguous(
+                memory_format=torch.channels_last) for v in range(self.views))

@@ -16,8 +16,8 @@ from fastargs import Param, Section
 from fastargs.validation import And, Checker, InRange, OneOf
 
 from fkd_ffcv.config import Flag, read_config_file, unknown_keys
-from fkd_ffcv.defaults import (DEFAULT_RESIZE, DISCRIMINATOR_GRADIENTS, EMBEDDING_KINDS,
-                               IMAGENET_CROP, PRECISIONS, RESIZE_FILTERS)
+from fkd_ffcv.defaults import (COLOUR_AUGMENTATIONS, DEFAULT_RESIZE, DISCRIMINATOR_GRADIENTS,
+                               EMBEDDING_KINDS, IMAGENET_CROP, PRECISIONS, RESIZE_FILTERS)
 from fkd_ffcv.training.modes import MODES
 from fkd_ffcv.training.schedules import LR_SCHEDULES
 
@@ -51,7 +51,7 @@ PARAMS = {
         train_dataset=Param(str, 'training beton (FKD mode: with crop records)', default=''),
         val_dataset=Param(str, 'validation beton', default=''),
         num_workers=Param(int, 'loader threads (-1: every core)', default=-1),
-        crop_scale_min=Param(And(float, InRange(0, 1)), 'plain / online KD: RandomResized'
+        crop_scale_min=Param(And(float, InRange(0, 1)), 'plain / online KD / moco: RandomResized'
                              'Crop area range (FKD replays the recorded crops)', default=0.08),
         crop_scale_max=Param(And(float, InRange(0, 1)), 'upper bound of that range',
                          default=1.0),
@@ -188,11 +188,12 @@ PARAMS = {
         teachers=Param(And(int, InRange(min=0)), 'teachers the labels should come from (a '
                        'warning names another count; 0: any)', default=0),
     )),
-    'ssl': ('self-supervised FKD (modes ssl and online_ssl; embeddings.py, probes.py)', dict(
+    'ssl': ('self-supervised training (modes ssl, online_ssl and moco; embeddings.py, probes.py)',
+            dict(
         temperature=Param(And(float, InRange(min=1e-6)), 'tau of the teacher\'s and the '
                           'student\'s softmax over the embedding (S2-BNN: 0.2)', default=0.2),
-        dim=Param(And(int, InRange(min=0)), 'projection dimensions (0: the teacher\'s; another '
-                  'count is refused)', default=0),
+        dim=Param(And(int, InRange(min=0)), 'projection dimensions (0: the teacher\'s, moco: '
+                  '128; another count than the teacher\'s is refused)', default=0),
         head_hidden=Param(And(int, InRange(min=0)), 'hidden width of the projection head (0: '
                           'the backbone\'s feature width, as MoCo\'s)', default=0),
         embedding=Param(OneOf(EMBEDDING_KINDS), 'online_ssl: what the '
@@ -205,6 +206,16 @@ PARAMS = {
                            'each validation: epochs (0: k-NN only)', default=100),
         probe_lr=Param(And(float, InRange(min=0)), 'linear probe: SGD learning rate',
                        default=0.1),
+    )),
+    'moco': ('MoCo v2, a self-supervised teacher (mode moco; modes/moco.py)', dict(
+        queue=Param(And(int, InRange(min=1)), 'keys kept as negatives (MoCo: 65536; a multiple '
+                    'of the images per step, fewer than the images)', default=65536),
+        momentum=Param(And(float, InRange(0, 1)), 'the key encoder\'s momentum (MoCo: 0.999)',
+                       default=0.999),
+        colour=Param(OneOf(COLOUR_AUGMENTATIONS), 'the views\' colour augmentation (moco_v2: '
+                     'MoCo v2\'s; records/colour.py)', default='moco_v2'),
+        bn_splits=Param(And(int, InRange(min=1)), 'parts of the shuffled key batch whose '
+                        'BatchNorm statistics are taken apart (MoCo\'s shuffle BN)', default=8),
     )),
     'logging': ('outputs', dict(
         folder=Param(str, 'run folder (default: runs/<mode>_<arch>)', default=''),

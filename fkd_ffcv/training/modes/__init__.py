@@ -7,7 +7,8 @@ training/losses.py's.
 
 base.py holds `Mode` and the `MODES` registry; classification.py the modes that learn a
 classifier (plain, online_kd, fkd); meal_v2.py MEAL V2's (meal_v2, online_meal_v2); ssl.py
-the self-supervised ones (ssl, online_ssl). Importing this package registers them all.
+the self-supervised ones (ssl, online_ssl), moco.py MoCo v2's (moco: a self-supervised
+teacher). Importing this package registers them all.
 
 Nothing heavy is imported at module level: the option checks (training/option_checks.py) read
 the modes' facts (crops per image, a teacher needed, crop records read) to check a command line
@@ -16,9 +17,10 @@ before torch is loaded.
 from fkd_ffcv.training.modes.base import MODES, Mode
 from fkd_ffcv.training.modes.classification import FKD, OnlineKD, Plain, RunsTeacher
 from fkd_ffcv.training.modes.meal_v2 import FastMealV2, OnlineMealV2, WithDiscriminator
+from fkd_ffcv.training.modes.moco import MoCoV2
 from fkd_ffcv.training.modes.ssl import (EmbeddingDistillation, OnlineSelfSupervised,
                                          SelfSupervisedFKD)
 
 __all__ = ['MODES', 'Mode', 'Plain', 'RunsTeacher', 'OnlineKD', 'FKD', 'WithDiscriminator',
            'FastMealV2', 'OnlineMealV2', 'EmbeddingDistillation', 'SelfSupervisedFKD',
-           'OnlineSelfSupervised']
+           'OnlineSelfSupervised', 'MoCoV2']
