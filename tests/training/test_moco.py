@@ -179,3 +179,25 @@ def test_an_interrupted_moco_run_resumes_to_the_same_weights(fashion_betons, moc
 def test_moco_refusals(fashion_betons, tmp_path, overrides, message):
     with pytest.raises(TrainingError, match=message):
         Trainer(moco_options(fashion_betons, tmp_path / 'run', **overrides)).run()
+
+
+def test_under_ddp_every_processs_keys_enter_the_queue_in_rank_order(monkeypatch):
+    """world_size 2 with torch.distributed's all_gather stubbed: rank 1's keys (here the
+    negated ones) follow this rank's."""
+    import torch.distributed as dist
+    mode, ctx = MoCoV2(), context()
+    ctx.world_size = 2
+    mode.dim = 8
+    mode.student(ctx, build_model('small_resnet', 10, width=8, depth=1))
+    mode.key_encoder(ctx)
+    keys = F.normalize(torch.randn(4, 8), dim=1)
+
+    def all_gather(outputs, tensor):
+        outputs[0].copy_(tensor)
+        outputs[1].copy_(-tensor)
+
+    monkeypatch.setattr(dist, 'all_gather', all_gather)
+    mode.enqueue(ctx, keys)
+    assert torch.equal(mode.queue[:8], torch.cat([keys, -keys])) and mode.pointer == 8
+    mode.enqueue(ctx, keys)
+    assert mode.pointer == 0  # 16 keys: the queue is full, and goes round

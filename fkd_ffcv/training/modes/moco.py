@@ -133,10 +133,10 @@ class MoCoV2(EmbeddingDistillation, Mode):
     def enqueue(self, ctx, keys):
         import torch
         import torch.distributed as dist
-        if ctx.world_size > 1:
-            gathered = torch.empty(ctx.world_size * len(keys), keys.shape[1], device=keys.device)
-            dist.all_gather_into_tensor(gathered, keys.contiguous())
-            keys = gathered
+        if ctx.world_size > 1:  # every process's keys, in rank order
+            gathered = [torch.empty_like(keys) for _ in range(ctx.world_size)]
+            dist.all_gather(gathered, keys.contiguous())
+            keys = torch.cat(gathered)
         self.queue[self.pointer:self.pointer + len(keys)] = keys
         self.pointer = (self.pointer + len(keys)) % len(self.queue)
 
