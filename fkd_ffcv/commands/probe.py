@@ -1,5 +1,7 @@
-"""fkd-probe: k-NN and linear-probe top-1 of a model's frozen features (training/probes.py), from
-the hard labels of a train and a validation beton."""
+"""fkd-probe: top-1 of a model's frozen features from the hard labels of a train and a validation
+beton (training/probes.py): k-NN and a fast linear probe on fixed centre-crop features (the
+default, what a run logs), or MoCo's linear classification on augmented crops
+(`--protocol lincls`, the protocol of MoCo's, S2-BNN's and FKD's tables)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +16,11 @@ from fkd_ffcv.errors import DataError, OptionError
 PROBE_HELP = ('k-NN top-1 and linear-probe top-1 of the frozen pooled features of an export (a '
               'final_weights.pt of any mode, ssl included) or of any teacher spec (moco:, timm:, '
               'torchvision:, ...; docs/teachers.md), from the hard labels of a train and a '
-              'validation beton.')
+              'validation beton; --protocol lincls: MoCo\'s linear classification instead '
+              '(augmented crops, 100 epochs, SGD 30 x0.1 at 60 and 80), to compare with '
+              'MoCo\'s, S2-BNN\'s and FKD\'s tables.')
+PROTOCOLS = ('fast', 'lincls')
+DEFAULT_LR = {'fast': 0.1, 'lincls': 30.0}
 
 
 def probe(argv=None) -> int:
@@ -33,10 +39,21 @@ def probe(argv=None) -> int:
                              'export, else the model\'s input size)')
     parser.add_argument('--ratio', type=float, default=0,
                         help='centre crop side / shorter image side (default: as --resolution)')
+    parser.add_argument('--protocol', choices=PROTOCOLS, default='fast',
+                        help='fast: k-NN and a linear probe on fixed centre-crop features '
+                             '(seconds; what a run logs); lincls: MoCo\'s linear '
+                             'classification on augmented crops (a training run: 100 epochs '
+                             'through the frozen model)')
+    parser.add_argument('--scale-min', type=float, default=0.08,
+                        help='lincls: the training crops\' RandomResizedCrop scale lower bound '
+                             '(MoCo\'s 0.08; 0.35 suits 32 px images)')
     parser.add_argument('--knn-k', type=int, default=20)
     parser.add_argument('--knn-temperature', type=float, default=0.07)
-    parser.add_argument('--epochs', type=int, default=100, help='linear probe epochs (0: none)')
-    parser.add_argument('--lr', type=float, default=0.1, help='linear probe learning rate')
+    parser.add_argument('--epochs', type=int, default=100,
+                        help='linear probe epochs (fast: 0 for k-NN only)')
+    parser.add_argument('--lr', type=float, default=None,
+                        help='linear probe learning rate (fast: 0.1 on standardised '
+                             'features; lincls: 30, MoCo\'s)')
     parser.add_argument('--batch-size', type=int, default=256,
                         help='images per forward while embedding (the probe steps on 256)')
     parser.add_argument('--seed', type=int, default=0)
@@ -44,6 +61,8 @@ def probe(argv=None) -> int:
                                'equal the logged ones; fp32 where this device does not compute '
                                'it natively), else fp32')
     args = parser.parse_args(argv)
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.protocol]
     spec = args.model if ':' in args.model and not os.path.isfile(args.model) else \
         f'checkpoint:{args.model}'
     try:
@@ -58,13 +77,17 @@ def probe(argv=None) -> int:
                               f"0: {args.knn_k}, {args.batch_size}, {args.epochs}, "
                               f"{args.resolution}, {args.lr}, {args.ratio}, "
                               f"{args.knn_temperature}")
+        if args.protocol == 'lincls' and (args.epochs < 1 or not 0 < args.scale_min <= 1):
+            raise OptionError(f"--protocol lincls trains its classifier on random crops: "
+                              f"--epochs must be positive and --scale-min in (0, 1], not "
+                              f"{args.epochs} and {args.scale_min}")
         for path in (args.train, args.val):
             check_beton(path)
     except (OptionError, DataError, OSError) as e:
         return refused(e)
     from fkd_ffcv.data.beton import Beton
     from fkd_ffcv.errors import TrainingError
-    from fkd_ffcv.training.probes import knn_and_probe_top1, require_labels
+    from fkd_ffcv.training.probes import knn_and_probe_top1, lincls, require_labels
     from fkd_ffcv.labeling.teachers import Teacher
     try:
         require_labels(args.train)
@@ -78,6 +101,18 @@ def probe(argv=None) -> int:
                           embedding=args.embedding,
                           input_size=args.resolution or stored.get('resolution'))
         ratio = args.ratio or stored.get('ratio') or teacher.crop_pct
+        if args.protocol == 'lincls':
+            result = lincls(teacher.forward, args.train, args.val, len(classes),
+                            resolution=teacher.input_size, ratio=ratio, epochs=args.epochs,
+                            lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                            scale=(args.scale_min, 1.0), device=teacher.device,
+                            resize=teacher.interpolation)
+            print(f"{args.model}: linear classification top-1 {result['lincls_top1']:.2%} "
+                  f"(train {result['lincls_train_top1']:.2%} on augmented crops, {args.epochs} "
+                  f"epochs, lr {args.lr:g}; {result['val_images']} images at "
+                  f"{teacher.input_size} px, ratio {ratio:.3f}, {teacher.dim}-d "
+                  f"{args.embedding}, {precision_text})")
+            return 0
         result = knn_and_probe_top1(
             teacher.forward, args.train, args.val, len(classes), resolution=teacher.input_size,
             ratio=ratio, knn_k=args.knn_k, knn_temperature=args.knn_temperature,

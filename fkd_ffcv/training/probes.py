@@ -14,8 +14,13 @@ is centre-cropped, embedded once and L2-normalised, then
 The probe trains on fixed centre-crop features, not on augmented crops through the frozen
 network as S2-BNN's 100-epoch probe does: seconds on the demo data and minutes on ImageNet
 instead of a training run (how its top-1 compares there is not measured). The trainer runs
-both at each validation of an `ssl` or `online_ssl` run; `fkd-probe` runs them on any export or
-teacher spec.
+both at each validation of an `ssl`, `online_ssl` or `moco` run; `fkd-probe` runs them on any
+export or teacher spec.
+
+`lincls` is MoCo's (and S2-BNN's) linear classification instead, the protocol of their
+tables: a Linear layer on the frozen network's pooled features, trained on augmented crops
+(RandomResizedCrop and flip) for 100 epochs by SGD at 30, x0.1 at epochs 60 and 80, and
+measured on centre crops (`fkd-probe --protocol lincls`).
 """
 from __future__ import annotations
 
@@ -149,3 +154,56 @@ def knn_and_probe_top1(forward, train_path, val_path, num_classes: int, *, resol
                                     probe_batch_size, seed))
     out['val_images'] = len(val[1])
     return out
+
+
+def lincls(forward, train_path, val_path, num_classes: int, *, resolution: int, ratio: float,
+           epochs: int = 100, lr: float = 30.0, decays=(60, 80), batch_size: int = 256,
+           scale=(0.08, 1.0), seed: int = 0, num_workers: int = -1, device='cpu',
+           resize: str = DEFAULT_RESIZE, progress: bool = True) -> dict:
+    """MoCo's linear classification (main_lincls.py): a Linear layer (weights N(0, 0.01), bias
+    0) on the features `forward` gives uint8 images (the frozen model, in eval mode), trained
+    `epochs` on seeded augmented training crops (RandomResizedCrop of `scale` at `resolution`,
+    flip: loaders.PlainLoader) by SGD (momentum 0.9, no weight decay) at `lr`, x0.1 at each
+    epoch of `decays`; {'lincls_top1' on the validation beton's centre crops (`ratio`),
+    'lincls_train_top1' on the last epoch's crops}."""
+    from fkd_ffcv.loading.loaders import PlainLoader, eval_loader
+    from fkd_ffcv.progress import bar
+    for path in (train_path, val_path):
+        require_labels(path)
+    loader = PlainLoader(train_path, batch_size, resolution, seed, num_workers, scale=scale,
+                         device=device, resize=resize)
+    head = optimizer = None
+    for epoch in bar(progress, iterable=range(epochs), unit='epoch', leave=False,
+                     desc='linear classification'):
+        right = seen = 0
+        for images, labels in loader:
+            with torch.no_grad():
+                features = forward(images).float()
+            if head is None:  # its width is the features'
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    head = torch.nn.Linear(features.shape[1], num_classes).to(features.device)
+                    head.weight.data.normal_(0, 0.01)
+                    head.bias.data.zero_()
+                optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9,
+                                            weight_decay=0.0)
+            for group in optimizer.param_groups:
+                group['lr'] = lr * 0.1 ** sum(epoch >= d for d in decays)
+            logits = head(features)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            right += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+    if head is None:
+        raise ValueError(f"linear classification needs epochs and a batch of {batch_size} "
+                         f"training images ({train_path}): {epochs} epochs")
+    val_right = val_seen = 0
+    with torch.no_grad():
+        for images, labels in eval_loader(val_path, batch_size, resolution, ratio, num_workers,
+                                          str(device), resize=resize):
+            val_right += int((head(forward(images).float()).argmax(1) == labels.long()).sum())
+            val_seen += len(labels)
+    return {'lincls_top1': val_right / val_seen, 'lincls_train_top1': right / max(seen, 1),
+            'val_images': val_seen}

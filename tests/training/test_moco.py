@@ -201,3 +201,26 @@ def test_under_ddp_every_processs_keys_enter_the_queue_in_rank_order(monkeypatch
     assert torch.equal(mode.queue[:8], torch.cat([keys, -keys])) and mode.pointer == 8
     mode.enqueue(ctx, keys)
     assert mode.pointer == 0  # 16 keys: the queue is full, and goes round
+
+
+def test_the_export_is_measured_by_moco_s_linear_classification(moco_run, fashion_betons):
+    """fkd-probe --protocol lincls: a Linear layer trained on augmented crops through the
+    frozen export (its weights and BatchNorm statistics untouched), measured on centre crops."""
+    import io
+    from contextlib import redirect_stdout
+    from fkd_ffcv.commands.probe import probe as fkd_probe
+    from fkd_ffcv.models.exports import load_weights
+    folder, _, _ = moco_run
+    before = {k: v.clone() for k, v in load_weights(folder / 'final_weights.pt')[0]
+              .state_dict().items()}
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert fkd_probe([str(folder / 'final_weights.pt'), *map(str, fashion_betons),
+                          '--protocol', 'lincls', '--epochs', '4', '--scale-min', '0.35',
+                          '--batch-size', '64']) == 0
+    text = out.getvalue()
+    top1 = float(text.split('linear classification top-1 ')[1].split('%')[0]) / 100
+    assert top1 > 0.2, text  # 10 classes: chance is 0.1 (a 3-epoch MoCo, 4 epochs here)
+    assert '4 epochs, lr 30;' in text and '300 images at 32 px' in text
+    after = load_weights(folder / 'final_weights.pt')[0].state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
