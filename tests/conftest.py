@@ -163,10 +163,14 @@ def pytest_collection_modifyitems(config, items):
 # instead of running into its time limit.
 HARD_LIMIT_S = 300
 _TERMINAL = None  # a copy of the terminal's stderr, taken while pytest's capture is off
+_HARD_LIMIT = True  # off under --pdb and with pytest-timeout off (--timeout=0)
 
 
 def pytest_configure(config):
-    global _TERMINAL
+    global _TERMINAL, _HARD_LIMIT
+    timeout = config.getoption('timeout', None)
+    timeout = config.getini('timeout') if timeout is None else timeout
+    _HARD_LIMIT = not config.getoption('usepdb', False) and float(timeout or 0) > 0
     capture = config.pluginmanager.getplugin('capturemanager')  # None under -p no:capture
     if capture is not None:
         capture.suspend_global_capture()
@@ -179,6 +183,9 @@ def pytest_configure(config):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
+    if not _HARD_LIMIT:
+        yield
+        return
     faulthandler.dump_traceback_later(HARD_LIMIT_S, exit=True, file=_TERMINAL)
     try:
         yield

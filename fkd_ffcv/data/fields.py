@@ -19,14 +19,15 @@ from ffcv.types import TYPE_ID_HANDLER
 # The names are defined in defaults.py, where the option checks and header.py read them
 # without loading ffcv.
 from fkd_ffcv.defaults import (BOXES_FIELD, CLASSES_FIELD, CODES_FIELD, COLOUR_BYTES,
-                               COLOUR_FIELD, EMBEDDING_FIELD, FLAGS_FIELD, IMAGE_FIELD, LABEL_FIELD, PATH_FIELD, RECORD_FIELDS,
-                               SMART_THRESHOLD, SOFT_LABEL_FIELDS, WRITE_MODES)
+                               COLOUR_FIELD, EMBEDDING_FIELD, FLAGS_FIELD, IMAGE_FIELD,
+                               LABEL_FIELD, PATH_FIELD, RECORD_FIELDS, SMART_THRESHOLD,
+                               SOFT_LABEL_FIELDS, WRITE_MODES)
 __all__ = ['IMAGE_FIELD', 'LABEL_FIELD', 'PATH_FIELD', 'BOXES_FIELD', 'FLAGS_FIELD',
            'CLASSES_FIELD', 'CODES_FIELD', 'EMBEDDING_FIELD', 'COLOUR_FIELD', 'SOFT_LABEL_FIELDS',
-           'RECORD_FIELDS',
-           'MAX_NAME_LENGTH', 'MAX_SIDE', 'CUSTOM_TYPE_ID', 'image_fields', 'soft_label_fields',
-           'embedding_fields', 'colour_fields', 'bytes_per_record', 'check_field_names', 'pointer_columns',
-           'Descriptor', 'descriptor_of', 'VerbatimValue', 'VerbatimField']
+           'RECORD_FIELDS', 'MAX_NAME_LENGTH', 'MAX_SIDE', 'CUSTOM_TYPE_ID', 'image_fields',
+           'soft_label_fields', 'embedding_fields', 'colour_fields', 'bytes_per_record',
+           'check_field_names', 'pointer_columns', 'Descriptor', 'descriptor_of',
+           'VerbatimValue', 'VerbatimField']
 MAX_NAME_LENGTH = 16  # FieldDescType['name'] is 16 bytes
 MAX_SIDE = 65535  # RGBImageField stores an image's sides as uint16
 CUSTOM_TYPE_ID = 255

@@ -62,6 +62,14 @@ class LabelingSettings:
         if self.colour not in COLOUR_AUGMENTATIONS:
             raise ValueError(f"colour must be one of {COLOUR_AUGMENTATIONS}, not {self.colour!r}")
 
+    def recorded(self) -> dict:
+        """The settings as a work folder's run.json and the manifest record them: `colour`
+        only where one is drawn, so that a labelling begun before the option resumes."""
+        settings = asdict(self)
+        if settings['colour'] == 'none':
+            del settings['colour']
+        return settings
+
 
 @dataclass(frozen=True)
 class RecordTargets:
@@ -330,7 +338,7 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
         print(f"embedding records: {len(beton):,} images x {settings.num_records} records x "
               f"{per_record} B = {size / 2 ** 30:.2f} GiB added to the beton "
               f"(--labels.num_records sets the records per image)", file=sys.stderr)
-    run = {'beton': beton.fingerprint(), 'settings': asdict(settings),
+    run = {'beton': beton.fingerprint(), 'settings': settings.recorded(),
            'teacher': teacher.describe()}
     run = json.loads(json.dumps(run))  # tuples -> lists, as read back from run.json
     folder = WorkFolder(work_dir, run)
@@ -363,7 +371,7 @@ def label_beton(src, dst, teacher: Teacher, settings: LabelingSettings, work_dir
     fields, columns = targets.fields(settings.num_records)
     common = {'num_records': settings.num_records, 'source': 'teacher',
               'crop_resize': teacher.interpolation,  # loaders warn when they resize otherwise
-              'teacher': teacher.describe(), 'settings': asdict(settings),
+              'teacher': teacher.describe(), 'settings': settings.recorded(),
               'bytes_per_record': bytes_per_record(fields),
               **({'colour': settings.colour, 'colour_side': teacher.input_size}
                  if targets.colour else {})}

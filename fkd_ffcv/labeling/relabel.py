@@ -38,7 +38,8 @@ def label_or_strip(labels: dict, write: dict, beton: Path, out: Path) -> None:
                                 label_type=labels['label_type'],  # '': chosen from the classes
                                 scale=scale,
                                 seed=labels['seed'], chunk_images=labels['chunk_images'],
-                                batch_size=labels['batch_size'], colour=labels['colour'])
+                                batch_size=labels['batch_size'],
+                                colour=labels.get('colour', 'none'))
     work = labels['work_dir'] or f"{out}.work"
     try:
         report = label_beton(beton, out, teacher, settings, work, rank=rank, world_size=world,

@@ -184,18 +184,18 @@ class MultiCropDecoder(ImageDecoder):
         box_ptrs, flag_ptrs = rec.pointers[BOXES_FIELD], rec.pointers[FLAGS_FIELD]
         n, k_crops, seed = rec.num_records, rec.num_crops, rec.seed
         colour_side = rec.colour_side
-        colour_ptrs = rec.pointers.get(COLOUR_FIELD, box_ptrs)  # read only with colour_side
+        colour_ptrs = rec.pointers.get(COLOUR_FIELD, box_ptrs)  # the boxes where none
 
         def cut(out, pixels, sample, epoch, storage_state):
             height, width = pixels.shape[0], pixels.shape[1]
             boxes = mem_read(box_ptrs[sample], storage_state).view(np.int16)
             flags = mem_read(flag_ptrs[sample], storage_state)
+            codes = mem_read(colour_ptrs[sample], storage_state)  # read only with colour_side
             for slot in range(k_crops):
                 r = record_index(seed, epoch, sample, slot, n)
                 i, j, h, w = box_pixels(boxes[4 * r:4 * r + 4], height, width)
                 resize(pixels, i, j, h, w, out[slot], (flags[r] & FLAG_FLIP) != 0)
                 if colour_side:
-                    codes = mem_read(colour_ptrs[sample], storage_state)
                     apply_colour(out[slot], codes[COLOUR_BYTES * r:COLOUR_BYTES * (r + 1)],
                                  out.shape[1] / colour_side)
 

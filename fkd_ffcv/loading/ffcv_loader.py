@@ -31,7 +31,7 @@ tests/loading/test_ffcv_loader.py):
 - A pass left before its end can hang the next one: FFCV's thread ends a pass by putting its
   end mark in the batch queue with no time limit, so when the consumer has stopped reading
   and the queue is full, the thread waits forever, and so does the join that starts the next
-  pass. Here the queue is emptied until the thread has gone (`_EpochIterator.stop`).
+  pass. Here the end mark stops waiting once the pass is stopped (`_BatchQueue`).
 - Values a compiled pipeline captures are frozen when FFCV compiles it, once; but FFCV declares
   every operation's memory anew at the start of each pass and hands the buffers to the
   compiled code. So the decoders read their output side from their output buffer's shape, and
@@ -47,7 +47,7 @@ import threading
 from collections import OrderedDict
 from contextlib import nullcontext
 from importlib.metadata import version
-from queue import Empty, Full
+from queue import Full, Queue
 from typing import Optional
 
 import ffcv.loader
@@ -161,6 +161,25 @@ class LoaderError(RuntimeError):
     """A loader's worker thread failed; the cause is chained."""
 
 
+class _BatchQueue(Queue):
+    """FFCV's batch queue, whose end mark (None, put with no time limit) stops waiting for room
+    once the pass is stopped: a consumer that left the pass with the queue full would
+    otherwise leave the thread, and the join that starts the next pass, waiting forever."""
+
+    def __init__(self, maxsize: int, stopped):
+        super().__init__(maxsize)
+        self.stopped = stopped
+
+    def put(self, item, block=True, timeout=None):
+        if item is not None or not block or timeout is not None:
+            return super().put(item, block, timeout)
+        while not self.stopped.is_set():
+            try:
+                return super().put(item, timeout=0.5)
+            except Full:
+                pass
+
+
 class _Failure:
     def __init__(self, error: BaseException):
         self.error = error
@@ -218,16 +237,16 @@ class _EpochIterator(epoch_iterator.EpochIterator):
             self.copied[batch_slot] = done
         return result
 
+    def start(self):
+        # FFCV's constructor calls this last, its queue made: swap in one whose end mark gives
+        # up once the pass is stopped.
+        self.output_queue = _BatchQueue(self.output_queue.maxsize, self.terminate_event)
+        super().start()
+
     def stop(self):
-        """Stop the thread and wait for it. It may be waiting for room in the queue for the
-        pass's end mark, which FFCV puts with no time limit: take batches out until it has
-        gone."""
+        """Stop the thread and wait for it (within about half a second and the batch it is
+        decoding: its next put into the full queue sees the stop)."""
         self.close()
-        while self.is_alive():
-            try:
-                self.output_queue.get(timeout=0.1)
-            except Empty:
-                pass
         self.join()
 
     def __next__(self):

@@ -67,9 +67,10 @@ def check(opts: dict) -> None:
             raise OptionError(f"--fkd.temperature={opts['fkd']['temperature']}: the "
                               f"self-supervised loss takes tau from --ssl.temperature")
         if not mode.needs_teacher and opts['ssl']['embedding'] != 'auto':
+            why = ("replays the embeddings the records store (chosen when labelling, "
+                   "--labels.embedding)" if mode.reads_records else "runs no teacher")
             raise OptionError(f"--ssl.embedding={opts['ssl']['embedding']}: {t['mode']} mode "
-                              f"replays the embeddings the records store (chosen when labelling, "
-                              f"--labels.embedding); the option is online_ssl's")
+                              f"{why}; the option is online_ssl's")
     if mode.starts_from_weights and not weights:
         raise OptionError(f"{t['mode']} mode starts the student from weights: give "
                           f"--model.weights (a final_weights.pt, torchvision or timm "

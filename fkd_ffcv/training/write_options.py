@@ -12,9 +12,9 @@ from fastargs.validation import And, InRange, OneOf
 
 from fkd_ffcv.config import Flag
 from fkd_ffcv.data.header import check_beton
-from fkd_ffcv.defaults import (COLOUR_AUGMENTATIONS, EMBEDDING_KINDS, FASHION_MNIST_DIR, LABELLED_SUFFIX, MAX_PIXELS,
-                               ON_ERROR, RESIZE_FILTERS, SMART_THRESHOLD, TEACHER_PRECISIONS,
-                               TEACHER_RECORDS, WRITE_MODES)
+from fkd_ffcv.defaults import (COLOUR_AUGMENTATIONS, EMBEDDING_KINDS, FASHION_MNIST_DIR,
+                               LABELLED_SUFFIX, MAX_PIXELS, ON_ERROR, RESIZE_FILTERS,
+                               SMART_THRESHOLD, TEACHER_PRECISIONS, TEACHER_RECORDS, WRITE_MODES)
 from fkd_ffcv.errors import OptionError
 from fkd_ffcv.records.label_types import LABEL_TYPES, TOP_K, LabelSpec, default_label_type
 from fkd_ffcv.training.option_checks import check_teacher_files

@@ -15,7 +15,7 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 
-from conftest import REPO, save, smooth_image, write_tree
+from conftest import REPO, save, smooth_image
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.data.copying import copy_beton
 from fkd_ffcv.data.fields import image_fields
@@ -274,14 +274,31 @@ def test_fail_fast_does_not_wait_for_the_other_workers(tmp_path):
     assert time.monotonic() - started < 5  # the other worker's chunk takes 9 s
 
 
+class CompilesInTheWorker:
+    """A source whose first sample in each worker compiles a numba function the parent never
+    called (a dispatcher of its own, so no earlier test can have compiled it there)."""
+
+    def __init__(self, source):
+        import numba
+        self.source, self.fresh = source, numba.njit(lambda x: x.sum())
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        self.fresh(np.zeros(1))
+        return self.source[i]
+
+
 @pytest.mark.timeout(60)  # before the fix: the workers waited forever, and so did the write
 def test_workers_forked_while_another_thread_compiles(image_tree, tmp_path):
     """A thread compiling with numba holds numba's compiler lock; a worker forked then got the
-    lock held by a thread it does not have and waited for it at its first compile (FFCV's
-    image field compiles a typed-dict lookup there): a loader's thread from an earlier test
-    once hung CI so. The writer now forks while holding the lock itself."""
+    lock held by a thread it does not have and waited for it at its first compile: a loader's
+    thread from an earlier test once could hang a write so. The writer now forks while
+    holding the lock itself."""
     import threading
     from numba.core.compiler_lock import global_compiler_lock
+    root, classes, expected = image_tree
     taken, release = threading.Event(), threading.Event()
 
     def compiling():
@@ -293,8 +310,10 @@ def test_workers_forked_while_another_thread_compiles(image_tree, tmp_path):
     thread.start()
     taken.wait(10)
     threading.Timer(1.0, release.set).start()  # the "compile" ends while the writer waits
-    report = write_tree(image_tree, tmp_path / 'x.beton', 'raw', num_workers=2, chunk_size=3)
-    _, _, expected = image_tree
+    report = write_beton(tmp_path / 'x.beton', image_fields('raw'),
+                         CompilesInTheWorker(ImageFolderSource(root, 'train')),
+                         manifest=Manifest(classes=classes), num_workers=2, chunk_size=3,
+                         progress=False)
     assert report.num_samples == len(expected['train'])
     for index, (_, _, pixels) in enumerate(expected['train']):
         assert np.array_equal(stored_pixels(Beton(report.path), index), pixels)

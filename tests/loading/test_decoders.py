@@ -185,3 +185,28 @@ def test_a_record_replays_the_colour_its_teacher_saw(coloured):
             assert_within_rounding(images[sample * K + slot].permute(1, 2, 0).numpy(), want)
             drawn |= int(codes[r][0])
     assert drawn & 7 == 7  # jitter, grayscale and blur each replayed somewhere
+
+
+def test_the_stored_labels_are_the_teachers_view_of_the_coloured_crops(labelled_jpeg_beton,
+                                                                       coloured):
+    """Each record's stored top-k is the teacher's on its crop with the record's colour (the
+    crop the student replays), not on the crop without it."""
+    from fkd_ffcv.data.fields import COLOUR_FIELD
+    from fkd_ffcv.labeling.teachers import Teacher
+    from fkd_ffcv.records.colour import apply_colour
+    from fkd_ffcv.records.crops import cut_crops
+    teacher = Teacher(f'torchvision:resnet18:{labelled_jpeg_beton.parent}/t.pt', input_size=32)
+    beton = Beton(coloured)
+    differs = 0
+    for sample in range(3):
+        pixels = beton.image(sample)
+        flips = (beton.array(FLAGS_FIELD, sample) & FLAG_FLIP) != 0
+        crops = cut_crops(pixels, beton.array(BOXES_FIELD, sample), flips, 32,
+                          teacher.interpolation)
+        plain = teacher.outputs(crops.copy()).topk(2).indices
+        for crop, code in zip(crops, beton.array(COLOUR_FIELD, sample)):
+            apply_colour(crop, code, 1.0)
+        seen = teacher.outputs(crops).topk(2).indices
+        assert seen.tolist() == beton.array(CLASSES_FIELD, sample).tolist()
+        differs += int((plain != seen).any(1).sum())
+    assert differs > 0  # the colour changed what the teacher saw, so the check could fail

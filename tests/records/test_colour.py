@@ -134,3 +134,11 @@ def test_colour_replay_is_asked_for_with_a_teacher_and_a_known_name():
         check_writing(data, {}, labels)
     with pytest.raises(ValueError, match="colour must be one of .*'moco_v2'.* not 'simclr'"):
         LabelingSettings(colour='simclr')
+
+
+def test_a_labelling_without_colour_records_its_settings_as_before():
+    """A work folder begun before --labels.colour existed still resumes: its run.json has no
+    colour, and neither has a run without one."""
+    from fkd_ffcv.labeling.label import LabelingSettings
+    assert 'colour' not in LabelingSettings().recorded()
+    assert LabelingSettings(colour='s2bnn').recorded()['colour'] == 's2bnn'

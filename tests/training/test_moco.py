@@ -120,7 +120,7 @@ def test_the_keys_batchnorm_sees_parts_of_a_shuffled_batch():
         keys = mode.keys(ctx, key, views)
         whole = key(mode.key_normalise(views))
     order = torch.randperm(8, generator=torch.Generator().manual_seed(0))  # step 0, seed 0
-    parts = order.chunk(2)
+    parts = order.tensor_split(2)
     with torch.no_grad():
         for part in parts:
             assert torch.allclose(keys[part], key(mode.key_normalise(views[part])), atol=1e-5)
@@ -224,3 +224,36 @@ def test_the_export_is_measured_by_moco_s_linear_classification(moco_run, fashio
     assert '4 epochs, lr 30;' in text and '300 images at 32 px' in text
     after = load_weights(folder / 'final_weights.pt')[0].state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_under_ddp_the_keys_are_embedded_in_another_processs_slice_and_come_back(monkeypatch):
+    """MoCo's shuffle across processes, world_size 2 with all_gather stubbed as rank 1 would
+    answer: with the key encoder in eval mode (no batch statistics) each key must be exactly
+    the key encoder's embedding of its own view, wherever the shuffle sent it."""
+    import torch.distributed as dist
+    torch.manual_seed(0)
+    mode, ctx = MoCoV2(), context()
+    ctx.world_size = 2
+    mode.dim = 8
+    mode.student(ctx, build_model('small_resnet', 10, width=8, depth=1))
+    key = mode.key_encoder(ctx).eval()
+    mine, theirs = (torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8).float()
+                    for _ in range(2))
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(0))  # seed 0, step 0
+    calls = []
+
+    def all_gather(outputs, tensor):
+        calls.append(tensor.shape)
+        outputs[0].copy_(tensor)
+        if len(calls) == 1:  # the images: rank 1's views
+            outputs[1].copy_(mode.key_normalise(theirs))
+        else:  # the keys: rank 1 embeds the second slice of the shuffled batch
+            batch = torch.cat([mode.key_normalise(mine), mode.key_normalise(theirs)])
+            outputs[1].copy_(key(batch[order[4:]]))
+
+    monkeypatch.setattr(dist, 'all_gather', all_gather)
+    with torch.no_grad():
+        keys = mode.keys(ctx, key, mine)
+        assert torch.allclose(keys, key(mode.key_normalise(mine)), atol=1e-5)
+    assert [tuple(c) for c in calls] == [(4, 3, 16, 16), (4, 8)]
+    assert sorted(order[:4].tolist()) != [0, 1, 2, 3]  # this seed mixes the processes' images

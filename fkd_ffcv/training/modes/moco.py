@@ -11,9 +11,11 @@ gradient. The loss is InfoNCE at --ssl.temperature over the positive key and a q
 last --moco.queue keys (negatives), and the batch's keys then enter the queue.
 
 MoCo shuffles the keys' batch across GPUs so that BatchNorm cannot tell a query its key from
-the batch statistics. Here each process shuffles its own batch and the key encoder normalises
---moco.bn_splits parts of it separately (the split BatchNorm of MoCo's one-GPU demo); under
-DDP every process's keys enter the queue (gathered), so all queues are the same.
+the batch statistics. Here too (under DDP the processes gather their images, each embeds its
+slice of one shuffle, and the keys are gathered back), and in addition each process's key
+encoder normalises --moco.bn_splits parts of its slice separately (the split BatchNorm of
+MoCo's one-GPU demo, which is what works on one process). Every process's keys enter the
+queue (gathered), so all queues are the same.
 """
 from __future__ import annotations
 
@@ -51,14 +53,20 @@ class MoCoV2(EmbeddingDistillation, Mode):
                                 f"that each step replaces whole keys")
         images = len(ctx.train_beton)
         if queue > images - per_step:
+            most = (images - per_step) // per_step * per_step
+            way = (f"give at most {most}" if most else
+                   "the data set needs at least two steps' images more than the queue")
             raise TrainingError(f"--moco.queue={queue}: the queue would hold keys of the step's "
                                 f"own images ({images} images in "
-                                f"{o['data']['train_dataset']}, {per_step} per step); give at "
-                                f"most {(images - per_step) // per_step * per_step}")
+                                f"{o['data']['train_dataset']}, {per_step} per step); {way}")
         self.check_probe_labels(ctx)
 
     def student(self, ctx, model):
+        """The query encoder; the key encoder starts as its copy, made here, before any
+        forward pass (BatchNorm on batch statistics, as MoCo's key encoder)."""
+        from fkd_ffcv.training.ema import weight_average
         self.query = super().student(ctx, model)
+        self.key = weight_average(self.query).train()
         return self.query
 
     def train_loader(self, ctx, num_crops: int, **common):
@@ -75,14 +83,13 @@ class MoCoV2(EmbeddingDistillation, Mode):
         return query, key, None
 
     def key_encoder(self, ctx):
-        """The key encoder (made from the query encoder on its device at the first step, or
-        from a checkpoint), its input normalisation, the queue and its pointer."""
+        """The key encoder, on the run's device from the first step on, with its input
+        normalisation, the queue and its pointer (a checkpoint's, where the run resumed)."""
         import torch
         from fkd_ffcv.models.students import input_normalisation
         from fkd_ffcv.training.context import Normalisation
-        from fkd_ffcv.training.ema import weight_average
-        if self.key is None:  # BatchNorm on batch statistics, as MoCo's key encoder
-            self.key = weight_average(self.query).train()
+        if self.queue is None:
+            self.key = self.key.to(ctx.device, memory_format=torch.channels_last)
             self.key_normalise = Normalisation(*input_normalisation(self.query), ctx.device)
             generator = torch.Generator().manual_seed(ctx.opts['training']['seed'])
             queue = torch.randn(ctx.opts['moco']['queue'], self.dim, generator=generator)
@@ -115,33 +122,36 @@ class MoCoV2(EmbeddingDistillation, Mode):
         return loss
 
     def keys(self, ctx, key, views):
-        """The key encoder's unit embeddings of `views`, its BatchNorm statistics taken over
-        --moco.bn_splits parts of the shuffled batch (each at least 2 images). The shuffle is
-        drawn from (seed, rank, step), so that a resumed run repeats it."""
+        """The key encoder's unit embeddings of `views`, computed on a shuffle of the step's
+        images: under DDP, MoCo's shuffle across processes (each process embeds its slice of
+        the gathered, shuffled batch); in every process, BatchNorm statistics taken over
+        --moco.bn_splits parts of its slice (sizes within one of each other). The shuffle is
+        drawn from (seed, step), the same in every process, so a resumed run repeats it."""
         import torch
-        n = len(views)
-        parts = max(1, min(ctx.opts['moco']['bn_splits'], n // 2))
-        seed = (ctx.opts['training']['seed'] * 1_000_003 + ctx.rank) * 1_000_003 + self.steps
+        n, world, rank = len(views), ctx.world_size, ctx.rank
+        seed = ctx.opts['training']['seed'] * 1_000_003 + self.steps
         self.steps += 1
-        order = torch.randperm(n, device=views.device,
-                               generator=torch.Generator(views.device).manual_seed(seed))
-        images = self.key_normalise(views.float())[order]
+        images = self.key_normalise(views.float())
+        order = torch.randperm(n * world, generator=torch.Generator().manual_seed(seed))
+        order = order.to(views.device)
+        mine = order[rank * n:(rank + 1) * n]  # this process's slice of the shuffled batch
+        images = (_gathered(images, world) if world > 1 else images)[mine]
+        images = images.contiguous(memory_format=torch.channels_last)
+        parts = max(1, min(ctx.opts['moco']['bn_splits'], n // 2))
         with torch.autocast(**ctx.autocast):
-            shuffled = torch.cat([key(part) for part in images.chunk(parts)]).float()
-        return shuffled[torch.argsort(order)]
+            shuffled = torch.cat([key(part) for part in images.tensor_split(parts)]).float()
+        if world > 1:
+            shuffled = _gathered(shuffled, world)  # every slice's keys, in shuffled order
+        return shuffled[torch.argsort(order)][rank * n:(rank + 1) * n]
 
     def enqueue(self, ctx, keys):
-        import torch
-        import torch.distributed as dist
         if ctx.world_size > 1:  # every process's keys, in rank order
-            gathered = [torch.empty_like(keys) for _ in range(ctx.world_size)]
-            dist.all_gather(gathered, keys.contiguous())
-            keys = torch.cat(gathered)
+            keys = _gathered(keys, ctx.world_size)
         self.queue[self.pointer:self.pointer + len(keys)] = keys
         self.pointer = (self.pointer + len(keys)) % len(self.queue)
 
     def state_dict(self) -> dict:
-        if self.key is None:  # no step yet (a checkpoint before the first pass)
+        if self.queue is None:  # no step yet (a checkpoint before the first pass)
             return dict(self._pending or {})
         return {'key': self.key.state_dict(), 'queue': self.queue, 'pointer': self.pointer,
                 'steps': self.steps}
@@ -149,9 +159,18 @@ class MoCoV2(EmbeddingDistillation, Mode):
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
-        if self.key is None:
+        if self.queue is None:
             self._pending = state
         else:
             self.key.load_state_dict(state['key'])
             self.queue.copy_(state['queue'])
             self.pointer, self.steps = state['pointer'], state['steps']
+
+
+def _gathered(x, world_size: int):
+    """Every process's `x` (the same shape in each), concatenated in rank order."""
+    import torch
+    import torch.distributed as dist
+    parts = [torch.empty_like(x) for _ in range(world_size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
