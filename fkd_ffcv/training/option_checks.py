@@ -173,9 +173,11 @@ def check_sections(opts: dict, name: str) -> None:
         changed = [f"--{section}.{key}={value}" for key, value in opts[section].items()
                    if value != PARAMS[section][1][key].default]
         if changed:
-            owners = [n for n, m in MODES.items() if section in m.sections]
-            raise OptionError(f"{', '.join(changed)}: an option of the {' and '.join(owners)} "
-                              f"mode(s), not of {name} mode")
+            owners = sorted(n for n, m in MODES.items() if section in m.sections)
+            named = owners[0] + ' mode' if len(owners) == 1 else \
+                f"{', '.join(owners[:-1])} and {owners[-1]} modes"
+            raise OptionError(f"{', '.join(changed)}: an option of the {named}, not of {name} "
+                              f"mode")
 
 
 def check_same_classes(train: str, val: str) -> None:

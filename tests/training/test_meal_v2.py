@@ -200,7 +200,7 @@ def test_bad_inputs_are_named(meal_data, tmp_path, capsys):
     with pytest.raises(OptionError, match='meal_v2 mode starts the student from weights'):
         Trainer(meal_options(meal_data, tmp_path / 'a', model__weights=''))
     with pytest.raises(OptionError, match=r"--meal.disc_weight=0.5: an option of the meal_v2 "
-                                          r"and online_meal_v2 mode\(s\), not of fkd mode"):
+                                          r"and online_meal_v2 modes, not of fkd mode"):
         Trainer(meal_options(meal_data, tmp_path / 'b', training__mode='fkd',
                              model__weights='', meal__teachers=0, meal__disc_weight=0.5))
     five = export(tmp_path / 'five.pt', 0, classes=[str(i) for i in range(5)])

@@ -367,8 +367,8 @@ def test_dimension_and_record_faults_are_named_before_training(ssl_data, labelle
         Trainer(ssl_options(ssl_data, tmp_path / 'f', fkd__temperature=2.0))
     with pytest.raises(OptionError, match="--ssl.embedding=features: ssl mode replays"):
         Trainer(ssl_options(ssl_data, tmp_path / 'g', ssl__embedding='features'))
-    with pytest.raises(OptionError, match='--ssl.temperature=0.5: an option of the online_ssl and '
-                                          'ssl mode'):
+    with pytest.raises(OptionError, match='--ssl.temperature=0.5: an option of the moco, '
+                                          'online_ssl and ssl modes, not of fkd mode'):
         Trainer(run_options((labelled_jpeg_beton, val), tmp_path / 'e', training__mode='fkd',
                             ssl__temperature=0.5))
 
