@@ -12,7 +12,7 @@ from fkd_ffcv.models.students import build_model
 from fkd_ffcv.data.sources import FashionMNISTSource
 from fkd_ffcv.labeling.teachers import Teacher
 from fkd_ffcv.training.loop import Trainer
-from test_training import metrics, read_log, run_options, two_process_run
+from test_training import interrupt_at, metrics, read_log, run_options, two_process_run
 
 SMALL = dict(arch='small_resnet', width=8, depth=1)
 PREPROCESS = {'input_size': 32, 'interpolation': 'area', 'mean': list(IMAGENET_MEAN),
@@ -101,17 +101,8 @@ def test_the_discriminator_learns_at_its_share_of_the_students_rate(meal_run):
 def test_the_discriminators_state_survives_resume_exactly(meal_data, meal_run, tmp_path,
                                                           monkeypatch):
     folder = tmp_path / 'run'
-    real_step = Trainer.train_step
-
-    def failing_step(self, batch, step, epoch, totals):
-        if step == self.pass_steps[0] + 3:  # inside the second pass
-            raise KeyboardInterrupt
-        return real_step(self, batch, step, epoch, totals)
-
-    monkeypatch.setattr(Trainer, 'train_step', failing_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(meal_options(meal_data, folder)).run()
-    monkeypatch.setattr(Trainer, 'train_step', real_step)
+    interrupt_at(monkeypatch, Trainer(meal_options(meal_data, folder)),
+                 lambda t: t.pass_steps[0] + 3)  # inside the second pass
     saved = torch.load(folder / 'checkpoint.pt', weights_only=True)
     assert saved['passes_done'] == 1 and set(saved['mode']) == {'discriminator'}
     resumed = Trainer(meal_options(meal_data, folder, training__resume=True))

@@ -22,7 +22,7 @@ from fkd_ffcv.records.crops import seeded_colour, seeded_crop
 from fkd_ffcv.records.resample import resize_box
 from fkd_ffcv.training.loop import Trainer
 from fkd_ffcv.training.modes.moco import MoCoV2
-from test_training import read_log, run_options
+from test_training import interrupt_at, read_log, run_options
 
 SEED = 3
 
@@ -150,17 +150,9 @@ def test_an_interrupted_moco_run_resumes_to_the_same_weights(fashion_betons, moc
                                                              tmp_path, monkeypatch):
     """The key encoder, the queue, its pointer and the step count are checkpointed."""
     folder = tmp_path / 'run'
-    real_step = Trainer.train_step
-
-    def failing_step(self, batch, step, epoch, totals):
-        if step == self.pass_steps[0] + 2:
-            raise KeyboardInterrupt
-        return real_step(self, batch, step, epoch, totals)
-
-    monkeypatch.setattr(Trainer, 'train_step', failing_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(moco_options(fashion_betons, folder, validation__at_start=True)).run()
-    monkeypatch.setattr(Trainer, 'train_step', real_step)
+    interrupt_at(monkeypatch,
+                 Trainer(moco_options(fashion_betons, folder, validation__at_start=True)),
+                 lambda t: t.pass_steps[0] + 2)
     resumed = Trainer(moco_options(fashion_betons, folder, validation__at_start=True,
                                    training__resume=True))
     resumed.run()

@@ -32,7 +32,7 @@ from fkd_ffcv.labeling.teachers import Teacher
 from fkd_ffcv.training.loop import Trainer
 from fkd_ffcv.data.copying import copy_beton
 from test_meal_v2 import export
-from test_training import read_log, run_options, two_process_run
+from test_training import interrupt_at, read_log, run_options, two_process_run
 
 RECORDS = 4
 
@@ -154,17 +154,8 @@ def test_the_ssl_mode_reads_no_labels(ssl_data, ssl_run, tmp_path):
 def test_an_interrupted_ssl_run_resumes_to_the_same_weights(ssl_data, ssl_run, tmp_path,
                                                             monkeypatch):
     folder = tmp_path / 'run'
-    real_step = Trainer.train_step
-
-    def failing_step(self, batch, step, epoch, totals):
-        if step == self.pass_steps[0] + 2:
-            raise KeyboardInterrupt
-        return real_step(self, batch, step, epoch, totals)
-
-    monkeypatch.setattr(Trainer, 'train_step', failing_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(ssl_options(ssl_data, folder, validation__at_start=True)).run()
-    monkeypatch.setattr(Trainer, 'train_step', real_step)
+    interrupt_at(monkeypatch, Trainer(ssl_options(ssl_data, folder, validation__at_start=True)),
+                 lambda t: t.pass_steps[0] + 2)
     resumed = Trainer(ssl_options(ssl_data, folder, validation__at_start=True,
                                   training__resume=True))
     resumed.run()

@@ -113,14 +113,13 @@ def test_fkd_run_replays_soft_labels_and_learns(fkd_run, labelled):
     assert summary['num_crops'] == 2 and history[-1]['train_top1'] > 0.2
 
 
-def test_interrupted_run_resumes_to_the_same_metrics(fkd_run, fkd_options, tmp_path,
-                                                     monkeypatch):
-    folder = tmp_path / 'run'
-    trainer = Trainer(fkd_options(folder))
+def interrupt_at(monkeypatch, trainer, step_of) -> None:
+    """Run `trainer` until the step `step_of(trainer)` of the run, which raises
+    KeyboardInterrupt (as Ctrl-C would there), then put the real step back."""
     real_step = Trainer.train_step
 
     def failing_step(self, batch, step, epoch, totals):
-        if step == self.pass_steps[0] + 12:  # past the first epoch of pass 2
+        if step == step_of(self):
             raise KeyboardInterrupt
         return real_step(self, batch, step, epoch, totals)
 
@@ -128,6 +127,13 @@ def test_interrupted_run_resumes_to_the_same_metrics(fkd_run, fkd_options, tmp_p
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     monkeypatch.setattr(Trainer, 'train_step', real_step)
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(fkd_run, fkd_options, tmp_path,
+                                                     monkeypatch):
+    folder = tmp_path / 'run'
+    interrupt_at(monkeypatch, Trainer(fkd_options(folder)),
+                 lambda t: t.pass_steps[0] + 12)  # past the first epoch of pass 2
     assert torch.load(folder / 'checkpoint.pt', weights_only=False)['passes_done'] == 1
     assert len(read_log(folder)) == 3  # pass 2's first epoch was logged before the fault
 
@@ -149,17 +155,8 @@ def test_single_crop_phases_run_fkds_schedule_and_resume(fkd_options, tmp_path, 
     assert [line['epoch'] for line in whole.history] == [1, 2, 3, 4, 5, 6]
     steps = whole.pass_steps
     assert steps[1] == steps[2] == 2 * steps[0] == 2 * steps[3]  # same crops per step
-    real_step = Trainer.train_step
-
-    def failing_step(self, batch, step, epoch, totals):
-        if step == self.first_step[2] + 3:
-            raise KeyboardInterrupt
-        return real_step(self, batch, step, epoch, totals)
-
-    monkeypatch.setattr(Trainer, 'train_step', failing_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(fkd_options(tmp_path / 'cut', **extra)).run()
-    monkeypatch.setattr(Trainer, 'train_step', real_step)
+    interrupt_at(monkeypatch, Trainer(fkd_options(tmp_path / 'cut', **extra)),
+                 lambda t: t.first_step[2] + 3)
     resumed = Trainer(fkd_options(tmp_path / 'cut', training__resume=True, **extra))
     resumed.run()
     assert metrics(read_log(tmp_path / 'cut')) == metrics(whole.history)
