@@ -116,6 +116,11 @@ def describe(beton: Beton, epochs: int = 0) -> str:
                      f"{e.dim} dimensions ({e.bytes_per_record} B per record) by "
                      f"{' + '.join(e.teacher['specs'])} ({e.teacher['embedding']}) at "
                      f"{e.teacher['input_size']} px")
+    records = manifest.embeddings or manifest.soft_labels
+    if records and records.colour:
+        lines.append(f"  colour replayed: {records.colour} (each record's colour augmentation, "
+                     f"drawn for {records.colour_side} px crops, applied to the crops it "
+                     f"replays)")
     skipped = manifest.skipped or []
     if skipped:
         lines.append(f"  {len(skipped)} input(s) skipped:")

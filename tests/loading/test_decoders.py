@@ -171,6 +171,9 @@ def test_a_record_replays_the_colour_its_teacher_saw(coloured):
     beton = Beton(coloured)
     info = beton.manifest.soft_labels
     assert (info.colour, info.colour_side, info.bytes_per_record) == ('moco_v2', 32, 9 + 3 * 2 + 6)
+    from fkd_ffcv.commands.inspect_beton import describe
+    assert 'colour replayed: moco_v2 (each record\'s colour augmentation, drawn for 32 px' \
+        in describe(beton)
     loader = FKDLoader(coloured, batch_size=4 * K, num_crops=K, resolution=24, num_workers=2,
                        order=OrderOption.SEQUENTIAL, drop_last=False)
     images = torch.cat([batch[0].clone() for batch in loader])

@@ -47,18 +47,19 @@ class MoCoV2(EmbeddingDistillation, Mode):
                                 "--training.mixup_alpha and --training.cutmix_alpha at 0")
         self.dim = o['ssl']['dim'] or MOCO_DIM
         queue, per_step = o['moco']['queue'], t['batch_size'] * ctx.world_size
+        images = len(ctx.train_beton)
+        most = (images - per_step) // per_step * per_step  # the largest queue that fits
+        way = (f"; give at most {most}" if 0 < most < queue else
+               f" (--moco.queue={most}, for one)" if most else
+               "; the data set needs at least two steps' images")
         if queue % per_step:
             raise TrainingError(f"--moco.queue={queue} must be a multiple of the images per "
                                 f"step ({per_step}: --training.batch_size x processes), so "
-                                f"that each step replaces whole keys")
-        images = len(ctx.train_beton)
+                                f"that each step replaces whole keys{way}")
         if queue > images - per_step:
-            most = (images - per_step) // per_step * per_step
-            way = (f"give at most {most}" if most else
-                   "the data set needs at least two steps' images more than the queue")
             raise TrainingError(f"--moco.queue={queue}: the queue would hold keys of the step's "
                                 f"own images ({images} images in "
-                                f"{o['data']['train_dataset']}, {per_step} per step); {way}")
+                                f"{o['data']['train_dataset']}, {per_step} per step){way}")
         self.check_probe_labels(ctx)
 
     def student(self, ctx, model):
