@@ -162,7 +162,7 @@ def pytest_collection_modifyitems(config, items):
 # worker crashed and goes on with a new worker, and CI fails in minutes with the place shown
 # instead of running into its time limit.
 HARD_LIMIT_S = 300
-_TERMINAL = None  # a copy of the terminal's stderr, taken while pytest's capture is off
+_TERMINAL = None  # a copy of the terminal's stderr
 _HARD_LIMIT = True  # off under --pdb and with pytest-timeout off (--timeout=0)
 
 
@@ -171,14 +171,10 @@ def pytest_configure(config):
     timeout = config.getoption('timeout', None)
     timeout = config.getini('timeout') if timeout is None else timeout
     _HARD_LIMIT = not config.getoption('usepdb', False) and float(timeout or 0) > 0
-    capture = config.pluginmanager.getplugin('capturemanager')  # None under -p no:capture
-    if capture is not None:
-        capture.suspend_global_capture()
-    try:
-        _TERMINAL = os.dup(2)
-    finally:
-        if capture is not None:
-            capture.resume_global_capture()
+    # pytest's capture is suspended while plugins configure (it captures the initial conftests'
+    # import and each test): file descriptor 2 is the terminal's stderr here. (Resuming the
+    # capture here would hide pytest's own output until the end.)
+    _TERMINAL = os.dup(2)
 
 
 @pytest.hookimpl(hookwrapper=True)
