@@ -169,6 +169,22 @@ def make_photo_tree(root: Path, photos: int = 0, val_every: int = 0,
     return 4 * len(chosen)
 
 
+def photo_betons(work: Path, max_resolution: int = 500) -> tuple:
+    """(train, val) betons in `work` of the `imagenet` photo set, one class per scene with 7 or
+    more photos, every 4th photo of a scene (its four variants together) for validation,
+    stored as JPEG at `max_resolution` px longest side (reused when they exist)."""
+    paths = work / 'photos_train.beton', work / 'photos_val.beton'
+    if all(p.exists() for p in paths):
+        return paths
+    make_photo_tree(work / 'photos', val_every=4, min_photos=7, shape='imagenet')
+    classes = sorted(p.name for p in (work / 'photos' / 'train').iterdir())
+    for path, split in zip(paths, ('train', 'val')):
+        write_beton(path, image_fields('jpg', max_resolution=max_resolution),
+                    ImageFolderSource(work / 'photos', split, max_resolution=max_resolution),
+                    manifest=Manifest(classes=classes), progress=False)
+    return paths
+
+
 class RandomRecords:
     """Crop records as generation draws them, with random top-5 labels of 1000 classes."""
 

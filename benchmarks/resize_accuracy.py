@@ -27,31 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, make_photo_tree, report, seed_table, versions
+from benchmarks.common import REPO, photo_betons, report, seed_table, versions
 from fkd_ffcv.defaults import RESIZE_FILTERS
 from fkd_ffcv.reporting import machine, precision_of
 from fkd_ffcv.commands.demo_steps import label_as_demo, run_or_reuse
 from fkd_ffcv.training.options import recipe
 
 FINE_TUNE = REPO / 'own_data_configs' / 'teacher_finetune.yaml'
-
-
-def photo_betons(work: Path) -> tuple:
-    """(train, val) betons of the ImageNet-shaped photo set split by photo (reused)."""
-    from fkd_ffcv.data.fields import image_fields
-    from fkd_ffcv.data.sources import ImageFolderSource
-    from fkd_ffcv.data.manifest import Manifest
-    from fkd_ffcv.data.writer import write_beton
-    paths = work / 'photos_train.beton', work / 'photos_val.beton'
-    if all(p.exists() for p in paths):
-        return paths
-    make_photo_tree(work / 'photos', val_every=4, min_photos=7, shape='imagenet')
-    classes = sorted(p.name for p in (work / 'photos' / 'train').iterdir())
-    for path, split in zip(paths, ('train', 'val')):
-        write_beton(path, image_fields('jpg', max_resolution=500),
-                    ImageFolderSource(work / 'photos', split, max_resolution=500),
-                    manifest=Manifest(classes=classes), progress=False)
-    return paths
 
 
 def main():

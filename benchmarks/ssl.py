@@ -45,13 +45,16 @@ ROWS = {  # name: overrides of the ssl recipe
 }
 
 
-def probe(spec: str, train, val, precision: str) -> dict:
-    """k-NN and probe top-1 of a model's pooled features, as the ssl runs measure theirs."""
+def probe(spec: str, train, val, precision: str, side: int = 32) -> dict:
+    """k-NN and probe top-1 of a model's pooled features, as the ssl runs measure theirs
+    (centre crops of the whole image at `side` px)."""
+    from fkd_ffcv.data.beton import Beton
     teacher = Teacher(spec, embedding='features', precision=precision)
-    return knn_and_probe_top1(teacher.forward, train, val, 10, resolution=32, ratio=1.0)
+    return knn_and_probe_top1(teacher.forward, train, val, len(Beton(train).classes),
+                              resolution=side, ratio=1.0)
 
 
-def initial_weights(folder: Path, seed: int, train) -> Path:
+def initial_weights(folder: Path, seed: int, train, side: int = 32) -> Path:
     """The backbone an ssl run of `seed` starts from (the trainer seeds before building the
     model; the head it adds after does not change the features), as an export."""
     import torch
@@ -65,7 +68,7 @@ def initial_weights(folder: Path, seed: int, train) -> Path:
     torch.manual_seed(seed)
     path = folder / f'initial_seed{seed}.pt'
     save_weights(path, build_model(num_classes=len(classes), **arch), arch, classes,
-                 {'input_size': 32, 'interpolation': 'antialias', 'mean': list(IMAGENET_MEAN),
+                 {'input_size': side, 'interpolation': 'antialias', 'mean': list(IMAGENET_MEAN),
                   'std': list(IMAGENET_STD)})
     return path
 

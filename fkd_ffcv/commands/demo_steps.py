@@ -52,11 +52,12 @@ def run_or_reuse(opts: dict) -> dict:
 
 def label_as_demo(train_beton: Path, teacher_files, out: Path, records: int,
                   name: str = 'fashion_mnist_train_fkd.beton', embedding: str = '',
-                  interpolation: Optional[str] = None) -> Path:
+                  interpolation: Optional[str] = None, colour: str = 'none') -> Path:
     """`records` crops per image labelled as the demo labels them, by a teacher's export or by
     the ensemble of several (a list of exports: their probabilities averaged), into out/<name>;
     with `embedding` (teachers.Teacher), the one teacher's embeddings instead of soft labels;
-    `interpolation` resizes the teacher's crops otherwise than its export says.
+    `interpolation` resizes the teacher's crops otherwise than its export says; `colour`
+    draws a colour augmentation per record (LabelingSettings.colour), replayed by the loader.
     The time it took goes to out/labelling.json (out/<name stem>.labelling.json for another
     name)."""
     from fkd_ffcv.labeling.label import LabelingSettings, label_beton
@@ -70,7 +71,7 @@ def label_as_demo(train_beton: Path, teacher_files, out: Path, records: int,
     settings = LabelingSettings(num_records=records,
                                 label_type='' if embedding else DEMO_LABEL_TYPE,
                                 scale=(data['crop_scale_min'], data['crop_scale_max']),
-                                batch_size=512)
+                                batch_size=512, colour=colour)
     tag = '' if name == 'fashion_mnist_train_fkd.beton' else f'{labelled.stem}.'
     started = time.perf_counter()
     label_beton(train_beton, labelled, Teacher([f'checkpoint:{f}' for f in files],

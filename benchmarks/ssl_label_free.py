@@ -1,0 +1,137 @@
+"""Self-supervised FKD with no label anywhere before the probe: a MoCo v2 teacher trained here,
+its embeddings of recorded crops stored once (with and without MoCo v2's colour augmentation
+replayed), FKD-SSL students distilled from them, beside the online student and random
+initialisation; k-NN and linear-probe top-1 of each frozen backbone, and training time.
+
+For each seed s (every run of seed s starts from the same random weights):
+1. the MoCo v2 teacher: fkd_ffcv/small_configs/fashion_mnist_moco.yaml (the demo's small
+   ResNet, two views, queue, InfoNCE at tau 0.2), seed s;
+2. its export labels 8 crops per training image (embedding 'auto': the projection head's
+   128-d output, as S2-BNN distils MoCo's), once with no colour and once with a MoCo v2 colour
+   augmentation drawn per record and replayed by the student's loader;
+3. FKD-SSL students (fkd_ffcv/small_configs/fashion_mnist_ssl.yaml), K = 4 and K = 1 crops
+   per decoded image, on each labelled beton; the online student (mode online_ssl: the
+   teacher embeds the student's random crops on every batch; it has no colour augmentation);
+4. every backbone (teacher, students, the initial weights) measured the same way after
+   training: k-NN (k 20, T 0.07) and the linear probe (100 epochs) on its pooled features of
+   centre crops, the only step that reads labels.
+
+Data (`--data`):
+- demo: the demo's betons (10,000 training and 5,000 validation Fashion-MNIST images, 32 px);
+- photos: the `imagenet` photo set of benchmarks/common.py (4:3 and 3:4 regions of the
+  endless-sky landscapes, stored as JPEG, 160 px longest side here), one class per scene with
+  7 or more photos, split by photo; trained at 64 px, the recipes' epochs scaled to the small
+  set (PHOTOS below).
+
+Training seconds exclude evaluation; labelling seconds are per labelled beton. Runs live under
+<demo>/ssl_label_free/<data> and are reused by a later invocation (delete them to rerun).
+
+    python -m benchmarks.ssl_label_free [--data demo|photos] [--demo build/demo] [--seeds 3]
+                                        [--out docs/tables/ssl_label_free_demo.md]
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+from benchmarks.common import photo_betons, report, versions
+from benchmarks.ssl import RECORDS, cell, initial_weights, probe
+from fkd_ffcv.commands.demo_steps import fashion_mnist_betons, label_as_demo, run_or_reuse
+from fkd_ffcv.reporting import machine, precision_of
+from fkd_ffcv.training.options import recipe
+
+COLOURS = ('none', 'moco_v2')
+PHOTO_SIDE, PHOTO_STORED = 64, 160
+PHOTOS = {  # overrides of both recipes on the photo set (about 800 training images)
+    'resolution.min_res': PHOTO_SIDE, 'resolution.max_res': PHOTO_SIDE,
+    'validation.resolution': PHOTO_SIDE,
+}
+PHOTO_MOCO = {'training.epochs': 60, 'training.batch_size': 64, 'moco.queue': 512}
+PHOTO_SSL = {'training.epochs': 40}
+
+
+def student_rows() -> dict:
+    """name: (colour of the records, overrides of the ssl recipe)."""
+    rows = {}
+    for colour in COLOURS:
+        replay = 'no colour' if colour == 'none' else f'{colour} colour replayed'
+        for k in (4, 1):
+            rows[f'FKD-SSL, stored embeddings ({replay}), K = {k}'] = (
+                colour, {'fkd.num_crops': k})
+    rows['online: the teacher embeds every batch (no colour)'] = (
+        None, {'training.mode': 'online_ssl', 'ssl.embedding': 'auto'})
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--data', choices=('demo', 'photos'), default='demo')
+    parser.add_argument('--demo', type=Path, default=Path('build/demo'))
+    parser.add_argument('--seeds', type=int, default=3)
+    parser.add_argument('--out', type=Path, default=None)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    work = args.demo / 'ssl_label_free' / args.data
+    work.mkdir(parents=True, exist_ok=True)
+    if args.data == 'demo':
+        train, val = fashion_mnist_betons(args.demo, 10_000, 5_000)
+        side, moco, ssl = 32, {}, {}
+    else:
+        train, val = photo_betons(work, max_resolution=PHOTO_STORED)
+        side, moco, ssl = PHOTO_SIDE, {**PHOTOS, **PHOTO_MOCO}, {**PHOTOS, **PHOTO_SSL}
+    data = {'data.val_dataset': str(val), 'logging.progress': False}
+
+    teachers, rows, labelling = [], {}, {}
+    for seed in range(args.seeds):
+        print(f"MoCo v2 teacher, seed {seed}", flush=True)
+        folder = work / 'runs' / f'moco_seed{seed}'
+        teachers.append(run_or_reuse(recipe('moco', {
+            **moco, **data, 'data.train_dataset': str(train), 'training.seed': seed,
+            'logging.folder': str(folder)})))
+        export = folder / 'final_weights.pt'
+        labelled = {}
+        for colour in COLOURS:
+            name = f'train_ssl_seed{seed}_{colour}.beton'
+            labelled[colour] = label_as_demo(train, export, work, RECORDS, name=name,
+                                             embedding='auto', colour=colour)
+            stem = Path(name).stem
+            labelling.setdefault(colour, []).append(
+                json.loads((work / f'{stem}.labelling.json').read_text())['seconds'])
+        for name, (colour, overrides) in student_rows().items():
+            print(f"{name}, seed {seed}", flush=True)
+            tag = (f"ssl_k{overrides['fkd.num_crops']}_{colour}" if colour else 'online')
+            online = {'fkd.teacher': f'checkpoint:{export}'} if colour is None else {}
+            rows.setdefault(name, []).append(run_or_reuse(recipe('ssl', {
+                **ssl, **data, **overrides, **online, 'training.seed': seed,
+                'data.train_dataset': str(labelled[colour] if colour else train),
+                'logging.folder': str(work / 'runs' / f'{tag}_seed{seed}')})))
+
+    precision = precision_of(teachers + [s for runs in rows.values() for s in runs])
+    measured = {}
+    for name, runs in {'MoCo v2 teacher (its backbone)': teachers, **rows}.items():
+        measured[name] = [{**s, **probe(f"checkpoint:{Path(s['folder']) / 'final_weights.pt'}",
+                                        train, val, precision, side)} for s in runs]
+    measured['randomly initialised (no training)'] = [
+        {**probe(f"checkpoint:{initial_weights(work / 'runs', seed, train, side)}", train, val,
+                 precision, side), 'train_seconds': 0} for seed in range(args.seeds)]
+
+    lines = ['| backbone | k-NN top-1 | linear-probe top-1 | training s |', '|---|---|---|---|']
+    for name, runs in measured.items():
+        lines.append(f"| {name} | {cell([r['knn_top1'] for r in runs])} | "
+                     f"{cell([r['probe_top1'] for r in runs])} | "
+                     f"{cell([r['train_seconds'] for r in runs], '{:.0f}')} |")
+    from fkd_ffcv.data.beton import Beton
+    t, v = Beton(train), Beton(val)
+    lines += ['', f"Mean (min - max) over {args.seeds} seeds. {args.data}: {len(t):,} training "
+              f"and {len(v):,} validation images, {len(t.classes)} classes, {side} px. "
+              f"Labelling {RECORDS} embedding records per image once, per teacher: "
+              + '; '.join(f"{c} colour {cell(s, '{:.0f}')} s" for c, s in labelling.items())
+              + f". The whole experiment took {(time.perf_counter() - started) / 60:.0f} min "
+              f"(runs reused from an earlier invocation count as 0).", '',
+              f"{machine()}; precision {precision}; {versions('torch', 'ffcv')}; "
+              f"{time.strftime('%Y-%m-%d')}."]
+    report('\n'.join(lines), args.out)
+
+
+if __name__ == '__main__':
+    main()
