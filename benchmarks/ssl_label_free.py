@@ -11,7 +11,8 @@ For each seed s (every run of seed s starts from the same random weights):
    augmentation drawn per record and replayed by the student's loader;
 3. FKD-SSL students (fkd_ffcv/small_configs/fashion_mnist_ssl.yaml), K = 4 and K = 1 crops
    per decoded image, on each labelled beton; the online student (mode online_ssl: the
-   teacher embeds the student's random crops on every batch; it has no colour augmentation);
+   teacher embeds the student's random crops on every batch), with no colour and with the
+   same colour augmentation drawn in its loader (--ssl.colour);
 4. every backbone (teacher, students, the initial weights) measured the same way after
    training: k-NN (k 20, T 0.07) and the linear probe (100 epochs) on its pooled features of
    centre crops, the only step that reads labels.
@@ -58,8 +59,11 @@ def student_rows() -> dict:
         for k in (4, 1):
             rows[f'FKD-SSL, stored embeddings ({replay}), K = {k}'] = (
                 colour, {'fkd.num_crops': k})
-    rows['online: the teacher embeds every batch (no colour)'] = (
-        None, {'training.mode': 'online_ssl', 'ssl.embedding': 'auto'})
+    for colour in COLOURS:
+        replay = 'no colour' if colour == 'none' else f'{colour} colour'
+        rows[f'online: the teacher embeds every batch ({replay})'] = (
+            None, {'training.mode': 'online_ssl', 'ssl.embedding': 'auto',
+                   'ssl.colour': colour})
     return rows
 
 
@@ -99,7 +103,8 @@ def main():
                 json.loads((work / f'{stem}.labelling.json').read_text())['seconds'])
         for name, (colour, overrides) in student_rows().items():
             print(f"{name}, seed {seed}", flush=True)
-            tag = (f"ssl_k{overrides['fkd.num_crops']}_{colour}" if colour else 'online')
+            tag = (f"ssl_k{overrides['fkd.num_crops']}_{colour}" if colour else
+                   f"online_{overrides['ssl.colour']}")
             online = {'fkd.teacher': f'checkpoint:{export}'} if colour is None else {}
             rows.setdefault(name, []).append(run_or_reuse(recipe('ssl', {
                 **ssl, **data, **overrides, **online, 'training.seed': seed,

@@ -235,13 +235,13 @@ class SeededRandomResizedCropDecoder(ImageDecoder):
         def cut(out, pixels, sample, epoch, storage_state):
             height, width = np.int64(pixels.shape[0]), np.int64(pixels.shape[1])
             crops = out.reshape((views, out.shape[-3], out.shape[-2], 3))
-            code = np.zeros(COLOUR_BYTES, np.uint8)
             for v in range(views):
                 draw = epoch * views + v
                 i, j, h, w, flip = seeded_crop(seed, draw, sample, height, width, scale_lo,
                                                scale_hi, ratio_lo, ratio_hi)
                 resize(pixels, i, j, h, w, crops[v], flip)
-                if coloured:
+                if coloured:  # the plain loader draws and allocates nothing here
+                    code = np.zeros(COLOUR_BYTES, np.uint8)
                     seeded_colour(seed, draw, sample, jitter_p, brightness, contrast,
                                   saturation, hue, grayscale_p, blur_p, sigma_lo, sigma_hi, code)
                     apply_colour(crops[v], code, 1.0)

@@ -78,6 +78,16 @@ _compile = Compiler.compile
 _compiling = threading.Lock()
 
 
+def _new_compiling_lock():
+    """A forked child (the writer's workers) starts with a free lock: the thread that may have
+    held it in the parent does not exist there."""
+    global _compiling
+    _compiling = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_compiling_lock)
+
+
 def _captured_key(value, held: list):
     """A hashable stand-in for a value a compiled function captures (numba freezes it into the
     code): numbers, strings, tuples and arrays by type and content (floats to the bit, so that

@@ -218,15 +218,18 @@ class PlainLoader(_PassLoader):
     """Hard-label training batches: a seeded RandomResizedCrop and flip per image and pass,
     (images uint8 (B, 3, S, S) channels-last, labels int64 (B,)) on `device`; reproducible
     from `seed`. With `labels=False` the label field is not read, and the labels are None
-    (online self-supervised distillation)."""
+    (online self-supervised distillation); with `colour` (a records/colour.AUGMENTATIONS
+    entry) each crop gets its own colour augmentation."""
 
     def __init__(self, path, batch_size: int, resolution: int = 224, seed: int = 0,
                  num_workers: int = -1, order=OrderOption.RANDOM, distributed: bool = False,
                  drop_last: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 device='cpu', labels: bool = True, resize: str = DEFAULT_RESIZE):
+                 device='cpu', labels: bool = True, resize: str = DEFAULT_RESIZE,
+                 colour: dict = None):
         from ffcv.pipeline import PipelineSpec
         from fkd_ffcv.loading.decoders import SeededRandomResizedCropDecoder
-        self.images = SeededRandomResizedCropDecoder(resolution, seed, scale, ratio, resize)
+        self.images = SeededRandomResizedCropDecoder(resolution, seed, scale, ratio, resize,
+                                                     colour=colour)
         to_device = _to_device(device)
         pipelines = only(path, {
             IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.images,

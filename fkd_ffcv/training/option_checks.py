@@ -71,6 +71,12 @@ def check(opts: dict) -> None:
                    "--labels.embedding)" if mode.reads_records else "runs no teacher")
             raise OptionError(f"--ssl.embedding={opts['ssl']['embedding']}: {t['mode']} mode "
                               f"{why}; the option is online_ssl's")
+        if not mode.needs_teacher and opts['ssl']['colour'] != 'none':
+            why = ("replays the colour its records store (chosen when labelling, "
+                   "--labels.colour)" if mode.reads_records else "colours its views as "
+                   "--moco.colour says")
+            raise OptionError(f"--ssl.colour={opts['ssl']['colour']}: {t['mode']} mode {why}; "
+                              f"the option is online_ssl's")
     if mode.starts_from_weights and not weights:
         raise OptionError(f"{t['mode']} mode starts the student from weights: give "
                           f"--model.weights (a final_weights.pt, torchvision or timm "

@@ -199,6 +199,9 @@ PARAMS = {
         embedding=Param(OneOf(EMBEDDING_KINDS), 'online_ssl: what the '
                         'teacher gives (auto: its projection head if it has one, else its '
                         'pooled features)', default='auto'),
+        colour=Param(OneOf(COLOUR_AUGMENTATIONS), 'online_ssl: a colour augmentation of each '
+                     'student crop, embedded by the teacher as the student sees it (ssl mode '
+                     'replays the one its records store: --labels.colour)', default='none'),
         knn_k=Param(And(int, InRange(min=1)), 'k-NN evaluation: neighbours', default=20),
         knn_temperature=Param(And(float, InRange(min=1e-6)), 'k-NN: vote weight '
                               'exp(similarity / T)', default=0.07),

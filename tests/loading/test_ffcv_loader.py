@@ -1,5 +1,7 @@
 """The loaders' CUDA path, run on the CPU with torch.cuda stubbed (fake_cuda.py): the project's
 buffer keeping, pinning, stream and event protocol, and the worker thread's device."""
+import os
+
 import pytest
 import torch
 from ffcv.loader import OrderOption
@@ -241,6 +243,39 @@ def test_compile_once_keys_on_every_captured_value():
     assert other is not one and (one(1.0), other(1.0)) == (3.0, 7.0)
     assert compile_once(make(-0.0, table)) is not compile_once(make(0.0, table))  # to the bit
     assert compile_once(make(2.0, table.astype(np.float32))) is not one  # the dtype counts
+
+
+def _compile_in_a_fork():
+    from fkd_ffcv.loading.ffcv_loader import compile_once
+    os._exit(0 if compile_once(lambda x: x + 1)(1) == 2 else 1)
+
+
+def test_a_fork_compiles_while_a_thread_of_its_parent_holds_compile_onces_lock():
+    """The writer forks its workers beside loader threads; a child that inherited
+    compile_once's lock held by one of them would wait for it forever."""
+    import multiprocessing as mp
+    import threading
+    from fkd_ffcv.loading import ffcv_loader
+    taken, release = threading.Event(), threading.Event()
+
+    def compiling():
+        with ffcv_loader._compiling:
+            taken.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=compiling, daemon=True)
+    thread.start()
+    taken.wait(10)
+    try:
+        child = mp.get_context('fork').Process(target=_compile_in_a_fork)
+        child.start()
+        child.join(60)
+        if child.exitcode is None:
+            child.kill()
+        assert child.exitcode == 0
+    finally:
+        release.set()
+        thread.join()
 
 
 def test_reading_a_beton_leaves_numbas_shared_types_as_they_were(labelled_jpeg_beton):

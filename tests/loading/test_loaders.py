@@ -94,6 +94,37 @@ def test_plain_loader_crops_are_seeded_and_replayable(raw_tree_beton):
         assert np.array_equal(first[1][sample].permute(1, 2, 0).numpy(), expected)
 
 
+def test_plain_loader_colours_each_crop_as_drawn_for_it(raw_tree_beton):
+    """With `colour` (online_ssl's --ssl.colour), the crop of sample s in pass e gets the colour
+    augmentation crops.seeded_colour draws for (seed, e, s), as torchvision applies it."""
+    import torch
+    from colour_reference import assert_within_rounding, torchvision_colour
+    from fkd_ffcv.loading.loaders import PlainLoader
+    from fkd_ffcv.records.colour import COLOUR_BYTES, JITTER, MOCO_V2
+    from fkd_ffcv.records.crops import seeded_colour, seeded_crop
+    from fkd_ffcv.records.resample import resize_box
+    path, _ = raw_tree_beton
+    beton = Beton(path)
+    loader = PlainLoader(path, batch_size=4, resolution=20, seed=5, num_workers=2,
+                         order=OrderOption.SEQUENTIAL, drop_last=False, labels=False,
+                         colour=MOCO_V2)
+    jittered = 0
+    for epoch in (0, 1):
+        images = torch.cat([im.clone() for im, labels in loader if labels is None])
+        assert len(images) == len(beton)
+        for sample in range(len(beton)):
+            pixels = beton.image(sample)
+            i, j, h, w, flip = seeded_crop(5, epoch, sample, *pixels.shape[:2], 0.08, 1.0,
+                                           3 / 4, 4 / 3)
+            code = np.zeros(COLOUR_BYTES, np.uint8)
+            seeded_colour(5, epoch, sample, *MOCO_V2.values(), code)
+            jittered += bool(code[0] & JITTER)
+            want = torchvision_colour(resize_box(pixels, (i, j, h, w), 20, 'antialias', flip),
+                                      code)
+            assert_within_rounding(images[sample].permute(1, 2, 0).numpy(), want)
+    assert jittered  # the draws did colour some crops
+
+
 def test_buffers_outlive_a_pass_and_an_abandoned_pass_is_finished(raw_tree_beton):
     import torch
     from fkd_ffcv.loading.loaders import PlainLoader

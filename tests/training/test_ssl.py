@@ -17,6 +17,7 @@ from fkd_ffcv.commands.probe import probe as fkd_probe
 from fkd_ffcv.data.beton import Beton
 from fkd_ffcv.records.crops import cut_crops, sample_records
 from fkd_ffcv.records.crops import record_index
+from fkd_ffcv.records.colour import MOCO_V2
 from fkd_ffcv.records.embeddings import decode, encode
 from fkd_ffcv.models.heads import ProjectionHead, feature_model
 from fkd_ffcv.training.losses import embedding_loss
@@ -188,6 +189,11 @@ def test_online_ssl_runs_the_teacher_on_every_batch_and_reads_no_labels(ssl_data
         runs.append((trainer, calls))
     (first, calls), (second, _) = runs
     assert sum(calls) >= 2 * (600 // 64) * 64  # two epochs of batches (plus the shape check)
+    assert first.train_loaders[1].images.colour is None
+    coloured = Trainer(run_options((train, val), tmp_path / 'coloured', **{
+        'training__mode': 'online_ssl', 'fkd__teacher': spec, 'ssl__colour': 'moco_v2'}))
+    coloured.prepare()  # builds the loaders; the pixels are tests/loading's
+    assert coloured.train_loaders[1].images.colour is MOCO_V2
     assert 'probe_top1' not in first.history[-1] and 'knn_top1' in first.history[-1]
     for name, value in first.model.state_dict().items():
         assert torch.equal(second.model.state_dict()[name], value), name
@@ -358,6 +364,13 @@ def test_dimension_and_record_faults_are_named_before_training(ssl_data, labelle
         Trainer(ssl_options(ssl_data, tmp_path / 'f', fkd__temperature=2.0))
     with pytest.raises(OptionError, match="--ssl.embedding=features: ssl mode replays"):
         Trainer(ssl_options(ssl_data, tmp_path / 'g', ssl__embedding='features'))
+    with pytest.raises(OptionError, match="--ssl.colour=moco_v2: ssl mode replays the colour "
+                                          "its records store .*--labels.colour"):
+        Trainer(ssl_options(ssl_data, tmp_path / 'h', ssl__colour='moco_v2'))
+    with pytest.raises(OptionError, match="--ssl.colour=s2bnn: moco mode colours its views as "
+                                          "--moco.colour says"):
+        Trainer(run_options((train, val), tmp_path / 'i', training__mode='moco',
+                            ssl__colour='s2bnn'))
     with pytest.raises(OptionError, match='--ssl.temperature=0.5: an option of the moco, '
                                           'online_ssl and ssl modes, not of fkd mode'):
         Trainer(run_options((labelled_jpeg_beton, val), tmp_path / 'e', training__mode='fkd',

@@ -111,10 +111,15 @@ class SelfSupervisedFKD(EmbeddingDistillation, FKD):
 class OnlineSelfSupervised(EmbeddingDistillation, RunsTeacher, Plain):
     """The baseline self-supervised FKD is timed against: the embedding teacher
     (--fkd.teacher, --ssl.embedding) runs on every batch, on the student's random crops (the
-    plain loader's, label field unread)."""
+    plain loader's, label field unread), coloured as --ssl.colour says."""
 
     def check_data(self, ctx):
         self.check_probe_labels(ctx)
+
+    def train_loader(self, ctx, num_crops: int, **common):
+        from fkd_ffcv.records.colour import AUGMENTATIONS
+        return super().train_loader(ctx, num_crops, **common,
+                                    colour=AUGMENTATIONS.get(ctx.opts['ssl']['colour']))
 
     def setup(self, ctx):
         self.load_teacher(ctx, embedding=ctx.opts['ssl']['embedding'])
