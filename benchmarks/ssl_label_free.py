@@ -22,16 +22,21 @@ Data (`--data`):
 - photos: the `imagenet` photo set of benchmarks/common.py (4:3 and 3:4 regions of the
   endless-sky landscapes, stored as JPEG, 160 px longest side here), one class per scene with
   7 or more photos, split by photo; trained at 64 px, the recipes' epochs scaled to the small
-  set (PHOTOS below).
+  set (PHOTO_MOCO and PHOTO_SSL below).
 
-Training seconds exclude evaluation; labelling seconds are per labelled beton. Runs live under
-<demo>/ssl_label_free/<data> and are reused by a later invocation (delete them to rerun).
+Every run of seed s, students included, starts from the weights the teacher of seed s started
+from (the trainer seeds before it builds the model): the random-initialisation row is those
+weights. Training seconds exclude evaluation and labelling; labelling seconds are per labelled
+beton. Runs and labelled betons live under <demo>/ssl_label_free/<data> and are reused by a
+later invocation (delete the folder to rerun; a labelled beton older than its teacher's export
+is refused).
 
     python -m benchmarks.ssl_label_free [--data demo|photos] [--demo build/demo] [--seeds 3]
                                         [--out docs/tables/ssl_label_free_demo.md]
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -47,8 +52,8 @@ PHOTOS = {  # overrides of both recipes on the photo set (about 800 training ima
     'resolution.min_res': PHOTO_SIDE, 'resolution.max_res': PHOTO_SIDE,
     'validation.resolution': PHOTO_SIDE,
 }
-PHOTO_MOCO = {'training.epochs': 60, 'training.batch_size': 64, 'moco.queue': 512}
-PHOTO_SSL = {'training.epochs': 40}
+PHOTO_MOCO = {'training.epochs': 40, 'training.batch_size': 64, 'moco.queue': 512}
+PHOTO_SSL = {'training.epochs': 30}
 
 
 def student_rows() -> dict:
@@ -96,6 +101,9 @@ def main():
         labelled = {}
         for colour in COLOURS:
             name = f'train_ssl_seed{seed}_{colour}.beton'
+            if (work / name).exists() and (work / name).stat().st_mtime < export.stat().st_mtime:
+                sys.exit(f"{work / name} is older than {export}: delete it to label again with "
+                         f"the teacher trained since")
             labelled[colour] = label_as_demo(train, export, work, RECORDS, name=name,
                                              embedding='auto', colour=colour)
             stem = Path(name).stem

@@ -89,6 +89,7 @@ def test_a_step_is_infonce_over_the_key_and_the_queue_then_the_keys_enter_it():
         p.data.add_(0.01)
     views = torch.randint(0, 256, (2, 4, 3, 16, 16), dtype=torch.uint8).float()
     q = query(normalise(views[0]))
+    mode.queue[5] = queue[5] = F.normalize(q[0].detach(), dim=0)  # query 0 meets itself: a miss
     loss = mode.loss(ctx, q, views[1], views[0], None, 1.0)
 
     # by hand: the key encoder moves 10% of the way to the query first, then embeds the keys
@@ -102,6 +103,7 @@ def test_a_step_is_infonce_over_the_key_and_the_queue_then_the_keys_enter_it():
     assert torch.allclose(mode.queue[:4], k, atol=1e-6) and torch.equal(mode.queue[4:], queue[4:])
     assert mode.pointer == 4 and mode.steps == 1
     right = (scores.argmax(1) == 0).float().mean()  # instance top-1: the key scores highest
+    assert 0 < float(right) < 1
     assert mode.step_metrics.shape == (1,) and float(mode.step_metrics) == float(right)
     loss.backward()
     assert all(p.grad is None for p in mode.key.parameters())  # the key learns by momentum only
@@ -136,10 +138,10 @@ def test_a_moco_run_reads_no_label_and_exports_an_embedding_teacher(moco_run):
     # The queue starts as random unit vectors (easy negatives) and holds real keys after the
     # first epoch; from there, doing better than chance (a uniform guess among the key and
     # 448 negatives: loss ln 449, 1 in 449 right) shows the two views are being matched.
-    # below InfoNCE's loss at uniform scores over 1 key + 448 queued (5.74-5.96 over 5 seeds;
-    # the instance top-1 itself ranged 1.6/449-6.2/449 there, too close to chance to test)
-    assert log[-1]['loss'] < math.log(449)
-    assert 0 <= log[-1]['instance_top1'] <= 1
+    # (the final loss ranged 5.74-5.96 over 5 seeds; the instance top-1 1.6/449-6.2/449, too
+    # close to chance to test here: the step test checks how it is counted)
+    assert log[-1]['loss'] < math.log(449) - 0.05
+    assert 'instance_top1' in log[-1]
     assert 0 <= log[-1]['knn_top1'] <= 1 and 0 <= log[-1]['probe_top1'] <= 1
     head = trainer.model.fc
     assert isinstance(head, ProjectionHead) and head.dim == 128 and head.hidden == 8 * 4
