@@ -20,6 +20,15 @@ from fkd_ffcv.training.run_options import (beton_samples, check_run_to_continue,
                                            other_modes_sections, plan_step, recorded_config)
 
 
+# ssl options only online_ssl reads: what ssl mode does instead, and what moco does
+ONLINE_SSL_ONLY = {
+    'embedding': ("replays the embeddings the records store (chosen when labelling, "
+                  "--labels.embedding)", "runs no teacher"),
+    'colour': ("replays the colour its records store (chosen when labelling, --labels.colour)",
+               "colours its views as --moco.colour says"),
+}
+
+
 def check(opts: dict) -> None:
     """Raise OptionError for the first problem between options: files they name, epochs and
     batches that a pass of K crops per image cannot divide, sides off the rounding, a schedule
@@ -66,17 +75,11 @@ def check(opts: dict) -> None:
         if opts['fkd']['temperature'] != PARAMS['fkd'][1]['temperature'].default:
             raise OptionError(f"--fkd.temperature={opts['fkd']['temperature']}: the "
                               f"self-supervised loss takes tau from --ssl.temperature")
-        if not mode.needs_teacher and opts['ssl']['embedding'] != 'auto':
-            why = ("replays the embeddings the records store (chosen when labelling, "
-                   "--labels.embedding)" if mode.reads_records else "runs no teacher")
-            raise OptionError(f"--ssl.embedding={opts['ssl']['embedding']}: {t['mode']} mode "
-                              f"{why}; the option is online_ssl's")
-        if not mode.needs_teacher and opts['ssl']['colour'] != 'none':
-            why = ("replays the colour its records store (chosen when labelling, "
-                   "--labels.colour)" if mode.reads_records else "colours its views as "
-                   "--moco.colour says")
-            raise OptionError(f"--ssl.colour={opts['ssl']['colour']}: {t['mode']} mode {why}; "
-                              f"the option is online_ssl's")
+        for key, (replayed, otherwise) in ONLINE_SSL_ONLY.items():
+            if not mode.needs_teacher and opts['ssl'][key] != PARAMS['ssl'][1][key].default:
+                why = replayed if mode.reads_records else otherwise
+                raise OptionError(f"--ssl.{key}={opts['ssl'][key]}: {t['mode']} mode {why}; "
+                                  f"the option is online_ssl's")
     if mode.starts_from_weights and not weights:
         raise OptionError(f"{t['mode']} mode starts the student from weights: give "
                           f"--model.weights (a final_weights.pt, torchvision or timm "
